@@ -1,0 +1,7 @@
+//! drover: a declarative GitOps reconciler for self-managed clusters. Operators describe clusters
+//! (nodes, roles, components, etcd and its snapshot policy) as YAML in Git; drover drives every
+//! node to that description. See ARCHITECTURE.md for the map of this crate.
+
+pub mod cli;
+pub mod diagnostic;
+pub mod model;

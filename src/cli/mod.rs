@@ -1,0 +1,72 @@
+//! The command line: clap definitions, dispatch, and the one place errors become exit codes.
+
+mod schema;
+mod validate;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes, shared by every subcommand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success; for `validate`, no errors (warnings allowed).
+    Ok = 0,
+    /// The input has errors: invalid cluster files.
+    Invalid = 1,
+    /// Bad usage: unknown flags, a path that does not exist (sysexits EX_USAGE).
+    Usage = 64,
+    /// An input could not be read (sysexits EX_IOERR).
+    Io = 74,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "drover",
+    version,
+    about = "Declarative GitOps reconciler for self-managed clusters",
+    long_about = "drover reads cluster definitions (nodes, roles, components, etcd and its \
+                  snapshot policy) from a Git repository and drives every node to them."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a repository's cluster files and report every problem with its file:line:column.
+    Validate(validate::Args),
+    /// Print the JSON Schema of cluster files, for editors and CI.
+    Schema(schema::Args),
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    Exit::Ok.into()
+                }
+                _ => Exit::Usage.into(),
+            };
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let exit = match cli.command {
+        Command::Validate(args) => validate::run(&args, &mut out),
+        Command::Schema(args) => schema::run(&args, &mut out),
+    };
+    let _ = out.flush();
+    exit.into()
+}

@@ -1,0 +1,241 @@
+//! Templates in component fields (`{{ node.address }}`), rendered per node with that node's facts
+//! and its cluster's. Undefined names are errors, and rendering is bounded in work and output, so
+//! a template in a cluster file can neither misbehave quietly nor run away.
+
+use std::collections::BTreeMap;
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use serde::Serialize;
+
+use super::spec::ComponentSpec;
+use super::{Cluster, Component, Node};
+
+/// Work one template may do (minijinja fuel; a plain substitution costs a few units).
+const FUEL: u64 = 20_000;
+/// Characters one rendered field may hold.
+pub const MAX_RENDERED: usize = 64 * 1024;
+
+/// What templates can read: `node.*` and `cluster.*`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Facts {
+    pub node: NodeFacts,
+    pub cluster: ClusterFacts,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFacts {
+    pub name: String,
+    pub address: String,
+    pub internal_address: String,
+    pub roles: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterFacts {
+    pub name: String,
+    /// The etcd members, in file order.
+    pub etcd: Vec<NodeFacts>,
+    /// The control-plane nodes, in file order.
+    pub controlplane: Vec<NodeFacts>,
+    pub etcd_client_port: u16,
+    pub etcd_peer_port: u16,
+}
+
+impl Facts {
+    pub fn new(cluster: &Cluster, node: &Node) -> Facts {
+        let of = |role| cluster.nodes_with(role).map(node_facts).collect();
+        Facts {
+            node: node_facts(node),
+            cluster: ClusterFacts {
+                name: cluster.name.to_string(),
+                etcd: of(super::Role::Etcd),
+                controlplane: of(super::Role::Controlplane),
+                etcd_client_port: cluster.etcd.client_port,
+                etcd_peer_port: cluster.etcd.peer_port,
+            },
+        }
+    }
+}
+
+fn node_facts(node: &Node) -> NodeFacts {
+    NodeFacts {
+        name: node.name.to_string(),
+        address: node.address.to_string(),
+        internal_address: node.internal_address.to_string(),
+        roles: node.roles.iter().map(|r| r.to_string()).collect(),
+        labels: node.labels.clone(),
+    }
+}
+
+/// Why a template did not render.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{0}")]
+    Render(String),
+    #[error("output is longer than {MAX_RENDERED} characters")]
+    TooLong,
+}
+
+/// A component's field that failed to render: its path below the component, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub error: TemplateError,
+}
+
+/// Renders templates; build one and reuse it.
+pub struct Renderer {
+    env: Environment<'static>,
+}
+
+impl Default for Renderer {
+    fn default() -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_fuel(Some(FUEL));
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_recursion_limit(16);
+        Renderer { env }
+    }
+}
+
+impl Renderer {
+    /// Renders one template. Text without template syntax is returned as it is.
+    pub fn render(&self, template: &str, facts: &Facts) -> Result<String, TemplateError> {
+        if !template.contains("{{") && !template.contains("{%") && !template.contains("{#") {
+            return Ok(template.to_string());
+        }
+        let ctx = minijinja::Value::from(minijinja::value::Serde(facts));
+        let out = self.env.render_str(template, ctx).map_err(|e| {
+            let text = match e.detail() {
+                Some(detail) => format!("{}: {detail}", e.kind()),
+                None => e.kind().to_string(),
+            };
+            TemplateError::Render(text)
+        })?;
+        if out.len() > MAX_RENDERED {
+            return Err(TemplateError::TooLong);
+        }
+        Ok(out)
+    }
+
+    /// The component as it runs on the node `facts` describe: every templated field rendered.
+    pub fn component(
+        &self,
+        component: &Component,
+        facts: &Facts,
+    ) -> Result<ComponentSpec, FieldError> {
+        let mut spec = component.spec.clone();
+        let r = |field: String, s: &mut String| -> Result<(), FieldError> {
+            *s = self
+                .render(s, facts)
+                .map_err(|error| FieldError { field, error })?;
+            Ok(())
+        };
+        if let Some(command) = &mut spec.command {
+            for (i, s) in command.iter_mut().enumerate() {
+                r(format!("command[{i}]"), s)?;
+            }
+        }
+        for (i, s) in spec.args.iter_mut().enumerate() {
+            r(format!("args[{i}]"), s)?;
+        }
+        for (k, s) in spec.env.iter_mut() {
+            r(format!("env.{k}"), s)?;
+        }
+        for (i, s) in spec.binds.iter_mut().enumerate() {
+            r(format!("binds[{i}]"), s)?;
+        }
+        for (i, f) in spec.files.iter_mut().enumerate() {
+            r(format!("files[{i}].content"), &mut f.content)?;
+        }
+        if let Some(h) = &mut spec.health {
+            if let Some(s) = &mut h.http {
+                r("health.http".into(), s)?;
+            }
+            if let Some(s) = &mut h.tcp {
+                r("health.tcp".into(), s)?;
+            }
+            if let Some(cmd) = &mut h.exec {
+                for (i, s) in cmd.iter_mut().enumerate() {
+                    r(format!("health.exec[{i}]"), s)?;
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> Facts {
+        let member = |name: &str, addr: &str| NodeFacts {
+            name: name.into(),
+            address: addr.into(),
+            internal_address: addr.into(),
+            roles: vec!["etcd".into()],
+            labels: BTreeMap::new(),
+        };
+        Facts {
+            node: member("node-1", "127.0.0.2"),
+            cluster: ClusterFacts {
+                name: "dev".into(),
+                etcd: vec![member("node-1", "127.0.0.2"), member("node-2", "127.0.0.3")],
+                controlplane: vec![],
+                etcd_client_port: 2379,
+                etcd_peer_port: 2380,
+            },
+        }
+    }
+
+    #[test]
+    fn renders_node_and_cluster_facts() {
+        let r = Renderer::default();
+        let f = facts();
+        let cases = [
+            ("plain text", "plain text"),
+            ("{{ node.address }}:8080", "127.0.0.2:8080"),
+            (
+                "{% for m in cluster.etcd %}https://{{ m.address }}:{{ cluster.etcdClientPort }}{% if not loop.last %},{% endif %}{% endfor %}",
+                "https://127.0.0.2:2379,https://127.0.0.3:2379",
+            ),
+            ("<{{ cluster.name }}&>", "<dev&>"),
+        ];
+        for (template, want) in cases {
+            assert_eq!(r.render(template, &f).unwrap(), want, "{template}");
+        }
+    }
+
+    #[test]
+    fn undefined_names_and_syntax_errors_fail() {
+        let r = Renderer::default();
+        let f = facts();
+        for bad in [
+            "{{ node.adress }}",
+            "{{ nodes }}",
+            "{{ node.address ",
+            "{% for %}",
+        ] {
+            assert!(
+                matches!(r.render(bad, &f), Err(TemplateError::Render(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn runaway_templates_are_stopped() {
+        let r = Renderer::default();
+        let f = facts();
+        let looping =
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        assert!(r.render(looping, &f).is_err());
+        let long = "{{ 'x' * 100000 }}";
+        assert!(r.render(long, &f).is_err());
+    }
+}

@@ -68,6 +68,10 @@ pub enum Problem {
     AliasExpansion { limit: u64 },
     #[error("more than {limit} YAML documents in one file")]
     TooManyDocuments { limit: usize },
+    #[error(
+        "merge keys (`<<`) are not supported; use a plain alias (`*name`) or repeat the fields"
+    )]
+    MergeKey,
     #[error("{reason}")]
     Schema { reason: String },
     #[error("file holds no cluster")]
@@ -210,6 +214,7 @@ impl Problem {
             Problem::TooDeep { .. } => "too-deep",
             Problem::AliasExpansion { .. } => "alias-expansion",
             Problem::TooManyDocuments { .. } => "too-many-documents",
+            Problem::MergeKey => "merge-key",
             Problem::Schema { .. } => "schema",
             Problem::EmptyFile => "empty-file",
             Problem::UnsupportedApiVersion { .. } => "unsupported-api-version",
@@ -283,7 +288,8 @@ impl Diagnostic {
         };
         let _ = writeln!(out, "{}: {}", self.severity().as_str(), self.problem);
         if let (Some(pos), Some(src)) = (loc.pos, source) {
-            if let Some(line) = src.lines().nth(pos.line as usize - 1) {
+            let past_end = (pos.line as usize == src.lines().count() + 1).then_some("");
+            if let Some(line) = src.lines().nth(pos.line as usize - 1).or(past_end) {
                 let gutter = pos.line.to_string();
                 let pad = " ".repeat(gutter.len());
                 // Tabs would misplace the caret; show them as one space each.

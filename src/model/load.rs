@@ -80,12 +80,8 @@ pub fn load_sources(files: Vec<SourceFile>, mut diagnostics: Vec<Diagnostic>) ->
     let mut texts = BTreeMap::new();
     let count = files.len();
     for file in files {
-        let before = diagnostics.len();
-        let text = load_one(&file, &mut candidates, &mut diagnostics);
-        if diagnostics.len() > before {
-            if let Some(text) = text {
-                texts.insert(file.path, text);
-            }
+        if let Some(text) = load_one(&file, &mut candidates, &mut diagnostics) {
+            texts.insert(file.path, text);
         }
     }
     let clusters = unique_names(candidates, &mut diagnostics);

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde::Serialize;
 
 use super::spec::ComponentSpec;
@@ -12,6 +12,9 @@ use super::{Cluster, Component, Node};
 
 /// Work one template may do (minijinja fuel; a plain substitution costs a few units).
 const FUEL: u64 = 20_000;
+/// What an undefined-name error tells the author.
+const KNOWN_NAMES: &str = "templates can use node.{name, address, internalAddress, roles, labels} \
+    and cluster.{name, etcd, controlplane, etcdClientPort, etcdPeerPort}";
 /// Characters one rendered field may hold.
 pub const MAX_RENDERED: usize = 64 * 1024;
 
@@ -110,9 +113,10 @@ impl Renderer {
         }
         let ctx = minijinja::Value::from(minijinja::value::Serde(facts));
         let out = self.env.render_str(template, ctx).map_err(|e| {
-            let text = match e.detail() {
-                Some(detail) => format!("{}: {detail}", e.kind()),
-                None => e.kind().to_string(),
+            let text = match (e.kind(), e.detail()) {
+                (ErrorKind::UndefinedError, _) => format!("{}; {KNOWN_NAMES}", e.kind()),
+                (kind, Some(detail)) => format!("{kind}: {detail}"),
+                (kind, None) => kind.to_string(),
             };
             TemplateError::Render(text)
         })?;

@@ -262,7 +262,12 @@ fn check_etcd(e: &spec::EtcdSpec, c: &mut Checker<'_>) -> Option<Etcd> {
     let client_port = port(e.client_port, "spec.etcd.clientPort", ETCD_CLIENT_PORT, c);
     let peer_port = port(e.peer_port, "spec.etcd.peerPort", ETCD_PEER_PORT, c);
     if client_port == peer_port {
-        c.at("spec.etcd.peerPort", Problem::PortClash);
+        let given = if e.peer_port.is_some() {
+            "peerPort"
+        } else {
+            "clientPort"
+        };
+        c.at(&format!("spec.etcd.{given}"), Problem::PortClash);
     }
     let snapshots = e.snapshots.as_ref().and_then(|s| check_snapshots(s, c));
     let restore = e.restore.as_ref().and_then(|r| check_restore(r, c));

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use saphyr_parser::{Event, Parser, ScanError, Span};
+use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span};
 
 use crate::diagnostic::{Pos, Problem};
 
@@ -119,8 +119,14 @@ pub fn index(text: &str) -> Result<Vec<DocIndex>, YamlError> {
                     ..DocIndex::default()
                 });
             }
-            Event::Scalar(value, _, anchor, _) => {
+            Event::Scalar(value, style, anchor, _) => {
                 let doc = docs.last_mut().expect("scalar outside a document");
+                if value == "<<" && style == ScalarStyle::Plain && walk.at_key() {
+                    return Err(YamlError {
+                        problem: Problem::MergeKey,
+                        mark,
+                    });
+                }
                 if walk.stack.is_empty() {
                     doc.empty = value.is_empty() || value == "~" || value == "null";
                 }
@@ -189,6 +195,11 @@ struct Frame {
 }
 
 impl Walk {
+    /// Whether the next node is a mapping key.
+    fn at_key(&self) -> bool {
+        matches!(self.stack.last(), Some(f) if f.is_map && f.at_key)
+    }
+
     /// The path of the node that starts now, and whether it is a mapping key.
     fn child_path(&self) -> (String, bool) {
         match self.stack.last() {
@@ -364,7 +375,9 @@ mod tests {
             "{err:?}"
         );
         // Block style reaches our limit, at the first node past it.
-        let block: String = (0..100).map(|d| format!("{}k{d}:\n", " ".repeat(d))).collect();
+        let block: String = (0..100)
+            .map(|d| format!("{}k{d}:\n", " ".repeat(d)))
+            .collect();
         let err = index(&block).unwrap_err();
         assert_eq!(err.problem, Problem::TooDeep { limit: MAX_DEPTH });
         assert_eq!(err.mark.pos.line, MAX_DEPTH as u32 + 1);

@@ -1,0 +1,7 @@
+//! Integration tests: drover against real components (Docker engine, etcd,
+//! Garage S3, git repositories). `scripts/test` starts the components; see
+//! `support` for how a test asks for one and what happens when it is missing.
+
+mod smoke;
+mod validate;
+mod support;

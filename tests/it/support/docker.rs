@@ -1,0 +1,225 @@
+//! The real Docker engine through bollard, and a container guard that always
+//! cleans up.
+//!
+//! Debian's engine (20.10) speaks API 1.41, older than bollard's default, so
+//! [`connect`] negotiates the version. Test containers use host networking:
+//! each listens on its own loopback address from [`super::net`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::{Docker, API_DEFAULT_VERSION};
+use futures::StreamExt;
+
+use super::{slug, unique_token, Unavailable};
+
+/// Imported by `scripts/test` from Debian's busybox-static.
+pub const BUSYBOX_IMAGE: &str = "drover-test/busybox:1";
+/// Imported by `scripts/test` from Debian's etcd-server.
+pub const ETCD_IMAGE: &str = "drover-test/etcd:3.4.23";
+
+/// Every test container carries this label; `scripts/test` sweeps leftovers
+/// whose test process (label `drover-test.pid`) is gone.
+pub const LABEL: &str = "drover-test";
+const PID_LABEL: &str = "drover-test.pid";
+
+const SOCKET: &str = "/var/run/docker.sock";
+/// bollard's per-request timeout, in seconds.
+const REQUEST_TIMEOUT_SECS: u64 = 60;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client for the local engine, API version negotiated. `Unavailable` when
+/// there is no socket or no engine answering on it.
+pub async fn connect() -> Result<Docker, Unavailable> {
+    let docker = Docker::connect_with_unix(SOCKET, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+        .map_err(|e| Unavailable::new("docker", format!("cannot use {SOCKET}: {e}")))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version()).await {
+        Ok(Ok(docker)) => Ok(docker),
+        Ok(Err(e)) => Err(Unavailable::new(
+            "docker",
+            format!("no engine answering on {SOCKET}: {e}"),
+        )),
+        Err(_) => Err(Unavailable::new(
+            "docker",
+            format!("engine on {SOCKET} did not answer /version within {CONNECT_TIMEOUT:?}"),
+        )),
+    }
+}
+
+/// `Unavailable` when `image` is not in the engine (`scripts/test` imports
+/// the test images).
+pub async fn require_image(docker: &Docker, image: &str) -> Result<(), Unavailable> {
+    match docker.inspect_image(image).await {
+        Ok(_) => Ok(()),
+        Err(DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Err(Unavailable::new(
+            "docker image",
+            format!("{image} is not imported"),
+        )),
+        Err(e) => panic!("inspecting image {image} failed: {e}"),
+    }
+}
+
+/// What to run: an image and its command, on the host network.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    pub image: String,
+    pub cmd: Vec<String>,
+    /// Paths mounted as tmpfs, e.g. a data directory that should not outlive
+    /// the container or touch the image's layer.
+    pub tmpfs: Vec<String>,
+}
+
+impl ContainerSpec {
+    pub fn new(image: &str, cmd: &[&str]) -> Self {
+        Self {
+            image: image.to_owned(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            tmpfs: Vec::new(),
+        }
+    }
+
+    pub fn tmpfs(mut self, path: &str) -> Self {
+        self.tmpfs.push(path.to_owned());
+        self
+    }
+}
+
+/// A running container, force-removed when dropped, also when the test
+/// panics. Removal runs on its own thread with its own runtime, so it works
+/// from `Drop` in any context.
+#[derive(Debug)]
+pub struct Container {
+    docker: Docker,
+    name: String,
+}
+
+impl Container {
+    /// Creates and starts a container named `drover-test-<pid>-<n>-<time>-<test>`.
+    /// `Unavailable` if the image is missing; any other engine error panics.
+    pub async fn start(
+        docker: &Docker,
+        test: &str,
+        spec: ContainerSpec,
+    ) -> Result<Container, Unavailable> {
+        require_image(docker, &spec.image).await?;
+        let mut name = format!("drover-test-{}-{}", unique_token(), slug(test));
+        name.truncate(120);
+        let labels = HashMap::from([
+            (LABEL.to_owned(), "1".to_owned()),
+            (PID_LABEL.to_owned(), std::process::id().to_string()),
+        ]);
+        let tmpfs = spec
+            .tmpfs
+            .iter()
+            .map(|path| (path.clone(), String::new()))
+            .collect::<HashMap<_, _>>();
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.cmd.clone()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some("host".to_owned()),
+                tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        docker
+            .create_container(Some(options), body)
+            .await
+            .unwrap_or_else(|e| panic!("creating container {name} from {spec:?} failed: {e}"));
+        // From here on the guard owns the container: a failed start still removes it.
+        let container = Container {
+            docker: docker.clone(),
+            name,
+        };
+        if let Err(e) = docker.start_container(&container.name, None).await {
+            panic!(
+                "starting container {} failed: {e}\nlogs:\n{}",
+                container.name,
+                container.logs().await
+            );
+        }
+        Ok(container)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the container's process is still running.
+    pub async fn is_running(&self) -> bool {
+        match self.docker.inspect_container(&self.name, None).await {
+            Ok(info) => info.state.and_then(|s| s.running).unwrap_or(false),
+            Err(e) => panic!("inspecting container {} failed: {e}", self.name),
+        }
+    }
+
+    /// Stdout and stderr so far, for failure messages. Never panics.
+    pub async fn logs(&self) -> String {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail("100")
+            .build();
+        let mut stream = self.docker.logs(&self.name, Some(options));
+        let mut out = String::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(chunk) => out.push_str(&chunk.to_string()),
+                Err(e) => {
+                    out.push_str(&format!("<reading logs failed: {e}>"));
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let removal = std::thread::spawn(move || remove_blocking(&name)).join();
+        match removal {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!(
+                "warning: could not remove test container {}: {e} \
+                 (the next scripts/test run sweeps it)",
+                self.name
+            ),
+            Err(_) => eprintln!("warning: removing test container {} panicked", self.name),
+        }
+    }
+}
+
+/// Force-removes a container (and its anonymous volumes) from a fresh client
+/// on a private runtime: the test's runtime may be the one running `Drop`.
+fn remove_blocking(name: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("building a runtime: {e}"))?;
+    runtime.block_on(async {
+        let docker = connect().await.map_err(|e| e.to_string())?;
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+}

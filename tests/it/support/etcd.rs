@@ -1,0 +1,125 @@
+//! A real single-member etcd (Debian's 3.4.23, as an image) in a container on
+//! its own loopback address, ready when it serves a read.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use bollard::Docker;
+use etcd_client::{Client, ConnectOptions};
+use tokio::net::TcpStream;
+
+use super::docker::{Container, ContainerSpec, ETCD_IMAGE};
+use super::wait::poll_until;
+use super::{net, slug, Unavailable};
+
+pub const CLIENT_PORT: u16 = 2379;
+pub const PEER_PORT: u16 = 2380;
+/// From `docker create` to a served read; etcd itself needs about a second.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A running member; the container goes away when this is dropped.
+#[derive(Debug)]
+pub struct EtcdMember {
+    pub ip: Ipv4Addr,
+    /// `http://<ip>:2379`
+    pub endpoint: String,
+    container: Container,
+}
+
+impl EtcdMember {
+    /// Starts a fresh member (data on a tmpfs) and waits until it serves a
+    /// read. `Unavailable` when Docker or the etcd image is missing; a member
+    /// that does not come up panics with its logs.
+    pub async fn start(docker: &Docker, test: &str) -> Result<EtcdMember, Unavailable> {
+        let ip = net::unique_loopback(&[CLIENT_PORT, PEER_PORT]);
+        let endpoint = format!("http://{ip}:{CLIENT_PORT}");
+        let peer = format!("http://{ip}:{PEER_PORT}");
+        let name = "member-1";
+        let cluster_token = format!("drover-test-{}", slug(test));
+        let initial_cluster = format!("{name}={peer}");
+        let cmd = [
+            "etcd",
+            "--name",
+            name,
+            "--data-dir",
+            "/var/lib/etcd",
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &initial_cluster,
+            "--initial-cluster-token",
+            &cluster_token,
+            "--initial-cluster-state",
+            "new",
+        ];
+        let spec = ContainerSpec::new(ETCD_IMAGE, &cmd).tmpfs("/var/lib/etcd");
+        let container = Container::start(docker, test, spec).await?;
+        let member = EtcdMember {
+            ip,
+            endpoint,
+            container,
+        };
+        member.await_ready().await;
+        Ok(member)
+    }
+
+    /// A client with bounded connect and request timeouts.
+    pub async fn client(&self) -> Client {
+        connect(&self.endpoint)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to etcd at {}: {e}", self.endpoint))
+    }
+
+    pub fn container(&self) -> &Container {
+        &self.container
+    }
+
+    /// Ready = the port accepts and a linearizable read succeeds (which needs
+    /// a leader). Fails fast with the logs if etcd exits instead.
+    async fn await_ready(&self) {
+        let addr = net::addr(self.ip, CLIENT_PORT);
+        let ready = poll_until(STARTUP_TIMEOUT, || async {
+            if let Err(e) = TcpStream::connect(addr).await {
+                if !self.container.is_running().await {
+                    panic!(
+                        "etcd container {} exited before serving {}; logs:\n{}",
+                        self.container.name(),
+                        self.endpoint,
+                        self.container.logs().await
+                    );
+                }
+                return Err(format!("connect {addr}: {e}"));
+            }
+            let mut client = connect(&self.endpoint).await.map_err(|e| e.to_string())?;
+            client
+                .get("drover-test/readiness-probe", None)
+                .await
+                .map_err(|e| format!("get: {e}"))
+        })
+        .await;
+        if let Err(timed_out) = ready {
+            panic!(
+                "etcd member {} at {} did not serve a read within {:.1?}; last error: {:?}; logs:\n{}",
+                self.container.name(),
+                self.endpoint,
+                timed_out.after,
+                timed_out.last_error,
+                self.container.logs().await
+            );
+        }
+    }
+}
+
+async fn connect(endpoint: &str) -> Result<Client, etcd_client::Error> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT);
+    Client::connect([endpoint], Some(options)).await
+}

@@ -3,5 +3,5 @@
 //! `support` for how a test asks for one and what happens when it is missing.
 
 mod smoke;
-mod validate;
 mod support;
+mod validate;

@@ -14,7 +14,6 @@ use crate::support::docker::{self, Container, ContainerSpec, BUSYBOX_IMAGE};
 use crate::support::etcd::EtcdMember;
 use crate::support::garage::S3Prefix;
 use crate::support::git::{read_file_at, TestRepo};
-use crate::support::wait::eventually;
 use crate::support::{net, require, test_name, unique_token};
 
 const SERVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,8 +30,10 @@ async fn docker_container_serves_http_on_its_own_loopback_address() {
     let spec = ContainerSpec::new(BUSYBOX_IMAGE, &["sh", "-c", &script]);
     let container = require!(Container::start(&docker, &test_name!(), spec).await);
 
-    let what = format!("busybox httpd in {} to accept on {addr}", container.name());
-    let response = eventually(&what, SERVE_TIMEOUT, || http_get(addr, "/index.html")).await;
+    let what = format!("busybox httpd to answer on {addr}");
+    let response = container
+        .eventually(&what, SERVE_TIMEOUT, || http_get(addr, "/index.html"))
+        .await;
 
     assert!(
         response.starts_with("HTTP/1.") && response.contains(" 200 "),

@@ -6,6 +6,8 @@
 //! each listens on its own loopback address from [`super::net`].
 
 use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
@@ -16,6 +18,7 @@ use bollard::query_parameters::{
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures::StreamExt;
 
+use super::wait::poll_until;
 use super::{slug, unique_token, Unavailable};
 
 /// Imported by `scripts/test` from Debian's busybox-static.
@@ -160,6 +163,45 @@ impl Container {
         match self.docker.inspect_container(&self.name, None).await {
             Ok(info) => info.state.and_then(|s| s.running).unwrap_or(false),
             Err(e) => panic!("inspecting container {} failed: {e}", self.name),
+        }
+    }
+
+    /// Polls `probe` until it succeeds, for at most `limit`, like
+    /// [`super::wait::eventually`]; `what` names the awaited condition. Fails
+    /// at once if the container exits meanwhile, and with its logs either way.
+    pub async fn eventually<T, E, F, Fut>(&self, what: &str, limit: Duration, mut probe: F) -> T
+    where
+        E: Debug,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let outcome = poll_until(limit, || {
+            let attempt = probe();
+            async move {
+                let error = match attempt.await {
+                    Ok(value) => return Ok(value),
+                    Err(error) => error,
+                };
+                if !self.is_running().await {
+                    panic!(
+                        "container {} exited while waiting for {what}; last error: {error:?}; logs:\n{}",
+                        self.name,
+                        self.logs().await
+                    );
+                }
+                Err(error)
+            }
+        })
+        .await;
+        match outcome {
+            Ok(value) => value,
+            Err(timed_out) => panic!(
+                "timed out after {:.1?} waiting for {what} (container {}); last error: {:?}; logs:\n{}",
+                timed_out.after,
+                self.name,
+                timed_out.last_error,
+                self.logs().await
+            ),
         }
     }
 

@@ -9,7 +9,6 @@ use etcd_client::{Client, ConnectOptions};
 use tokio::net::TcpStream;
 
 use super::docker::{Container, ContainerSpec, ETCD_IMAGE};
-use super::wait::poll_until;
 use super::{net, slug, Unavailable};
 
 pub const CLIENT_PORT: u16 = 2379;
@@ -82,38 +81,24 @@ impl EtcdMember {
     }
 
     /// Ready = the port accepts and a linearizable read succeeds (which needs
-    /// a leader). Fails fast with the logs if etcd exits instead.
+    /// a leader).
     async fn await_ready(&self) {
         let addr = net::addr(self.ip, CLIENT_PORT);
-        let ready = poll_until(STARTUP_TIMEOUT, || async {
-            if let Err(e) = TcpStream::connect(addr).await {
-                if !self.container.is_running().await {
-                    panic!(
-                        "etcd container {} exited before serving {}; logs:\n{}",
-                        self.container.name(),
-                        self.endpoint,
-                        self.container.logs().await
-                    );
-                }
-                return Err(format!("connect {addr}: {e}"));
-            }
-            let mut client = connect(&self.endpoint).await.map_err(|e| e.to_string())?;
-            client
-                .get("drover-test/readiness-probe", None)
-                .await
-                .map_err(|e| format!("get: {e}"))
-        })
-        .await;
-        if let Err(timed_out) = ready {
-            panic!(
-                "etcd member {} at {} did not serve a read within {:.1?}; last error: {:?}; logs:\n{}",
-                self.container.name(),
-                self.endpoint,
-                timed_out.after,
-                timed_out.last_error,
-                self.container.logs().await
-            );
-        }
+        let what = format!("etcd to serve a read at {}", self.endpoint);
+        self.container
+            .eventually(&what, STARTUP_TIMEOUT, || async {
+                TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("connect {addr}: {e}"))?;
+                let mut client = connect(&self.endpoint)
+                    .await
+                    .map_err(|e| format!("etcd client: {e}"))?;
+                client
+                    .get("drover-test/readiness-probe", None)
+                    .await
+                    .map_err(|e| format!("get: {e}"))
+            })
+            .await;
     }
 }
 

@@ -171,6 +171,14 @@ pub enum Problem {
     #[error("template error for node `{node}`: {reason}")]
     Template { node: String, reason: String },
 
+    // Daemon configuration.
+    #[error("unsupported kind `{found}`; a daemon configuration holds `DaemonConfig`")]
+    UnsupportedConfigKind { found: String },
+    #[error("a daemon configuration is one YAML document")]
+    ConfigDocuments,
+    #[error("invalid store: {reason}")]
+    InvalidStore { reason: &'static str },
+
     // Rollout.
     #[error("invalid maxUnavailable `{value}`: expected a count of at least 1 or a percentage from 1% to 100%")]
     InvalidMaxUnavailable { value: String },
@@ -255,6 +263,9 @@ impl Problem {
             Problem::ProbeKind => "probe-kind",
             Problem::InvalidProbe { .. } => "invalid-probe",
             Problem::Template { .. } => "template",
+            Problem::UnsupportedConfigKind { .. } => "unsupported-config-kind",
+            Problem::ConfigDocuments => "config-documents",
+            Problem::InvalidStore { .. } => "invalid-store",
             Problem::InvalidMaxUnavailable { .. } => "invalid-max-unavailable",
             Problem::EtcdMaxUnavailable => "etcd-max-unavailable",
         }

@@ -3,5 +3,6 @@
 //! node to that description. See ARCHITECTURE.md for the map of this crate.
 
 pub mod cli;
+pub mod config;
 pub mod diagnostic;
 pub mod model;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::spec::ClusterFile;
 use super::validate::{check, Checker};
@@ -98,33 +98,53 @@ pub fn load_sources(files: Vec<SourceFile>, mut diagnostics: Vec<Diagnostic>) ->
     }
 }
 
-/// Loads one file's documents into `candidates`; returns its text when it is readable.
+/// Loads one file's clusters into `candidates`; returns its text when it is readable.
 fn load_one(
     file: &SourceFile,
     candidates: &mut Vec<Candidate>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<String> {
-    let whole = |problem| {
+    let parsed = parse_documents::<ClusterFile>(file, diagnostics);
+    for (doc, index) in &parsed.documents {
+        let mut checker = Checker::new(&file.path, index, diagnostics);
+        if let Some(cluster) = check(doc, &mut checker) {
+            let name_mark = index.value("metadata.name");
+            candidates.push(Candidate { cluster, name_mark });
+        }
+    }
+    parsed.text
+}
+
+/// A file's documents, each deserialized and with the index of where its values are.
+pub(crate) struct Parsed<T> {
+    /// The file's text, when it could be read as text.
+    pub text: Option<String>,
+    pub documents: Vec<(T, DocIndex)>,
+}
+
+/// Reads a YAML file within the limits: size, UTF-8, the bounded first pass, then serde.
+/// Every problem becomes a diagnostic; documents that parse are returned.
+pub(crate) fn parse_documents<T: DeserializeOwned>(
+    file: &SourceFile,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Parsed<T> {
+    let at = |mark: Option<Mark>, problem| {
         let location = Location {
             file: file.path.clone(),
-            pos: None,
-            len: 1,
+            pos: mark.map(|m| m.pos),
+            len: mark.map_or(1, |m| m.len),
         };
         Diagnostic::new(location, problem)
     };
-    let at = |mark: Mark, problem| {
-        let location = Location {
-            file: file.path.clone(),
-            pos: Some(mark.pos),
-            len: mark.len,
-        };
-        Diagnostic::new(location, problem)
+    let mut parsed = Parsed {
+        text: None,
+        documents: Vec::new(),
     };
     let size = file.bytes.len() as u64;
     if size > MAX_FILE_BYTES {
         let limit = MAX_FILE_BYTES;
-        diagnostics.push(whole(Problem::FileTooLarge { size, limit }));
-        return None;
+        diagnostics.push(at(None, Problem::FileTooLarge { size, limit }));
+        return parsed;
     }
     let text = match std::str::from_utf8(&file.bytes) {
         Ok(t) => t,
@@ -134,47 +154,38 @@ fn load_one(
                 pos: end_of(valid),
                 len: 1,
             };
-            diagnostics.push(at(mark, Problem::NotUtf8));
-            return Some(String::from_utf8_lossy(&file.bytes).into_owned());
+            diagnostics.push(at(Some(mark), Problem::NotUtf8));
+            parsed.text = Some(String::from_utf8_lossy(&file.bytes).into_owned());
+            return parsed;
         }
     };
+    parsed.text = Some(text.to_string());
     let docs = match yaml::index(text) {
         Ok(docs) => docs,
         Err(e) => {
-            diagnostics.push(at(e.mark, e.problem));
-            return Some(text.to_string());
+            diagnostics.push(at(Some(e.mark), e.problem));
+            return parsed;
         }
     };
     if docs.iter().all(|d| d.empty) {
-        diagnostics.push(at(Mark::START, Problem::EmptyFile));
-        return Some(text.to_string());
+        diagnostics.push(at(Some(Mark::START), Problem::EmptyFile));
+        return parsed;
     }
-    let fallback = DocIndex::default();
-    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let index = docs.get(i).unwrap_or(&fallback);
+    let mut docs = docs.into_iter();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let index = docs.next().unwrap_or_default();
         if index.empty {
             continue;
         }
-        let parsed = match ClusterFile::deserialize(document) {
-            Ok(p) => p,
+        match T::deserialize(document) {
+            Ok(value) => parsed.documents.push((value, index)),
             Err(e) => {
-                let (mark, reason) = schema_error(&e, index);
-                diagnostics.push(at(mark, Problem::Schema { reason }));
-                continue;
+                let (mark, reason) = schema_error(&e, &index);
+                diagnostics.push(at(Some(mark), Problem::Schema { reason }));
             }
-        };
-        let mut checker = Checker {
-            file: &file.path,
-            index,
-            diagnostics,
-            errors: 0,
-        };
-        if let Some(cluster) = check(&parsed, &mut checker) {
-            let name_mark = index.value("metadata.name");
-            candidates.push(Candidate { cluster, name_mark });
         }
     }
-    Some(text.to_string())
+    parsed
 }
 
 /// Where a serde error points, and its message without serde_yaml's "at line L column C".
@@ -356,7 +367,7 @@ fn relative(root: &Path, path: &Path) -> String {
 }
 
 /// Reads at most one byte past the limit, so a huge file costs no more than a small one.
-fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
     let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;

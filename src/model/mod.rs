@@ -6,7 +6,7 @@ pub mod load;
 pub mod names;
 pub mod spec;
 pub mod template;
-mod validate;
+pub(crate) mod validate;
 pub mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};

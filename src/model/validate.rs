@@ -33,14 +33,24 @@ const RESERVED_ETCD_FLAGS: &[&str] = &[
 ];
 
 /// Where findings go while one document is checked.
-pub(super) struct Checker<'a> {
-    pub file: &'a str,
-    pub index: &'a DocIndex,
-    pub diagnostics: &'a mut Vec<Diagnostic>,
+pub(crate) struct Checker<'a> {
+    file: &'a str,
+    index: &'a DocIndex,
+    diagnostics: &'a mut Vec<Diagnostic>,
+    /// Errors (not warnings) reported so far.
     pub errors: usize,
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    pub fn new(file: &'a str, index: &'a DocIndex, diagnostics: &'a mut Vec<Diagnostic>) -> Self {
+        Checker {
+            file,
+            index,
+            diagnostics,
+            errors: 0,
+        }
+    }
+
     fn report(&mut self, mark: Mark, problem: Problem) {
         if problem.severity() == Severity::Error {
             self.errors += 1;
@@ -54,18 +64,18 @@ impl Checker<'_> {
     }
 
     /// A problem with the value at `path`.
-    fn at(&mut self, path: &str, problem: Problem) {
+    pub fn at(&mut self, path: &str, problem: Problem) {
         let mark = self.index.value(path);
         self.report(mark, problem);
     }
 
     /// A problem with the key of the entry at `path`.
-    fn at_key(&mut self, path: &str, problem: Problem) {
+    pub fn at_key(&mut self, path: &str, problem: Problem) {
         let mark = self.index.key(path);
         self.report(mark, problem);
     }
 
-    fn name<T>(
+    pub fn name<T>(
         &mut self,
         path: &str,
         value: &str,

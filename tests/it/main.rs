@@ -2,6 +2,9 @@
 //! Garage S3, git repositories). `scripts/test` starts the components; see
 //! `support` for how a test asks for one and what happens when it is missing.
 
+mod cli;
+mod config;
+mod schema;
 mod smoke;
 mod support;
 mod validate;

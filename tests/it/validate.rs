@@ -109,7 +109,7 @@ fn unknown_fields_and_wrong_types_are_errors() {
         "#]],
     );
     check(
-        &cluster("dev", &format!("{ETCD}")),
+        &cluster("dev", ETCD),
         expect![[r#"
             clusters/c.yaml:6:3: error: spec: missing field `nodes`
               |

@@ -1,0 +1,109 @@
+//! The daemon configuration: the example in examples-repo loads, and every mistake an operator
+//! can make in a store definition is a diagnostic pointing at it.
+
+use std::path::Path;
+
+use drover::config::{self, ConfigError, Credentials, Store};
+use expect_test::{expect, Expect};
+
+fn check(text: &str, expect: Expect) {
+    let out = match config::parse("daemon.yaml", text.as_bytes().to_vec()) {
+        Ok(c) => format!("{:#?}\n", c.stores),
+        Err(e @ ConfigError::Invalid { .. }) => e.render(),
+        Err(e) => panic!("unexpected error: {e}"),
+    };
+    expect.assert_eq(&out);
+}
+
+const HEAD: &str = "apiVersion: drover.dev/v1alpha1\nkind: DaemonConfig\n";
+
+#[test]
+fn the_example_names_a_file_store_and_an_s3_store() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let c = config::load(&root.join("examples-repo/daemon.example.yaml")).expect("example loads");
+    let names: Vec<&str> = c.stores.keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["backups", "local"]);
+    let local = c.stores.values().find(|s| matches!(s, Store::File { .. }));
+    assert!(local.is_some(), "a file:// store");
+    let Some(Store::S3(s3)) = c.stores.values().find(|s| matches!(s, Store::S3(_))) else {
+        panic!("an s3 store");
+    };
+    assert_eq!(
+        (s3.bucket.as_str(), s3.prefix.as_str()),
+        ("etcd-snapshots", "drover")
+    );
+    assert!(matches!(s3.credentials, Credentials::Files { .. }));
+}
+
+#[test]
+fn stores_parse_into_typed_definitions() {
+    check(
+        &format!("{HEAD}stores:\n  env-creds: {{url: 's3://b', credentials: {{fromEnvironment: true}}}}\n"),
+        expect![[r#"
+            {
+                StoreName(
+                    "env-creds",
+                ): S3(
+                    S3Store {
+                        bucket: "b",
+                        prefix: "",
+                        endpoint: None,
+                        region: "us-east-1",
+                        path_style: false,
+                        allow_http: false,
+                        credentials: Environment,
+                    },
+                ),
+            }
+        "#]],
+    );
+}
+
+#[test]
+fn store_mistakes_are_diagnostics() {
+    check(
+        &format!(
+            "{HEAD}stores:
+  Bad_Name: {{url: 'file:///x'}}
+  relative: {{url: 'file://host/x'}}
+  mixed: {{url: 'file:///x', region: r}}
+  plain-http: {{url: 's3://b', endpoint: 'http://127.0.0.1:3900', credentials: {{fromEnvironment: true}}}}
+  no-creds: {{url: 's3://b'}}
+  half-creds: {{url: 's3://b', credentials: {{accessKeyIdFile: /x}}}}
+  ftp: {{url: 'ftp://x'}}
+"
+        ),
+        expect![[r#"
+            daemon.yaml:4:3: error: invalid store name `Bad_Name`: only lower-case letters, digits and '-' are allowed
+            daemon.yaml:5:19: error: invalid store: a file store is file:///absolute/path
+            daemon.yaml:6:3: error: invalid store: endpoint, region, credentials, pathStyle and allowHttp are for s3:// stores
+            daemon.yaml:7:41: error: invalid store: a plain http endpoint needs allowHttp: true
+            daemon.yaml:8:13: error: invalid store: give credentials: both accessKeyIdFile and secretAccessKeyFile, or fromEnvironment: true
+            daemon.yaml:9:31: error: invalid store: give credentials: both accessKeyIdFile and secretAccessKeyFile, or fromEnvironment: true
+            daemon.yaml:10:14: error: invalid store: the scheme must be file or s3
+        "#]],
+    );
+    check(
+        "apiVersion: drover.dev/v1alpha1\nkind: Cluster\n",
+        expect![[r#"
+        daemon.yaml:2:7: error: unsupported kind `Cluster`; a daemon configuration holds `DaemonConfig`
+    "#]],
+    );
+    check(
+        &format!("{HEAD}---\n{HEAD}"),
+        expect![[r#"
+        daemon.yaml:4:1: error: a daemon configuration is one YAML document
+    "#]],
+    );
+}
+
+/// A secret pasted inline is refused by name, and its value appears nowhere in the output.
+#[test]
+fn an_inline_secret_is_refused_without_echoing_it() {
+    let text = format!("{HEAD}stores:\n  s: {{url: 's3://b', secretAccessKey: hunter2-secret}}\n");
+    let err = config::parse("daemon.yaml", text.into_bytes()).unwrap_err();
+    let out = err.render();
+    assert!(out.contains("unknown field `secretAccessKey`"), "{out}");
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+}

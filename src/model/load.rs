@@ -340,14 +340,24 @@ pub fn load_file(path: &Path) -> Result<Repository, LoadError> {
             path: path.to_path_buf(),
         });
     }
-    let bytes = read_limited(path).map_err(|source| LoadError::Io {
+    let name = path.display().to_string();
+    let io = |source| LoadError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let file = SourceFile {
-        path: path.display().to_string(),
-        bytes,
     };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > MAX_FILE_BYTES {
+        let limit = MAX_FILE_BYTES;
+        let location = Location {
+            file: name,
+            pos: None,
+            len: 1,
+        };
+        let too_large = Diagnostic::new(location, Problem::FileTooLarge { size, limit });
+        return Ok(load_sources(Vec::new(), vec![too_large]));
+    }
+    let bytes = read_limited(path).map_err(io)?;
+    let file = SourceFile { path: name, bytes };
     Ok(load_sources(vec![file], Vec::new()))
 }
 

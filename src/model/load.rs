@@ -171,9 +171,13 @@ pub(crate) fn parse_documents<T: DeserializeOwned>(
         diagnostics.push(at(Some(Mark::START), Problem::EmptyFile));
         return parsed;
     }
-    let mut docs = docs.into_iter();
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let index = docs.next().unwrap_or_default();
+    // serde_yaml's document iterator can repeat a syntax error forever where its parser (libyaml)
+    // is stricter than the first pass's: read no more documents than the first pass counted, and
+    // stop at an error that does not move.
+    let count = docs.len();
+    let mut last_error: Option<Mark> = None;
+    let documents = serde_yaml::Deserializer::from_str(text).take(count);
+    for (document, index) in documents.zip(docs) {
         if index.empty {
             continue;
         }
@@ -181,6 +185,10 @@ pub(crate) fn parse_documents<T: DeserializeOwned>(
             Ok(value) => parsed.documents.push((value, index)),
             Err(e) => {
                 let (mark, reason) = schema_error(&e, &index);
+                if last_error == Some(mark) {
+                    break;
+                }
+                last_error = Some(mark);
                 diagnostics.push(at(Some(mark), Problem::Schema { reason }));
             }
         }

@@ -101,6 +101,12 @@ impl Default for Renderer {
         env.set_fuel(Some(FUEL));
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_recursion_limit(16);
+        // File contents must keep their last newline, templated or not.
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+            .expect("the default delimiters are valid");
+        env.set_syntax(syntax);
         Renderer { env }
     }
 }
@@ -209,6 +215,7 @@ mod tests {
                 "https://127.0.0.2:2379,https://127.0.0.3:2379",
             ),
             ("<{{ cluster.name }}&>", "<dev&>"),
+            ("line {{ node.name }}\n", "line node-1\n"),
         ];
         for (template, want) in cases {
             assert_eq!(r.render(template, &f).unwrap(), want, "{template}");

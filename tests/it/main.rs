@@ -4,6 +4,7 @@
 
 mod cli;
 mod config;
+mod fuzz;
 mod schema;
 mod smoke;
 mod support;

@@ -726,6 +726,26 @@ fn an_alias_bomb_is_refused() {
     );
 }
 
+/// Found by the fuzzer: the first pass accepts this, libyaml does not, and serde_yaml's document
+/// iterator used to repeat that error forever.
+#[test]
+fn a_syntax_error_only_libyaml_sees_is_reported_once() {
+    check(
+        "a:\n :\n---\nb: 1\n",
+        expect![[r#"
+            clusters/c.yaml:1:1: error: unknown field `a`, expected one of `apiVersion`, `kind`, `metadata`, `spec`
+              |
+            1 | a:
+              | ^
+
+            clusters/c.yaml:2:2: error: did not find expected key
+              |
+            2 |  :
+              |  ^
+        "#]],
+    );
+}
+
 #[test]
 fn deep_nesting_is_refused() {
     let deep: String = (0..200).map(|d| format!("{}k:\n", " ".repeat(d))).collect();

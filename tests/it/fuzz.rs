@@ -1,0 +1,205 @@
+//! Fuzzing the loader with proptest: arbitrary bytes, mutations of real cluster files, and
+//! generated YAML. Whatever the input, loading never panics, every diagnostic points inside
+//! the file, and a file either yields its clusters or says why not. `PROPTEST_CASES` sets the
+//! number of cases per property (default 1000).
+
+use drover::diagnostic::Severity;
+use drover::model::{load_sources, Repository, SourceFile};
+use proptest::prelude::*;
+
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    ProptestConfig {
+        cases,
+        // Shrunk failures are written next to this file; commit them as regressions.
+        ..ProptestConfig::default()
+    }
+}
+
+fn load(bytes: Vec<u8>) -> (Repository, Vec<u8>) {
+    let file = SourceFile {
+        path: "clusters/f.yaml".into(),
+        bytes: bytes.clone(),
+    };
+    (load_sources(vec![file], Vec::new()), bytes)
+}
+
+/// What must hold for any input.
+fn check_invariants(repo: &Repository, bytes: &[u8]) -> Result<(), TestCaseError> {
+    let text = String::from_utf8_lossy(bytes);
+    let lines = text.lines().count() as u32;
+    for d in &repo.diagnostics {
+        if let Some(pos) = d.location.pos {
+            prop_assert!(pos.line >= 1 && pos.column >= 1, "{d:?}");
+            prop_assert!(pos.line <= lines + 1, "line past the end: {d:?}");
+        }
+        // Rendering must not panic either.
+        let _ = d.render(repo.sources.get(&d.location.file).map(String::as_str));
+    }
+    let errors = repo
+        .diagnostics
+        .iter()
+        .any(|d| d.severity() == Severity::Error);
+    if !errors && repo.clusters.is_empty() {
+        // A file with no error and no cluster must have said so.
+        prop_assert!(
+            repo.diagnostics
+                .iter()
+                .any(|d| d.problem.code() == "empty-file"),
+            "nothing loaded and nothing said: {:?}",
+            repo.diagnostics
+        );
+    }
+    Ok(())
+}
+
+const SEEDS: [&str; 2] = [
+    include_str!("../../examples-repo/clusters/dev.yaml"),
+    include_str!("../../examples-repo/clusters/k8s-reference.yaml"),
+];
+
+/// Fragments that matter to YAML, to the loader, or to templates.
+const TOKENS: &[&str] = &[
+    ":",
+    "- ",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    "\n",
+    "  ",
+    "\t",
+    "'",
+    "\"",
+    "&a ",
+    "*a",
+    "<<: ",
+    "---\n",
+    "!!str ",
+    "!tag ",
+    "? ",
+    "|\n",
+    ">\n",
+    "#",
+    "~",
+    "null",
+    "0",
+    "-1",
+    "4294967296",
+    "{{",
+    "}}",
+    "{% for x in y %}",
+    "node.address",
+    "\u{feff}",
+    "\u{0}",
+    "é",
+    "etcd",
+    "%",
+];
+
+#[derive(Debug, Clone)]
+enum Edit {
+    Delete { at: usize, len: usize },
+    Insert { at: usize, token: usize },
+    Duplicate { at: usize, len: usize },
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (any::<usize>(), 1usize..40).prop_map(|(at, len)| Edit::Delete { at, len }),
+        (any::<usize>(), 0..TOKENS.len()).prop_map(|(at, token)| Edit::Insert { at, token }),
+        (any::<usize>(), 1usize..200).prop_map(|(at, len)| Edit::Duplicate { at, len }),
+    ]
+}
+
+fn apply(seed: &str, edits: &[Edit]) -> Vec<u8> {
+    let mut b = seed.as_bytes().to_vec();
+    for e in edits {
+        let n = b.len().max(1);
+        match *e {
+            Edit::Delete { at, len } => {
+                let at = at % n;
+                let end = (at + len).min(b.len());
+                b.drain(at.min(b.len())..end);
+            }
+            Edit::Insert { at, token } => {
+                let at = at % (b.len() + 1);
+                b.splice(at..at, TOKENS[token].bytes());
+            }
+            Edit::Duplicate { at, len } => {
+                let at = at % n;
+                let end = (at + len).min(b.len());
+                let part = b[at.min(b.len())..end].to_vec();
+                b.splice(at.min(b.len())..at.min(b.len()), part);
+            }
+        }
+    }
+    b
+}
+
+/// A small YAML value, rendered as block or flow text.
+fn yaml_value() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        "[a-z0-9.:/-]{0,12}",
+        Just("''".to_string()),
+        Just("~".to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        Just("{{ node.address }}".to_string()),
+    ];
+    leaf.prop_recursive(6, 64, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(", "))),
+            prop::collection::vec(("[a-zA-Z]{1,10}", inner), 0..5).prop_map(|kv| {
+                let body: Vec<String> = kv.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                format!("{{{}}}", body.join(", "))
+            }),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        let (repo, bytes) = load(bytes);
+        check_invariants(&repo, &bytes)?;
+    }
+
+    #[test]
+    fn mutated_cluster_files_never_panic(
+        seed in 0..SEEDS.len(),
+        edits in prop::collection::vec(edit(), 1..8),
+    ) {
+        let (repo, bytes) = load(apply(SEEDS[seed], &edits));
+        check_invariants(&repo, &bytes)?;
+    }
+
+    #[test]
+    fn generated_cluster_shapes_never_panic(
+        nodes in yaml_value(),
+        etcd in yaml_value(),
+        components in yaml_value(),
+        rollout in yaml_value(),
+    ) {
+        let text = format!(
+            "apiVersion: drover.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: f}}\nspec:\n  nodes: {nodes}\n  etcd: {etcd}\n  components: {components}\n  rollout: {rollout}\n"
+        );
+        let (repo, bytes) = load(text.into_bytes());
+        check_invariants(&repo, &bytes)?;
+    }
+}
+
+/// The seeds themselves load, so mutations start from valid files.
+#[test]
+fn seeds_are_valid() {
+    for seed in SEEDS {
+        let (repo, _) = load(seed.as_bytes().to_vec());
+        assert!(!repo.has_errors(), "{}", repo.render_diagnostics());
+        assert_eq!(repo.clusters.len(), 1);
+    }
+}

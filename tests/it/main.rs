@@ -5,6 +5,7 @@
 mod cli;
 mod config;
 mod fuzz;
+mod image;
 mod schema;
 mod smoke;
 mod support;

@@ -767,7 +767,7 @@ fn is_clean_absolute(p: &str) -> bool {
 }
 
 /// Octal permission bits such as `644` or `0644`.
-pub(super) fn parse_mode(mode: &str) -> Option<u32> {
+pub(crate) fn parse_mode(mode: &str) -> Option<u32> {
     let digits = mode
         .strip_prefix('0')
         .filter(|d| d.len() == 3)

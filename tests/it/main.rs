@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod fuzz;
 mod image;
+mod plan;
 mod schema;
 mod smoke;
 mod support;

@@ -1,0 +1,678 @@
+//! The planner: `plan(desired, observed, now)` says what must happen, in which order and behind
+//! which gates, to take every cluster from what runs to what Git declares. It is a pure function
+//! over owned data: no IO, no clock but `now`, and the same inputs give the same plan, byte for
+//! byte. An empty observed state is a new cluster; there is no separate bootstrap path.
+//!
+//! Order, per cluster: a requested restore; etcd membership one change at a time (add, start,
+//! health gate; a member is removed before its node stops) and etcd containers one at a time;
+//! then control-plane nodes, then workers, in batches bounded by max-unavailable (new nodes,
+//! which serve nothing yet, go in one batch); decommissioned nodes last; the snapshot policy.
+
+pub mod container;
+mod etcd;
+pub mod observed;
+pub mod render;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use self::container::{container_name, desired_nodes, NodeSpec, ETCD_COMPONENT};
+pub use self::observed::{as_if_running, simulate, Observed, ObservedCluster, PolicyState};
+use crate::model::{Cluster, Role, SnapshotId};
+
+/// Version of the JSON form of a plan (`drover plan --format json`).
+pub const PLAN_FORMAT_VERSION: u32 = 1;
+
+/// What is wanted: the clusters Git declares, and what is known about their snapshot stores.
+#[derive(Debug, Clone, Default)]
+pub struct Desired<'a> {
+    pub clusters: Vec<&'a Cluster>,
+    /// The snapshots each cluster's store holds, when known; a restore of any other is refused.
+    pub known_snapshots: Option<BTreeMap<String, BTreeSet<SnapshotId>>>,
+}
+
+/// The plan for every cluster, in cluster-name order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub format_version: u32,
+    pub clusters: Vec<ClusterPlan>,
+    /// Clusters that run but that Git no longer declares: drover leaves them as they are.
+    pub unmanaged: Vec<String>,
+    /// A stable hash of everything above.
+    pub digest: String,
+}
+
+impl Plan {
+    pub fn has_errors(&self) -> bool {
+        self.clusters.iter().any(|c| !c.errors.is_empty())
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.clusters.iter().any(|c| c.steps().next().is_some())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPlan {
+    pub cluster: String,
+    /// True when nothing of the cluster runs yet.
+    pub new_cluster: bool,
+    pub phases: Vec<Phase>,
+    pub errors: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+    pub digest: String,
+}
+
+impl ClusterPlan {
+    pub fn steps(&self) -> impl Iterator<Item = &Step> {
+        self.phases
+            .iter()
+            .flat_map(|p| p.batches.iter().flat_map(|b| b.steps.iter()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PhaseKind {
+    Restore,
+    Etcd,
+    EtcdNodes,
+    Controlplane,
+    Workers,
+    Decommission,
+    Snapshots,
+}
+
+impl PhaseKind {
+    pub fn title(self) -> &'static str {
+        match self {
+            PhaseKind::Restore => "restore",
+            PhaseKind::Etcd => "etcd",
+            PhaseKind::EtcdNodes => "etcd-only nodes",
+            PhaseKind::Controlplane => "control plane",
+            PhaseKind::Workers => "workers",
+            PhaseKind::Decommission => "decommission",
+            PhaseKind::Snapshots => "snapshot policy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Phase {
+    pub kind: PhaseKind,
+    pub batches: Vec<Batch>,
+}
+
+/// Steps that run together; the next batch waits for this one's gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Batch {
+    pub nodes: Vec<String>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialState {
+    New,
+    Existing,
+}
+
+/// What a gate waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Gate {
+    /// Every listed etcd member reports healthy.
+    EtcdHealthy,
+    /// Every container on the listed nodes runs and passes its health check.
+    NodesHealthy,
+}
+
+/// One action. Node, component and container names are those of the plan's cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(
+    tag = "action",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum Step {
+    RestoreSnapshot {
+        snapshot: String,
+        request_id: String,
+    },
+    AddEtcdMember {
+        node: String,
+        peer_url: String,
+    },
+    /// Create and start the member's container with the bootstrap flags given here.
+    StartEtcdMember {
+        node: String,
+        container: String,
+        initial_cluster: Vec<String>,
+        initial_state: InitialState,
+    },
+    RemoveEtcdMember {
+        node: String,
+    },
+    WriteFile {
+        node: String,
+        path: String,
+        mode: String,
+        digest: String,
+    },
+    CreateContainer {
+        node: String,
+        component: String,
+        container: String,
+        image: String,
+    },
+    RecreateContainer {
+        node: String,
+        component: String,
+        container: String,
+        changed: Vec<String>,
+    },
+    /// The container exists with the wanted spec but is stopped.
+    StartContainer {
+        node: String,
+        component: String,
+        container: String,
+    },
+    RemoveContainer {
+        node: String,
+        component: String,
+        container: String,
+    },
+    RemoveFile {
+        node: String,
+        path: String,
+    },
+    /// Forget the node: its credential is revoked and its agent refused from now on.
+    DecommissionNode {
+        node: String,
+    },
+    AwaitHealthy {
+        gate: Gate,
+        nodes: Vec<String>,
+    },
+    UpdateSnapshotPolicy {
+        from: Option<PolicyState>,
+        to: Option<PolicyState>,
+    },
+}
+
+/// Something the plan's reader must know: errors make the plan unsafe to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(
+    tag = "code",
+    rename_all = "kebab-case",
+    rename_all_fields = "camelCase"
+)]
+pub enum Finding {
+    #[error("etcd quorum would be lost: {kept} of {current} current members remain, fewer than the {quorum} a quorum needs; restore from a snapshot instead")]
+    QuorumLoss {
+        current: usize,
+        kept: usize,
+        quorum: usize,
+    },
+    #[error("every control-plane node would be removed")]
+    NoControlPlaneLeft,
+    #[error("restore requests snapshot {snapshot}, which store {store} does not hold")]
+    UnknownSnapshot { snapshot: String, store: String },
+    #[error("restore requests snapshot {snapshot} but the cluster has no snapshot store")]
+    RestoreWithoutStore { snapshot: String },
+    #[error("{count} etcd members tolerate no more failures than {fewer}; prefer an odd count")]
+    EvenEtcdCount { count: usize, fewer: usize },
+    #[error("a single etcd member: losing it loses the cluster, and adding a second loses quorum until it starts")]
+    SingleEtcdMember,
+    #[error("node {node} changes address from {from} to {to}; its containers are recreated and peers must reach the new address")]
+    AddressChange {
+        node: String,
+        from: String,
+        to: String,
+    },
+    #[error("image {image} has a mutable tag: nodes may run different builds of it; pin a version or digest")]
+    MutableImageTag { image: String },
+    #[error("recreating etcd member {node} of {members} loses quorum while it restarts")]
+    EtcdRestartLosesQuorum { node: String, members: usize },
+}
+
+/// The smallest majority of `n` members.
+pub fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// Plans every desired cluster against what is observed of it. `now` is accepted so time-based
+/// decisions stay inside this pure function; no step depends on it yet.
+pub fn plan(desired: &Desired<'_>, observed: &Observed, now: SystemTime) -> Plan {
+    let _ = now;
+    let mut clusters: Vec<ClusterPlan> = desired
+        .clusters
+        .iter()
+        .map(|cluster| {
+            let name = cluster.name.as_str();
+            let empty = ObservedCluster::default();
+            let seen = observed.clusters.get(name).unwrap_or(&empty);
+            let known = desired
+                .known_snapshots
+                .as_ref()
+                .map(|k| k.get(name).cloned().unwrap_or_default());
+            plan_cluster(cluster, seen, known.as_ref())
+        })
+        .collect();
+    clusters.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    let declared: BTreeSet<&str> = desired.clusters.iter().map(|c| c.name.as_str()).collect();
+    let unmanaged = observed
+        .clusters
+        .keys()
+        .filter(|name| !declared.contains(name.as_str()))
+        .cloned()
+        .collect();
+    let mut plan = Plan {
+        format_version: PLAN_FORMAT_VERSION,
+        clusters,
+        unmanaged,
+        digest: String::new(),
+    };
+    plan.digest = digest(&plan);
+    plan
+}
+
+/// Plans one cluster. Pure; exposed for callers that cache per cluster.
+pub fn plan_cluster(
+    cluster: &Cluster,
+    observed: &ObservedCluster,
+    known_snapshots: Option<&BTreeSet<SnapshotId>>,
+) -> ClusterPlan {
+    let specs = desired_nodes(cluster);
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    check_safety(
+        cluster,
+        observed,
+        known_snapshots,
+        &mut errors,
+        &mut warnings,
+    );
+
+    let mut phases = Vec::new();
+    let mut push = |kind, batches: Vec<Batch>| {
+        if !batches.is_empty() {
+            phases.push(Phase { kind, batches });
+        }
+    };
+    push(PhaseKind::Restore, restore(cluster, observed));
+    push(
+        PhaseKind::Etcd,
+        etcd::phase(cluster, &specs, observed, &mut warnings),
+    );
+    let by_role = node_batches(cluster, &specs, observed);
+    for (kind, batches) in by_role {
+        push(kind, batches);
+    }
+    push(PhaseKind::Decommission, decommission(cluster, observed));
+    push(PhaseKind::Snapshots, snapshot_policy(cluster, observed));
+
+    let mut plan = ClusterPlan {
+        cluster: cluster.name.to_string(),
+        new_cluster: observed.nodes.is_empty() && observed.etcd_members.is_empty(),
+        phases,
+        errors,
+        warnings,
+        digest: String::new(),
+    };
+    plan.digest = digest(&plan);
+    plan
+}
+
+fn check_safety(
+    cluster: &Cluster,
+    observed: &ObservedCluster,
+    known_snapshots: Option<&BTreeSet<SnapshotId>>,
+    errors: &mut Vec<Finding>,
+    warnings: &mut Vec<Finding>,
+) {
+    let desired_members: BTreeSet<&str> = cluster
+        .nodes_with(Role::Etcd)
+        .map(|n| n.name.as_str())
+        .collect();
+    let current = observed.etcd_members.len();
+    if current > 0 {
+        let kept = observed
+            .etcd_members
+            .keys()
+            .filter(|m| desired_members.contains(m.as_str()))
+            .count();
+        if kept < quorum(current) {
+            let quorum = quorum(current);
+            errors.push(Finding::QuorumLoss {
+                current,
+                kept,
+                quorum,
+            });
+        }
+    }
+    let had_controlplane = observed
+        .nodes
+        .values()
+        .any(|n| n.roles.contains(&Role::Controlplane));
+    if had_controlplane && cluster.nodes_with(Role::Controlplane).next().is_none() {
+        errors.push(Finding::NoControlPlaneLeft);
+    }
+    if let Some(restore) = &cluster.etcd.restore {
+        let pending = !observed.restores_done.contains(restore.request_id.as_str());
+        let snapshot = restore.snapshot.to_string();
+        match (&cluster.etcd.snapshots, known_snapshots) {
+            (None, _) if pending => errors.push(Finding::RestoreWithoutStore { snapshot }),
+            (Some(policy), Some(known)) if pending && !known.contains(&restore.snapshot) => {
+                let store = policy.store.to_string();
+                errors.push(Finding::UnknownSnapshot { snapshot, store });
+            }
+            _ => {}
+        }
+    }
+    match desired_members.len() {
+        1 => warnings.push(Finding::SingleEtcdMember),
+        n if n % 2 == 0 => warnings.push(Finding::EvenEtcdCount {
+            count: n,
+            fewer: n - 1,
+        }),
+        _ => {}
+    }
+    for node in &cluster.nodes {
+        if let Some(seen) = observed.nodes.get(node.name.as_str()) {
+            if !seen.address.is_empty() && seen.address != node.address.as_str() {
+                warnings.push(Finding::AddressChange {
+                    node: node.name.to_string(),
+                    from: seen.address.clone(),
+                    to: node.address.to_string(),
+                });
+            }
+        }
+    }
+    let mut images: BTreeSet<&str> = BTreeSet::new();
+    images.insert(&cluster.etcd.image);
+    for list in cluster.components.values() {
+        images.extend(list.iter().map(|c| c.spec.image.as_str()));
+    }
+    for image in images.into_iter().filter(|i| is_mutable_tag(i)) {
+        let image = image.to_string();
+        warnings.push(Finding::MutableImageTag { image });
+    }
+}
+
+/// `latest`, or no tag and no digest at all.
+fn is_mutable_tag(image: &str) -> bool {
+    if image.contains('@') {
+        return false;
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, tag)) => tag == "latest",
+        None => true,
+    }
+}
+
+fn restore(cluster: &Cluster, observed: &ObservedCluster) -> Vec<Batch> {
+    let Some(r) = &cluster.etcd.restore else {
+        return Vec::new();
+    };
+    if observed.restores_done.contains(r.request_id.as_str()) {
+        return Vec::new();
+    }
+    let nodes = cluster
+        .nodes_with(Role::Etcd)
+        .map(|n| n.name.to_string())
+        .collect();
+    vec![Batch {
+        nodes,
+        steps: vec![Step::RestoreSnapshot {
+            snapshot: r.snapshot.to_string(),
+            request_id: r.request_id.to_string(),
+        }],
+    }]
+}
+
+/// The steps that take one node's components and files from observed to desired.
+fn node_steps(
+    cluster: &str,
+    node: &str,
+    spec: &NodeSpec,
+    seen: Option<&observed::ObservedNode>,
+) -> Vec<Step> {
+    let empty = observed::ObservedNode::default();
+    let seen = seen.unwrap_or(&empty);
+    let name = |component: &str| container_name(cluster, node, component);
+    let mut steps = Vec::new();
+    for (path, file) in &spec.files {
+        if seen.files.get(path) != Some(&file.digest) {
+            steps.push(Step::WriteFile {
+                node: node.into(),
+                path: path.clone(),
+                mode: format!("{:04o}", file.mode),
+                digest: file.digest.clone(),
+            });
+        }
+    }
+    for component in seen.containers.keys() {
+        if component != ETCD_COMPONENT && !spec.containers.contains_key(component) {
+            steps.push(Step::RemoveContainer {
+                node: node.into(),
+                component: component.clone(),
+                container: name(component),
+            });
+        }
+    }
+    for (component, want) in &spec.containers {
+        if component == ETCD_COMPONENT {
+            continue;
+        }
+        let (node, component) = (node.to_string(), component.clone());
+        let container = name(&component);
+        match seen.containers.get(&component) {
+            None => steps.push(Step::CreateContainer {
+                node,
+                component,
+                container,
+                image: want.image.clone(),
+            }),
+            Some(have) if have.spec != *want => {
+                let changed = want
+                    .changed_fields(&have.spec)
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
+                steps.push(Step::RecreateContainer {
+                    node,
+                    component,
+                    container,
+                    changed,
+                });
+            }
+            Some(have) if !have.running => steps.push(Step::StartContainer {
+                node,
+                component,
+                container,
+            }),
+            Some(_) => {}
+        }
+    }
+    for path in seen.files.keys() {
+        if !spec.files.contains_key(path) {
+            steps.push(Step::RemoveFile {
+                node: node.into(),
+                path: path.clone(),
+            });
+        }
+    }
+    steps
+}
+
+/// Component changes, grouped by the phase of each node's highest role and batched.
+fn node_batches(
+    cluster: &Cluster,
+    specs: &BTreeMap<String, NodeSpec>,
+    observed: &ObservedCluster,
+) -> Vec<(PhaseKind, Vec<Batch>)> {
+    let kinds = [
+        (PhaseKind::EtcdNodes, Role::Etcd),
+        (PhaseKind::Controlplane, Role::Controlplane),
+        (PhaseKind::Workers, Role::Worker),
+    ];
+    let phase_of = |roles: &BTreeSet<Role>| {
+        if roles.contains(&Role::Controlplane) {
+            PhaseKind::Controlplane
+        } else if roles.contains(&Role::Worker) {
+            PhaseKind::Workers
+        } else {
+            PhaseKind::EtcdNodes
+        }
+    };
+    let mut out = Vec::new();
+    for (kind, role) in kinds {
+        let in_phase: Vec<_> = cluster
+            .nodes
+            .iter()
+            .filter(|n| phase_of(&n.roles) == kind)
+            .collect();
+        let mut fresh = Vec::new();
+        let mut existing = Vec::new();
+        for node in &in_phase {
+            let seen = observed.nodes.get(node.name.as_str());
+            let steps = node_steps(
+                cluster.name.as_str(),
+                node.name.as_str(),
+                &specs[node.name.as_str()],
+                seen,
+            );
+            if steps.is_empty() {
+                continue;
+            }
+            let is_new = seen.is_none_or(|s| s.containers.is_empty());
+            let entry = (node.name.to_string(), steps);
+            if is_new {
+                fresh.push(entry);
+            } else {
+                existing.push(entry);
+            }
+        }
+        let size = cluster.rollout.batch_size(role, in_phase.len());
+        let mut batches = Vec::new();
+        if !fresh.is_empty() {
+            batches.push(gated(fresh));
+        }
+        let mut rest = existing.into_iter().peekable();
+        while rest.peek().is_some() {
+            batches.push(gated(rest.by_ref().take(size).collect()));
+        }
+        if !batches.is_empty() {
+            out.push((kind, batches));
+        }
+    }
+    out
+}
+
+/// A batch of nodes' steps followed by a gate on those nodes.
+fn gated(nodes: Vec<(String, Vec<Step>)>) -> Batch {
+    let names: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
+    let mut steps: Vec<Step> = nodes.into_iter().flat_map(|(_, s)| s).collect();
+    steps.push(Step::AwaitHealthy {
+        gate: Gate::NodesHealthy,
+        nodes: names.clone(),
+    });
+    Batch {
+        nodes: names,
+        steps,
+    }
+}
+
+fn decommission(cluster: &Cluster, observed: &ObservedCluster) -> Vec<Batch> {
+    let declared: BTreeSet<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+    observed
+        .nodes
+        .iter()
+        .filter(|(name, _)| !declared.contains(name.as_str()))
+        .map(|(name, seen)| {
+            let mut steps: Vec<Step> = seen
+                .containers
+                .keys()
+                .filter(|c| c.as_str() != ETCD_COMPONENT)
+                .map(|component| Step::RemoveContainer {
+                    node: name.clone(),
+                    component: component.clone(),
+                    container: container_name(cluster.name.as_str(), name, component),
+                })
+                .collect();
+            steps.extend(seen.files.keys().map(|path| Step::RemoveFile {
+                node: name.clone(),
+                path: path.clone(),
+            }));
+            steps.push(Step::DecommissionNode { node: name.clone() });
+            Batch {
+                nodes: vec![name.clone()],
+                steps,
+            }
+        })
+        .collect()
+}
+
+fn snapshot_policy(cluster: &Cluster, observed: &ObservedCluster) -> Vec<Batch> {
+    let to = cluster.etcd.snapshots.as_ref().map(PolicyState::of);
+    if to == observed.snapshot_policy {
+        return Vec::new();
+    }
+    vec![Batch {
+        nodes: Vec::new(),
+        steps: vec![Step::UpdateSnapshotPolicy {
+            from: observed.snapshot_policy.clone(),
+            to,
+        }],
+    }]
+}
+
+/// `sha256:` and the hex digest of the value's JSON, without its own `digest` field.
+fn digest<T: Serialize>(value: &T) -> String {
+    let mut json = serde_json::to_value(value).expect("plans are JSON");
+    if let Some(obj) = json.as_object_mut() {
+        obj.remove("digest");
+    }
+    let bytes = serde_json::to_vec(&json).expect("plans are JSON");
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_sizes() {
+        let cases = [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (7, 4)];
+        for (n, q) in cases {
+            assert_eq!(quorum(n), q, "{n}");
+        }
+    }
+
+    #[test]
+    fn mutable_tags() {
+        for m in [
+            "busybox",
+            "busybox:latest",
+            "registry:5000/app",
+            "r.io/a/b:latest",
+        ] {
+            assert!(is_mutable_tag(m), "{m}");
+        }
+        for p in [
+            "busybox:1",
+            "registry:5000/app:v2",
+            "app@sha256:abc",
+            "a/b:3.4.23",
+        ] {
+            assert!(!is_mutable_tag(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Plans for people: plain text for terminals and logs, and markdown for a pull-request
+//! comment (a summary table, errors and warnings first, details folded). The JSON form is the
+//! serde form of `Plan`, versioned by `PLAN_FORMAT_VERSION`.
+
+use std::fmt::Write as _;
+
+use super::{ClusterPlan, Gate, InitialState, Phase, PhaseKind, Plan, Step};
+
+/// One step as a line: the node it concerns (if any) and what happens.
+pub fn describe(step: &Step) -> (Option<&str>, String) {
+    match step {
+        Step::RestoreSnapshot {
+            snapshot,
+            request_id,
+        } => (
+            None,
+            format!("restore etcd from snapshot {snapshot} (request {request_id})"),
+        ),
+        Step::AddEtcdMember { node, peer_url } => {
+            (Some(node), format!("add etcd member at {peer_url}"))
+        }
+        Step::StartEtcdMember {
+            node,
+            initial_cluster,
+            initial_state,
+            ..
+        } => {
+            let state = match initial_state {
+                InitialState::New => "new cluster",
+                InitialState::Existing => "joining",
+            };
+            let members: Vec<&str> = initial_cluster
+                .iter()
+                .map(|m| m.split('=').next().unwrap_or(m))
+                .collect();
+            (
+                Some(node),
+                format!(
+                    "start etcd member ({state}; members {})",
+                    members.join(", ")
+                ),
+            )
+        }
+        Step::RemoveEtcdMember { node } => (Some(node), "remove etcd member".into()),
+        Step::WriteFile {
+            node, path, mode, ..
+        } => (Some(node), format!("write file {path} (mode {mode})")),
+        Step::CreateContainer {
+            node,
+            component,
+            image,
+            ..
+        } => (
+            Some(node),
+            format!("create {component} container ({image})"),
+        ),
+        Step::RecreateContainer {
+            node,
+            component,
+            changed,
+            ..
+        } => (
+            Some(node),
+            format!(
+                "recreate {component} container: {} changed",
+                changed.join(", ")
+            ),
+        ),
+        Step::StartContainer {
+            node, component, ..
+        } => (Some(node), format!("start stopped {component} container")),
+        Step::RemoveContainer {
+            node, component, ..
+        } => (Some(node), format!("remove {component} container")),
+        Step::RemoveFile { node, path } => (Some(node), format!("remove file {path}")),
+        Step::DecommissionNode { node } => (
+            Some(node),
+            "decommission: forget the node and revoke its credential".into(),
+        ),
+        Step::AwaitHealthy { gate, nodes } => {
+            let what = match gate {
+                Gate::EtcdHealthy => "etcd members",
+                Gate::NodesHealthy => "nodes",
+            };
+            (
+                None,
+                format!("wait until {what} {} are healthy", nodes.join(", ")),
+            )
+        }
+        Step::UpdateSnapshotPolicy { from, to } => {
+            let text = match (from, to) {
+                (None, Some(to)) => format!("start snapshots: {to}"),
+                (Some(from), None) => format!("stop snapshots (were: {from})"),
+                (Some(from), Some(to)) => format!("snapshots: {from} -> {to}"),
+                (None, None) => "no snapshot policy".into(),
+            };
+            (None, text)
+        }
+    }
+}
+
+fn step_line(step: &Step) -> String {
+    match describe(step) {
+        (Some(node), text) => format!("{node}: {text}"),
+        (None, text) => text,
+    }
+}
+
+fn count_steps(c: &ClusterPlan) -> usize {
+    c.steps()
+        .filter(|s| !matches!(s, Step::AwaitHealthy { .. }))
+        .count()
+}
+
+/// `1 step`, `2 steps`.
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min("sha256:".len() + 12)]
+}
+
+/// The plan as plain text.
+pub fn text(plan: &Plan) -> String {
+    let mut out = String::new();
+    for c in &plan.clusters {
+        let steps = count_steps(c);
+        let status = if steps == 0 {
+            "no changes".to_string()
+        } else {
+            let new = if c.new_cluster { "new cluster, " } else { "" };
+            format!(
+                "{new}{} in {}",
+                count(steps, "step"),
+                count(c.phases.len(), "phase")
+            )
+        };
+        let _ = writeln!(out, "cluster {}: {status}", c.cluster);
+        for e in &c.errors {
+            let _ = writeln!(out, "  error: {e}");
+        }
+        for w in &c.warnings {
+            let _ = writeln!(out, "  warning: {w}");
+        }
+        for (i, phase) in c.phases.iter().enumerate() {
+            let _ = writeln!(out, "  {}. {}", i + 1, phase.kind.title());
+            write_phase(&mut out, phase, "     ");
+        }
+    }
+    for name in &plan.unmanaged {
+        let _ = writeln!(
+            out,
+            "cluster {name}: runs but is no longer declared; drover leaves it as it is"
+        );
+    }
+    let _ = writeln!(out, "plan digest: {}", plan.digest);
+    out
+}
+
+fn write_phase(out: &mut String, phase: &Phase, indent: &str) {
+    for (j, batch) in phase.batches.iter().enumerate() {
+        if phase.batches.len() > 1 {
+            let _ = writeln!(out, "{indent}batch {} of {}", j + 1, phase.batches.len());
+        }
+        for step in &batch.steps {
+            let _ = writeln!(out, "{indent}- {}", step_line(step));
+        }
+    }
+}
+
+/// The plan as a pull-request comment.
+pub fn markdown(plan: &Plan) -> String {
+    let mut out = String::from("### drover plan\n\n");
+    out.push_str(
+        "| cluster | change | etcd | control plane | workers | steps | errors | warnings |\n",
+    );
+    out.push_str("|---|---|---|---|---|---:|---:|---:|\n");
+    for c in &plan.clusters {
+        let steps = count_steps(c);
+        let change = match (steps, c.new_cluster, c.errors.is_empty()) {
+            (_, _, false) => "unsafe",
+            (0, _, true) => "none",
+            (_, true, true) => "new cluster",
+            _ => "changes",
+        };
+        let nodes_in = |kinds: &[PhaseKind]| {
+            let n: usize = c
+                .phases
+                .iter()
+                .filter(|p| kinds.contains(&p.kind))
+                .flat_map(|p| &p.batches)
+                .map(|b| b.nodes.len())
+                .sum();
+            if n == 0 {
+                "-".to_string()
+            } else {
+                count(n, "node")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| `{}` | {change} | {} | {} | {} | {steps} | {} | {} |",
+            c.cluster,
+            nodes_in(&[PhaseKind::Etcd]),
+            nodes_in(&[PhaseKind::Controlplane]),
+            nodes_in(&[PhaseKind::Workers]),
+            c.errors.len(),
+            c.warnings.len()
+        );
+    }
+    let findings: Vec<String> = plan
+        .clusters
+        .iter()
+        .flat_map(|c| {
+            let errors = c
+                .errors
+                .iter()
+                .map(move |e| format!("- :x: **{}**: {e}", c.cluster));
+            let warnings = c
+                .warnings
+                .iter()
+                .map(move |w| format!("- :warning: **{}**: {w}", c.cluster));
+            errors.chain(warnings)
+        })
+        .collect();
+    if !findings.is_empty() {
+        out.push('\n');
+        out.push_str(&findings.join("\n"));
+        out.push('\n');
+    }
+    for c in plan.clusters.iter().filter(|c| count_steps(c) > 0) {
+        let _ = write!(
+            out,
+            "\n<details><summary><code>{}</code>: {} in {}</summary>\n\n",
+            c.cluster,
+            count(count_steps(c), "step"),
+            count(c.phases.len(), "phase")
+        );
+        for (i, phase) in c.phases.iter().enumerate() {
+            let _ = writeln!(out, "{}. **{}**", i + 1, phase.kind.title());
+            for (j, batch) in phase.batches.iter().enumerate() {
+                if phase.batches.len() > 1 {
+                    let _ = writeln!(out, "   - batch {} of {}", j + 1, phase.batches.len());
+                }
+                let pad = if phase.batches.len() > 1 {
+                    "     "
+                } else {
+                    "   "
+                };
+                for step in &batch.steps {
+                    let _ = writeln!(out, "{pad}- {}", step_line(step));
+                }
+            }
+        }
+        out.push_str("\n</details>\n");
+    }
+    for name in &plan.unmanaged {
+        let _ = writeln!(
+            out,
+            "\n`{name}` runs but is no longer declared; drover leaves it as it is."
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nPlan digest: `{}` (full: `{}`)",
+        short(&plan.digest),
+        plan.digest
+    );
+    out
+}

@@ -1,8 +1,9 @@
-//! etcd membership and member containers, one change at a time. A new cluster starts all its
-//! members together (they need each other to elect a leader). An existing one adds a member
-//! (member add, start with `initial-cluster-state=existing`, health gate) before it removes one
-//! (member remove, then stop), alternating, so the member count never drops below the quorum of
-//! the previous step. A changed member container is recreated one member at a time.
+//! etcd membership and member containers, one change at a time, each behind a health gate. A
+//! new cluster starts all its members together (they need each other to elect a leader). An
+//! existing one first adds members (member add, start with `initial-cluster-state=existing`),
+//! then recreates changed members while the membership is at its largest, then removes members
+//! (member remove, then stop the container). From three healthy members up, no step leaves
+//! fewer healthy members than a quorum; below that the plan says so in a warning.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -71,67 +72,67 @@ pub(super) fn phase(
             .collect()
     };
 
-    while !adds.is_empty() || !removes.is_empty() {
-        if let Some(node) = adds.pop_front() {
-            let name = node.name.to_string();
-            let mut initial = peers(&current);
-            initial.push(entry(node));
-            current.push(name.clone());
-            let steps = vec![
-                Step::AddEtcdMember {
-                    node: name.clone(),
-                    peer_url: peer_url(cluster, node),
-                },
-                Step::StartEtcdMember {
-                    node: name.clone(),
-                    container: container(&name),
-                    initial_cluster: initial,
-                    initial_state: InitialState::Existing,
-                },
-                gate(&current),
-            ];
-            batches.push(Batch {
-                nodes: vec![name],
-                steps,
+    // Adds first, one at a time: the membership only grows.
+    while let Some(node) = adds.pop_front() {
+        let name = node.name.to_string();
+        // Until it starts, the new member counts toward the quorum but is not up.
+        if current.len() < quorum(current.len() + 1) {
+            warnings.push(Finding::EtcdAddLosesQuorum {
+                node: name.clone(),
+                members: current.len(),
             });
         }
-        if let Some(name) = removes.pop_front() {
-            current.retain(|m| *m != name);
-            let mut steps = vec![Step::RemoveEtcdMember { node: name.clone() }];
-            let runs_member = observed
-                .nodes
-                .get(&name)
-                .is_some_and(|n| n.containers.contains_key(ETCD_COMPONENT));
-            if runs_member {
-                steps.push(Step::RemoveContainer {
-                    node: name.clone(),
-                    component: ETCD_COMPONENT.into(),
-                    container: container(&name),
-                });
-            }
-            steps.push(gate(&current));
-            batches.push(Batch {
-                nodes: vec![name],
-                steps,
-            });
-        }
+        let mut initial = peers(&current);
+        initial.push(entry(node));
+        current.push(name.clone());
+        let steps = vec![
+            Step::AddEtcdMember {
+                node: name.clone(),
+                peer_url: peer_url(cluster, node),
+            },
+            Step::StartEtcdMember {
+                node: name.clone(),
+                container: container(&name),
+                initial_cluster: initial,
+                initial_state: InitialState::Existing,
+            },
+            gate(&current),
+        ];
+        batches.push(Batch {
+            nodes: vec![name],
+            steps,
+        });
     }
 
-    // Members that stay: recreate or restart a changed or stopped container, one at a time.
+    // Then members that stay, at the largest membership: a moved peer URL is updated in the
+    // membership before the member restarts on it; a changed, stopped or missing container is
+    // recreated or started; one member at a time.
     for name in kept {
+        let node = desired
+            .iter()
+            .find(|n| n.name.as_str() == name)
+            .expect("kept members are desired");
+        let mut steps = Vec::new();
+        let url = peer_url(cluster, node);
+        if observed.etcd_members[&name].peer_url != url {
+            steps.push(Step::UpdateEtcdMember {
+                node: name.clone(),
+                peer_url: url,
+            });
+        }
         let want = &specs[name.as_str()].containers[ETCD_COMPONENT];
         let have = observed
             .nodes
             .get(&name)
             .and_then(|n| n.containers.get(ETCD_COMPONENT));
-        let step = match have {
-            None => Step::StartEtcdMember {
+        match have {
+            None => steps.push(Step::StartEtcdMember {
                 node: name.clone(),
                 container: container(&name),
                 initial_cluster: peers(&current),
                 initial_state: InitialState::Existing,
-            },
-            Some(have) if have.spec != *want => Step::RecreateContainer {
+            }),
+            Some(have) if have.spec != *want => steps.push(Step::RecreateContainer {
                 node: name.clone(),
                 component: ETCD_COMPONENT.into(),
                 container: container(&name),
@@ -140,23 +141,49 @@ pub(super) fn phase(
                     .into_iter()
                     .map(String::from)
                     .collect(),
-            },
-            Some(have) if !have.running => Step::StartContainer {
+            }),
+            Some(have) if !have.running => steps.push(Step::StartContainer {
                 node: name.clone(),
                 component: ETCD_COMPONENT.into(),
                 container: container(&name),
-            },
-            Some(_) => continue,
-        };
+            }),
+            Some(_) => {}
+        }
+        if steps.is_empty() {
+            continue;
+        }
         if current.len() - 1 < quorum(current.len()) {
             warnings.push(Finding::EtcdRestartLosesQuorum {
                 node: name.clone(),
                 members: current.len(),
             });
         }
+        steps.push(gate(&current));
         batches.push(Batch {
             nodes: vec![name],
-            steps: vec![step, gate(&current)],
+            steps,
+        });
+    }
+
+    // Removals last, one at a time: a member leaves the membership before its container stops.
+    while let Some(name) = removes.pop_front() {
+        current.retain(|m| *m != name);
+        let mut steps = vec![Step::RemoveEtcdMember { node: name.clone() }];
+        let runs_member = observed
+            .nodes
+            .get(&name)
+            .is_some_and(|n| n.containers.contains_key(ETCD_COMPONENT));
+        if runs_member {
+            steps.push(Step::RemoveContainer {
+                node: name.clone(),
+                component: ETCD_COMPONENT.into(),
+                container: container(&name),
+            });
+        }
+        steps.push(gate(&current));
+        batches.push(Batch {
+            nodes: vec![name],
+            steps,
         });
     }
     batches

@@ -155,6 +155,11 @@ pub enum Step {
         initial_cluster: Vec<String>,
         initial_state: InitialState,
     },
+    /// Change a member's peer URL in the membership before it restarts on it.
+    UpdateEtcdMember {
+        node: String,
+        peer_url: String,
+    },
     RemoveEtcdMember {
         node: String,
     },
@@ -237,6 +242,8 @@ pub enum Finding {
     },
     #[error("image {image} has a mutable tag: nodes may run different builds of it; pin a version or digest")]
     MutableImageTag { image: String },
+    #[error("adding etcd member {node} to {members} loses quorum until it starts")]
+    EtcdAddLosesQuorum { node: String, members: usize },
     #[error("recreating etcd member {node} of {members} loses quorum while it restarts")]
     EtcdRestartLosesQuorum { node: String, members: usize },
 }

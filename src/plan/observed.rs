@@ -208,6 +208,11 @@ pub fn simulate(
                 };
                 state.etcd_members.insert(node.clone(), member);
             }
+            Step::UpdateEtcdMember { node, peer_url } => {
+                if let Some(m) = state.etcd_members.get_mut(node.as_str()) {
+                    m.peer_url = peer_url.clone();
+                }
+            }
             Step::RemoveEtcdMember { node } => {
                 state.etcd_members.remove(node.as_str());
             }
@@ -257,12 +262,11 @@ pub fn simulate(
             Step::AwaitHealthy { .. } => {}
         }
     }
-    // The daemon records the address and roles each node was planned with.
+    // The daemon records every node it planned, with the address and roles it planned it with.
     for node in &desired.nodes {
-        if let Some(n) = state.nodes.get_mut(node.name.as_str()) {
-            n.address = node.address.to_string();
-            n.roles = node.roles.clone();
-        }
+        let n = state.nodes.entry(node.name.to_string()).or_default();
+        n.address = node.address.to_string();
+        n.roles = node.roles.clone();
     }
     state
 }

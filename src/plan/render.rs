@@ -41,6 +41,10 @@ pub fn describe(step: &Step) -> (Option<&str>, String) {
                 ),
             )
         }
+        Step::UpdateEtcdMember { node, peer_url } => (
+            Some(node),
+            format!("update etcd member's peer URL to {peer_url}"),
+        ),
         Step::RemoveEtcdMember { node } => (Some(node), "remove etcd member".into()),
         Step::WriteFile {
             node, path, mode, ..

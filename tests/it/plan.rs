@@ -469,49 +469,49 @@ fn replacing_every_etcd_member_is_refused() {
         Some(&standard(0, &std_rest())),
         &head,
         expect![[r#"
-        cluster dev: 21 steps in 3 phases
-          error: etcd quorum would be lost: 0 of 3 current members remain, fewer than the 2 a quorum needs; restore from a snapshot instead
-          1. etcd
-             batch 1 of 6
-             - cp-4: add etcd member at http://127.0.0.5:2380
-             - cp-4: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4)
-             - wait until etcd members cp-1, cp-2, cp-3, cp-4 are healthy
-             batch 2 of 6
-             - cp-1: remove etcd member
-             - cp-1: remove etcd container
-             - wait until etcd members cp-2, cp-3, cp-4 are healthy
-             batch 3 of 6
-             - cp-5: add etcd member at http://127.0.0.6:2380
-             - cp-5: start etcd member (joining; members cp-2, cp-3, cp-4, cp-5)
-             - wait until etcd members cp-2, cp-3, cp-4, cp-5 are healthy
-             batch 4 of 6
-             - cp-2: remove etcd member
-             - cp-2: remove etcd container
-             - wait until etcd members cp-3, cp-4, cp-5 are healthy
-             batch 5 of 6
-             - cp-6: add etcd member at http://127.0.0.7:2380
-             - cp-6: start etcd member (joining; members cp-3, cp-4, cp-5, cp-6)
-             - wait until etcd members cp-3, cp-4, cp-5, cp-6 are healthy
-             batch 6 of 6
-             - cp-3: remove etcd member
-             - cp-3: remove etcd container
-             - wait until etcd members cp-4, cp-5, cp-6 are healthy
-          2. control plane
-             - cp-4: create api container (drover-test/busybox:1)
-             - cp-5: create api container (drover-test/busybox:1)
-             - cp-6: create api container (drover-test/busybox:1)
-             - wait until nodes cp-4, cp-5, cp-6 are healthy
-          3. decommission
-             batch 1 of 3
-             - cp-1: remove api container
-             - cp-1: decommission: forget the node and revoke its credential
-             batch 2 of 3
-             - cp-2: remove api container
-             - cp-2: decommission: forget the node and revoke its credential
-             batch 3 of 3
-             - cp-3: remove api container
-             - cp-3: decommission: forget the node and revoke its credential
-    "#]],
+            cluster dev: 21 steps in 3 phases
+              error: etcd quorum would be lost: 0 of 3 current members remain, fewer than the 2 a quorum needs; restore from a snapshot instead
+              1. etcd
+                 batch 1 of 6
+                 - cp-4: add etcd member at http://127.0.0.5:2380
+                 - cp-4: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4)
+                 - wait until etcd members cp-1, cp-2, cp-3, cp-4 are healthy
+                 batch 2 of 6
+                 - cp-5: add etcd member at http://127.0.0.6:2380
+                 - cp-5: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4, cp-5)
+                 - wait until etcd members cp-1, cp-2, cp-3, cp-4, cp-5 are healthy
+                 batch 3 of 6
+                 - cp-6: add etcd member at http://127.0.0.7:2380
+                 - cp-6: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4, cp-5, cp-6)
+                 - wait until etcd members cp-1, cp-2, cp-3, cp-4, cp-5, cp-6 are healthy
+                 batch 4 of 6
+                 - cp-1: remove etcd member
+                 - cp-1: remove etcd container
+                 - wait until etcd members cp-2, cp-3, cp-4, cp-5, cp-6 are healthy
+                 batch 5 of 6
+                 - cp-2: remove etcd member
+                 - cp-2: remove etcd container
+                 - wait until etcd members cp-3, cp-4, cp-5, cp-6 are healthy
+                 batch 6 of 6
+                 - cp-3: remove etcd member
+                 - cp-3: remove etcd container
+                 - wait until etcd members cp-4, cp-5, cp-6 are healthy
+              2. control plane
+                 - cp-4: create api container (drover-test/busybox:1)
+                 - cp-5: create api container (drover-test/busybox:1)
+                 - cp-6: create api container (drover-test/busybox:1)
+                 - wait until nodes cp-4, cp-5, cp-6 are healthy
+              3. decommission
+                 batch 1 of 3
+                 - cp-1: remove api container
+                 - cp-1: decommission: forget the node and revoke its credential
+                 batch 2 of 3
+                 - cp-2: remove api container
+                 - cp-2: decommission: forget the node and revoke its credential
+                 batch 3 of 3
+                 - cp-3: remove api container
+                 - cp-3: decommission: forget the node and revoke its credential
+        "#]],
     );
 }
 
@@ -1016,5 +1016,26 @@ fn the_digest_is_stable_and_tracks_the_plan() {
     assert_eq!(
         serde_json::to_vec(&a).unwrap(),
         serde_json::to_vec(&b).unwrap()
+    );
+}
+
+#[test]
+fn an_etcd_member_that_moves_updates_its_peer_url_before_restarting() {
+    let base = standard(0, &std_rest());
+    let head = base.replace("address: 127.0.0.3,", "address: 127.0.0.30,");
+    check(
+        Some(&base),
+        &head,
+        expect![[r#"
+        cluster dev: 3 steps in 2 phases
+          warning: node cp-2 changes address from 127.0.0.3 to 127.0.0.30; its containers are recreated and peers must reach the new address
+          1. etcd
+             - cp-2: update etcd member's peer URL to http://127.0.0.30:2380
+             - cp-2: recreate etcd container: args changed
+             - wait until etcd members cp-1, cp-2, cp-3 are healthy
+          2. control plane
+             - cp-2: recreate api container: command changed
+             - wait until nodes cp-2 are healthy
+    "#]],
     );
 }

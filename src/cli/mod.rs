@@ -1,5 +1,6 @@
 //! The command line: clap definitions, dispatch, and the one place errors become exit codes.
 
+mod plan;
 mod schema;
 mod validate;
 
@@ -13,8 +14,10 @@ use clap::{Parser, Subcommand};
 pub enum Exit {
     /// Success; for `validate`, no errors (warnings allowed).
     Ok = 0,
-    /// The input has errors: invalid cluster files.
+    /// The input has errors: invalid cluster files, or (for `plan`) an unsafe plan.
     Invalid = 1,
+    /// `plan`: the plan has changes.
+    Changes = 2,
     /// Bad usage: unknown flags, a path that does not exist (sysexits EX_USAGE).
     Usage = 64,
     /// An input could not be read (sysexits EX_IOERR).
@@ -44,6 +47,8 @@ pub struct Cli {
 enum Command {
     /// Check a repository's cluster files and report every problem with its file:line:column.
     Validate(validate::Args),
+    /// Show what merging a change would do: the plan from a base revision (as if running) to a head.
+    Plan(plan::Args),
     /// Print the JSON Schema of cluster files, for editors and CI.
     Schema(schema::Args),
 }
@@ -65,8 +70,20 @@ pub fn main() -> ExitCode {
     let mut out = std::io::stdout().lock();
     let exit = match cli.command {
         Command::Validate(args) => validate::run(&args, &mut out),
+        Command::Plan(args) => plan::run(&args, &mut out),
         Command::Schema(args) => schema::run(&args, &mut out),
     };
     let _ = out.flush();
     exit.into()
+}
+
+/// An error and its causes, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }

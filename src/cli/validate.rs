@@ -42,7 +42,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
     let repo = match loaded {
         Ok(repo) => repo,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("error: {}", super::error_chain(&e));
             return match e {
                 LoadError::NotFound { .. } => Exit::Usage,
                 LoadError::Io { .. } => Exit::Io,
@@ -58,16 +58,6 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
         (Ok(()), true) => Exit::Invalid,
         (Ok(()), false) => Exit::Ok,
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 fn write_text(repo: &Repository, out: &mut dyn Write) -> std::io::Result<()> {

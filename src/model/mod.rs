@@ -6,6 +6,7 @@ pub mod load;
 pub mod names;
 pub mod spec;
 pub mod template;
+pub mod tree;
 pub(crate) mod validate;
 pub mod yaml;
 

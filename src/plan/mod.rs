@@ -32,6 +32,9 @@ pub struct Desired<'a> {
     pub clusters: Vec<&'a Cluster>,
     /// The snapshots each cluster's store holds, when known; a restore of any other is refused.
     pub known_snapshots: Option<BTreeMap<String, BTreeSet<SnapshotId>>>,
+    /// Clusters Git still declares but whose definition is invalid at this revision: their last
+    /// good definition stays, so nothing changes for them.
+    pub held_back: BTreeSet<String>,
 }
 
 /// The plan for every cluster, in cluster-name order.
@@ -40,6 +43,8 @@ pub struct Desired<'a> {
 pub struct Plan {
     pub format_version: u32,
     pub clusters: Vec<ClusterPlan>,
+    /// Clusters whose definition is invalid at this revision: nothing changes for them.
+    pub held_back: Vec<String>,
     /// Clusters that run but that Git no longer declares: drover leaves them as they are.
     pub unmanaged: Vec<String>,
     /// A stable hash of everything above.
@@ -273,15 +278,16 @@ pub fn plan(desired: &Desired<'_>, observed: &Observed, now: SystemTime) -> Plan
         .collect();
     clusters.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     let declared: BTreeSet<&str> = desired.clusters.iter().map(|c| c.name.as_str()).collect();
-    let unmanaged = observed
+    let (held_back, unmanaged) = observed
         .clusters
         .keys()
         .filter(|name| !declared.contains(name.as_str()))
         .cloned()
-        .collect();
+        .partition(|name| desired.held_back.contains(name));
     let mut plan = Plan {
         format_version: PLAN_FORMAT_VERSION,
         clusters,
+        held_back,
         unmanaged,
         digest: String::new(),
     };

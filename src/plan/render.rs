@@ -152,6 +152,12 @@ pub fn text(plan: &Plan) -> String {
             write_phase(&mut out, phase, "     ");
         }
     }
+    for name in &plan.held_back {
+        let _ = writeln!(
+            out,
+            "cluster {name}: invalid at this revision; its last good definition stays"
+        );
+    }
     for name in &plan.unmanaged {
         let _ = writeln!(
             out,
@@ -258,6 +264,12 @@ pub fn markdown(plan: &Plan) -> String {
             }
         }
         out.push_str("\n</details>\n");
+    }
+    for name in &plan.held_back {
+        let _ = writeln!(
+            out,
+            "\n:x: `{name}` is invalid at this revision; its last good definition stays."
+        );
     }
     for name in &plan.unmanaged {
         let _ = writeln!(

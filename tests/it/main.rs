@@ -7,6 +7,7 @@ mod config;
 mod fuzz;
 mod image;
 mod plan;
+mod plan_cli;
 mod plan_props;
 mod schema;
 mod smoke;

@@ -41,6 +41,7 @@ fn render_plan(head: &Repository, observed: &Observed, known: Option<&[&str]>) -
     let desired = Desired {
         clusters: head.clusters.iter().collect(),
         known_snapshots,
+        held_back: BTreeSet::new(),
     };
     let p = plan::plan(&desired, observed, SystemTime::UNIX_EPOCH);
     let text = render::text(&p);
@@ -943,6 +944,7 @@ fn markdown_and_json_forms() {
     let desired = Desired {
         clusters: head.clusters.iter().collect::<Vec<&Cluster>>(),
         known_snapshots: None,
+        held_back: BTreeSet::new(),
     };
     let p = plan::plan(&desired, &observed_from(&base), SystemTime::UNIX_EPOCH);
     let md = render::markdown(&p);
@@ -999,6 +1001,7 @@ fn the_digest_is_stable_and_tracks_the_plan() {
         let desired = Desired {
             clusters: head.clusters.iter().collect(),
             known_snapshots: None,
+            held_back: BTreeSet::new(),
         };
         plan::plan(&desired, &observed_from(&base), SystemTime::UNIX_EPOCH)
     };

@@ -1,0 +1,280 @@
+//! `drover plan`: what merging a change would do. The cluster files at the base revision are
+//! treated as running and those at the head revision as desired, both read from Git without a
+//! checkout. Exit 0 when nothing changes, 2 when something does, 1 on invalid files or an unsafe
+//! plan.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::Exit;
+use crate::diagnostic::{DiagnosticJson, Severity};
+use crate::model::load::DEFAULT_CLUSTERS_DIR;
+use crate::model::tree::{read_tree, TreeError};
+use crate::model::{load_sources, Repository};
+use crate::plan::{self, as_if_running, render, Desired, Observed, Plan};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The Git repository holding the cluster files.
+    #[arg(long, default_value = ".", env = "DROVER_REPO")]
+    repo: PathBuf,
+    /// The revision treated as running [default: the merge-base of HEAD and the default branch].
+    #[arg(long, env = "DROVER_PLAN_BASE")]
+    base: Option<String>,
+    /// The revision to plan.
+    #[arg(long, default_value = "HEAD", env = "DROVER_PLAN_HEAD")]
+    head: String,
+    /// The directory of the repository that holds cluster files.
+    #[arg(long, default_value = DEFAULT_CLUSTERS_DIR, env = "DROVER_CLUSTERS_DIR")]
+    clusters_dir: String,
+    /// Output format: text, markdown (a pull-request comment) or json.
+    #[arg(long, value_enum, default_value_t = Format::Text, env = "DROVER_FORMAT")]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Markdown,
+    Json,
+}
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error)]
+enum PlanError {
+    #[error("{path}: not a Git repository")]
+    NotARepository {
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("unknown revision `{rev}`")]
+    UnknownRevision {
+        rev: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("no default branch to take the merge-base with (tried origin/HEAD, main, master); give --base")]
+    NoDefaultBranch,
+    #[error("no merge-base between HEAD and {branch}")]
+    NoMergeBase {
+        branch: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+}
+
+impl PlanError {
+    fn exit(&self) -> Exit {
+        match self {
+            PlanError::Tree(TreeError::Git { .. }) => Exit::Io,
+            _ => Exit::Usage,
+        }
+    }
+}
+
+/// One side of the comparison.
+struct Side {
+    commit: git2::Oid,
+    repo: Repository,
+}
+
+pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
+    let (base, head, base_label) = match load_sides(args) {
+        Ok(sides) => sides,
+        Err(e) => {
+            eprintln!("error: {}", super::error_chain(&e));
+            return e.exit();
+        }
+    };
+    let observed = Observed {
+        clusters: base
+            .repo
+            .clusters
+            .iter()
+            .map(|c| (c.name.to_string(), as_if_running(c)))
+            .collect(),
+    };
+    // A running cluster whose file has errors at head is held back, not removed.
+    let invalid_files: BTreeSet<&str> = head
+        .repo
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity() == Severity::Error)
+        .map(|d| d.location.file.as_str())
+        .collect();
+    let desired = Desired {
+        clusters: head.repo.clusters.iter().collect(),
+        known_snapshots: None,
+        held_back: base
+            .repo
+            .clusters
+            .iter()
+            .filter(|c| invalid_files.contains(c.source.file.as_str()))
+            .map(|c| c.name.to_string())
+            .collect(),
+    };
+    let plan = plan::plan(&desired, &observed, SystemTime::now());
+    let written = match args.format {
+        Format::Text => write_text(out, &base, &head, &base_label, &plan),
+        Format::Markdown => write_markdown(out, &base, &head, &plan),
+        Format::Json => write_json(out, &base, &head, &plan),
+    };
+    if written.is_err() {
+        return Exit::Io;
+    }
+    if head.repo.has_errors() || plan.has_errors() {
+        Exit::Invalid
+    } else if plan.has_changes() {
+        Exit::Changes
+    } else {
+        Exit::Ok
+    }
+}
+
+fn load_sides(args: &Args) -> Result<(Side, Side, String), PlanError> {
+    let repo =
+        git2::Repository::discover(&args.repo).map_err(|source| PlanError::NotARepository {
+            path: args.repo.clone(),
+            source,
+        })?;
+    let resolve = |rev: &str| {
+        repo.revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .map(|c| c.id())
+            .map_err(|source| PlanError::UnknownRevision {
+                rev: rev.to_string(),
+                source,
+            })
+    };
+    let head = resolve(&args.head)?;
+    let (base, label) = match &args.base {
+        Some(rev) => (resolve(rev)?, rev.clone()),
+        None => {
+            let branch = default_branch(&repo).ok_or(PlanError::NoDefaultBranch)?;
+            let tip = resolve(&branch)?;
+            let base = repo
+                .merge_base(head, tip)
+                .map_err(|source| PlanError::NoMergeBase {
+                    branch: branch.clone(),
+                    source,
+                })?;
+            (base, format!("merge-base of {} and {branch}", args.head))
+        }
+    };
+    // A base without the clusters directory is a repository before its first cluster.
+    let base_files = match read_tree(&repo, base, &args.clusters_dir) {
+        Err(TreeError::NotFound { .. }) => (Vec::new(), Vec::new()),
+        other => other?,
+    };
+    let (files, diagnostics) = read_tree(&repo, head, &args.clusters_dir)?;
+    let base = Side {
+        commit: base,
+        repo: load_sources(base_files.0, base_files.1),
+    };
+    let head = Side {
+        commit: head,
+        repo: load_sources(files, diagnostics),
+    };
+    Ok((base, head, label))
+}
+
+/// The branch pull requests merge into: origin's HEAD, else `main`, else `master`.
+fn default_branch(repo: &git2::Repository) -> Option<String> {
+    if let Ok(r) = repo.find_reference("refs/remotes/origin/HEAD") {
+        if let Ok(Some(target)) = r.symbolic_target() {
+            return Some(target.trim_start_matches("refs/remotes/").to_string());
+        }
+    }
+    ["main", "master"]
+        .into_iter()
+        .find(|b| repo.find_branch(b, git2::BranchType::Local).is_ok())
+        .map(String::from)
+}
+
+fn short(oid: git2::Oid) -> String {
+    oid.to_string()[..12].to_string()
+}
+
+fn write_text(
+    out: &mut dyn Write,
+    base: &Side,
+    head: &Side,
+    label: &str,
+    plan: &Plan,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "base {} ({label}) -> head {}",
+        short(base.commit),
+        short(head.commit)
+    )?;
+    if base.repo.has_errors() {
+        writeln!(
+            out,
+            "note: the base revision has invalid files; their clusters are treated as not running"
+        )?;
+    }
+    let diagnostics = head.repo.render_diagnostics();
+    if !diagnostics.is_empty() {
+        writeln!(out, "{diagnostics}")?;
+    }
+    write!(out, "{}", render::text(plan))
+}
+
+fn write_markdown(
+    out: &mut dyn Write,
+    base: &Side,
+    head: &Side,
+    plan: &Plan,
+) -> std::io::Result<()> {
+    let body = render::markdown(plan);
+    let (title, rest) = body.split_once('\n').unwrap_or((&body, ""));
+    writeln!(out, "{title}\n")?;
+    writeln!(out, "`{}` → `{}`", short(base.commit), short(head.commit))?;
+    if head.repo.has_errors() {
+        writeln!(
+            out,
+            "\n:x: **Invalid cluster files** — they change nothing until fixed:\n\n```"
+        )?;
+        write!(out, "{}", head.repo.render_diagnostics())?;
+        writeln!(out, "```")?;
+    }
+    write!(out, "{rest}")
+}
+
+/// The `--format json` document.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report<'a> {
+    format_version: u32,
+    base: String,
+    head: String,
+    valid: bool,
+    diagnostics: Vec<DiagnosticJson<'a>>,
+    plan: &'a Plan,
+}
+
+fn write_json(out: &mut dyn Write, base: &Side, head: &Side, plan: &Plan) -> std::io::Result<()> {
+    let report = Report {
+        format_version: plan::PLAN_FORMAT_VERSION,
+        base: base.commit.to_string(),
+        head: head.commit.to_string(),
+        valid: !head.repo.has_errors(),
+        diagnostics: head
+            .repo
+            .diagnostics
+            .iter()
+            .map(DiagnosticJson::from)
+            .collect(),
+        plan,
+    };
+    serde_json::to_writer_pretty(&mut *out, &report)?;
+    writeln!(out)
+}

@@ -41,6 +41,9 @@ pub struct Cluster {
 pub struct SourceRef {
     pub file: String,
     pub line: u32,
+    /// sha256 of the definition's content (its canonical JSON, so comments and formatting do
+    /// not count): equal digests, equal clusters.
+    pub digest: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -2,6 +2,7 @@
 //! and its cluster's. Undefined names are errors, and rendering is bounded in work and output, so
 //! a template in a cluster file can neither misbehave quietly nor run away.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
@@ -49,17 +50,53 @@ pub struct ClusterFacts {
 
 impl Facts {
     pub fn new(cluster: &Cluster, node: &Node) -> Facts {
-        let of = |role| cluster.nodes_with(role).map(node_facts).collect();
         Facts {
             node: node_facts(node),
-            cluster: ClusterFacts {
-                name: cluster.name.to_string(),
-                etcd: of(super::Role::Etcd),
-                controlplane: of(super::Role::Controlplane),
-                etcd_client_port: cluster.etcd.client_port,
-                etcd_peer_port: cluster.etcd.peer_port,
-            },
+            cluster: cluster_facts(cluster),
         }
+    }
+}
+
+fn cluster_facts(cluster: &Cluster) -> ClusterFacts {
+    let of = |role| cluster.nodes_with(role).map(node_facts).collect();
+    ClusterFacts {
+        name: cluster.name.to_string(),
+        etcd: of(super::Role::Etcd),
+        controlplane: of(super::Role::Controlplane),
+        etcd_client_port: cluster.etcd.client_port,
+        etcd_peer_port: cluster.etcd.peer_port,
+    }
+}
+
+/// The template context of one cluster's nodes: the cluster's facts are converted once and
+/// shared by every node's context.
+pub struct Scope {
+    cluster: minijinja::Value,
+}
+
+impl Scope {
+    pub fn new(cluster: &Cluster) -> Scope {
+        let facts = cluster_facts(cluster);
+        Scope {
+            cluster: minijinja::Value::from(minijinja::value::Serde(&facts)),
+        }
+    }
+
+    /// The context templates see on `node`.
+    pub fn node(&self, node: &Node) -> Context {
+        let node = minijinja::Value::from(minijinja::value::Serde(&node_facts(node)));
+        let pairs = [("node", node), ("cluster", self.cluster.clone())];
+        let value = minijinja::Value::from(BTreeMap::from(pairs));
+        Context(value)
+    }
+}
+
+/// What templates see on one node; made by [`Scope::node`].
+pub struct Context(minijinja::Value);
+
+impl From<&Facts> for Context {
+    fn from(facts: &Facts) -> Context {
+        Context(context(facts))
     }
 }
 
@@ -89,9 +126,9 @@ pub struct FieldError {
     pub error: TemplateError,
 }
 
-/// Renders templates; build one and reuse it.
+/// Renders templates; build one and reuse it. Each distinct template is compiled once.
 pub struct Renderer {
-    env: Environment<'static>,
+    env: RefCell<Environment<'static>>,
 }
 
 impl Default for Renderer {
@@ -107,41 +144,62 @@ impl Default for Renderer {
             .build()
             .expect("the default delimiters are valid");
         env.set_syntax(syntax);
-        Renderer { env }
+        Renderer {
+            env: RefCell::new(env),
+        }
     }
+}
+
+/// `facts` as the template context.
+fn context(facts: &Facts) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(facts))
+}
+
+fn render_error(e: minijinja::Error) -> TemplateError {
+    let text = match (e.kind(), e.detail()) {
+        (ErrorKind::UndefinedError, _) => format!("{}; {KNOWN_NAMES}", e.kind()),
+        (kind, Some(detail)) => format!("{kind}: {detail}"),
+        (kind, None) => kind.to_string(),
+    };
+    TemplateError::Render(text)
 }
 
 impl Renderer {
     /// Renders one template. Text without template syntax is returned as it is.
     pub fn render(&self, template: &str, facts: &Facts) -> Result<String, TemplateError> {
+        self.render_in(template, &context(facts))
+    }
+
+    fn render_in(&self, template: &str, ctx: &minijinja::Value) -> Result<String, TemplateError> {
         if !template.contains("{{") && !template.contains("{%") && !template.contains("{#") {
             return Ok(template.to_string());
         }
-        let ctx = minijinja::Value::from(minijinja::value::Serde(facts));
-        let out = self.env.render_str(template, ctx).map_err(|e| {
-            let text = match (e.kind(), e.detail()) {
-                (ErrorKind::UndefinedError, _) => format!("{}; {KNOWN_NAMES}", e.kind()),
-                (kind, Some(detail)) => format!("{kind}: {detail}"),
-                (kind, None) => kind.to_string(),
-            };
-            TemplateError::Render(text)
-        })?;
+        // Templates are named by their own text, so each is compiled once.
+        if self.env.borrow().get_template(template).is_err() {
+            self.env
+                .borrow_mut()
+                .add_template_owned(template.to_string(), template.to_string())
+                .map_err(render_error)?;
+        }
+        let env = self.env.borrow();
+        let compiled = env.get_template(template).map_err(render_error)?;
+        let out = compiled.render(ctx).map_err(render_error)?;
         if out.len() > MAX_RENDERED {
             return Err(TemplateError::TooLong);
         }
         Ok(out)
     }
 
-    /// The component as it runs on the node `facts` describe: every templated field rendered.
+    /// The component as it runs on the node `ctx` describes: every templated field rendered.
     pub fn component(
         &self,
         component: &Component,
-        facts: &Facts,
+        ctx: &Context,
     ) -> Result<ComponentSpec, FieldError> {
         let mut spec = component.spec.clone();
         let r = |field: String, s: &mut String| -> Result<(), FieldError> {
             *s = self
-                .render(s, facts)
+                .render_in(s, &ctx.0)
                 .map_err(|error| FieldError { field, error })?;
             Ok(())
         };

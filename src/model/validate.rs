@@ -9,7 +9,7 @@ use super::names::{
     ClusterName, ComponentName, NodeAddress, NodeName, RequestId, SnapshotId, StoreName,
 };
 use super::spec::{self, ClusterFile, IntOrPercent, Role};
-use super::template::{Facts, Renderer};
+use super::template::{Renderer, Scope};
 use super::yaml::{DocIndex, Mark};
 use super::{
     Cluster, Component, Etcd, MaxUnavailable, Node, RestoreRequest, Retention, Rollout, Schedule,
@@ -130,6 +130,7 @@ pub(super) fn check(file: &ClusterFile, c: &mut Checker<'_>) -> Option<Cluster> 
         source: SourceRef {
             file: c.file.to_string(),
             line: c.index.value("metadata.name").pos.line,
+            digest: content_digest(file),
         },
         nodes,
         etcd: etcd?,
@@ -138,6 +139,13 @@ pub(super) fn check(file: &ClusterFile, c: &mut Checker<'_>) -> Option<Cluster> 
     };
     check_templates(&cluster, c);
     (c.errors == 0).then_some(cluster)
+}
+
+/// sha256 of a definition's canonical JSON.
+fn content_digest(file: &ClusterFile) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(file).expect("a cluster file is always JSON");
+    hex::encode(Sha256::digest(json))
 }
 
 fn check_nodes(nodes: &[spec::NodeSpec], c: &mut Checker<'_>) -> Vec<Node> {
@@ -576,12 +584,13 @@ fn check_templates(cluster: &Cluster, c: &mut Checker<'_>) {
             .position(|x| &x.name == name)
             .expect("component comes from this cluster")
     };
+    let scope = Scope::new(cluster);
     for node in &cluster.nodes {
-        let facts = Facts::new(cluster, node);
+        let ctx = scope.node(node);
         let mut files: BTreeSet<String> = BTreeSet::new();
         for (role, comp) in cluster.components_of(node) {
             let at = format!("spec.components.{role}[{}]", index_of(role, &comp.name));
-            let rendered = match renderer.component(comp, &facts) {
+            let rendered = match renderer.component(comp, &ctx) {
                 Ok(r) => r,
                 Err(e) => {
                     let path = format!("{at}.{}", e.field);

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::model::spec::{NetworkMode, PidMode, RestartPolicy};
-use crate::model::template::{Facts, Renderer};
+use crate::model::template::{Renderer, Scope};
 use crate::model::{Cluster, Node, Role};
 
 /// Version of the field list below; part of every spec hash, so changing the list changes
@@ -113,24 +113,28 @@ pub fn container_name(cluster: &str, node: &str, component: &str) -> String {
 /// a cluster that passed validation always renders.
 pub fn desired_nodes(cluster: &Cluster) -> BTreeMap<String, NodeSpec> {
     let renderer = Renderer::default();
+    let scope = Scope::new(cluster);
     cluster
         .nodes
         .iter()
-        .map(|node| (node.name.to_string(), node_spec(cluster, node, &renderer)))
+        .map(|node| {
+            let spec = node_spec(cluster, node, &renderer, &scope);
+            (node.name.to_string(), spec)
+        })
         .collect()
 }
 
-fn node_spec(cluster: &Cluster, node: &Node, renderer: &Renderer) -> NodeSpec {
+fn node_spec(cluster: &Cluster, node: &Node, renderer: &Renderer, scope: &Scope) -> NodeSpec {
     let mut spec = NodeSpec::default();
     if node.has_role(Role::Etcd) {
         spec.containers
             .insert(ETCD_COMPONENT.into(), etcd_member(cluster, node));
         spec.roles.insert(ETCD_COMPONENT.into(), Role::Etcd);
     }
-    let facts = Facts::new(cluster, node);
+    let ctx = scope.node(node);
     for (role, component) in cluster.components_of(node) {
         let rendered = renderer
-            .component(component, &facts)
+            .component(component, &ctx)
             .expect("validated clusters render on every node");
         let mut files = BTreeMap::new();
         for f in &rendered.files {

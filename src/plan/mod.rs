@@ -13,7 +13,7 @@ mod etcd;
 pub mod observed;
 pub mod render;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -262,37 +262,110 @@ pub fn quorum(n: usize) -> usize {
 /// decisions stay inside this pure function; no step depends on it yet.
 pub fn plan(desired: &Desired<'_>, observed: &Observed, now: SystemTime) -> Plan {
     let _ = now;
-    let mut clusters: Vec<ClusterPlan> = desired
+    let clusters = desired
         .clusters
         .iter()
         .map(|cluster| {
-            let name = cluster.name.as_str();
-            let empty = ObservedCluster::default();
-            let seen = observed.clusters.get(name).unwrap_or(&empty);
-            let known = desired
-                .known_snapshots
-                .as_ref()
-                .map(|k| k.get(name).cloned().unwrap_or_default());
+            let (seen, known) = inputs(desired, observed, cluster);
             plan_cluster(cluster, seen, known.as_ref())
         })
         .collect();
+    assemble(desired, observed, clusters)
+}
+
+/// Plans like [`plan`], but reuses the plan of every cluster whose inputs are unchanged since
+/// the last call: its definition (by content digest), what is observed of it (by the caller's
+/// key), and its known snapshots. The result is always equal to `plan`'s.
+#[derive(Debug, Default)]
+pub struct Planner {
+    cache: HashMap<String, (CacheKey, ClusterPlan)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CacheKey {
+    definition: String,
+    observed: u64,
+    known: Option<BTreeSet<SnapshotId>>,
+}
+
+impl Planner {
+    /// `observed_keys` gives, per cluster, a value that changes whenever what is observed of it
+    /// changes (a counter, or a digest); a cluster without one is always planned afresh.
+    pub fn plan(
+        &mut self,
+        desired: &Desired<'_>,
+        observed: &Observed,
+        observed_keys: &BTreeMap<String, u64>,
+        now: SystemTime,
+    ) -> Plan {
+        let _ = now;
+        let mut fresh = HashMap::with_capacity(desired.clusters.len());
+        let clusters = desired
+            .clusters
+            .iter()
+            .map(|cluster| {
+                let name = cluster.name.to_string();
+                let (seen, known) = inputs(desired, observed, cluster);
+                let key = observed_keys.get(&name).map(|&observed| CacheKey {
+                    definition: cluster.source.digest.clone(),
+                    observed,
+                    known: known.clone(),
+                });
+                let cached = match (&key, self.cache.remove(&name)) {
+                    (Some(key), Some((old, plan))) if *key == old => Some(plan),
+                    _ => None,
+                };
+                let plan = cached.unwrap_or_else(|| plan_cluster(cluster, seen, known.as_ref()));
+                if let Some(key) = key {
+                    fresh.insert(name, (key, plan.clone()));
+                }
+                plan
+            })
+            .collect();
+        self.cache = fresh;
+        assemble(desired, observed, clusters)
+    }
+}
+
+/// What is observed of `cluster` and the snapshots its store is known to hold.
+fn inputs<'o>(
+    desired: &Desired<'_>,
+    observed: &'o Observed,
+    cluster: &Cluster,
+) -> (&'o ObservedCluster, Option<BTreeSet<SnapshotId>>) {
+    static EMPTY: std::sync::OnceLock<ObservedCluster> = std::sync::OnceLock::new();
+    let name = cluster.name.as_str();
+    let seen = observed
+        .clusters
+        .get(name)
+        .unwrap_or_else(|| EMPTY.get_or_init(ObservedCluster::default));
+    let known = desired
+        .known_snapshots
+        .as_ref()
+        .map(|k| k.get(name).cloned().unwrap_or_default());
+    (seen, known)
+}
+
+/// The plan from its clusters' plans: sorted, with the clusters Git does not declare, and a
+/// digest over the clusters' digests.
+fn assemble(desired: &Desired<'_>, observed: &Observed, mut clusters: Vec<ClusterPlan>) -> Plan {
     clusters.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     let declared: BTreeSet<&str> = desired.clusters.iter().map(|c| c.name.as_str()).collect();
-    let (held_back, unmanaged) = observed
+    let (held_back, unmanaged): (Vec<String>, Vec<String>) = observed
         .clusters
         .keys()
         .filter(|name| !declared.contains(name.as_str()))
         .cloned()
         .partition(|name| desired.held_back.contains(name));
-    let mut plan = Plan {
+    let parts: Vec<&str> = clusters.iter().map(|c| c.digest.as_str()).collect();
+    let digest = digest(&(PLAN_FORMAT_VERSION, parts, &held_back, &unmanaged));
+    Plan {
         format_version: PLAN_FORMAT_VERSION,
         clusters,
         held_back,
         unmanaged,
-        digest: String::new(),
-    };
-    plan.digest = digest(&plan);
-    plan
+        digest,
+    }
 }
 
 /// Plans one cluster. Pure; exposed for callers that cache per cluster.

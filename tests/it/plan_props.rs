@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use drover::model::{load_sources, Cluster, SourceFile};
 use drover::plan::{
-    as_if_running, plan_cluster, quorum, simulate, Finding, InitialState, ObservedCluster, Step,
+    as_if_running, plan, plan_cluster, quorum, simulate, Desired, Finding, InitialState, Observed,
+    ObservedCluster, Planner, Step,
 };
 use proptest::prelude::*;
 
@@ -228,5 +229,29 @@ proptest! {
             matches!(w, Finding::EtcdAddLosesQuorum { .. } | Finding::EtcdRestartLosesQuorum { .. })
         });
         prop_assert!(warned, "below quorum without a warning: {violations:?}\n{:#?}", plan.warnings);
+    }
+
+    /// The caching planner gives exactly the plan `plan` gives, across a sequence of changes to
+    /// the definitions and to what is observed.
+    #[test]
+    fn the_cache_never_changes_a_plan(steps in prop::collection::vec((shape(), any::<bool>()), 1..5)) {
+        let mut planner = Planner::default();
+        let mut observed = Observed::default();
+        let mut generation = 0u64;
+        for (shape, observe) in steps {
+            let cluster = load(&shape);
+            if observe {
+                observed.clusters.insert("p".into(), as_if_running(&cluster));
+                generation += 1;
+            }
+            let keys = [("p".to_string(), generation)].into_iter().collect();
+            let desired = Desired {
+                clusters: vec![&cluster],
+                ..Desired::default()
+            };
+            let now = std::time::SystemTime::UNIX_EPOCH;
+            let cached = planner.plan(&desired, &observed, &keys, now);
+            prop_assert_eq!(cached, plan(&desired, &observed, now));
+        }
     }
 }

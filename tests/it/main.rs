@@ -8,5 +8,6 @@ mod fuzz;
 mod image;
 mod schema;
 mod smoke;
+mod source;
 mod support;
 mod validate;

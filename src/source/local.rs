@@ -138,7 +138,7 @@ impl LocalSource {
                 self.desired.send_replace(Arc::new(state.clone()));
                 self.status.send_modify(|s| {
                     s.checks += 1;
-                    s.fetches += 1;
+                    s.changes += 1;
                     s.last_check = Some(started);
                     s.last_change = Some(started);
                     s.revision = Some(revision);

@@ -62,6 +62,7 @@ impl CheckError {
         match self {
             Self::Git(GitError::Connect { .. }) => ErrorReason::Unreachable,
             Self::Git(GitError::Auth { .. }) => ErrorReason::Auth,
+            Self::Git(GitError::HostKey { .. }) => ErrorReason::HostKey,
             Self::Git(GitError::RefNotFound { .. }) => ErrorReason::RefNotFound,
             Self::Git(GitError::CommitMissing { .. } | GitError::BadCommitId { .. }) => {
                 ErrorReason::CommitMissing
@@ -71,7 +72,7 @@ impl CheckError {
                 ErrorReason::Tree
             }
             Self::Git(GitError::Mirror { .. }) | Self::Panicked(_) => ErrorReason::Local,
-            Self::Timeout(_) => ErrorReason::Timeout,
+            Self::Timeout(_) | Self::Git(GitError::Busy) => ErrorReason::Timeout,
         }
     }
 }
@@ -211,7 +212,7 @@ impl GitSource {
             status.last_check = Some(at);
             status.revision = revision;
             if changed {
-                status.fetches += 1;
+                status.changes += 1;
                 status.last_change = Some(at);
             }
             match error {

@@ -37,6 +37,11 @@ pub enum GitError {
         #[source]
         source: git2::Error,
     },
+    #[error("the server's host key is not in the known_hosts file")]
+    HostKey {
+        #[source]
+        source: git2::Error,
+    },
     #[error("the remote refused the credentials")]
     Auth {
         #[source]
@@ -62,14 +67,16 @@ pub enum GitError {
     },
     #[error("directory `{path}` is not in commit {commit}")]
     ClustersDirMissing { path: String, commit: String },
+    #[error("an earlier git operation on this mirror is still running (it timed out)")]
+    Busy,
 }
 
 impl GitError {
     fn from_connect(source: git2::Error) -> Self {
-        if source.code() == ErrorCode::Auth {
-            Self::Auth { source }
-        } else {
-            Self::Connect { source }
+        match source.code() {
+            ErrorCode::Auth => Self::Auth { source },
+            ErrorCode::Certificate => Self::HostKey { source },
+            _ => Self::Connect { source },
         }
     }
 }
@@ -123,7 +130,7 @@ impl Mirror {
         let Some(name) = reference.ref_name() else {
             return Ok(None);
         };
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.guard()?;
         let repo = self.repo()?;
         let mut remote = repo
             .remote_anonymous(&self.url.as_git_url())
@@ -151,7 +158,7 @@ impl Mirror {
     /// Makes sure the commit `reference` names is in the mirror, fetching only that ref (only
     /// when `expected` is not already there), and returns it.
     pub fn fetch(&self, reference: &GitRef, expected: Option<Oid>) -> Result<Fetched, GitError> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.guard()?;
         let repo = self.repo()?;
         match reference {
             GitRef::Commit(hex) => self.fetch_pinned(&repo, hex),
@@ -183,7 +190,9 @@ impl Mirror {
 
     /// True when `new` descends from `old` (a fast-forward). False also when unknown.
     pub fn is_descendant(&self, new: Oid, old: Oid) -> bool {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(_guard) = self.guard() else {
+            return false;
+        };
         self.repo()
             .and_then(|repo| {
                 repo.graph_descendant_of(new, old)
@@ -203,7 +212,7 @@ impl Mirror {
         subdir: Option<&str>,
         clusters_dir: &str,
     ) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), GitError> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.guard()?;
         let repo = self.repo()?;
         let tree_error = |source| GitError::Tree {
             commit: commit.to_string(),
@@ -284,12 +293,23 @@ impl Mirror {
             .fetch(refspecs, Some(&mut options), None)
             .map_err(|source| match source.code() {
                 ErrorCode::Auth => GitError::Auth { source },
+                ErrorCode::Certificate => GitError::HostKey { source },
                 _ => GitError::Fetch {
                     what: what.to_owned(),
                     source,
                 },
             })?;
         Ok(remote.stats().received_bytes())
+    }
+
+    /// Exclusive use of the mirror. An operation that timed out may still hold it: the next
+    /// one fails fast rather than queueing blocked threads behind it.
+    fn guard(&self) -> Result<std::sync::MutexGuard<'_, ()>, GitError> {
+        match self.lock.try_lock() {
+            Ok(guard) => Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(GitError::Busy),
+        }
     }
 
     fn repo(&self) -> Result<Repository, GitError> {

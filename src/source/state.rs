@@ -137,6 +137,8 @@ pub enum ErrorReason {
     Unreachable,
     /// The remote refused the credentials.
     Auth,
+    /// The SSH server's key is not in the configured known_hosts file.
+    HostKey,
     /// The branch or tag is not on the remote (deleted or misspelt).
     RefNotFound,
     /// The pinned commit is not in the remote.
@@ -171,9 +173,9 @@ pub struct SourceStatus {
     /// Set while checks fail; cleared by the next successful check.
     pub last_error: Option<StatusError>,
     pub consecutive_failures: u32,
-    /// Checks made so far, and how many of them fetched objects.
+    /// Checks made so far, and how many of them loaded a new revision.
     pub checks: u64,
-    pub fetches: u64,
+    pub changes: u64,
 }
 
 /// `error` and its chain of causes, joined with ": ".

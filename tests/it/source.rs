@@ -391,7 +391,7 @@ async fn http_no_change_poll_fetches_nothing() {
     );
     let status = source.status().borrow().clone();
     assert_eq!(
-        (status.fetches, status.consecutive_failures),
+        (status.changes, status.consecutive_failures),
         (1, 0),
         "{status:?}"
     );
@@ -531,7 +531,7 @@ async fn ssh_remote_new_commit_and_host_key_check() {
         .await;
     assert_eq!(
         status.last_error.map(|e| e.reason),
-        Some(ErrorReason::Unreachable)
+        Some(ErrorReason::HostKey)
     );
     assert!(impostor.desired.borrow().clusters.is_empty());
     impostor.stop().await;
@@ -878,4 +878,244 @@ async fn local_mode_edit_becomes_desired_state_within_a_second() {
         .expect("local mode did not stop after cancellation")
         .expect("local mode panicked")
         .expect("local mode failed");
+}
+
+// --- benchmark (ignored; run by scripts/bench-source) -------------------------------------
+
+/// Median and a high percentile of `samples`.
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let rank = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+fn time_git(args: &[&str], dir: &Path) -> Duration {
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .expect("running git");
+    assert!(
+        output.status.success(),
+        "git {}: {}",
+        args.first().unwrap_or(&""),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    started.elapsed()
+}
+
+/// A drover no-change poll against `git fetch` of the same smart-HTTP remote, on the repository
+/// `DROVER_BENCH_REPO` names (scripts/bench-source builds it: 10,000 commits, ~100 MB).
+#[tokio::test]
+#[ignore = "benchmark: run by scripts/bench-source"]
+async fn bench_source_no_change_poll_against_git_fetch() {
+    let Some(bench_repo) = std::env::var_os("DROVER_BENCH_REPO") else {
+        panic!("DROVER_BENCH_REPO is not set; run scripts/bench-source");
+    };
+    let bench_repo = std::path::PathBuf::from(bench_repo);
+    let rounds: usize = std::env::var("DROVER_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let remote = HttpRemote::start().expect("nginx + git-http-backend");
+    let url = remote.url(&bench_repo);
+    let state = state_dir();
+    let auth = Auth::Basic {
+        username: remote.username.clone(),
+        password: Secret::new(remote.password.clone()),
+    };
+    let mut source = GitSource::new(config(&url, auth, state.path())).expect("the mirror");
+
+    let bytes0 = remote.bytes_sent();
+    let started = std::time::Instant::now();
+    assert!(
+        source.check().await,
+        "first check: {:?}",
+        source.status().borrow()
+    );
+    let drover_first = started.elapsed();
+    let drover_first_bytes = remote.bytes_sent() - bytes0;
+
+    let posts = remote.upload_pack_posts();
+    let bytes0 = remote.bytes_sent();
+    let mut drover_polls = Vec::new();
+    for _ in 0..rounds {
+        let started = std::time::Instant::now();
+        assert!(!source.check().await, "a no-change poll saw a change");
+        drover_polls.push(started.elapsed());
+    }
+    let drover_poll_bytes = (remote.bytes_sent() - bytes0) / rounds as u64;
+    assert_eq!(
+        remote.upload_pack_posts(),
+        posts,
+        "a no-change poll fetched"
+    );
+
+    // git: a full fetch into an empty repository (what a poller without a mirror does), then
+    // no-change fetches into the up-to-date one.
+    let scratch = state_dir();
+    let credentialed = url.replacen(
+        "http://",
+        &format!("http://{}:{}@", remote.username, remote.password),
+        1,
+    );
+    time_git(&["init", "-q", "--bare", "clone.git"], scratch.path());
+    let clone = scratch.path().join("clone.git");
+    let fetch_args = [
+        "fetch",
+        "-q",
+        credentialed.as_str(),
+        "+refs/heads/main:refs/heads/main",
+    ];
+    let bytes0 = remote.bytes_sent();
+    let git_full = time_git(&fetch_args, &clone);
+    let git_full_bytes = remote.bytes_sent() - bytes0;
+    let bytes0 = remote.bytes_sent();
+    let mut git_noop = Vec::new();
+    for _ in 0..rounds {
+        git_noop.push(time_git(&fetch_args, &clone));
+    }
+    let git_noop_bytes = (remote.bytes_sent() - bytes0) / rounds as u64;
+
+    let p50 = |v: &mut Vec<Duration>| percentile(v, 0.5);
+    let drover_p50 = p50(&mut drover_polls);
+    let git_noop_p50 = p50(&mut git_noop);
+    println!("source bench: repository {}", bench_repo.display());
+    println!(
+        "  {:<44} {:>12} {:>14}",
+        "operation", "wall", "bytes served"
+    );
+    println!(
+        "  {:<44} {:>12.1?} {:>14}",
+        "drover first check (shallow fetch)", drover_first, drover_first_bytes
+    );
+    println!(
+        "  {:<44} {:>12.1?} {:>14}",
+        format!("drover no-change poll (p50 of {rounds})"),
+        drover_p50,
+        drover_poll_bytes
+    );
+    println!(
+        "  {:<44} {:>12.1?} {:>14}",
+        "git fetch into an empty repository", git_full, git_full_bytes
+    );
+    println!(
+        "  {:<44} {:>12.1?} {:>14}",
+        format!("git fetch, nothing new (p50 of {rounds})"),
+        git_noop_p50,
+        git_noop_bytes
+    );
+    println!(
+        "  no-change poll vs full git fetch: {:.0}x less time, {:.0}x fewer bytes",
+        git_full.as_secs_f64() / drover_p50.as_secs_f64(),
+        git_full_bytes as f64 / drover_poll_bytes.max(1) as f64
+    );
+    println!(
+        "  no-change poll vs no-change git fetch: {:.1}x less time",
+        git_noop_p50.as_secs_f64() / drover_p50.as_secs_f64()
+    );
+}
+
+/// Webhook to new desired state over loopback for a 100-cluster repository served over smart
+/// HTTP: p50 and p99 over `DROVER_BENCH_WEBHOOKS` commits (default 200).
+#[tokio::test]
+#[ignore = "benchmark: run by scripts/bench-source"]
+async fn bench_source_webhook_to_desired_state() {
+    let commits: usize = std::env::var("DROVER_BENCH_WEBHOOKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let remote = HttpRemote::start().expect("nginx + git-http-backend");
+    let repo = TestRepo::init();
+    let files: Vec<(String, String)> = (0..100)
+        .map(|i| {
+            (
+                format!("clusters/c{i:03}.yaml"),
+                cluster_yaml(&format!("c{i:03}"), 1),
+            )
+        })
+        .collect();
+    let borrowed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    let first = repo.commit_files(&borrowed, "100 clusters");
+    let state = state_dir();
+    let auth = Auth::Basic {
+        username: remote.username.clone(),
+        password: Secret::new(remote.password.clone()),
+    };
+    let mut config = config(&remote.url(repo.path()), auth, state.path());
+    config.poll.interval = Duration::from_secs(3600);
+    let source = Running::start(config);
+    source
+        .desired_until("the 100-cluster repository", |s| {
+            s.revision == commit_rev(first)
+        })
+        .await;
+    assert_eq!(source.desired.borrow().clusters.len(), 100);
+
+    let secret = Secret::new("bench-secret");
+    let secrets = WebhookSecrets {
+        github: Some(secret.clone()),
+        ..WebhookSecrets::default()
+    };
+    let cancel = CancellationToken::new();
+    let stats = Arc::new(WebhookStats::default());
+    let addr = serve(
+        webhook::router(
+            secrets,
+            webhook::DEFAULT_MAX_BODY_BYTES,
+            source.trigger.clone(),
+            stats,
+        ),
+        cancel.clone(),
+    )
+    .await;
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let signature = format!("sha256={}", webhook::sign(&secret, body));
+    let mut desired = source.desired.clone();
+    let mut latencies = Vec::with_capacity(commits);
+    for i in 0..commits {
+        let name = format!("c{:03}", i % 100);
+        let commit = repo.commit_files(
+            &[(
+                &format!("clusters/{name}.yaml"),
+                &cluster_yaml(&name, 2 + i % 3),
+            )],
+            "change one cluster",
+        );
+        desired.borrow_and_update();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            post(
+                addr,
+                "/hooks/github",
+                &[("X-Hub-Signature-256", &signature)],
+                body
+            )
+            .await,
+            202
+        );
+        tokio::time::timeout(WAIT, async {
+            while desired.borrow_and_update().revision != commit_rev(commit) {
+                desired.changed().await.expect("the source is running");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("commit {i} did not become the desired state after its webhook")
+        });
+        latencies.push(started.elapsed());
+    }
+    let p50 = percentile(&mut latencies, 0.5);
+    let p99 = percentile(&mut latencies, 0.99);
+    let max = latencies.iter().max().copied().unwrap_or_default();
+    println!(
+        "source bench: webhook -> new desired state, 100 clusters over smart HTTP, {commits} commits: p50 {p50:.1?}, p99 {p99:.1?}, max {max:.1?}"
+    );
+    cancel.cancel();
+    source.stop().await;
 }

@@ -11,5 +11,6 @@ mod plan_cli;
 mod plan_props;
 mod schema;
 mod smoke;
+mod source;
 mod support;
 mod validate;

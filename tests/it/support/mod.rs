@@ -14,6 +14,7 @@ pub mod docker;
 pub mod etcd;
 pub mod garage;
 pub mod git;
+pub mod git_remote;
 pub mod net;
 pub mod wait;
 

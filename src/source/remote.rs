@@ -1,0 +1,507 @@
+//! The blocking git edge: list a remote's refs, fetch one ref into a bare mirror, and read the
+//! cluster files of a commit's tree without a checkout. Everything here blocks; callers run it
+//! on `spawn_blocking`. A [`Mirror`] holds paths and credentials, opening the repository per
+//! operation, and serialises operations on one mirror with a lock.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use git2::{
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, ErrorCode,
+    FetchOptions, Oid, RemoteCallbacks, Repository,
+};
+use sha2::{Digest as _, Sha256};
+
+use super::{Auth, GitRef, RemoteUrl};
+use crate::diagnostic::{Diagnostic, Location, Problem};
+use crate::model::load::{MAX_FILES, MAX_FILE_BYTES};
+use crate::model::SourceFile;
+
+/// The local ref a fetched branch or tag is stored under in the mirror.
+const TIP_REF: &str = "refs/drover/tip";
+/// How many times libgit2 may ask for credentials before the attempt counts as refused.
+const MAX_CREDENTIAL_CALLS: u32 = 3;
+
+/// A git operation that failed. Messages name the operation; the cause is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("cannot open or create the mirror at {path}")]
+    Mirror {
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("cannot reach the remote")]
+    Connect {
+        #[source]
+        source: git2::Error,
+    },
+    #[error("the server's host key is not in the known_hosts file")]
+    HostKey {
+        #[source]
+        source: git2::Error,
+    },
+    #[error("the remote refused the credentials")]
+    Auth {
+        #[source]
+        source: git2::Error,
+    },
+    #[error("the remote does not advertise {name}")]
+    RefNotFound { name: String },
+    #[error("fetching {what} failed")]
+    Fetch {
+        what: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("commit {commit} is not in the remote")]
+    CommitMissing { commit: String },
+    #[error("`{commit}` is not a full commit id")]
+    BadCommitId { commit: String },
+    #[error("reading the tree of {commit} failed")]
+    Tree {
+        commit: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("directory `{path}` is not in commit {commit}")]
+    ClustersDirMissing { path: String, commit: String },
+    #[error("an earlier git operation on this mirror is still running (it timed out)")]
+    Busy,
+}
+
+impl GitError {
+    fn from_connect(source: git2::Error) -> Self {
+        match source.code() {
+            ErrorCode::Auth => Self::Auth { source },
+            ErrorCode::Certificate => Self::HostKey { source },
+            _ => Self::Connect { source },
+        }
+    }
+}
+
+/// What a fetch did.
+#[derive(Debug, Clone, Copy)]
+pub struct Fetched {
+    /// The commit now in the mirror.
+    pub commit: Oid,
+    /// Bytes received from the remote (0 when nothing had to be fetched).
+    pub received_bytes: usize,
+}
+
+/// A bare repository under the state directory that mirrors one ref of one remote.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    path: PathBuf,
+    url: RemoteUrl,
+    auth: Auth,
+    lock: Arc<Mutex<()>>,
+}
+
+impl Mirror {
+    /// Opens (creating if needed) the mirror for `url` and `reference` under `state_dir`.
+    pub fn open(
+        state_dir: &Path,
+        url: RemoteUrl,
+        auth: Auth,
+        reference: &GitRef,
+    ) -> Result<Self, GitError> {
+        let key = format!("{}\n{reference:?}", url.as_git_url());
+        let digest = hex::encode(Sha256::digest(key.as_bytes()));
+        let path = state_dir.join("git").join(&digest[..16]);
+        let mirror = Self {
+            path,
+            url,
+            auth,
+            lock: Arc::new(Mutex::new(())),
+        };
+        mirror.repo()?;
+        Ok(mirror)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The commit `reference` points at on the remote: one ref listing, no objects.
+    /// `None` for a pinned commit, which never moves.
+    pub fn ls_remote(&self, reference: &GitRef) -> Result<Option<Oid>, GitError> {
+        let Some(name) = reference.ref_name() else {
+            return Ok(None);
+        };
+        let _guard = self.guard()?;
+        let repo = self.repo()?;
+        let mut remote = repo
+            .remote_anonymous(&self.url.as_git_url())
+            .map_err(GitError::from_connect)?;
+        let connection = remote
+            .connect_auth(Direction::Fetch, Some(self.callbacks()), None)
+            .map_err(GitError::from_connect)?;
+        let heads = connection.list().map_err(GitError::from_connect)?;
+        let peeled = format!("{name}^{{}}");
+        // An annotated tag is advertised twice: the tag object, then `^{}` with its commit.
+        let mut found = None;
+        for head in heads {
+            if head.name() == peeled {
+                return Ok(Some(head.oid()));
+            }
+            if head.name() == name {
+                found = Some(head.oid());
+            }
+        }
+        found
+            .map(Some)
+            .ok_or(GitError::RefNotFound { name: name.clone() })
+    }
+
+    /// Makes sure the commit `reference` names is in the mirror, fetching only that ref (only
+    /// when `expected` is not already there), and returns it.
+    pub fn fetch(&self, reference: &GitRef, expected: Option<Oid>) -> Result<Fetched, GitError> {
+        let _guard = self.guard()?;
+        let repo = self.repo()?;
+        match reference {
+            GitRef::Commit(hex) => self.fetch_pinned(&repo, hex),
+            GitRef::Branch(_) | GitRef::Tag(_) => {
+                let name = reference.ref_name().unwrap_or_default();
+                if let Some(oid) = expected {
+                    if tip_commit(&repo) == Some(oid) {
+                        return Ok(Fetched {
+                            commit: oid,
+                            received_bytes: 0,
+                        });
+                    }
+                }
+                // Shallow only for the first fetch: later fetches negotiate from what the
+                // mirror holds, so they transfer only new objects and keep enough history to
+                // tell a fast-forward from a force-push.
+                let shallow =
+                    tip_commit(&repo).is_none() && !matches!(self.url, RemoteUrl::File(_));
+                let refspec = format!("+{name}:{TIP_REF}");
+                let received_bytes = self.fetch_refspecs(&repo, &[&refspec], shallow, &name)?;
+                let commit = tip_commit(&repo).ok_or(GitError::RefNotFound { name })?;
+                Ok(Fetched {
+                    commit,
+                    received_bytes,
+                })
+            }
+        }
+    }
+
+    /// True when `new` descends from `old` (a fast-forward). False also when unknown.
+    pub fn is_descendant(&self, new: Oid, old: Oid) -> bool {
+        let Ok(_guard) = self.guard() else {
+            return false;
+        };
+        self.repo()
+            .and_then(|repo| {
+                repo.graph_descendant_of(new, old)
+                    .map_err(|source| GitError::Tree {
+                        commit: new.to_string(),
+                        source,
+                    })
+            })
+            .unwrap_or(false)
+    }
+
+    /// The cluster files of `commit`: every `*.yaml` / `*.yml` under `subdir/clusters_dir`,
+    /// named relative to `subdir`, with the limits and skips of [`crate::model::load_dir`].
+    pub fn read_files(
+        &self,
+        commit: Oid,
+        subdir: Option<&str>,
+        clusters_dir: &str,
+    ) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), GitError> {
+        let _guard = self.guard()?;
+        let repo = self.repo()?;
+        let tree_error = |source| GitError::Tree {
+            commit: commit.to_string(),
+            source,
+        };
+        let tree = repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(tree_error)?;
+        let base = match subdir {
+            Some(dir) => format!("{}/{clusters_dir}", dir.trim_matches('/')),
+            None => clusters_dir.to_owned(),
+        };
+        let entry = tree
+            .get_path(Path::new(&base))
+            .map_err(|_| GitError::ClustersDirMissing {
+                path: base.clone(),
+                commit: commit.to_string(),
+            })?;
+        let dir = repo
+            .find_tree(entry.id())
+            .map_err(|_| GitError::ClustersDirMissing {
+                path: base.clone(),
+                commit: commit.to_string(),
+            })?;
+        let mut out = TreeFiles::default();
+        out.walk(&repo, &dir, clusters_dir.trim_matches('/'))
+            .map_err(tree_error)?;
+        Ok((out.files, out.diagnostics))
+    }
+
+    fn fetch_pinned(&self, repo: &Repository, hex: &str) -> Result<Fetched, GitError> {
+        let oid = Oid::from_str(hex)
+            .ok()
+            .filter(|_| hex.len() == 40)
+            .ok_or_else(|| GitError::BadCommitId {
+                commit: hex.to_owned(),
+            })?;
+        if repo.find_commit(oid).is_ok() {
+            return Ok(Fetched {
+                commit: oid,
+                received_bytes: 0,
+            });
+        }
+        let specs = [
+            "+refs/heads/*:refs/drover/heads/*",
+            "+refs/tags/*:refs/drover/tags/*",
+        ];
+        let received_bytes = self.fetch_refspecs(repo, &specs, false, hex)?;
+        repo.find_commit(oid)
+            .map(|_| Fetched {
+                commit: oid,
+                received_bytes,
+            })
+            .map_err(|_| GitError::CommitMissing {
+                commit: hex.to_owned(),
+            })
+    }
+
+    fn fetch_refspecs(
+        &self,
+        repo: &Repository,
+        refspecs: &[&str],
+        shallow: bool,
+        what: &str,
+    ) -> Result<usize, GitError> {
+        let mut remote = repo
+            .remote_anonymous(&self.url.as_git_url())
+            .map_err(GitError::from_connect)?;
+        let mut options = FetchOptions::new();
+        options
+            .remote_callbacks(self.callbacks())
+            .download_tags(AutotagOption::None);
+        if shallow {
+            options.depth(1);
+        }
+        remote
+            .fetch(refspecs, Some(&mut options), None)
+            .map_err(|source| match source.code() {
+                ErrorCode::Auth => GitError::Auth { source },
+                ErrorCode::Certificate => GitError::HostKey { source },
+                _ => GitError::Fetch {
+                    what: what.to_owned(),
+                    source,
+                },
+            })?;
+        Ok(remote.stats().received_bytes())
+    }
+
+    /// Exclusive use of the mirror. An operation that timed out may still hold it: the next
+    /// one fails fast rather than queueing blocked threads behind it.
+    fn guard(&self) -> Result<std::sync::MutexGuard<'_, ()>, GitError> {
+        match self.lock.try_lock() {
+            Ok(guard) => Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(GitError::Busy),
+        }
+    }
+
+    fn repo(&self) -> Result<Repository, GitError> {
+        let error = |source| GitError::Mirror {
+            path: self.path.clone(),
+            source,
+        };
+        match Repository::open_bare(&self.path) {
+            Ok(repo) => Ok(repo),
+            Err(_) => Repository::init_bare(&self.path).map_err(error),
+        }
+    }
+
+    fn callbacks(&self) -> RemoteCallbacks<'static> {
+        let mut callbacks = RemoteCallbacks::new();
+        let auth = self.auth.clone();
+        let mut calls = 0;
+        callbacks.credentials(move |_url, user_from_url, allowed| {
+            calls += 1;
+            if calls > MAX_CREDENTIAL_CALLS {
+                return Err(git2::Error::new(
+                    ErrorCode::Auth,
+                    git2::ErrorClass::Callback,
+                    "credentials refused",
+                ));
+            }
+            credential(&auth, user_from_url, allowed)
+        });
+        if let Auth::SshKey { known_hosts, .. } = &self.auth {
+            let known_hosts = known_hosts.clone();
+            callbacks.certificate_check(move |cert, host| {
+                let key = cert.as_hostkey().and_then(|k| k.hostkey());
+                match key {
+                    Some(key) if known_host(&known_hosts, host, key) => {
+                        Ok(CertificateCheckStatus::CertificateOk)
+                    }
+                    _ => Err(git2::Error::new(
+                        ErrorCode::Certificate,
+                        git2::ErrorClass::Ssh,
+                        format!("host key of {host} is not in {}", known_hosts.display()),
+                    )),
+                }
+            });
+        }
+        callbacks
+    }
+}
+
+/// The credential libgit2 asked for, from the configured [`Auth`].
+fn credential(
+    auth: &Auth,
+    user_from_url: Option<&str>,
+    allowed: CredentialType,
+) -> Result<Cred, git2::Error> {
+    let refused = |why: &str| git2::Error::new(ErrorCode::Auth, git2::ErrorClass::Callback, why);
+    match auth {
+        Auth::None => Err(refused(
+            "the remote asks for credentials; none are configured",
+        )),
+        Auth::Basic { username, password } => Cred::userpass_plaintext(username, password.expose()),
+        Auth::Token { username, token } => Cred::userpass_plaintext(username, token.expose()),
+        Auth::SshKey {
+            username,
+            private_key,
+            passphrase,
+            ..
+        } => {
+            let user = user_from_url.unwrap_or(username);
+            if allowed.contains(CredentialType::USERNAME) {
+                return Cred::username(user);
+            }
+            Cred::ssh_key(
+                user,
+                None,
+                private_key,
+                passphrase.as_ref().map(|p| p.expose()),
+            )
+        }
+    }
+}
+
+/// True when `known_hosts` lists `key` for `host` (plain `host` or `[host]:port` patterns;
+/// hashed entries are not supported).
+fn known_host(known_hosts: &Path, host: &str, key: &[u8]) -> bool {
+    let Ok(text) = std::fs::read_to_string(known_hosts) else {
+        return false;
+    };
+    let bracketed = format!("[{host}]:");
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            Some((fields.next()?, fields.next()?, fields.next()?))
+        })
+        .filter(|(hosts, _, _)| {
+            hosts
+                .split(',')
+                .any(|pattern| pattern == host || pattern.starts_with(&bracketed))
+        })
+        .filter_map(|(_, _, encoded)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+        })
+        .any(|listed| listed == key)
+}
+
+fn tip_commit(repo: &Repository) -> Option<Oid> {
+    repo.find_reference(TIP_REF)
+        .and_then(|r| r.peel_to_commit())
+        .map(|c| c.id())
+        .ok()
+}
+
+/// The cluster files found in a tree walk, with the diagnostics for skipped entries.
+#[derive(Default)]
+struct TreeFiles {
+    files: Vec<SourceFile>,
+    diagnostics: Vec<Diagnostic>,
+    /// Set once `MAX_FILES` was reached: the walk stops.
+    full: bool,
+}
+
+impl TreeFiles {
+    fn walk(
+        &mut self,
+        repo: &Repository,
+        tree: &git2::Tree<'_>,
+        prefix: &str,
+    ) -> Result<(), git2::Error> {
+        for entry in tree.iter() {
+            let Ok(name) = entry.name() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = format!("{prefix}/{name}");
+            match entry.kind() {
+                Some(git2::ObjectType::Tree) => {
+                    let sub = repo.find_tree(entry.id())?;
+                    self.walk(repo, &sub, &path)?;
+                }
+                Some(git2::ObjectType::Blob) if is_yaml(name) => self.blob(repo, &entry, path)?,
+                _ => {}
+            }
+            if self.full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn blob(
+        &mut self,
+        repo: &Repository,
+        entry: &git2::TreeEntry<'_>,
+        path: String,
+    ) -> Result<(), git2::Error> {
+        let whole = |problem| {
+            let location = Location {
+                file: path.clone(),
+                pos: None,
+                len: 1,
+            };
+            Diagnostic::new(location, problem)
+        };
+        if entry.filemode() == 0o120000 {
+            self.diagnostics.push(whole(Problem::SymlinkSkipped));
+            return Ok(());
+        }
+        if self.files.len() == MAX_FILES {
+            let limit = MAX_FILES;
+            self.diagnostics
+                .push(whole(Problem::TooManyFiles { limit }));
+            self.full = true;
+            return Ok(());
+        }
+        let blob = repo.find_blob(entry.id())?;
+        let size = blob.size() as u64;
+        if size > MAX_FILE_BYTES {
+            let limit = MAX_FILE_BYTES;
+            self.diagnostics
+                .push(whole(Problem::FileTooLarge { size, limit }));
+            return Ok(());
+        }
+        self.files.push(SourceFile {
+            path,
+            bytes: blob.content().to_vec(),
+        });
+        Ok(())
+    }
+}
+
+fn is_yaml(name: &str) -> bool {
+    name.ends_with(".yaml") || name.ends_with(".yml")
+}

@@ -79,14 +79,26 @@ async fn the_dockerfile_packages_a_drover_that_validates_the_examples() {
     let _docker = require!(docker::connect().await);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_drover"));
-    let relative = binary
-        .strip_prefix(&root)
-        .expect("the test binary is built inside the repository");
     let work = tempfile::tempdir().unwrap();
     let token = unique_token();
     let base = format!("drover-test/glibc:{token}");
     let image = format!("drover-test/drover:{token}");
     let _cleanup = Images(vec![image.clone(), base.clone()]);
+
+    // A build context laid out like the repository, wherever cargo put the binary.
+    let context = work.path().join("context");
+    std::fs::create_dir_all(context.join("target/debug")).unwrap();
+    for file in ["Dockerfile", ".dockerignore"] {
+        std::fs::copy(root.join(file), context.join(file)).unwrap();
+    }
+    std::fs::copy(&binary, context.join("target/debug/drover")).unwrap();
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(root.join("examples-repo"))
+        .arg(&context)
+        .output()
+        .expect("cp");
+    ok(&copy, "copy examples-repo");
 
     let tarball = glibc_rootfs(&binary, work.path());
     let import = docker_cli(&["import", tarball.to_str().unwrap(), &base], &root);
@@ -100,10 +112,10 @@ async fn the_dockerfile_packages_a_drover_that_validates_the_examples() {
             "--build-arg",
             &format!("BASE={base}"),
             "--build-arg",
-            &format!("BINARY={}", relative.display()),
+            "BINARY=target/debug/drover",
             ".",
         ],
-        &root,
+        &context,
     );
     ok(&build, "docker build");
 

@@ -7,4 +7,5 @@ pub mod config;
 pub mod diagnostic;
 pub mod model;
 pub mod plan;
+pub mod snapshot;
 pub mod source;

@@ -3,7 +3,7 @@
 //! checkout. Exit 0 when nothing changes, 2 when something does, 1 on invalid files or an unsafe
 //! plan.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -11,11 +11,13 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::Exit;
+use crate::config::{self, ConfigError};
 use crate::diagnostic::{DiagnosticJson, Severity};
 use crate::model::load::DEFAULT_CLUSTERS_DIR;
 use crate::model::tree::{read_tree, TreeError};
-use crate::model::{load_sources, Repository};
+use crate::model::{load_sources, Repository, SnapshotId};
 use crate::plan::{self, as_if_running, render, Desired, Observed, Plan};
+use crate::snapshot::{self, StoreError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,6 +36,10 @@ pub struct Args {
     /// Output format: text, markdown (a pull-request comment) or json.
     #[arg(long, value_enum, default_value_t = Format::Text, env = "DROVER_FORMAT")]
     format: Format,
+    /// The daemon's configuration. With it, a restore request is checked against the snapshots
+    /// its cluster's store holds.
+    #[arg(long, env = "DROVER_CONFIG")]
+    daemon_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -68,12 +74,22 @@ enum PlanError {
     },
     #[error(transparent)]
     Tree(#[from] TreeError),
+    #[error("{}", .0.render().trim_end())]
+    Config(ConfigError),
+    #[error("cluster {cluster} keeps snapshots in store `{store}`, which the daemon configuration does not define")]
+    StoreNotConfigured { cluster: String, store: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the runtime that lists snapshot stores")]
+    Runtime(#[source] std::io::Error),
 }
 
 impl PlanError {
     fn exit(&self) -> Exit {
         match self {
-            PlanError::Tree(TreeError::Git { .. }) => Exit::Io,
+            PlanError::Tree(TreeError::Git { .. })
+            | PlanError::Store(_)
+            | PlanError::Runtime(_) => Exit::Io,
             _ => Exit::Usage,
         }
     }
@@ -86,8 +102,15 @@ struct Side {
 }
 
 pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
-    let (base, head, base_label) = match load_sides(args) {
-        Ok(sides) => sides,
+    let loaded = load_sides(args).and_then(|(base, head, label)| {
+        let known = match &args.daemon_config {
+            Some(path) => Some(known_snapshots(path, &head.repo)?),
+            None => None,
+        };
+        Ok((base, head, label, known))
+    });
+    let (base, head, base_label, known_snapshots) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {}", super::error_chain(&e));
             return e.exit();
@@ -111,7 +134,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
         .collect();
     let desired = Desired {
         clusters: head.repo.clusters.iter().collect(),
-        known_snapshots: None,
+        known_snapshots,
         held_back: base
             .repo
             .clusters
@@ -183,6 +206,36 @@ fn load_sides(args: &Args) -> Result<(Side, Side, String), PlanError> {
         repo: load_sources(files, diagnostics),
     };
     Ok((base, head, label))
+}
+
+/// The snapshots each cluster with a restore request has in its store.
+fn known_snapshots(
+    path: &std::path::Path,
+    head: &Repository,
+) -> Result<BTreeMap<String, BTreeSet<SnapshotId>>, PlanError> {
+    let config = config::load(path).map_err(PlanError::Config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(PlanError::Runtime)?;
+    let mut known = BTreeMap::new();
+    for cluster in head.clusters.iter().filter(|c| c.etcd.restore.is_some()) {
+        let Some(policy) = &cluster.etcd.snapshots else {
+            continue; // the planner refuses a restore without a store
+        };
+        let store =
+            config
+                .stores
+                .get(&policy.store)
+                .ok_or_else(|| PlanError::StoreNotConfigured {
+                    cluster: cluster.name.to_string(),
+                    store: policy.store.to_string(),
+                })?;
+        let store = snapshot::open(store)?;
+        let ids = runtime.block_on(snapshot::list(store.as_ref(), &cluster.name))?;
+        known.insert(cluster.name.to_string(), ids);
+    }
+    Ok(known)
 }
 
 /// The branch pull requests merge into: origin's HEAD, else `main`, else `master`.

@@ -11,6 +11,7 @@ mod plan_cli;
 mod plan_props;
 mod schema;
 mod smoke;
+mod snapshot_store;
 mod source;
 mod support;
 mod validate;

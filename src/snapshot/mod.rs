@@ -1,0 +1,136 @@
+//! Snapshot stores: opening a store the daemon's configuration names, and listing the snapshots
+//! a cluster has there. A snapshot exists only once its manifest exists, so listing reads
+//! manifests: `<cluster>/<snapshot id>.db.zst.json` under the store's prefix.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::ObjectStore;
+
+use crate::config::{Credentials, S3Store, Store};
+use crate::model::{ClusterName, SnapshotId};
+use crate::source::{Secret, SecretError};
+
+/// The suffix of a snapshot's manifest, after its id.
+pub const MANIFEST_SUFFIX: &str = ".db.zst.json";
+/// Most objects one listing of a cluster's snapshots reads.
+pub const MAX_LISTED: usize = 100_000;
+
+/// Why a store could not be opened or listed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the file store at {root}")]
+    Local {
+        root: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("cannot read S3 credentials")]
+    Credentials(#[from] SecretError),
+    #[error("cannot configure the S3 store for bucket {bucket}")]
+    S3 {
+        bucket: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("listing the snapshots of cluster {cluster}")]
+    List {
+        cluster: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("cluster {cluster} has more than {limit} objects in its store; listing stopped")]
+    TooMany { cluster: String, limit: usize },
+}
+
+/// Opens a configured store. Credentials are read from their files or the environment here,
+/// and kept in redacting types.
+pub fn open(store: &Store) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    match store {
+        Store::File { root } => {
+            let local =
+                LocalFileSystem::new_with_prefix(root).map_err(|source| StoreError::Local {
+                    root: root.display().to_string(),
+                    source,
+                })?;
+            Ok(Arc::new(local))
+        }
+        Store::S3(s3) => open_s3(s3),
+    }
+}
+
+fn open_s3(s3: &S3Store) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let (key_id, secret) = match &s3.credentials {
+        Credentials::Files {
+            access_key_id,
+            secret_access_key,
+        } => (
+            Secret::from_file(access_key_id)?,
+            Secret::from_file(secret_access_key)?,
+        ),
+        Credentials::Environment => (
+            Secret::from_env("AWS_ACCESS_KEY_ID")?,
+            Secret::from_env("AWS_SECRET_ACCESS_KEY")?,
+        ),
+    };
+    let mut builder = AmazonS3Builder::new()
+        .with_bucket_name(&s3.bucket)
+        .with_region(&s3.region)
+        .with_access_key_id(key_id.expose())
+        .with_secret_access_key(secret.expose())
+        .with_virtual_hosted_style_request(!s3.path_style)
+        .with_allow_http(s3.allow_http);
+    if let Some(endpoint) = &s3.endpoint {
+        builder = builder.with_endpoint(endpoint.as_str());
+    }
+    let bucket = builder.build().map_err(|source| StoreError::S3 {
+        bucket: s3.bucket.clone(),
+        source,
+    })?;
+    if s3.prefix.is_empty() {
+        Ok(Arc::new(bucket))
+    } else {
+        Ok(Arc::new(PrefixStore::new(bucket, s3.prefix.as_str())))
+    }
+}
+
+/// The ids of the snapshots `cluster` has in `store`: those whose manifest exists. Objects that
+/// are not manifests (the data, uploads in progress, strangers) are ignored.
+pub async fn list(
+    store: &dyn ObjectStore,
+    cluster: &ClusterName,
+) -> Result<BTreeSet<SnapshotId>, StoreError> {
+    let prefix = Path::from(cluster.as_str());
+    let mut listing = store.list(Some(&prefix));
+    let mut ids = BTreeSet::new();
+    let mut seen = 0;
+    let list_error = |source| StoreError::List {
+        cluster: cluster.to_string(),
+        source,
+    };
+    while let Some(meta) = listing.try_next().await.map_err(list_error)? {
+        seen += 1;
+        if seen > MAX_LISTED {
+            return Err(StoreError::TooMany {
+                cluster: cluster.to_string(),
+                limit: MAX_LISTED,
+            });
+        }
+        let id = meta
+            .location
+            .filename()
+            .and_then(|name| name.strip_suffix(MANIFEST_SUFFIX))
+            .and_then(SnapshotId::parse);
+        // Only direct children of the cluster's prefix are its snapshots.
+        let direct = meta.location.prefix_matches(&prefix) && meta.location.parts().count() == 2;
+        if let (Some(id), true) = (id, direct) {
+            ids.insert(id);
+        }
+    }
+    Ok(ids)
+}

@@ -2,6 +2,7 @@
 //! (nodes, roles, components, etcd and its snapshot policy) as YAML in Git; drover drives every
 //! node to that description. See ARCHITECTURE.md for the map of this crate.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod diagnostic;

@@ -1,0 +1,302 @@
+//! Applies a node's plan with the Docker Engine API: every container the plan lists runs with
+//! the plan's spec, nothing else that drover manages does, and the files it needs are in place.
+//! Containers carry labels naming their cluster, node, component, spec hash and plan generation;
+//! the spec hash (over `plan::container::SPEC_FIELDS`) decides a recreate, so an agent that
+//! restarts reconciles from what runs instead of redoing everything.
+//!
+//! Host paths (bind sources and files) live under a host root: `/` on a real node, a directory
+//! of its own for each simulated node sharing one machine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy as DockerRestart};
+use bollard::models::{ContainerSummaryStateEnum, RestartPolicyNameEnum};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+
+use crate::model::spec::{NetworkMode, PidMode, RestartPolicy};
+use crate::plan::container::{container_name, ContainerSpec, FileSpec, NodeSpec};
+
+pub const LABEL_MANAGED_BY: &str = "drover.dev/managed-by";
+pub const LABEL_CLUSTER: &str = "drover.dev/cluster";
+pub const LABEL_NODE: &str = "drover.dev/node";
+pub const LABEL_COMPONENT: &str = "drover.dev/component";
+pub const LABEL_SPEC_HASH: &str = "drover.dev/spec-hash";
+pub const LABEL_GENERATION: &str = "drover.dev/generation";
+const MANAGED_BY: &str = "drover";
+
+/// One managed container as Docker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub id: String,
+    pub spec_hash: String,
+    pub running: bool,
+}
+
+/// What applying did for one container or file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Created,
+    Recreated,
+    Started,
+    Removed,
+    Unchanged,
+    FileWritten,
+}
+
+/// The result of one step: what it was about, what it did, or why it failed (Docker's reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepResult {
+    /// A component name, or a file's path.
+    pub subject: String,
+    pub action: Action,
+    pub error: Option<String>,
+}
+
+/// Why Docker could not be asked what runs.
+#[derive(Debug, thiserror::Error)]
+#[error("listing containers from Docker")]
+pub struct ObserveError(#[source] bollard::errors::Error);
+
+/// Applies one node's plan.
+pub struct Driver {
+    docker: Docker,
+    cluster: String,
+    node: String,
+    host_root: PathBuf,
+}
+
+impl Driver {
+    pub fn new(docker: Docker, cluster: &str, node: &str, host_root: PathBuf) -> Driver {
+        Driver {
+            docker,
+            cluster: cluster.to_string(),
+            node: node.to_string(),
+            host_root,
+        }
+    }
+
+    /// The containers drover manages on this node, by component.
+    pub async fn observe(&self) -> Result<BTreeMap<String, Running>, ObserveError> {
+        let filters: HashMap<&str, Vec<String>> = HashMap::from([(
+            "label",
+            vec![
+                format!("{LABEL_MANAGED_BY}={MANAGED_BY}"),
+                format!("{LABEL_CLUSTER}={}", self.cluster),
+                format!("{LABEL_NODE}={}", self.node),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(ObserveError)?;
+        let mut out = BTreeMap::new();
+        for c in list {
+            let labels = c.labels.unwrap_or_default();
+            let Some(component) = labels.get(LABEL_COMPONENT) else {
+                continue;
+            };
+            let running = Running {
+                id: c.id.unwrap_or_default(),
+                spec_hash: labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
+                running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+            };
+            out.insert(component.clone(), running);
+        }
+        Ok(out)
+    }
+
+    /// Takes the node to `spec`: files first, then containers no longer planned are removed,
+    /// then each planned container is created, recreated or started as needed. A failed step is
+    /// reported and the others still run.
+    pub async fn apply(
+        &self,
+        spec: &NodeSpec,
+        generation: u64,
+    ) -> Result<Vec<StepResult>, ObserveError> {
+        let mut results = Vec::new();
+        for (path, file) in &spec.files {
+            if let Some(r) = self.write_file(path, file) {
+                results.push(r);
+            }
+        }
+        let running = self.observe().await?;
+        for (component, have) in &running {
+            if !spec.containers.contains_key(component) {
+                let error = self.remove(&have.id).await.err();
+                results.push(step(component, Action::Removed, error));
+            }
+        }
+        for (component, want) in &spec.containers {
+            let hash = want.hash();
+            let result = match running.get(component) {
+                None => {
+                    let error = self.create(component, want, &hash, generation).await.err();
+                    step(component, Action::Created, error)
+                }
+                Some(have) if have.spec_hash != hash => {
+                    let error = match self.remove(&have.id).await {
+                        Ok(()) => self.create(component, want, &hash, generation).await.err(),
+                        Err(e) => Some(e),
+                    };
+                    step(component, Action::Recreated, error)
+                }
+                Some(have) if !have.running => {
+                    let error = self
+                        .docker
+                        .start_container(&have.id, None)
+                        .await
+                        .err()
+                        .map(|e| e.to_string());
+                    step(component, Action::Started, error)
+                }
+                Some(_) => step(component, Action::Unchanged, None),
+            };
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    async fn create(
+        &self,
+        component: &str,
+        spec: &ContainerSpec,
+        hash: &str,
+        generation: u64,
+    ) -> Result<(), String> {
+        let name = container_name(&self.cluster, &self.node, component);
+        let mut labels: HashMap<String, String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.extend([
+            (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+            (LABEL_CLUSTER.to_string(), self.cluster.clone()),
+            (LABEL_NODE.to_string(), self.node.clone()),
+            (LABEL_COMPONENT.to_string(), component.to_string()),
+            (LABEL_SPEC_HASH.to_string(), hash.to_string()),
+            (LABEL_GENERATION.to_string(), generation.to_string()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: spec.command.clone(),
+            cmd: Some(spec.args.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            user: spec.user.clone(),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                binds: Some(spec.binds.iter().map(|b| self.host_bind(b)).collect()),
+                network_mode: Some(network_mode(spec.network_mode).to_string()),
+                pid_mode: spec.pid_mode.map(|PidMode::Host| "host".to_string()),
+                privileged: Some(spec.privileged),
+                restart_policy: Some(DockerRestart {
+                    name: Some(restart_policy(spec.restart_policy)),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.docker
+            .start_container(&name, None)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), String> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        self.docker
+            .remove_container(id, Some(options))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// A bind whose host side lives under the host root.
+    fn host_bind(&self, bind: &str) -> String {
+        match bind.split_once(':') {
+            Some((host, rest)) => format!("{}:{rest}", self.host_path(host).display()),
+            None => bind.to_string(),
+        }
+    }
+
+    fn host_path(&self, path: &str) -> PathBuf {
+        self.host_root.join(path.trim_start_matches('/'))
+    }
+
+    /// Writes a file atomically with its mode, unless it already holds the planned content.
+    fn write_file(&self, path: &str, file: &FileSpec) -> Option<StepResult> {
+        let target = self.host_path(path);
+        let current = std::fs::read(&target).ok();
+        let mode_ok = std::fs::metadata(&target)
+            .map(|m| m.permissions().mode() & 0o7777 == file.mode)
+            .unwrap_or(false);
+        if current.as_deref() == Some(file.content.as_bytes()) && mode_ok {
+            return None;
+        }
+        let error = write_atomically(&target, file.content.as_bytes(), file.mode)
+            .err()
+            .map(|e| e.to_string());
+        Some(step(path, Action::FileWritten, error))
+    }
+}
+
+fn step(subject: &str, action: Action, error: Option<String>) -> StepResult {
+    StepResult {
+        subject: subject.to_string(),
+        action,
+        error,
+    }
+}
+
+/// Temp file in the same directory, fsync, mode, rename over the target, fsync the directory.
+fn write_atomically(target: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = target
+        .parent()
+        .ok_or_else(|| std::io::Error::other("a file path has a parent"))?;
+    std::fs::create_dir_all(dir)?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.drover-tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(content)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, target)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn network_mode(mode: NetworkMode) -> &'static str {
+    match mode {
+        NetworkMode::Host => "host",
+        NetworkMode::None => "none",
+        NetworkMode::Bridge => "bridge",
+    }
+}
+
+fn restart_policy(policy: RestartPolicy) -> RestartPolicyNameEnum {
+    match policy {
+        RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
+        RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+        RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        RestartPolicy::No => RestartPolicyNameEnum::NO,
+    }
+}

@@ -1,0 +1,4 @@
+//! The node agent: applies its node's plan and reports what runs. `docker` executes container
+//! and file steps with the Docker Engine API.
+
+pub mod docker;

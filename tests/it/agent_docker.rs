@@ -1,0 +1,181 @@
+//! The agent's Docker executor against the real engine: a node's plan converges, re-applying
+//! it changes nothing (so a restarted agent redoes nothing), containers stopped or removed by
+//! hand come back, a changed spec recreates only its container, a component dropped from the
+//! plan is removed, and a bad image fails with Docker's own reason.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::Command;
+
+use drover::agent::docker::{Action, Driver, StepResult};
+use drover::model::{load_sources, SourceFile};
+use drover::plan::container::{container_name, desired_nodes, NodeSpec};
+
+use crate::support::{docker, require, unique_token};
+
+/// Removes every container of the test's cluster, even when the test panics.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let filter = format!("label=drover.dev/cluster={}", self.0);
+        let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        else {
+            return;
+        };
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+    }
+}
+
+/// The plan of node `w1` in a cluster named `cluster` whose workers run `components`.
+fn worker_spec(cluster: &str, components: &str) -> NodeSpec {
+    let text = format!(
+        "apiVersion: drover.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: {cluster}}}\nspec:\n  nodes:\n    - {{name: e1, address: 127.0.0.2, roles: [etcd]}}\n    - {{name: w1, address: 127.0.0.3, roles: [worker]}}\n  etcd: {{image: drover-test/etcd:3.4.23}}\n  components:\n    worker:\n{components}"
+    );
+    let file = SourceFile {
+        path: "clusters/t.yaml".into(),
+        bytes: text.into_bytes(),
+    };
+    let repo = load_sources(vec![file], Vec::new());
+    assert!(!repo.has_errors(), "{}", repo.render_diagnostics());
+    desired_nodes(&repo.clusters[0]).remove("w1").unwrap()
+}
+
+fn actions(results: &[StepResult]) -> Vec<(String, Action, bool)> {
+    results
+        .iter()
+        .map(|r| (r.subject.clone(), r.action, r.error.is_none()))
+        .collect()
+}
+
+fn ok(subject: &str, action: Action) -> (String, Action, bool) {
+    (subject.to_string(), action, true)
+}
+
+const A: &str = "      - {name: a, image: 'drover-test/busybox:1', command: [sleep, '3600'], env: {LEVEL: info}, files: [{path: /etc/drover-test/a.conf, content: \"node {{ node.name }}\\n\", mode: '0600'}]}\n";
+const B: &str = "      - {name: b, image: 'drover-test/busybox:1', command: [sleep, '3600'], restartPolicy: unless-stopped}\n";
+
+#[tokio::test]
+async fn a_node_plan_converges_and_is_repaired() {
+    let client = require!(docker::connect().await);
+    let cluster = format!(
+        "agent-{}",
+        unique_token()
+            .to_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+    );
+    let cluster = cluster[..cluster.len().min(40)].to_string();
+    let _cleanup = Cleanup(cluster.clone());
+    let host_root = tempfile::tempdir().unwrap();
+    let driver = Driver::new(
+        client.clone(),
+        &cluster,
+        "w1",
+        host_root.path().to_path_buf(),
+    );
+    let spec = worker_spec(&cluster, &format!("{A}{B}"));
+
+    // First apply: the file, then both containers.
+    let results = driver.apply(&spec, 1).await.unwrap();
+    assert_eq!(
+        actions(&results),
+        [
+            ok("/etc/drover-test/a.conf", Action::FileWritten),
+            ok("a", Action::Created),
+            ok("b", Action::Created)
+        ]
+    );
+    let file = host_root.path().join("etc/drover-test/a.conf");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "node w1\n");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    let running = driver.observe().await.unwrap();
+    assert!(running.values().all(|r| r.running), "{running:?}");
+    let name_a = container_name(&cluster, "w1", "a");
+    let inspect = client.inspect_container(&name_a, None).await.unwrap();
+    let labels = inspect.config.unwrap().labels.unwrap();
+    assert_eq!(labels["drover.dev/component"], "a");
+    assert_eq!(labels["drover.dev/generation"], "1");
+
+    // A restarted agent (a new driver) finds everything in place and changes nothing.
+    let again = Driver::new(
+        client.clone(),
+        &cluster,
+        "w1",
+        host_root.path().to_path_buf(),
+    );
+    let results = again.apply(&spec, 1).await.unwrap();
+    assert_eq!(
+        actions(&results),
+        [ok("a", Action::Unchanged), ok("b", Action::Unchanged)]
+    );
+    assert_eq!(
+        driver.observe().await.unwrap(),
+        running,
+        "no container was replaced"
+    );
+
+    // Stopped and removed by hand: started and created again.
+    let name_b = container_name(&cluster, "w1", "b");
+    let stop = Command::new("docker")
+        .args(["stop", "-t", "0", &name_b])
+        .output()
+        .unwrap();
+    assert!(stop.status.success());
+    let rm = Command::new("docker")
+        .args(["rm", "-f", &name_a])
+        .output()
+        .unwrap();
+    assert!(rm.status.success());
+    let results = driver.apply(&spec, 2).await.unwrap();
+    assert_eq!(
+        actions(&results),
+        [ok("a", Action::Created), ok("b", Action::Started)]
+    );
+
+    // A changed environment recreates only that container.
+    let before = driver.observe().await.unwrap();
+    let changed = worker_spec(
+        &cluster,
+        &format!("{}{B}", A.replace("LEVEL: info", "LEVEL: debug")),
+    );
+    let results = driver.apply(&changed, 3).await.unwrap();
+    assert_eq!(
+        actions(&results),
+        [ok("a", Action::Recreated), ok("b", Action::Unchanged)]
+    );
+    let after = driver.observe().await.unwrap();
+    assert_ne!(after["a"].id, before["a"].id);
+    assert_eq!(after["b"].id, before["b"].id);
+
+    // Dropped from the plan: removed. A bad image: the step fails with Docker's reason.
+    let bad = "      - {name: c, image: 'drover-test/no-such-image:1', command: [sleep, '1']}\n";
+    let results = driver
+        .apply(&worker_spec(&cluster, &format!("{A}{bad}")), 4)
+        .await
+        .unwrap();
+    let summary: Vec<(String, Action)> = results
+        .iter()
+        .map(|r| (r.subject.clone(), r.action))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("b".to_string(), Action::Removed),
+            ("a".to_string(), Action::Recreated),
+            ("c".to_string(), Action::Created)
+        ]
+    );
+    let error = results[2].error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("No such image"),
+        "Docker's reason, got: {error:?}"
+    );
+    let left: Vec<String> = driver.observe().await.unwrap().into_keys().collect();
+    assert_eq!(left, ["a"]);
+}

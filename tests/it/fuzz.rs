@@ -194,6 +194,41 @@ proptest! {
     }
 }
 
+/// The daemon configuration's parser: whatever the bytes, a configuration or diagnostics that
+/// point inside the file, never a panic.
+fn check_config(bytes: Vec<u8>) -> Result<(), TestCaseError> {
+    let lines = String::from_utf8_lossy(&bytes).lines().count() as u32;
+    match drover::config::parse("daemon.yaml", bytes) {
+        Ok(_) => {}
+        Err(drover::config::ConfigError::Invalid { diagnostics }) => {
+            prop_assert!(!diagnostics.is_empty());
+            for d in &diagnostics {
+                if let Some(pos) = d.location.pos {
+                    prop_assert!(pos.line >= 1 && pos.line <= lines + 1, "{d:?}");
+                }
+            }
+        }
+        Err(e) => prop_assert!(false, "unexpected error: {e}"),
+    }
+    Ok(())
+}
+
+const CONFIG_SEED: &str = include_str!("../../examples-repo/daemon.example.yaml");
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn daemon_configurations_never_panic(
+        edits in prop::collection::vec(edit(), 0..8),
+        noise in prop::collection::vec(any::<u8>(), 0..512),
+        raw in any::<bool>(),
+    ) {
+        let bytes = if raw { noise } else { apply(CONFIG_SEED, &edits) };
+        check_config(bytes)?;
+    }
+}
+
 /// The seeds themselves load, so mutations start from valid files.
 #[test]
 fn seeds_are_valid() {

@@ -10,3 +10,14 @@ pub mod model;
 pub mod plan;
 pub mod snapshot;
 pub mod source;
+
+/// An error and its causes, on one line: for messages at the edges (CLI output, step reports).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}

@@ -1,4 +1,5 @@
 //! The node agent: applies its node's plan and reports what runs. `docker` executes container
-//! and file steps with the Docker Engine API.
+//! and file steps with the Docker Engine API; `probe` runs components' health checks.
 
 pub mod docker;
+pub mod probe;

@@ -3,6 +3,7 @@
 //! a container is recreated are an explicit, versioned list (`SPEC_FIELDS`).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -93,11 +94,38 @@ pub struct FileSpec {
     pub content: String,
 }
 
+/// How the agent tells that a component is healthy, rendered for its node. Not part of the
+/// container spec: changing a probe never recreates a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Probe {
+    /// GET answering 2xx or 3xx.
+    Http(String),
+    /// `host:port` accepting a connection.
+    Tcp(String),
+    /// A command in the container exiting 0.
+    Exec(Vec<String>),
+}
+
+/// Probe timing when the file gives none.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Everything one node should run.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct NodeSpec {
     /// By component name (`etcd` for the etcd member).
     pub containers: BTreeMap<String, ContainerSpec>,
+    /// Health checks by component name.
+    pub health: BTreeMap<String, HealthCheck>,
     /// Which role each container comes from.
     pub roles: BTreeMap<String, Role>,
     pub files: BTreeMap<String, FileSpec>,
@@ -169,6 +197,27 @@ fn node_spec(cluster: &Cluster, node: &Node, renderer: &Renderer, scope: &Scope)
             files,
         };
         let name = component.name.to_string();
+        if let Some(h) = &rendered.health {
+            let probe = match (&h.http, &h.tcp, &h.exec) {
+                (Some(url), _, _) => Some(Probe::Http(url.clone())),
+                (_, Some(addr), _) => Some(Probe::Tcp(addr.clone())),
+                (_, _, Some(cmd)) => Some(Probe::Exec(cmd.clone())),
+                _ => None,
+            };
+            let duration = |d: &Option<String>, default| {
+                d.as_deref()
+                    .and_then(|d| humantime::parse_duration(d).ok())
+                    .unwrap_or(default)
+            };
+            if let Some(probe) = probe {
+                let check = HealthCheck {
+                    probe,
+                    interval: duration(&h.interval, DEFAULT_PROBE_INTERVAL),
+                    timeout: duration(&h.timeout, DEFAULT_PROBE_TIMEOUT),
+                };
+                spec.health.insert(name.clone(), check);
+            }
+        }
         spec.roles.insert(name.clone(), role);
         spec.containers.insert(name, container);
     }

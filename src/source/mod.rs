@@ -52,6 +52,11 @@ pub enum UrlError {
         "remote URL must not contain a password; give credentials from a file or the environment"
     )]
     PasswordInUrl,
+    #[error(
+        "an http(s) remote URL must not contain a user name (tokens are often passed that way); \
+         give credentials from a file or the environment"
+    )]
+    UserInHttpUrl,
     #[error("unsupported remote URL scheme `{scheme}` (expected https, http, ssh or file)")]
     Scheme { scheme: String },
 }
@@ -71,6 +76,7 @@ impl RemoteUrl {
                     return Err(UrlError::PasswordInUrl);
                 }
                 match url.scheme() {
+                    "https" | "http" if !url.username().is_empty() => Err(UrlError::UserInHttpUrl),
                     "https" | "http" => Ok(Self::Http(text.to_owned())),
                     "ssh" => Ok(Self::Ssh(text.to_owned())),
                     scheme => Err(UrlError::Scheme {
@@ -200,6 +206,14 @@ mod tests {
             RemoteUrl::parse("https://u:p@h/r.git"),
             Err(UrlError::PasswordInUrl)
         );
+        assert_eq!(
+            RemoteUrl::parse("https://ghp_token@h/r.git"),
+            Err(UrlError::UserInHttpUrl)
+        );
+        assert!(matches!(
+            RemoteUrl::parse("ssh://git@h:2222/r.git"),
+            Ok(RemoteUrl::Ssh(_))
+        ));
         assert!(matches!(
             RemoteUrl::parse("ftp://h/r"),
             Err(UrlError::Scheme { .. })

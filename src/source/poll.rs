@@ -5,13 +5,13 @@
 use std::collections::BTreeSet;
 use std::hash::{BuildHasher as _, RandomState};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use git2::Oid;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::remote::{GitError, Mirror};
+use super::remote::{GitError, Mirror, Polled};
 use super::state::{
     error_chain, DesiredState, ErrorReason, LastGood, Revision, SourceStatus, StatusError,
 };
@@ -86,6 +86,9 @@ enum Checked {
         present: BTreeSet<String>,
         force_pushed: bool,
         received_bytes: usize,
+        /// Listing refs and fetching; reading and loading the files.
+        fetch_time: Duration,
+        load_time: Duration,
     },
 }
 
@@ -163,6 +166,8 @@ impl GitSource {
                 present,
                 force_pushed,
                 received_bytes,
+                fetch_time,
+                load_time,
             }) => {
                 let revision = Revision::Commit(commit.to_string());
                 if force_pushed {
@@ -175,7 +180,14 @@ impl GitSource {
                 let state = self.last_good.advance(revision.clone(), loaded, &present);
                 let held: Vec<&str> = state.held_back().map(|n| n.as_str()).collect();
                 if held.is_empty() {
-                    tracing::info!(%revision, clusters = state.clusters.len(), received_bytes, "new revision");
+                    tracing::info!(
+                        %revision,
+                        clusters = state.clusters.len(),
+                        received_bytes,
+                        fetch_ms = fetch_time.as_millis() as u64,
+                        load_ms = load_time.as_millis() as u64,
+                        "new revision"
+                    );
                 } else {
                     tracing::warn!(
                         %revision,
@@ -254,17 +266,13 @@ fn check_remote(
     clusters_dir: &str,
     last: Option<Oid>,
 ) -> Result<Checked, GitError> {
-    let advertised = mirror.ls_remote(reference)?;
-    if advertised.is_some() && advertised == last {
-        return Ok(Checked::Unchanged);
-    }
-    if matches!(reference, GitRef::Commit(_)) && last.is_some() {
-        return Ok(Checked::Unchanged);
-    }
-    let fetched = mirror.fetch(reference, advertised)?;
-    if Some(fetched.commit) == last {
-        return Ok(Checked::Unchanged);
-    }
+    let started = Instant::now();
+    let fetched = match mirror.poll(reference, last)? {
+        Polled::Unchanged => return Ok(Checked::Unchanged),
+        Polled::Fetched(fetched) if Some(fetched.commit) == last => return Ok(Checked::Unchanged),
+        Polled::Fetched(fetched) => fetched,
+    };
+    let fetch_time = started.elapsed();
     let force_pushed = last.is_some_and(|old| !mirror.is_descendant(fetched.commit, old));
     let (files, diagnostics) = mirror.read_files(fetched.commit, subdir, clusters_dir)?;
     let present = files.iter().map(|f| f.path.clone()).collect();
@@ -275,6 +283,8 @@ fn check_remote(
         present,
         force_pushed,
         received_bytes: fetched.received_bytes,
+        fetch_time,
+        load_time: started.elapsed() - fetch_time,
     })
 }
 

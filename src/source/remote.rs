@@ -81,6 +81,15 @@ impl GitError {
     }
 }
 
+/// What a poll found.
+#[derive(Debug, Clone, Copy)]
+pub enum Polled {
+    /// The ref still points at the last commit: nothing was fetched.
+    Unchanged,
+    /// The commit the ref points at is in the mirror (fetched now or earlier).
+    Fetched(Fetched),
+}
+
 /// What a fetch did.
 #[derive(Debug, Clone, Copy)]
 pub struct Fetched {
@@ -124,68 +133,53 @@ impl Mirror {
         &self.path
     }
 
-    /// The commit `reference` points at on the remote: one ref listing, no objects.
-    /// `None` for a pinned commit, which never moves.
-    pub fn ls_remote(&self, reference: &GitRef) -> Result<Option<Oid>, GitError> {
-        let Some(name) = reference.ref_name() else {
-            return Ok(None);
-        };
+    /// One poll over one connection: list the remote's refs (no objects) and, only when
+    /// `reference` moved away from `last`, fetch that ref alone on the same connection (shallow
+    /// the first time). A pinned commit is fetched once and then never asks the remote again.
+    pub fn poll(&self, reference: &GitRef, last: Option<Oid>) -> Result<Polled, GitError> {
         let _guard = self.guard()?;
         let repo = self.repo()?;
+        let Some(name) = reference.ref_name() else {
+            if last.is_some() {
+                return Ok(Polled::Unchanged);
+            }
+            let hex = match reference {
+                GitRef::Commit(hex) => hex.as_str(),
+                GitRef::Branch(name) | GitRef::Tag(name) => name.as_str(),
+            };
+            return self.fetch_pinned(&repo, hex).map(Polled::Fetched);
+        };
         let mut remote = repo
             .remote_anonymous(&self.url.as_git_url())
             .map_err(GitError::from_connect)?;
         let connection = remote
             .connect_auth(Direction::Fetch, Some(self.callbacks()), None)
             .map_err(GitError::from_connect)?;
-        let heads = connection.list().map_err(GitError::from_connect)?;
-        let peeled = format!("{name}^{{}}");
-        // An annotated tag is advertised twice: the tag object, then `^{}` with its commit.
-        let mut found = None;
-        for head in heads {
-            if head.name() == peeled {
-                return Ok(Some(head.oid()));
-            }
-            if head.name() == name {
-                found = Some(head.oid());
-            }
+        let advertised = advertised(connection.list().map_err(GitError::from_connect)?, &name)?;
+        if Some(advertised) == last {
+            return Ok(Polled::Unchanged);
         }
-        found
-            .map(Some)
-            .ok_or(GitError::RefNotFound { name: name.clone() })
-    }
-
-    /// Makes sure the commit `reference` names is in the mirror, fetching only that ref (only
-    /// when `expected` is not already there), and returns it.
-    pub fn fetch(&self, reference: &GitRef, expected: Option<Oid>) -> Result<Fetched, GitError> {
-        let _guard = self.guard()?;
-        let repo = self.repo()?;
-        match reference {
-            GitRef::Commit(hex) => self.fetch_pinned(&repo, hex),
-            GitRef::Branch(_) | GitRef::Tag(_) => {
-                let name = reference.ref_name().unwrap_or_default();
-                if let Some(oid) = expected {
-                    if tip_commit(&repo) == Some(oid) {
-                        return Ok(Fetched {
-                            commit: oid,
-                            received_bytes: 0,
-                        });
-                    }
-                }
-                // Shallow only for the first fetch: later fetches negotiate from what the
-                // mirror holds, so they transfer only new objects and keep enough history to
-                // tell a fast-forward from a force-push.
-                let shallow =
-                    tip_commit(&repo).is_none() && !matches!(self.url, RemoteUrl::File(_));
-                let refspec = format!("+{name}:{TIP_REF}");
-                let received_bytes = self.fetch_refspecs(&repo, &[&refspec], shallow, &name)?;
-                let commit = tip_commit(&repo).ok_or(GitError::RefNotFound { name })?;
-                Ok(Fetched {
-                    commit,
-                    received_bytes,
-                })
-            }
+        let tip = tip_commit(&repo);
+        if tip == Some(advertised) {
+            return Ok(Polled::Fetched(Fetched {
+                commit: advertised,
+                received_bytes: 0,
+            }));
         }
+        // Shallow only for the first fetch: later fetches negotiate from what the mirror
+        // holds, so they transfer only new objects and keep enough history to tell a
+        // fast-forward from a force-push.
+        let shallow = tip.is_none() && !matches!(self.url, RemoteUrl::File(_));
+        // A fresh connection for the fetch: downloading on the listing connection made
+        // libgit2 negotiate in two upload-pack requests instead of one over smart HTTP.
+        drop(connection);
+        let refspec = format!("+{name}:{TIP_REF}");
+        let received_bytes = self.fetch_refspecs(&repo, &[&refspec], shallow, &name)?;
+        let commit = tip_commit(&repo).ok_or(GitError::RefNotFound { name })?;
+        Ok(Polled::Fetched(Fetched {
+            commit,
+            received_bytes,
+        }))
     }
 
     /// True when `new` descends from `old` (a fast-forward). False also when unknown.
@@ -282,6 +276,13 @@ impl Mirror {
         let mut remote = repo
             .remote_anonymous(&self.url.as_git_url())
             .map_err(GitError::from_connect)?;
+        remote
+            .fetch(refspecs, Some(&mut self.fetch_options(shallow)), None)
+            .map_err(|source| fetch_error(source, what))?;
+        Ok(remote.stats().received_bytes())
+    }
+
+    fn fetch_options(&self, shallow: bool) -> FetchOptions<'static> {
         let mut options = FetchOptions::new();
         options
             .remote_callbacks(self.callbacks())
@@ -289,17 +290,7 @@ impl Mirror {
         if shallow {
             options.depth(1);
         }
-        remote
-            .fetch(refspecs, Some(&mut options), None)
-            .map_err(|source| match source.code() {
-                ErrorCode::Auth => GitError::Auth { source },
-                ErrorCode::Certificate => GitError::HostKey { source },
-                _ => GitError::Fetch {
-                    what: what.to_owned(),
-                    source,
-                },
-            })?;
-        Ok(remote.stats().received_bytes())
+        options
     }
 
     /// Exclusive use of the mirror. An operation that timed out may still hold it: the next
@@ -355,6 +346,35 @@ impl Mirror {
             });
         }
         callbacks
+    }
+}
+
+/// The commit the remote advertises for `name`; for an annotated tag, the commit it points at
+/// (advertised as `name^{}`).
+fn advertised(heads: &[git2::RemoteHead<'_>], name: &str) -> Result<Oid, GitError> {
+    let peeled = format!("{name}^{{}}");
+    let mut found = None;
+    for head in heads {
+        if head.name() == peeled {
+            return Ok(head.oid());
+        }
+        if head.name() == name {
+            found = Some(head.oid());
+        }
+    }
+    found.ok_or(GitError::RefNotFound {
+        name: name.to_owned(),
+    })
+}
+
+fn fetch_error(source: git2::Error, what: &str) -> GitError {
+    match source.code() {
+        ErrorCode::Auth => GitError::Auth { source },
+        ErrorCode::Certificate => GitError::HostKey { source },
+        _ => GitError::Fetch {
+            what: what.to_owned(),
+            source,
+        },
     }
 }
 

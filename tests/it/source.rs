@@ -683,6 +683,40 @@ async fn deleted_branch_is_an_error_and_keeps_the_desired_state() {
     source.stop().await;
 }
 
+/// A commit without the clusters directory (a wrong subdirectory, a bad merge) is an error, not
+/// a repository without clusters: nothing is torn down.
+#[tokio::test]
+async fn missing_clusters_directory_is_an_error_not_an_empty_state() {
+    let repo = TestRepo::init();
+    let first = repo.commit_files(&[("clusters/a.yaml", &cluster_yaml("a", 1))], "a");
+    let state = state_dir();
+    let source = Running::start(config(&repo.url(), Auth::None, state.path()));
+    source
+        .desired_until("the first commit", |s| s.revision == commit_rev(first))
+        .await;
+    repo.remove("clusters/a.yaml");
+    repo.commit_files(
+        &[("README.md", "moved elsewhere")],
+        "drop the clusters directory",
+    );
+    let status = source
+        .status_until("the missing directory to show in the status", |s| {
+            s.last_error
+                .as_ref()
+                .is_some_and(|e| e.reason == ErrorReason::Tree)
+        })
+        .await;
+    assert!(status
+        .last_error
+        .expect("error")
+        .message
+        .contains("clusters"));
+    let kept = source.desired.borrow().clone();
+    assert_eq!(kept.revision, commit_rev(first));
+    assert_eq!(nodes(&kept, "a"), Some(2));
+    source.stop().await;
+}
+
 /// Each provider's signature scheme, valid and invalid, against a source that only checks when
 /// triggered; oversized bodies get 413.
 #[tokio::test]
@@ -1018,8 +1052,9 @@ async fn bench_source_no_change_poll_against_git_fetch() {
     );
 }
 
-/// Webhook to new desired state over loopback for a 100-cluster repository served over smart
-/// HTTP: p50 and p99 over `DROVER_BENCH_WEBHOOKS` commits (default 200).
+/// Webhook to new desired state over loopback for a 100-cluster repository, through each
+/// transport (smart HTTP, SSH, file://): p50 and p99 over `DROVER_BENCH_WEBHOOKS` commits
+/// (default 200) each.
 #[tokio::test]
 #[ignore = "benchmark: run by scripts/bench-source"]
 async fn bench_source_webhook_to_desired_state() {
@@ -1027,7 +1062,6 @@ async fn bench_source_webhook_to_desired_state() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let remote = HttpRemote::start().expect("nginx + git-http-backend");
     let repo = TestRepo::init();
     let files: Vec<(String, String)> = (0..100)
         .map(|i| {
@@ -1041,18 +1075,56 @@ async fn bench_source_webhook_to_desired_state() {
         .iter()
         .map(|(p, t)| (p.as_str(), t.as_str()))
         .collect();
-    let first = repo.commit_files(&borrowed, "100 clusters");
-    let state = state_dir();
-    let auth = Auth::Basic {
-        username: remote.username.clone(),
-        password: Secret::new(remote.password.clone()),
+    repo.commit_files(&borrowed, "100 clusters");
+
+    let http = HttpRemote::start().expect("nginx + git-http-backend");
+    let http_auth = Auth::Basic {
+        username: http.username.clone(),
+        password: Secret::new(http.password.clone()),
     };
-    let mut config = config(&remote.url(repo.path()), auth, state.path());
+    let ssh = SshRemote::start().expect("sshd");
+    let ssh_auth = Auth::SshKey {
+        username: "root".to_owned(),
+        private_key: ssh.private_key.clone(),
+        passphrase: None,
+        known_hosts: ssh.known_hosts.clone(),
+    };
+    let transports = [
+        (
+            "smart HTTP (nginx + git-http-backend)",
+            http.url(repo.path()),
+            http_auth,
+        ),
+        ("SSH (sshd)", ssh.url(repo.path()), ssh_auth),
+        ("file://", repo.url(), Auth::None),
+    ];
+    for (transport, url, auth) in transports {
+        let (p50, p99, max) = webhook_latency(&repo, &url, auth, commits).await;
+        println!(
+            "source bench: webhook -> new desired state, 100 clusters, {transport}, {commits} commits: p50 {p50:.1?}, p99 {p99:.1?}, max {max:.1?}"
+        );
+    }
+    if std::env::var_os("DROVER_BENCH_ACCESS_LOG").is_some() {
+        eprintln!("{}", http.access_log());
+    }
+}
+
+/// Runs a source on `url` behind a webhook listener and times `commits` commits from webhook
+/// to desired state.
+async fn webhook_latency(
+    repo: &TestRepo,
+    url: &str,
+    auth: Auth,
+    commits: usize,
+) -> (Duration, Duration, Duration) {
+    let head = repo.head_commit().expect("a commit").id();
+    let state = state_dir();
+    let mut config = config(url, auth, state.path());
     config.poll.interval = Duration::from_secs(3600);
     let source = Running::start(config);
     source
         .desired_until("the 100-cluster repository", |s| {
-            s.revision == commit_rev(first)
+            s.revision == commit_rev(head)
         })
         .await;
     assert_eq!(source.desired.borrow().clusters.len(), 100);
@@ -1064,41 +1136,28 @@ async fn bench_source_webhook_to_desired_state() {
     };
     let cancel = CancellationToken::new();
     let stats = Arc::new(WebhookStats::default());
-    let addr = serve(
-        webhook::router(
-            secrets,
-            webhook::DEFAULT_MAX_BODY_BYTES,
-            source.trigger.clone(),
-            stats,
-        ),
-        cancel.clone(),
-    )
-    .await;
+    let router = webhook::router(
+        secrets,
+        webhook::DEFAULT_MAX_BODY_BYTES,
+        source.trigger.clone(),
+        stats,
+    );
+    let addr = serve(router, cancel.clone()).await;
     let body = br#"{"ref":"refs/heads/main"}"#;
     let signature = format!("sha256={}", webhook::sign(&secret, body));
+    let headers = [("X-Hub-Signature-256", signature.as_str())];
     let mut desired = source.desired.clone();
     let mut latencies = Vec::with_capacity(commits);
     for i in 0..commits {
         let name = format!("c{:03}", i % 100);
+        let text = cluster_yaml(&name, 2 + i % 3);
         let commit = repo.commit_files(
-            &[(
-                &format!("clusters/{name}.yaml"),
-                &cluster_yaml(&name, 2 + i % 3),
-            )],
+            &[(&format!("clusters/{name}.yaml"), &text)],
             "change one cluster",
         );
         desired.borrow_and_update();
         let started = std::time::Instant::now();
-        assert_eq!(
-            post(
-                addr,
-                "/hooks/github",
-                &[("X-Hub-Signature-256", &signature)],
-                body
-            )
-            .await,
-            202
-        );
+        assert_eq!(post(addr, "/hooks/github", &headers, body).await, 202);
         tokio::time::timeout(WAIT, async {
             while desired.borrow_and_update().revision != commit_rev(commit) {
                 desired.changed().await.expect("the source is running");
@@ -1110,12 +1169,10 @@ async fn bench_source_webhook_to_desired_state() {
         });
         latencies.push(started.elapsed());
     }
+    cancel.cancel();
+    source.stop().await;
     let p50 = percentile(&mut latencies, 0.5);
     let p99 = percentile(&mut latencies, 0.99);
     let max = latencies.iter().max().copied().unwrap_or_default();
-    println!(
-        "source bench: webhook -> new desired state, 100 clusters over smart HTTP, {commits} commits: p50 {p50:.1?}, p99 {p99:.1?}, max {max:.1?}"
-    );
-    cancel.cancel();
-    source.stop().await;
+    (p50, p99, max)
 }

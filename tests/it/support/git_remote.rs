@@ -259,7 +259,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log;
 events {{ worker_connections 64; }}
 http {{
-    log_format drover '$request_method $uri $status $body_bytes_sent';
+    log_format drover '$request_method $uri $status $msec $request_time $body_bytes_sent';
     access_log {d}/access.log drover;
     client_body_temp_path {d}/body;
     fastcgi_temp_path {d}/fastcgi;

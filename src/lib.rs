@@ -8,6 +8,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod model;
 pub mod plan;
+pub mod protocol;
 pub mod snapshot;
 pub mod source;
 

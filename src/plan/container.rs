@@ -86,7 +86,7 @@ impl ContainerSpec {
 }
 
 /// A file a node should hold.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FileSpec {
     pub mode: u32,
     /// sha256 of content and mode.
@@ -120,7 +120,7 @@ pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything one node should run.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct NodeSpec {
     /// By component name (`etcd` for the etcd member).
     pub containers: BTreeMap<String, ContainerSpec>,

@@ -11,6 +11,7 @@ mod image;
 mod plan;
 mod plan_cli;
 mod plan_props;
+mod protocol;
 mod schema;
 mod smoke;
 mod snapshot_store;

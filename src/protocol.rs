@@ -1,0 +1,156 @@
+//! The agent protocol's messages: typed and versioned serde enums, one JSON text frame each, at
+//! most `MAX_MESSAGE_BYTES`. Unknown message types and fields are refused, never guessed at.
+//! A node plan travels with a daemon-owned generation and a checksum of its content, which the
+//! agent echoes when it reports what it applied.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::plan::container::NodeSpec;
+
+/// The protocol version both sides speak; a connection with another is refused with a reason.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The largest message either side sends or accepts.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// From an agent to the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum AgentMessage {
+    /// The first message on a connection.
+    Hello {
+        protocol: u32,
+        cluster: String,
+        node: String,
+        agent_version: String,
+    },
+    Heartbeat {
+        seq: u64,
+    },
+    /// The generation the agent applied, with the checksum it received and each step's result.
+    Applied {
+        generation: u64,
+        checksum: String,
+        steps: Vec<StepReport>,
+    },
+    /// What runs on the node now.
+    Observed {
+        containers: BTreeMap<String, ContainerState>,
+    },
+}
+
+/// From the daemon to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum ServerMessage {
+    Welcome {
+        protocol: u32,
+        heartbeat_interval_ms: u64,
+    },
+    Heartbeat {
+        seq: u64,
+    },
+    /// The node's plan. `generation` only ever grows; `checksum` is `plan_checksum(spec)`.
+    Plan {
+        generation: u64,
+        checksum: String,
+        spec: NodeSpec,
+    },
+    /// Come back later: the daemon is busy or starting.
+    RetryAfter {
+        seconds: u64,
+        reason: String,
+    },
+    /// The connection is refused, and why.
+    Refused {
+        reason: Refusal,
+    },
+}
+
+/// Why the daemon refuses an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(
+    tag = "code",
+    rename_all = "kebab-case",
+    rename_all_fields = "camelCase"
+)]
+pub enum Refusal {
+    #[error("protocol version {theirs} is not spoken here (this daemon speaks {ours})")]
+    ProtocolVersion { theirs: u32, ours: u32 },
+    #[error("node {node} is not declared in cluster {cluster}'s definition in Git")]
+    UndeclaredNode { cluster: String, node: String },
+    #[error("the credential was revoked")]
+    Revoked,
+}
+
+/// One step's outcome as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StepReport {
+    pub subject: String,
+    pub action: String,
+    /// A short error text when the step failed.
+    pub error: Option<String>,
+}
+
+/// One managed container as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerState {
+    pub running: bool,
+    pub spec_hash: String,
+    /// `None` until the first probe; the reason when unhealthy.
+    pub healthy: Option<bool>,
+    pub reason: Option<String>,
+}
+
+/// Why a message could not be sent or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("message of {size} bytes is over the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("malformed message")]
+    Malformed(#[source] serde_json::Error),
+}
+
+/// A message as one text frame.
+pub fn encode<T: Serialize>(message: &T) -> Result<String, ProtocolError> {
+    let text = serde_json::to_string(message).map_err(ProtocolError::Malformed)?;
+    check_size(text.len())?;
+    Ok(text)
+}
+
+/// A message from one text frame; the size is checked before anything is parsed.
+pub fn decode<T: DeserializeOwned>(text: &str) -> Result<T, ProtocolError> {
+    check_size(text.len())?;
+    serde_json::from_str(text).map_err(ProtocolError::Malformed)
+}
+
+fn check_size(size: usize) -> Result<(), ProtocolError> {
+    if size > MAX_MESSAGE_BYTES {
+        return Err(ProtocolError::TooLarge {
+            size,
+            limit: MAX_MESSAGE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// The checksum of a node plan: sha256 over its canonical JSON.
+pub fn plan_checksum(spec: &NodeSpec) -> String {
+    let json = serde_json::to_vec(spec).expect("a node plan is always JSON");
+    format!("sha256:{}", hex::encode(Sha256::digest(json)))
+}

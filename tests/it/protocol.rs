@@ -1,0 +1,157 @@
+//! The agent protocol's messages: every kind survives a round trip, oversized and malformed
+//! frames are refused with a reason, and no input makes decoding panic.
+
+use std::collections::BTreeMap;
+
+use drover::model::{load_sources, SourceFile};
+use drover::plan::container::desired_nodes;
+use drover::protocol::{
+    decode, encode, plan_checksum, AgentMessage, ContainerState, ProtocolError, Refusal,
+    ServerMessage, StepReport, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+};
+use proptest::prelude::*;
+
+fn a_node_plan() -> drover::plan::container::NodeSpec {
+    let file = SourceFile {
+        path: "clusters/dev.yaml".into(),
+        bytes: include_bytes!("../../examples-repo/clusters/dev.yaml").to_vec(),
+    };
+    let repo = load_sources(vec![file], Vec::new());
+    desired_nodes(&repo.clusters[0]).remove("node-1").unwrap()
+}
+
+#[test]
+fn every_message_survives_a_round_trip() {
+    let spec = a_node_plan();
+    let server = [
+        ServerMessage::Welcome {
+            protocol: PROTOCOL_VERSION,
+            heartbeat_interval_ms: 5000,
+        },
+        ServerMessage::Heartbeat { seq: 7 },
+        ServerMessage::Plan {
+            generation: 3,
+            checksum: plan_checksum(&spec),
+            spec: spec.clone(),
+        },
+        ServerMessage::RetryAfter {
+            seconds: 5,
+            reason: "starting".into(),
+        },
+        ServerMessage::Refused {
+            reason: Refusal::UndeclaredNode {
+                cluster: "dev".into(),
+                node: "intruder".into(),
+            },
+        },
+    ];
+    for m in server {
+        let text = encode(&m).unwrap();
+        assert_eq!(decode::<ServerMessage>(&text).unwrap(), m, "{text}");
+    }
+    let containers = BTreeMap::from([(
+        "api".to_string(),
+        ContainerState {
+            running: true,
+            spec_hash: "ab12".into(),
+            healthy: Some(false),
+            reason: Some("HTTP 503".into()),
+        },
+    )]);
+    let agent = [
+        AgentMessage::Hello {
+            protocol: 1,
+            cluster: "dev".into(),
+            node: "node-1".into(),
+            agent_version: "0.1.0".into(),
+        },
+        AgentMessage::Heartbeat { seq: 8 },
+        AgentMessage::Applied {
+            generation: 3,
+            checksum: plan_checksum(&spec),
+            steps: vec![StepReport {
+                subject: "api".into(),
+                action: "created".into(),
+                error: None,
+            }],
+        },
+        AgentMessage::Observed { containers },
+    ];
+    for m in agent {
+        let text = encode(&m).unwrap();
+        assert_eq!(decode::<AgentMessage>(&text).unwrap(), m, "{text}");
+    }
+}
+
+#[test]
+fn the_wire_form_is_tagged_and_camel_cased() {
+    let text = encode(&ServerMessage::Welcome {
+        protocol: 1,
+        heartbeat_interval_ms: 5000,
+    })
+    .unwrap();
+    assert_eq!(
+        text,
+        r#"{"type":"welcome","protocol":1,"heartbeatIntervalMs":5000}"#
+    );
+    let refused = ServerMessage::Refused {
+        reason: Refusal::ProtocolVersion { theirs: 2, ours: 1 },
+    };
+    assert_eq!(
+        encode(&refused).unwrap(),
+        r#"{"type":"refused","reason":{"code":"protocol-version","theirs":2,"ours":1}}"#
+    );
+    assert_eq!(
+        Refusal::UndeclaredNode {
+            cluster: "dev".into(),
+            node: "x".into()
+        }
+        .to_string(),
+        "node x is not declared in cluster dev's definition in Git"
+    );
+}
+
+#[test]
+fn unknown_types_fields_and_oversized_frames_are_refused() {
+    for bad in [
+        r#"{"type":"hello"}"#,
+        r#"{"type":"reboot","now":true}"#,
+        r#"{"type":"heartbeat","seq":1,"extra":2}"#,
+        r#"{"seq":1}"#,
+        "not json",
+    ] {
+        assert!(
+            matches!(
+                decode::<AgentMessage>(bad),
+                Err(ProtocolError::Malformed(_))
+            ),
+            "{bad}"
+        );
+    }
+    let huge = format!(
+        r#"{{"type":"heartbeat","seq":1,"pad":"{}"}}"#,
+        "x".repeat(MAX_MESSAGE_BYTES)
+    );
+    match decode::<AgentMessage>(&huge) {
+        Err(ProtocolError::TooLarge { size, limit }) => assert!(size > limit),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_plan_checksum_follows_the_content() {
+    let spec = a_node_plan();
+    assert_eq!(plan_checksum(&spec), plan_checksum(&spec.clone()));
+    let mut changed = spec.clone();
+    changed.containers.get_mut("api").unwrap().image = "drover-test/busybox:2".into();
+    assert_ne!(plan_checksum(&spec), plan_checksum(&changed));
+    assert!(plan_checksum(&spec).starts_with("sha256:"));
+}
+
+proptest! {
+    #[test]
+    fn decoding_never_panics(text in ".{0,512}") {
+        let _ = decode::<AgentMessage>(&text);
+        let _ = decode::<ServerMessage>(&text);
+    }
+}

@@ -11,6 +11,7 @@ pub mod plan;
 pub mod protocol;
 pub mod snapshot;
 pub mod source;
+pub mod state;
 
 /// An error and its causes, on one line: for messages at the edges (CLI output, step reports).
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {

@@ -8,9 +8,8 @@
 //! of its own for each simulated node sharing one machine.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy as DockerRestart};
 use bollard::models::{ContainerSummaryStateEnum, RestartPolicyNameEnum};
@@ -21,6 +20,7 @@ use bollard::Docker;
 
 use crate::model::spec::{NetworkMode, PidMode, RestartPolicy};
 use crate::plan::container::{container_name, ContainerSpec, FileSpec, NodeSpec};
+use crate::state::write_atomically;
 
 pub const LABEL_MANAGED_BY: &str = "drover.dev/managed-by";
 pub const LABEL_CLUSTER: &str = "drover.dev/cluster";
@@ -262,26 +262,6 @@ fn step(subject: &str, action: Action, error: Option<String>) -> StepResult {
         action,
         error,
     }
-}
-
-/// Temp file in the same directory, fsync, mode, rename over the target, fsync the directory.
-fn write_atomically(target: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = target
-        .parent()
-        .ok_or_else(|| std::io::Error::other("a file path has a parent"))?;
-    std::fs::create_dir_all(dir)?;
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.drover-tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(content)?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, target)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 fn network_mode(mode: NetworkMode) -> &'static str {

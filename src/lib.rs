@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod diagnostic;
+pub mod join;
 pub mod model;
 pub mod plan;
 pub mod protocol;

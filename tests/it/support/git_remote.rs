@@ -177,10 +177,12 @@ impl HttpRemote {
         let socket = d.join("fcgi.sock");
         let _ = std::fs::remove_file(&socket);
         let fcgi_log = d.join("fcgiwrap.log");
+        // One process (-c 1): with pre-forked workers, the workers outlive a stopped parent
+        // and linger as orphans until init reaps them.
         let mut fcgiwrap = Process::spawn(
             "fcgiwrap",
             Command::new(FCGIWRAP)
-                .args(["-c", "4", "-s"])
+                .args(["-c", "1", "-s"])
                 .arg(format!("unix:{}", socket.display()))
                 .stdout(Stdio::null())
                 .stderr(log_file(&fcgi_log)?),

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::model::ClusterName;
-use crate::source::Secret;
+use crate::secret::Secret;
 use crate::state::{StateDir, StateError};
 
 /// Longest a join token may live.

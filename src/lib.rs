@@ -10,6 +10,7 @@ pub mod join;
 pub mod model;
 pub mod plan;
 pub mod protocol;
+pub mod secret;
 pub mod snapshot;
 pub mod source;
 pub mod state;

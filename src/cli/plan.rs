@@ -192,11 +192,11 @@ fn load_sides(args: &Args) -> Result<(Side, Side, String), PlanError> {
         }
     };
     // A base without the clusters directory is a repository before its first cluster.
-    let base_files = match read_tree(&repo, base, &args.clusters_dir) {
+    let base_files = match read_tree(&repo, base, None, &args.clusters_dir) {
         Err(TreeError::NotFound { .. }) => (Vec::new(), Vec::new()),
         other => other?,
     };
-    let (files, diagnostics) = read_tree(&repo, head, &args.clusters_dir)?;
+    let (files, diagnostics) = read_tree(&repo, head, None, &args.clusters_dir)?;
     let base = Side {
         commit: base,
         repo: load_sources(base_files.0, base_files.1),

@@ -21,13 +21,13 @@ pub enum TreeError {
     },
 }
 
-/// The cluster files under `dir` (a path from the root of the tree, such as `clusters` or
-/// `infra/clusters`) at `commit`, named by their path from the root, with the diagnostics of
-/// files that were skipped.
+/// The cluster files under `subdir/clusters_dir` at `commit`, named by their path from `subdir`
+/// (the repository's root when there is none), with the diagnostics of files that were skipped.
 pub fn read_tree(
     repo: &git2::Repository,
     commit: git2::Oid,
-    dir: &str,
+    subdir: Option<&str>,
+    clusters_dir: &str,
 ) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), TreeError> {
     let git = |source| TreeError::Git {
         commit: commit.to_string(),
@@ -37,15 +37,19 @@ pub fn read_tree(
         .find_commit(commit)
         .and_then(|c| c.tree())
         .map_err(git)?;
-    let dir = dir.trim_matches('/');
+    let clusters_dir = clusters_dir.trim_matches('/');
+    let dir = match subdir.map(|s| s.trim_matches('/')) {
+        Some(sub) if !sub.is_empty() => format!("{sub}/{clusters_dir}"),
+        _ => clusters_dir.to_string(),
+    };
     let not_found = || TreeError::NotFound {
-        path: dir.to_string(),
+        path: dir.clone(),
         commit: commit.to_string(),
     };
-    let entry = root.get_path(Path::new(dir)).map_err(|_| not_found())?;
+    let entry = root.get_path(Path::new(&dir)).map_err(|_| not_found())?;
     let tree = repo.find_tree(entry.id()).map_err(|_| not_found())?;
     let mut walk = Walk::default();
-    walk.tree(repo, &tree, dir).map_err(git)?;
+    walk.tree(repo, &tree, clusters_dir).map_err(git)?;
     Ok((walk.files, walk.diagnostics))
 }
 

@@ -14,7 +14,7 @@ use object_store::ObjectStore;
 
 use crate::config::{Credentials, S3Store, Store};
 use crate::model::{ClusterName, SnapshotId};
-use crate::source::{Secret, SecretError};
+use crate::secret::{Secret, SecretError};
 
 /// The suffix of a snapshot's manifest, after its id.
 pub const MANIFEST_SUFFIX: &str = ".db.zst.json";

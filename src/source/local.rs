@@ -15,9 +15,8 @@ use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::state::{
-    error_chain, DesiredState, ErrorReason, LastGood, Revision, SourceStatus, StatusError,
-};
+use super::state::{DesiredState, ErrorReason, LastGood, Revision, SourceStatus, StatusError};
+use crate::error_chain;
 use crate::model::load::load_dir;
 
 /// Quiet time after the last filesystem event before the tree is read.

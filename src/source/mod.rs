@@ -21,17 +21,16 @@
 mod local;
 mod poll;
 mod remote;
-mod secret;
 mod state;
 pub mod webhook;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::secret::{Secret, SecretError};
 pub use local::LocalSource;
 pub use poll::{GitSource, Trigger};
 pub use remote::{GitError, Mirror};
-pub use secret::{Secret, SecretError};
 pub use state::{ClusterEntry, DesiredState, ErrorReason, Revision, SourceStatus, StatusError};
 
 /// Where a remote lives. Credentials are never part of the URL.

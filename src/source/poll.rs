@@ -12,10 +12,9 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::remote::{GitError, Mirror, Polled};
-use super::state::{
-    error_chain, DesiredState, ErrorReason, LastGood, Revision, SourceStatus, StatusError,
-};
+use super::state::{DesiredState, ErrorReason, LastGood, Revision, SourceStatus, StatusError};
 use super::{GitRef, GitSourceConfig, PollPolicy};
+use crate::error_chain;
 use crate::model::{load_sources, Repository};
 
 /// Asks a source for an immediate check. Cheap to clone; any number of calls made before the

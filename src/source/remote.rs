@@ -14,8 +14,8 @@ use git2::{
 use sha2::{Digest as _, Sha256};
 
 use super::{Auth, GitRef, RemoteUrl};
-use crate::diagnostic::{Diagnostic, Location, Problem};
-use crate::model::load::{MAX_FILES, MAX_FILE_BYTES};
+use crate::diagnostic::Diagnostic;
+use crate::model::tree::{read_tree, TreeError};
 use crate::model::SourceFile;
 
 /// The local ref a fetched branch or tag is stored under in the mirror.
@@ -214,34 +214,10 @@ impl Mirror {
     ) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), GitError> {
         let _guard = self.guard()?;
         let repo = self.repo()?;
-        let tree_error = |source| GitError::Tree {
-            commit: commit.to_string(),
-            source,
-        };
-        let tree = repo
-            .find_commit(commit)
-            .and_then(|c| c.tree())
-            .map_err(tree_error)?;
-        let base = match subdir {
-            Some(dir) => format!("{}/{clusters_dir}", dir.trim_matches('/')),
-            None => clusters_dir.to_owned(),
-        };
-        let entry = tree
-            .get_path(Path::new(&base))
-            .map_err(|_| GitError::ClustersDirMissing {
-                path: base.clone(),
-                commit: commit.to_string(),
-            })?;
-        let dir = repo
-            .find_tree(entry.id())
-            .map_err(|_| GitError::ClustersDirMissing {
-                path: base.clone(),
-                commit: commit.to_string(),
-            })?;
-        let mut out = TreeFiles::default();
-        out.walk(&repo, &dir, clusters_dir.trim_matches('/'))
-            .map_err(tree_error)?;
-        Ok((out.files, out.diagnostics))
+        read_tree(&repo, commit, subdir, clusters_dir).map_err(|e| match e {
+            TreeError::NotFound { path, commit } => GitError::ClustersDirMissing { path, commit },
+            TreeError::Git { commit, source } => GitError::Tree { commit, source },
+        })
     }
 
     fn fetch_pinned(&self, repo: &Repository, hex: &str) -> Result<Fetched, GitError> {
@@ -448,86 +424,4 @@ fn tip_commit(repo: &Repository) -> Option<Oid> {
         .and_then(|r| r.peel_to_commit())
         .map(|c| c.id())
         .ok()
-}
-
-/// The cluster files found in a tree walk, with the diagnostics for skipped entries.
-#[derive(Default)]
-struct TreeFiles {
-    files: Vec<SourceFile>,
-    diagnostics: Vec<Diagnostic>,
-    /// Set once `MAX_FILES` was reached: the walk stops.
-    full: bool,
-}
-
-impl TreeFiles {
-    fn walk(
-        &mut self,
-        repo: &Repository,
-        tree: &git2::Tree<'_>,
-        prefix: &str,
-    ) -> Result<(), git2::Error> {
-        for entry in tree.iter() {
-            let Ok(name) = entry.name() else { continue };
-            if name.starts_with('.') {
-                continue;
-            }
-            let path = format!("{prefix}/{name}");
-            match entry.kind() {
-                Some(git2::ObjectType::Tree) => {
-                    let sub = repo.find_tree(entry.id())?;
-                    self.walk(repo, &sub, &path)?;
-                }
-                Some(git2::ObjectType::Blob) if is_yaml(name) => self.blob(repo, &entry, path)?,
-                _ => {}
-            }
-            if self.full {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn blob(
-        &mut self,
-        repo: &Repository,
-        entry: &git2::TreeEntry<'_>,
-        path: String,
-    ) -> Result<(), git2::Error> {
-        let whole = |problem| {
-            let location = Location {
-                file: path.clone(),
-                pos: None,
-                len: 1,
-            };
-            Diagnostic::new(location, problem)
-        };
-        if entry.filemode() == 0o120000 {
-            self.diagnostics.push(whole(Problem::SymlinkSkipped));
-            return Ok(());
-        }
-        if self.files.len() == MAX_FILES {
-            let limit = MAX_FILES;
-            self.diagnostics
-                .push(whole(Problem::TooManyFiles { limit }));
-            self.full = true;
-            return Ok(());
-        }
-        let blob = repo.find_blob(entry.id())?;
-        let size = blob.size() as u64;
-        if size > MAX_FILE_BYTES {
-            let limit = MAX_FILE_BYTES;
-            self.diagnostics
-                .push(whole(Problem::FileTooLarge { size, limit }));
-            return Ok(());
-        }
-        self.files.push(SourceFile {
-            path,
-            bytes: blob.content().to_vec(),
-        });
-        Ok(())
-    }
-}
-
-fn is_yaml(name: &str) -> bool {
-    name.ends_with(".yaml") || name.ends_with(".yml")
 }

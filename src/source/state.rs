@@ -177,15 +177,3 @@ pub struct SourceStatus {
     pub checks: u64,
     pub changes: u64,
 }
-
-/// `error` and its chain of causes, joined with ": ".
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
-}

@@ -1,16 +1,22 @@
-//! Joining a node: each cluster's certificate authority, which an agent pins by the hash of its
-//! public key, and short-lived join tokens. The daemon keeps both in its state directory; a
-//! token is stored only as a hash, expires, and is single-use unless made reusable. Presented
-//! tokens are compared in constant time, and every refusal says why.
+//! Joining a node: short-lived join tokens and node credential bindings, both kept in the
+//! daemon's state directory and changed under a lock (the daemon and `drover token create` or
+//! `drover node reset` may change them at the same time).
+//!
+//! A token is stored only as a hash, expires, names its cluster, and is single-use unless made
+//! reusable. Presented tokens are compared in constant time, and every refusal says why without
+//! the token. A binding ties `cluster/node` to the key of its credential (see `pki`): a bound
+//! node accepts no other key until an operator resets it, a renewed key is staged until first
+//! used, and a node that leaves Git has its binding revoked.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, PublicKeyData};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::model::ClusterName;
+use crate::protocol::Refusal;
 use crate::secret::Secret;
 use crate::state::{StateDir, StateError};
 
@@ -19,32 +25,11 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most unexpired tokens kept per daemon.
 pub const MAX_TOKENS: usize = 1000;
 
-/// A cluster's CA as the daemon stores it; the key never leaves the state directory.
-#[derive(Serialize, Deserialize)]
-struct StoredCa {
-    cert_pem: String,
-    key_pem: String,
-}
-
-/// What an agent needs to trust the daemon: the CA certificate and its public-key pin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaInfo {
-    pub cert_pem: String,
-    /// `sha256:` and the hex digest of the CA's SubjectPublicKeyInfo.
-    pub pin: String,
-}
-
 /// Why joining state could not be read or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("cannot create the certificate authority of cluster {cluster}")]
-    Ca {
-        cluster: String,
-        #[source]
-        source: rcgen::Error,
-    },
     #[error("no randomness from the operating system")]
     Random(#[source] getrandom::Error),
     #[error("a token lives at most {} (asked for {})", humantime::format_duration(MAX_TOKEN_TTL), humantime::format_duration(*.asked))]
@@ -54,64 +39,17 @@ pub enum JoinError {
 }
 
 /// Why a presented token is refused. The text never contains the token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TokenRefusal {
     #[error("the join token is malformed")]
     Malformed,
     #[error("the join token is unknown")]
     Unknown,
-    #[error("the join token is for another cluster")]
-    WrongCluster,
     #[error("the join token expired")]
     Expired,
     #[error("the join token was already used")]
     AlreadyUsed,
-}
-
-/// The CA of `cluster`, created on first use.
-pub fn ensure_ca(state: &StateDir, cluster: &ClusterName) -> Result<CaInfo, JoinError> {
-    let name = format!("ca-{cluster}.json");
-    let stored = match state.load::<StoredCa>(&name)? {
-        Some(ca) => ca,
-        None => {
-            let ca_error = |source| JoinError::Ca {
-                cluster: cluster.to_string(),
-                source,
-            };
-            let key = KeyPair::generate().map_err(ca_error)?;
-            let mut params = CertificateParams::new(Vec::<String>::new()).map_err(ca_error)?;
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params
-                .distinguished_name
-                .push(DnType::CommonName, format!("drover {cluster} CA"));
-            let cert = params.self_signed(&key).map_err(ca_error)?;
-            let ca = StoredCa {
-                cert_pem: cert.pem(),
-                key_pem: key.serialize_pem(),
-            };
-            state.save(&name, &ca)?;
-            ca
-        }
-    };
-    let key = KeyPair::from_pem(&stored.key_pem).map_err(|source| JoinError::Ca {
-        cluster: cluster.to_string(),
-        source,
-    })?;
-    Ok(CaInfo {
-        pin: pin(&key.subject_public_key_info()),
-        cert_pem: stored.cert_pem,
-    })
-}
-
-/// The pin of a public key: `sha256:` and the hex digest of its SubjectPublicKeyInfo DER.
-pub fn pin(spki_der: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(spki_der)))
-}
-
-/// Whether `text` has the form of a pin.
-pub fn is_pin(text: &str) -> bool {
-    text.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// A token as stored: its id, the hash of its secret, and its rules.
@@ -152,50 +90,193 @@ pub fn create_token(
         single_use,
         used: false,
     };
-    let mut records: Vec<TokenRecord> = state.load(TOKENS)?.unwrap_or_default();
-    records.retain(|r| r.expires_at > secs(now) && !(r.single_use && r.used));
-    if records.len() >= MAX_TOKENS {
-        return Err(JoinError::TooManyTokens);
-    }
-    records.push(record.clone());
-    state.save(TOKENS, &records)?;
+    state.update(TOKENS, |records: &mut Vec<TokenRecord>| {
+        records.retain(|r| r.expires_at > secs(now) && !(r.single_use && r.used));
+        if records.len() >= MAX_TOKENS {
+            return Err(JoinError::TooManyTokens);
+        }
+        records.push(record.clone());
+        Ok(())
+    })??;
     Ok((Secret::new(format!("{id}.{secret}")), record))
 }
 
-/// Checks a presented token for `cluster` and, if it is single-use, spends it.
+/// Checks a presented token; when it is good, runs `admit` on its record (which names the
+/// cluster) and, if that admits the agent too, spends a single-use token. A token is spent
+/// only by a join that succeeds, so a mistyped node name does not burn it.
 pub fn redeem(
     state: &StateDir,
-    cluster: &ClusterName,
     presented: &Secret,
     now: SystemTime,
-) -> Result<Result<TokenRecord, TokenRefusal>, JoinError> {
+    admit: impl FnOnce(&TokenRecord) -> Result<(), Refusal>,
+) -> Result<Result<TokenRecord, Refusal>, JoinError> {
     let Some((id, secret)) = presented.expose().split_once('.') else {
-        return Ok(Err(TokenRefusal::Malformed));
-    };
-    let mut records: Vec<TokenRecord> = state.load(TOKENS)?.unwrap_or_default();
-    let Some(record) = records.iter_mut().find(|r| r.id == id) else {
-        return Ok(Err(TokenRefusal::Unknown));
+        return Ok(Err(Refusal::Token {
+            problem: TokenRefusal::Malformed,
+        }));
     };
     let hash = hex::encode(Sha256::digest(secret.as_bytes()));
-    if !bool::from(hash.as_bytes().ct_eq(record.hash.as_bytes())) {
-        return Ok(Err(TokenRefusal::Unknown));
+    let outcome = state.update(TOKENS, |records: &mut Vec<TokenRecord>| {
+        let Some(record) = records.iter_mut().find(|r| r.id == id) else {
+            return Err(Refusal::Token {
+                problem: TokenRefusal::Unknown,
+            });
+        };
+        if !bool::from(hash.as_bytes().ct_eq(record.hash.as_bytes())) {
+            return Err(Refusal::Token {
+                problem: TokenRefusal::Unknown,
+            });
+        }
+        if record.expires_at <= secs(now) {
+            return Err(Refusal::Token {
+                problem: TokenRefusal::Expired,
+            });
+        }
+        if record.single_use && record.used {
+            return Err(Refusal::Token {
+                problem: TokenRefusal::AlreadyUsed,
+            });
+        }
+        admit(record)?;
+        record.used = true;
+        Ok(record.clone())
+    })?;
+    Ok(outcome)
+}
+
+/// A node's credential binding: the key its credential is for, a renewed key not yet used,
+/// and why it was revoked, if it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Binding {
+    pub key_pin: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_pin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<String>,
+}
+
+/// Every node binding the daemon knows, by `cluster/node`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bindings {
+    pub nodes: BTreeMap<String, Binding>,
+}
+
+/// The state document of node bindings.
+pub const BINDINGS: &str = "node-credentials.json";
+
+fn binding_key(cluster: &str, node: &str) -> String {
+    format!("{cluster}/{node}")
+}
+
+/// How a presented credential relates to its node's binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialUse {
+    /// The bound key.
+    Current,
+    /// The renewed key, used for the first time: it becomes the bound one.
+    Renewed,
+}
+
+impl Bindings {
+    /// Whether `key_pin` may join as `cluster/node`: a node never bound, or whose binding was
+    /// revoked, takes any key; a bound node only its own.
+    pub fn admits_join(&self, cluster: &str, node: &str, key_pin: &str) -> Result<(), Refusal> {
+        match self.nodes.get(&binding_key(cluster, node)) {
+            Some(b) if b.revoked.is_none() && b.key_pin != key_pin => {
+                Err(Refusal::BoundToAnotherKey {
+                    cluster: cluster.to_string(),
+                    node: node.to_string(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
-    let refusal = if record.cluster != cluster.as_str() {
-        Some(TokenRefusal::WrongCluster)
-    } else if record.expires_at <= secs(now) {
-        Some(TokenRefusal::Expired)
-    } else if record.single_use && record.used {
-        Some(TokenRefusal::AlreadyUsed)
-    } else {
-        None
-    };
-    if let Some(refusal) = refusal {
-        return Ok(Err(refusal));
+
+    /// Whether a connection with a credential for `key_pin` is `cluster/node`'s.
+    pub fn check(
+        &self,
+        cluster: &str,
+        node: &str,
+        key_pin: &str,
+    ) -> Result<CredentialUse, Refusal> {
+        let Some(b) = self.nodes.get(&binding_key(cluster, node)) else {
+            return Err(Refusal::UnknownCredential);
+        };
+        if let Some(why) = &b.revoked {
+            return Err(Refusal::Revoked {
+                cluster: cluster.to_string(),
+                node: node.to_string(),
+                why: why.clone(),
+            });
+        }
+        if b.key_pin == key_pin {
+            Ok(CredentialUse::Current)
+        } else if b.next_pin.as_deref() == Some(key_pin) {
+            Ok(CredentialUse::Renewed)
+        } else {
+            Err(Refusal::UnknownCredential)
+        }
     }
-    record.used = true;
-    let redeemed = record.clone();
-    state.save(TOKENS, &records)?;
-    Ok(Ok(redeemed))
+
+    /// Binds `cluster/node` to `key_pin` (after a successful join).
+    pub fn bind(&mut self, cluster: &str, node: &str, key_pin: &str) {
+        self.nodes.insert(
+            binding_key(cluster, node),
+            Binding {
+                key_pin: key_pin.to_string(),
+                next_pin: None,
+                revoked: None,
+            },
+        );
+    }
+
+    /// Records a renewed key, accepted alongside the current one until it is first used.
+    pub fn stage(&mut self, cluster: &str, node: &str, next_pin: &str) {
+        if let Some(b) = self.nodes.get_mut(&binding_key(cluster, node)) {
+            b.next_pin = Some(next_pin.to_string());
+        }
+    }
+
+    /// Makes the renewed key the bound one.
+    pub fn promote(&mut self, cluster: &str, node: &str) {
+        if let Some(b) = self.nodes.get_mut(&binding_key(cluster, node)) {
+            if let Some(next) = b.next_pin.take() {
+                b.key_pin = next;
+            }
+        }
+    }
+
+    /// Revokes the credentials of every node of `cluster` that `declared` does not list
+    /// (`None`: the cluster left Git). Returns the nodes revoked now.
+    pub fn revoke_undeclared(
+        &mut self,
+        cluster: &str,
+        declared: Option<&std::collections::BTreeSet<String>>,
+    ) -> Vec<String> {
+        let prefix = format!("{cluster}/");
+        let mut revoked = Vec::new();
+        for (key, b) in self.nodes.range_mut(prefix.clone()..) {
+            let Some(node) = key.strip_prefix(&prefix) else {
+                break;
+            };
+            let listed = declared.is_some_and(|d| d.contains(node));
+            if !listed && b.revoked.is_none() {
+                b.revoked = Some(match declared {
+                    Some(_) => "the node left the cluster's definition in Git".to_string(),
+                    None => "the cluster left Git".to_string(),
+                });
+                revoked.push(node.to_string());
+            }
+        }
+        revoked
+    }
+
+    /// Forgets `cluster/node`'s binding, so the next join may bring a new key. Returns whether
+    /// there was one.
+    pub fn reset(&mut self, cluster: &str, node: &str) -> bool {
+        self.nodes.remove(&binding_key(cluster, node)).is_some()
+    }
 }
 
 fn secs(t: SystemTime) -> u64 {
@@ -210,17 +291,8 @@ mod tests {
         ClusterName::parse("dev").unwrap()
     }
 
-    #[test]
-    fn the_ca_is_made_once_and_pinned_by_its_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
-        let first = ensure_ca(&state, &dev()).unwrap();
-        let again = ensure_ca(&state, &dev()).unwrap();
-        assert_eq!(first, again);
-        assert!(is_pin(&first.pin), "{}", first.pin);
-        assert!(first.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
-        let other = ensure_ca(&state, &ClusterName::parse("prod").unwrap()).unwrap();
-        assert_ne!(first.pin, other.pin);
+    fn admit_all(_: &TokenRecord) -> Result<(), Refusal> {
+        Ok(())
     }
 
     #[test]
@@ -239,36 +311,94 @@ mod tests {
         );
         assert_eq!(record.expires_at, 1_800_003_600);
 
-        let prod = ClusterName::parse("prod").unwrap();
         let wrong = Secret::new(format!("{}.{}", record.id, "0".repeat(64)));
         let cases = [
-            (&dev(), Secret::new("no-dot"), t0, TokenRefusal::Malformed),
-            (
-                &dev(),
-                Secret::new("ffffffff.abc"),
-                t0,
-                TokenRefusal::Unknown,
-            ),
-            (&dev(), wrong, t0, TokenRefusal::Unknown),
-            (&prod, token.clone(), t0, TokenRefusal::WrongCluster),
-            (&dev(), token.clone(), t0 + hour, TokenRefusal::Expired),
+            (Secret::new("no-dot"), t0, TokenRefusal::Malformed),
+            (Secret::new("ffffffff.abc"), t0, TokenRefusal::Unknown),
+            (wrong, t0, TokenRefusal::Unknown),
+            (token.clone(), t0 + hour, TokenRefusal::Expired),
         ];
-        for (cluster, presented, now, want) in cases {
-            assert_eq!(redeem(&state, cluster, &presented, now).unwrap(), Err(want));
+        for (presented, now, want) in cases {
+            assert_eq!(
+                redeem(&state, &presented, now, admit_all).unwrap(),
+                Err(Refusal::Token { problem: want })
+            );
         }
-        assert!(redeem(&state, &dev(), &token, t0).unwrap().is_ok());
+        // A join refused for another reason does not spend the token.
+        let undeclared = |r: &TokenRecord| {
+            Err(Refusal::UndeclaredNode {
+                cluster: r.cluster.clone(),
+                node: "x".into(),
+            })
+        };
+        assert!(matches!(
+            redeem(&state, &token, t0, undeclared).unwrap(),
+            Err(Refusal::UndeclaredNode { .. })
+        ));
+        let redeemed = redeem(&state, &token, t0, admit_all).unwrap().unwrap();
+        assert_eq!(redeemed.cluster, "dev");
         assert_eq!(
-            redeem(&state, &dev(), &token, t0).unwrap(),
-            Err(TokenRefusal::AlreadyUsed)
+            redeem(&state, &token, t0, admit_all).unwrap(),
+            Err(Refusal::Token {
+                problem: TokenRefusal::AlreadyUsed
+            })
         );
         let (reusable, _) = create_token(&state, &dev(), hour, false, t0).unwrap();
         for _ in 0..3 {
-            assert!(redeem(&state, &dev(), &reusable, t0).unwrap().is_ok());
+            assert!(redeem(&state, &reusable, t0, admit_all).unwrap().is_ok());
         }
         let week = MAX_TOKEN_TTL + Duration::from_secs(1);
         assert!(matches!(
             create_token(&state, &dev(), week, true, t0),
             Err(JoinError::TtlTooLong { .. })
         ));
+    }
+
+    #[test]
+    fn a_binding_admits_its_own_key_renews_and_revokes() {
+        let mut b = Bindings::default();
+        assert!(b.admits_join("dev", "n1", "sha256:a").is_ok());
+        b.bind("dev", "n1", "sha256:a");
+        assert!(b.admits_join("dev", "n1", "sha256:a").is_ok());
+        assert!(matches!(
+            b.admits_join("dev", "n1", "sha256:b"),
+            Err(Refusal::BoundToAnotherKey { .. })
+        ));
+        assert_eq!(b.check("dev", "n1", "sha256:a"), Ok(CredentialUse::Current));
+        assert_eq!(
+            b.check("dev", "n1", "sha256:b"),
+            Err(Refusal::UnknownCredential)
+        );
+        assert_eq!(
+            b.check("dev", "n2", "sha256:a"),
+            Err(Refusal::UnknownCredential)
+        );
+
+        b.stage("dev", "n1", "sha256:b");
+        assert_eq!(b.check("dev", "n1", "sha256:a"), Ok(CredentialUse::Current));
+        assert_eq!(b.check("dev", "n1", "sha256:b"), Ok(CredentialUse::Renewed));
+        b.promote("dev", "n1");
+        assert_eq!(
+            b.check("dev", "n1", "sha256:a"),
+            Err(Refusal::UnknownCredential)
+        );
+        assert_eq!(b.check("dev", "n1", "sha256:b"), Ok(CredentialUse::Current));
+
+        b.bind("dev", "n2", "sha256:c");
+        b.bind("devx", "n1", "sha256:d");
+        let declared = ["n2".to_string()].into_iter().collect();
+        assert_eq!(b.revoke_undeclared("dev", Some(&declared)), vec!["n1"]);
+        assert!(matches!(
+            b.check("dev", "n1", "sha256:b"),
+            Err(Refusal::Revoked { .. })
+        ));
+        assert_eq!(
+            b.check("devx", "n1", "sha256:d"),
+            Ok(CredentialUse::Current)
+        );
+        // A revoked node may join again (with a new token) with any key.
+        assert!(b.admits_join("dev", "n1", "sha256:z").is_ok());
+        assert!(b.reset("dev", "n2"));
+        assert!(b.admits_join("dev", "n2", "sha256:z").is_ok());
     }
 }

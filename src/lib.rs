@@ -3,14 +3,17 @@
 //! node to that description. See ARCHITECTURE.md for the map of this crate.
 
 pub mod agent;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod diagnostic;
 pub mod join;
 pub mod model;
+pub mod pki;
 pub mod plan;
 pub mod protocol;
 pub mod secret;
+pub mod server;
 pub mod snapshot;
 pub mod source;
 pub mod state;

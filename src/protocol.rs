@@ -9,7 +9,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::join::TokenRefusal;
 use crate::plan::container::NodeSpec;
+use crate::secret::Secret;
 
 /// The protocol version both sides speak; a connection with another is refused with a reason.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -25,12 +27,28 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
     deny_unknown_fields
 )]
 pub enum AgentMessage {
-    /// The first message on a connection.
+    /// The first message on a connection made without a credential: the join token (presented
+    /// once) and a certificate signing request for the agent's own key, whose signature proves
+    /// the agent holds that key. The token names the cluster.
+    Join {
+        protocol: u32,
+        node: String,
+        token: Secret,
+        csr_pem: String,
+    },
+    /// The first message on a connection made with a node credential (a client certificate).
+    /// The cluster and node must be the credential's own.
     Hello {
         protocol: u32,
         cluster: String,
         node: String,
         agent_version: String,
+        /// What the agent applied last, as it persisted it.
+        applied: Option<AppliedMark>,
+    },
+    /// A new key for the node's credential, answering `RenewCredential`.
+    Renew {
+        csr_pem: String,
     },
     Heartbeat {
         seq: u64,
@@ -59,6 +77,19 @@ pub enum ServerMessage {
     Welcome {
         protocol: u32,
         heartbeat_interval_ms: u64,
+    },
+    /// The answer to `Join`: the node's credential (a client certificate for the agent's key) and
+    /// the CA certificate the agent pinned.
+    Joined {
+        cluster: String,
+        cert_pem: String,
+        ca_pem: String,
+    },
+    /// Asks the agent to move its credential to a fresh key (it answers with `Renew`).
+    RenewCredential {},
+    /// The renewed credential; the old one stays valid until the new one is first used.
+    Credential {
+        cert_pem: String,
     },
     Heartbeat {
         seq: u64,
@@ -92,8 +123,39 @@ pub enum Refusal {
     ProtocolVersion { theirs: u32, ours: u32 },
     #[error("node {node} is not declared in cluster {cluster}'s definition in Git")]
     UndeclaredNode { cluster: String, node: String },
-    #[error("the credential was revoked")]
-    Revoked,
+    #[error("the credential of node {node} in cluster {cluster} was revoked ({why}); join again with a new token")]
+    Revoked {
+        cluster: String,
+        node: String,
+        why: String,
+    },
+    #[error("{problem}")]
+    Token { problem: TokenRefusal },
+    #[error("node {node} of cluster {cluster} is bound to another key; run `drover node reset {cluster} {node}` on the daemon to allow a new one")]
+    BoundToAnotherKey { cluster: String, node: String },
+    #[error(
+        "this credential is for node {own_node} of cluster {own_cluster}, not {node} of {cluster}"
+    )]
+    NotYourNode {
+        own_cluster: String,
+        own_node: String,
+        cluster: String,
+        node: String,
+    },
+    #[error("no node credential was presented; join with a token first")]
+    CredentialRequired,
+    #[error("the credential is not known to this daemon; join again with a new token")]
+    UnknownCredential,
+    #[error("bad request: {detail}")]
+    BadRequest { detail: String },
+}
+
+/// The plan generation and checksum an agent applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppliedMark {
+    pub generation: u64,
+    pub checksum: String,
 }
 
 /// One step's outcome as the agent reports it.

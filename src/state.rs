@@ -5,7 +5,7 @@
 //! the old content or the new, never a mix.
 
 use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -110,6 +110,43 @@ impl StateDir {
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|source| StateError::Corrupt { path, source })
+    }
+
+    /// Reads document `name` (its default when never saved), lets `change` edit it, and saves
+    /// it, all under an exclusive lock on `<name>.lock`: the daemon and a command such as
+    /// `drover token create` may change the same document, and neither loses the other's edit.
+    /// Nothing is saved when `change` fails.
+    pub fn update<T, R, E>(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut T) -> Result<R, E>,
+    ) -> Result<Result<R, E>, StateError>
+    where
+        T: Serialize + DeserializeOwned + Default,
+    {
+        let lock_path = self.path(&format!("{name}.lock"));
+        let lock_error = |source| StateError::Write {
+            path: lock_path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.root).map_err(lock_error)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(lock_error)?;
+        let mut lock = fd_lock::RwLock::new(file);
+        let _held = lock.write().map_err(lock_error)?;
+        let mut value: T = self.load(name)?.unwrap_or_default();
+        match change(&mut value) {
+            Ok(r) => {
+                self.save(name, &value)?;
+                Ok(Ok(r))
+            }
+            Err(e) => Ok(Err(e)),
+        }
     }
 }
 

@@ -1,5 +1,211 @@
-//! The node agent: applies its node's plan and reports what runs. `docker` executes container
-//! and file steps with the Docker Engine API; `probe` runs components' health checks.
+//! The node agent: dials the daemon, receives its node's plan, applies it with the Docker
+//! Engine API and reports what runs.
+//!
+//! - `docker`: the driver that takes a node to a plan (containers, files, labels, spec hashes);
+//! - `probe`: components' health checks;
+//! - `events`: the Docker events stream, re-subscribed when Docker restarts;
+//! - `executor`: the task that applies the plan on every trigger and publishes results;
+//! - `session`: TLS with the pinned CA, the join, and the protocol session;
+//! - `credential`: the files of the agent's data directory.
+//!
+//! `run` ties them: join once if there is no credential yet, start the executor (which
+//! re-applies a saved plan at once), then keep a session up, redialling with backoff.
 
+pub mod credential;
 pub mod docker;
+pub mod events;
+pub mod executor;
 pub mod probe;
+pub mod session;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bollard::Docker;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::secret::Secret;
+use crate::state::StateDir;
+use credential::DataDir;
+use executor::{Executor, ExecutorSettings};
+use session::{Dial, SessionError};
+
+/// Everything an agent needs.
+pub struct AgentSettings {
+    pub dial: Dial,
+    pub node: String,
+    /// Needed only until the agent has a credential.
+    pub token: Option<Secret>,
+    pub data_dir: PathBuf,
+    pub docker: Docker,
+    /// `/` on a real node; a directory per simulated node.
+    pub host_root: PathBuf,
+    pub reconnect_base: Duration,
+    pub reconnect_cap: Duration,
+    pub executor: ExecutorSettings,
+}
+
+impl AgentSettings {
+    pub fn new(dial: Dial, node: &str, data_dir: PathBuf, docker: Docker) -> AgentSettings {
+        AgentSettings {
+            dial,
+            node: node.to_string(),
+            token: None,
+            data_dir,
+            docker,
+            host_root: PathBuf::from("/"),
+            reconnect_base: Duration::from_millis(500),
+            reconnect_cap: Duration::from_secs(30),
+            executor: ExecutorSettings::default(),
+        }
+    }
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("this agent has no credential yet and no join token was given (--token-file)")]
+    NoToken,
+    #[error("the data directory holds the credential of node {have}, not {want}; use another --data-dir")]
+    OtherNode { have: String, want: String },
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Data(#[from] credential::DataError),
+    #[error("cannot build the health prober")]
+    Prober(#[from] probe::ProberError),
+}
+
+/// Runs the agent until `shutdown` or a refusal that waiting cannot fix.
+pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let data = DataDir::new(StateDir::new(&settings.data_dir));
+    let mut backoff = Backoff::new(settings.reconnect_base, settings.reconnect_cap);
+    let credential = loop {
+        if let Some(c) = data.credential()? {
+            if c.node != settings.node {
+                return Err(AgentError::OtherNode {
+                    have: c.node,
+                    want: settings.node.clone(),
+                });
+            }
+            break c;
+        }
+        let token = settings.token.as_ref().ok_or(AgentError::NoToken)?;
+        match session::join(&settings.dial, &data, &settings.node, token).await {
+            Ok(c) => {
+                tracing::info!(cluster = c.cluster, node = c.node, "joined the cluster");
+                break c;
+            }
+            Err(e) if e.is_transient() => {
+                let wait = retry_wait(&e, &mut backoff);
+                tracing::warn!(error = %crate::error_chain(&e), retry_in = ?wait, "cannot join yet");
+                if wait_or_stop(wait, &shutdown).await {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    backoff.reset();
+
+    let driver = docker::Driver::new(
+        settings.docker.clone(),
+        &credential.cluster,
+        &credential.node,
+        settings.host_root.clone(),
+    );
+    let prober = probe::Prober::new(settings.docker.clone())?;
+    let executor = Executor::spawn(
+        driver,
+        prober,
+        &credential.cluster,
+        &credential.node,
+        data.clone(),
+        settings.executor.clone(),
+        shutdown.clone(),
+    );
+    let (mut notices, watcher) = events::watch(
+        settings.docker.clone(),
+        &credential.cluster,
+        &credential.node,
+        Backoff::new(settings.reconnect_base, settings.reconnect_cap),
+    );
+
+    let outcome = loop {
+        let credential = match data.credential()? {
+            Some(c) => c,
+            None => break Err(AgentError::NoToken),
+        };
+        let mut established = false;
+        let ended = tokio::select! {
+            r = session::session(&settings.dial, &data, &credential, &executor, &mut established, &shutdown) => r,
+            () = forward_events(&mut notices, &executor) => Ok(()),
+        };
+        match ended {
+            Ok(()) => break Ok(()),
+            Err(e) if e.is_transient() => {
+                if established {
+                    backoff.reset();
+                }
+                let wait = retry_wait(&e, &mut backoff);
+                tracing::warn!(error = %crate::error_chain(&e), retry_in = ?wait, "session ended; dialling again");
+                if wait_or_stop_forwarding(wait, &shutdown, &mut notices, &executor).await {
+                    break Ok(());
+                }
+            }
+            Err(e) => break Err(e.into()),
+        }
+    };
+    watcher.abort();
+    executor.join().await;
+    outcome
+}
+
+/// Docker events poke the executor; this only returns when the watcher is gone.
+async fn forward_events(
+    notices: &mut tokio::sync::mpsc::Receiver<events::Notice>,
+    executor: &Executor,
+) {
+    while let Some(notice) = notices.recv().await {
+        match notice {
+            events::Notice::Lost { reason } => {
+                tracing::warn!(reason, "lost the Docker event stream; re-subscribing")
+            }
+            events::Notice::Resubscribed => {
+                tracing::info!("Docker event stream back; reconciling");
+                executor.poke();
+            }
+            events::Notice::Container { .. } => executor.poke(),
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+fn retry_wait(e: &SessionError, backoff: &mut Backoff) -> Duration {
+    match e {
+        SessionError::RetryAfter { seconds, .. } => Duration::from_secs(*seconds),
+        _ => backoff.next_delay(),
+    }
+}
+
+/// Waits `wait`; true when the agent is to stop instead.
+async fn wait_or_stop(wait: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => false,
+        () = shutdown.cancelled() => true,
+    }
+}
+
+async fn wait_or_stop_forwarding(
+    wait: Duration,
+    shutdown: &CancellationToken,
+    notices: &mut tokio::sync::mpsc::Receiver<events::Notice>,
+    executor: &Executor,
+) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => false,
+        () = shutdown.cancelled() => true,
+        () = forward_events(notices, executor) => false,
+    }
+}

@@ -4,6 +4,7 @@
 
 mod agent_docker;
 mod agent_probe;
+mod agents;
 mod cli;
 mod config;
 mod fuzz;

@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use drover::join::TokenRefusal;
 use drover::model::{load_sources, SourceFile};
 use drover::plan::container::desired_nodes;
 use drover::protocol::{
-    decode, encode, plan_checksum, AgentMessage, ContainerState, ProtocolError, Refusal,
-    ServerMessage, StepReport, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+    decode, encode, plan_checksum, AgentMessage, AppliedMark, ContainerState, ProtocolError,
+    Refusal, ServerMessage, StepReport, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
+use drover::secret::Secret;
 use proptest::prelude::*;
 
 fn a_node_plan() -> drover::plan::container::NodeSpec {
@@ -38,6 +40,27 @@ fn every_message_survives_a_round_trip() {
             seconds: 5,
             reason: "starting".into(),
         },
+        ServerMessage::Joined {
+            cluster: "dev".into(),
+            cert_pem: "cert".into(),
+            ca_pem: "ca".into(),
+        },
+        ServerMessage::RenewCredential {},
+        ServerMessage::Credential {
+            cert_pem: "cert".into(),
+        },
+        ServerMessage::Refused {
+            reason: Refusal::Token {
+                problem: TokenRefusal::AlreadyUsed,
+            },
+        },
+        ServerMessage::Refused {
+            reason: Refusal::Revoked {
+                cluster: "dev".into(),
+                node: "node-1".into(),
+                why: "the node left the cluster's definition in Git".into(),
+            },
+        },
         ServerMessage::Refused {
             reason: Refusal::UndeclaredNode {
                 cluster: "dev".into(),
@@ -64,6 +87,19 @@ fn every_message_survives_a_round_trip() {
             cluster: "dev".into(),
             node: "node-1".into(),
             agent_version: "0.1.0".into(),
+            applied: Some(AppliedMark {
+                generation: 3,
+                checksum: plan_checksum(&spec),
+            }),
+        },
+        AgentMessage::Join {
+            protocol: 1,
+            node: "node-1".into(),
+            token: Secret::new("abcd.ef01"),
+            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+        },
+        AgentMessage::Renew {
+            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
         },
         AgentMessage::Heartbeat { seq: 8 },
         AgentMessage::Applied {

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover::source::webhook::{self, WebhookSecrets, WebhookStats};
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::git::TestRepo;
 use crate::support::git_remote::{HttpRemote, SshRemote};
+use crate::support::logs::capture_logs;
 use crate::support::net::unique_loopback;
 use crate::support::require;
 use crate::support::wait::eventually;
@@ -168,60 +169,6 @@ fn state_dir() -> TempDir {
         .prefix("drover-source-state-")
         .tempdir()
         .expect("a temporary state directory")
-}
-
-// --- log capture --------------------------------------------------------------------------
-
-/// Every tracing line of this test process (nextest runs one test per process).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
-    }
-
-    /// Asserts no log line contains any of `secrets`.
-    fn assert_free_of(&self, secrets: &[&str]) {
-        let text = self.text();
-        assert!(!text.is_empty(), "no log lines were captured");
-        for secret in secrets.iter().filter(|s| !s.is_empty()) {
-            for line in text.lines() {
-                assert!(
-                    !line.contains(secret),
-                    "a log line leaks a credential: {line}"
-                );
-            }
-        }
-    }
-}
-
-/// Installs (once per process) a subscriber that writes every level to a buffer.
-fn capture_logs() -> Logs {
-    static LOGS: OnceLock<Logs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .finish();
-        if tracing::subscriber::set_global_default(subscriber).is_err() {
-            eprintln!("warning: a tracing subscriber was already installed; logs not captured");
-        }
-        logs
-    })
-    .clone()
 }
 
 // --- webhooks over loopback ---------------------------------------------------------------

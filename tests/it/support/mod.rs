@@ -12,9 +12,11 @@
 
 pub mod docker;
 pub mod etcd;
+pub mod fleet;
 pub mod garage;
 pub mod git;
 pub mod git_remote;
+pub mod logs;
 pub mod net;
 pub mod wait;
 

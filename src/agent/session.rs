@@ -1,0 +1,397 @@
+//! The agent's side of the protocol: dialling the daemon over TLS with the CA pinned, joining
+//! once with a token, and the session that carries plans down and reports up.
+//!
+//! A session ends when the connection is lost, a peer falls silent for three heartbeat
+//! intervals, the daemon says "retry after", or it refuses the agent. The caller redials with
+//! capped exponential backoff and full jitter, except after a refusal that waiting cannot fix.
+
+use std::time::Duration;
+
+use futures::{SinkExt as _, StreamExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::credential::{Credential, DataDir, PlanRecord};
+use super::executor::Executor;
+use crate::pki::{self, Identity, NodeKey};
+use crate::protocol::{
+    decode, encode, plan_checksum, AgentMessage, Refusal, ServerMessage, PROTOCOL_VERSION,
+};
+use crate::secret::Secret;
+
+type Socket = WebSocketStream<TlsStream<TcpStream>>;
+
+/// Read buffers stay small: a session carries a plan now and then, not a stream.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// Why dialling or a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("the server URL {0} is not a wss:// URL with a host")]
+    BadUrl(String),
+    #[error("cannot reach the daemon at {addr}")]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the daemon at {addr} did not answer within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    #[error("TLS with the daemon failed: {detail}")]
+    Tls { detail: String },
+    #[error("the WebSocket handshake with the daemon failed")]
+    WebSocket(#[source] tokio_tungstenite::tungstenite::Error),
+    #[error("the daemon refused this agent: {0}")]
+    Refused(Refusal),
+    #[error("the daemon asks to retry in {seconds}s: {reason}")]
+    RetryAfter { seconds: u64, reason: String },
+    #[error("the connection was lost: {0}")]
+    Lost(String),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Data(#[from] super::credential::DataError),
+}
+
+impl SessionError {
+    /// Whether waiting and dialling again may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SessionError::Refused(r) => matches!(r, Refusal::UndeclaredNode { .. }),
+            SessionError::BadUrl(_) | SessionError::Pki(_) | SessionError::Data(_) => false,
+            SessionError::Tls { detail } => !detail.contains(pki::PIN_MISMATCH),
+            _ => true,
+        }
+    }
+}
+
+/// Where and how to dial.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    pub server: Url,
+    pub ca_pin: String,
+    pub timeout: Duration,
+}
+
+impl Dial {
+    pub fn new(server: &str, ca_pin: &str) -> Result<Dial, SessionError> {
+        let mut url = Url::parse(server).map_err(|_| SessionError::BadUrl(server.into()))?;
+        if url.scheme() != "wss" || url.host_str().is_none() {
+            return Err(SessionError::BadUrl(server.into()));
+        }
+        if url.path() == "/" || url.path().is_empty() {
+            url.set_path("/v1/agent");
+        }
+        Ok(Dial {
+            server: url,
+            ca_pin: ca_pin.to_string(),
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    fn addr(&self) -> String {
+        let host = self.server.host_str().unwrap_or_default();
+        let port = self.server.port_or_known_default().unwrap_or(443);
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+
+    /// A TLS connection to the daemon whose CA matches the pin (the preflight check too).
+    pub async fn tls(
+        &self,
+        client: Option<Identity>,
+    ) -> Result<TlsStream<TcpStream>, SessionError> {
+        let addr = self.addr();
+        let timeout = self.timeout;
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| SessionError::Timeout {
+                addr: addr.clone(),
+                timeout,
+            })?
+            .map_err(|source| SessionError::Unreachable {
+                addr: addr.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let config = pki::agent_config(&self.ca_pin, client)?;
+        let host = self.server.host_str().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|_| SessionError::BadUrl(self.server.to_string()))?;
+        tokio::time::timeout(timeout, TlsConnector::from(config).connect(name, tcp))
+            .await
+            .map_err(|_| SessionError::Timeout { addr, timeout })?
+            .map_err(|e| SessionError::Tls {
+                detail: crate::error_chain(&e),
+            })
+    }
+
+    async fn connect(&self, client: Option<Identity>) -> Result<Socket, SessionError> {
+        let tls = self.tls(client).await?;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0)
+            .max_message_size(Some(crate::protocol::MAX_MESSAGE_BYTES))
+            .max_frame_size(Some(crate::protocol::MAX_MESSAGE_BYTES));
+        let (socket, _) = tokio::time::timeout(
+            self.timeout,
+            tokio_tungstenite::client_async_with_config(self.server.as_str(), tls, Some(config)),
+        )
+        .await
+        .map_err(|_| SessionError::Timeout {
+            addr: self.addr(),
+            timeout: self.timeout,
+        })?
+        .map_err(SessionError::WebSocket)?;
+        Ok(socket)
+    }
+}
+
+/// Joins as `node` with `token`: makes the agent's key, keeps it, and stores the credential
+/// the daemon issues for it.
+pub async fn join(
+    dial: &Dial,
+    data: &DataDir,
+    node: &str,
+    token: &Secret,
+) -> Result<Credential, SessionError> {
+    let key = NodeKey::generate()?;
+    let csr_pem = key.csr_pem(node)?;
+    let mut socket = dial.connect(None).await?;
+    let join = AgentMessage::Join {
+        protocol: PROTOCOL_VERSION,
+        node: node.to_string(),
+        token: token.clone(),
+        csr_pem,
+    };
+    send(&mut socket, &join).await?;
+    let answer = recv(&mut socket).await?;
+    let _ = socket.close(None).await;
+    match answer {
+        ServerMessage::Joined {
+            cluster, cert_pem, ..
+        } => {
+            let cert = pki::pem_certificate(&cert_pem).ok_or(pki::PkiError::BadCertificate)?;
+            if pki::cert_pin(&cert)? != key.pin() {
+                return Err(SessionError::Lost(
+                    "the daemon issued a credential for another key".into(),
+                ));
+            }
+            let credential = Credential {
+                cluster,
+                node: node.to_string(),
+                key_pem: key.to_pem(),
+                cert_pem,
+            };
+            data.save_credential(&credential)?;
+            Ok(credential)
+        }
+        ServerMessage::Refused { reason } => Err(SessionError::Refused(reason)),
+        ServerMessage::RetryAfter { seconds, reason } => {
+            Err(SessionError::RetryAfter { seconds, reason })
+        }
+        other => Err(SessionError::Lost(format!(
+            "unexpected answer to join: {}",
+            server_kind(&other)
+        ))),
+    }
+}
+
+/// One session with a credential, until it ends. `Ok` means the agent is shutting down;
+/// `established` is set once the daemon welcomed the agent.
+pub async fn session(
+    dial: &Dial,
+    data: &DataDir,
+    credential: &Credential,
+    executor: &Executor,
+    established: &mut bool,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let identity = DataDir::identity(credential)?;
+    let mut socket = dial.connect(Some(identity)).await?;
+    let hello = AgentMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        cluster: credential.cluster.clone(),
+        node: credential.node.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        applied: data.applied()?,
+    };
+    send(&mut socket, &hello).await?;
+    let interval = match recv(&mut socket).await? {
+        ServerMessage::Welcome {
+            heartbeat_interval_ms,
+            ..
+        } => Duration::from_millis(heartbeat_interval_ms.clamp(100, 300_000)),
+        ServerMessage::Refused { reason } => return Err(SessionError::Refused(reason)),
+        ServerMessage::RetryAfter { seconds, reason } => {
+            return Err(SessionError::RetryAfter { seconds, reason })
+        }
+        other => {
+            return Err(SessionError::Lost(format!(
+                "expected welcome, got {}",
+                server_kind(&other)
+            )))
+        }
+    };
+    *established = true;
+    tracing::info!(cluster = credential.cluster, node = credential.node, server = %dial.server, "connected to the daemon");
+    let mut applied = executor.applied();
+    let mut observed = executor.observed();
+    applied.mark_changed();
+    observed.mark_changed();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = tokio::time::Instant::now();
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            frame = socket.next() => {
+                heard = tokio::time::Instant::now();
+                let message = match frame {
+                    None | Some(Ok(Message::Close(_))) => return Err(SessionError::Lost("closed by the daemon".into())),
+                    Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
+                    Some(Ok(Message::Text(text))) => decode::<ServerMessage>(text.as_str())
+                        .map_err(|e| SessionError::Lost(crate::error_chain(&e)))?,
+                    Some(Ok(_)) => continue,
+                };
+                handle(message, &mut socket, data, credential, executor).await?;
+            }
+            changed = applied.changed() => {
+                if changed.is_err() { return Ok(()); }
+                let a = applied.borrow_and_update().clone();
+                if let Some(a) = a {
+                    let m = AgentMessage::Applied { generation: a.mark.generation, checksum: a.mark.checksum, steps: a.steps };
+                    send(&mut socket, &m).await?;
+                }
+            }
+            changed = observed.changed() => {
+                if changed.is_err() { return Ok(()); }
+                let containers = observed.borrow_and_update().clone();
+                send(&mut socket, &AgentMessage::Observed { containers }).await?;
+            }
+            _ = ticker.tick() => {
+                if heard.elapsed() > interval * 3 {
+                    return Err(SessionError::Lost("the daemon was silent for three heartbeat intervals".into()));
+                }
+                seq += 1;
+                send(&mut socket, &AgentMessage::Heartbeat { seq }).await?;
+            }
+            () = shutdown.cancelled() => {
+                let _ = socket.close(None).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn handle(
+    message: ServerMessage,
+    socket: &mut Socket,
+    data: &DataDir,
+    credential: &Credential,
+    executor: &Executor,
+) -> Result<(), SessionError> {
+    match message {
+        ServerMessage::Plan {
+            generation,
+            checksum,
+            spec,
+        } => {
+            let actual = plan_checksum(&spec);
+            if actual != checksum {
+                // Not applied: what arrived is not what the daemon meant to send.
+                tracing::error!(
+                    generation,
+                    "the plan's checksum does not match; ignoring it"
+                );
+                let m = AgentMessage::Applied {
+                    generation,
+                    checksum,
+                    steps: vec![crate::protocol::StepReport {
+                        subject: "plan".into(),
+                        action: "verify".into(),
+                        error: Some(format!(
+                            "checksum mismatch: received content hashes to {actual}"
+                        )),
+                    }],
+                };
+                return send(socket, &m).await;
+            }
+            tracing::info!(generation, "received the node plan");
+            executor
+                .set_plan(PlanRecord {
+                    generation,
+                    checksum,
+                    spec,
+                })
+                .await;
+        }
+        ServerMessage::Heartbeat { .. } => {}
+        ServerMessage::RenewCredential {} => {
+            let csr_pem = data.begin_renewal(&credential.node)?;
+            send(socket, &AgentMessage::Renew { csr_pem }).await?;
+        }
+        ServerMessage::Credential { cert_pem } => {
+            data.finish_renewal(&cert_pem)?;
+            tracing::info!("node credential renewed; the next connection uses it");
+        }
+        ServerMessage::RetryAfter { seconds, reason } => {
+            return Err(SessionError::RetryAfter { seconds, reason })
+        }
+        ServerMessage::Refused { reason } => return Err(SessionError::Refused(reason)),
+        other @ (ServerMessage::Welcome { .. } | ServerMessage::Joined { .. }) => {
+            return Err(SessionError::Lost(format!(
+                "unexpected {} in a session",
+                server_kind(&other)
+            )))
+        }
+    }
+    Ok(())
+}
+
+fn server_kind(m: &ServerMessage) -> &'static str {
+    match m {
+        ServerMessage::Welcome { .. } => "welcome",
+        ServerMessage::Joined { .. } => "joined",
+        ServerMessage::RenewCredential {} => "renew-credential",
+        ServerMessage::Credential { .. } => "credential",
+        ServerMessage::Heartbeat { .. } => "heartbeat",
+        ServerMessage::Plan { .. } => "plan",
+        ServerMessage::RetryAfter { .. } => "retry-after",
+        ServerMessage::Refused { .. } => "refused",
+    }
+}
+
+async fn send(socket: &mut Socket, message: &AgentMessage) -> Result<(), SessionError> {
+    let text = encode(message).map_err(|e| SessionError::Lost(crate::error_chain(&e)))?;
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|e| SessionError::Lost(e.to_string()))
+}
+
+async fn recv(socket: &mut Socket) -> Result<ServerMessage, SessionError> {
+    loop {
+        match socket.next().await {
+            None | Some(Ok(Message::Close(_))) => {
+                return Err(SessionError::Lost("closed by the daemon".into()))
+            }
+            Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
+            Some(Ok(Message::Text(text))) => {
+                return decode(text.as_str())
+                    .map_err(|e| SessionError::Lost(crate::error_chain(&e)))
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! The daemon's certificate authority and the TLS of the agent protocol.
+//!
+//! - One CA per daemon (`ca.json` in the state directory; the key never leaves it). Agents pin
+//!   it by `sha256:` over its SubjectPublicKeyInfo, the hash `drover token create` prints.
+//! - The daemon serves with a certificate the CA issues at start for its advertised names, and
+//!   sends the CA certificate along so an agent can find the key it pinned.
+//! - A node credential is a client certificate the CA issues for the agent's own key, from a
+//!   signing request whose signature proves the agent holds that key. Its subject names the
+//!   cluster and node; the daemon also checks the key against its binding on every connection,
+//!   which is how a credential is revoked.
+//! - The agent trusts a server chain only when one of its certificates carries the pinned key
+//!   and the server certificate verifies against it (`PinnedCa`).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::secret::Secret;
+use crate::state::{StateDir, StateError};
+
+/// How long a node credential is valid; the daemon asks for a renewal at half of it.
+pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long the daemon's serving certificate is valid; it is issued anew at every start.
+const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Certificates are valid from a little before they are issued, for clocks slightly apart.
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
+/// Largest signing request or certificate accepted, in PEM bytes.
+pub const MAX_PEM_BYTES: usize = 16 * 1024;
+const CA_FILE: &str = "ca.json";
+
+/// Why a certificate could not be made, read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot make or read a certificate or key")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("the certificate signing request is not valid: {0}")]
+    BadRequest(String),
+    #[error("not a valid certificate")]
+    BadCertificate,
+    #[error("cannot set up TLS")]
+    Tls(#[from] rustls::Error),
+    #[error("the daemon's CA in the state directory is not valid; move ca.json aside only if every agent will join again")]
+    BadCa,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCa {
+    cert_pem: String,
+    key_pem: String,
+}
+
+/// The daemon's CA.
+pub struct DaemonCa {
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+    pin: String,
+}
+
+/// A certificate chain and its private key, for one side of a TLS connection.
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// A node credential as issued.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    pub cert_pem: String,
+    /// The pin of the node's key.
+    pub key_pin: String,
+}
+
+impl DaemonCa {
+    /// The CA in `state`, made on first use.
+    pub fn ensure(state: &StateDir) -> Result<DaemonCa, PkiError> {
+        let stored = match state.load::<StoredCa>(CA_FILE)? {
+            Some(ca) => ca,
+            None => {
+                let key = KeyPair::generate()?;
+                let mut params = CertificateParams::new(Vec::<String>::new())?;
+                params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+                params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+                params
+                    .distinguished_name
+                    .push(DnType::CommonName, "drover daemon CA");
+                let cert = params.self_signed(&key)?;
+                let ca = StoredCa {
+                    cert_pem: cert.pem(),
+                    key_pem: key.serialize_pem(),
+                };
+                state.save(CA_FILE, &ca)?;
+                ca
+            }
+        };
+        let key = KeyPair::from_pem(&stored.key_pem).map_err(|_| PkiError::BadCa)?;
+        let pin = pin(&key.subject_public_key_info());
+        let cert_der = pem_certificate(&stored.cert_pem).ok_or(PkiError::BadCa)?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|_| PkiError::BadCa)?;
+        Ok(DaemonCa {
+            cert_pem: stored.cert_pem,
+            cert_der,
+            issuer,
+            pin,
+        })
+    }
+
+    /// `sha256:<hex>` of the CA's public key.
+    pub fn pin(&self) -> &str {
+        &self.pin
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A serving certificate for `names` (DNS names or IP addresses), chained to the CA.
+    pub fn server_identity(&self, names: &[String], now: SystemTime) -> Result<Identity, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n.clone().try_into().map(SanType::DnsName),
+            })
+            .collect::<Result<_, _>>()?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "drover daemon");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        validity(&mut params, now, SERVER_CERT_VALIDITY);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Identity {
+            chain: vec![cert.der().clone(), self.cert_der.clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
+    }
+
+    /// A node credential for the key in `csr_pem`. The request's signature must verify (the
+    /// agent holds the key); everything else in it is ignored: the subject is the daemon's
+    /// choice, and the certificate is good for client authentication only.
+    pub fn issue_node(
+        &self,
+        csr_pem: &str,
+        cluster: &str,
+        node: &str,
+        now: SystemTime,
+    ) -> Result<IssuedCert, PkiError> {
+        let csr = parse_csr(csr_pem)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{cluster}/{node}"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        validity(&mut params, now, NODE_CERT_VALIDITY);
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pin: pin(&csr.public_key.subject_public_key_info()),
+        })
+    }
+}
+
+/// The pin of the key in a signing request whose signature verifies.
+pub fn csr_key_pin(csr_pem: &str) -> Result<String, PkiError> {
+    Ok(pin(&parse_csr(csr_pem)?
+        .public_key
+        .subject_public_key_info()))
+}
+
+fn parse_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams, PkiError> {
+    if csr_pem.len() > MAX_PEM_BYTES {
+        return Err(PkiError::BadRequest(format!(
+            "{} bytes, over the {MAX_PEM_BYTES}-byte limit",
+            csr_pem.len()
+        )));
+    }
+    CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| PkiError::BadRequest(e.to_string()))
+}
+
+fn validity(params: &mut CertificateParams, now: SystemTime, valid_for: Duration) {
+    params.not_before = (now - CLOCK_SKEW).into();
+    params.not_after = (now + valid_for).into();
+    let mut serial = [0u8; 16];
+    if getrandom::fill(&mut serial).is_ok() {
+        serial[0] &= 0x7f;
+        params.serial_number = Some(serial.to_vec().into());
+    }
+}
+
+/// The pin of a public key: `sha256:` and the hex digest of its SubjectPublicKeyInfo DER.
+pub fn pin(spki_der: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(spki_der)))
+}
+
+/// Whether `text` has the form of a pin.
+pub fn is_pin(text: &str) -> bool {
+    text.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// The pin of the key a certificate carries.
+pub fn cert_pin(der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| PkiError::BadCertificate)?;
+    Ok(pin(cert.public_key().raw))
+}
+
+/// The first certificate in a PEM text.
+pub fn pem_certificate(pem: &str) -> Option<CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject as _;
+    CertificateDer::from_pem_slice(pem.as_bytes()).ok()
+}
+
+/// Who a node credential says its holder is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    pub cluster: String,
+    pub node: String,
+    pub key_pin: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// The identity in a client certificate the daemon's CA issued (TLS has verified the chain).
+pub fn node_identity(der: &[u8]) -> Option<NodeIdentity> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    let (cluster, node) = cn.split_once('/')?;
+    let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    Some(NodeIdentity {
+        cluster: cluster.to_string(),
+        node: node.to_string(),
+        key_pin: pin(cert.public_key().raw),
+        not_before: at(cert.validity().not_before.timestamp()),
+        not_after: at(cert.validity().not_after.timestamp()),
+    })
+}
+
+/// An agent's own key. Its PEM is a secret: kept in the agent's data directory, mode 0600.
+pub struct NodeKey {
+    key: KeyPair,
+}
+
+impl NodeKey {
+    pub fn generate() -> Result<NodeKey, PkiError> {
+        Ok(NodeKey {
+            key: KeyPair::generate()?,
+        })
+    }
+
+    pub fn from_pem(pem: &Secret) -> Result<NodeKey, PkiError> {
+        Ok(NodeKey {
+            key: KeyPair::from_pem(pem.expose())?,
+        })
+    }
+
+    pub fn to_pem(&self) -> Secret {
+        Secret::new(self.key.serialize_pem())
+    }
+
+    pub fn pin(&self) -> String {
+        pin(&self.key.subject_public_key_info())
+    }
+
+    /// A signing request for this key; its signature proves possession.
+    pub fn csr_pem(&self, node: &str) -> Result<String, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, node);
+        Ok(params.serialize_request(&self.key)?.pem()?)
+    }
+
+    /// This key with its certificate, for TLS client authentication.
+    pub fn identity(&self, cert_pem: &str) -> Result<Identity, PkiError> {
+        let cert = pem_certificate(cert_pem).ok_or(PkiError::BadCertificate)?;
+        Ok(Identity {
+            chain: vec![cert],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der())),
+        })
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The daemon's TLS: its serving identity; client certificates are optional at the TLS layer
+/// (an agent joins without one) and, when presented, must chain to the CA.
+pub fn server_config(
+    ca: &DaemonCa,
+    identity: Identity,
+) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.cert_der.clone())?;
+    let clients = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(clients)
+        .with_single_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The agent's TLS: the server is trusted through the pinned CA only; `client` is the node
+/// credential, absent when joining.
+pub fn agent_config(
+    ca_pin: &str,
+    client: Option<Identity>,
+) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+    let verifier = Arc::new(PinnedCa {
+        pin: ca_pin.to_string(),
+        provider: provider(),
+    });
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match client {
+        Some(id) => builder.with_client_auth_cert(id.chain, id.key)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Trusts a server whose chain contains a CA certificate with the pinned key, and whose own
+/// certificate verifies against that CA for the name dialled.
+#[derive(Debug)]
+struct PinnedCa {
+    pin: String,
+    provider: Arc<CryptoProvider>,
+}
+
+/// The error text an agent shows when the daemon's CA is not the pinned one.
+pub const PIN_MISMATCH: &str = "the daemon's CA does not match the pinned --ca-hash";
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| cert_pin(c).is_ok_and(|p| p == self.pin))
+            .ok_or_else(|| rustls::Error::General(PIN_MISMATCH.to_string()))?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_is_made_once_and_issues_node_credentials_for_the_requesters_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let ca = DaemonCa::ensure(&state).unwrap();
+        let again = DaemonCa::ensure(&state).unwrap();
+        assert_eq!(ca.pin(), again.pin());
+        assert!(is_pin(ca.pin()), "{}", ca.pin());
+        assert_eq!(cert_pin(&ca.cert_der).unwrap(), ca.pin());
+
+        let key = NodeKey::generate().unwrap();
+        let now = SystemTime::now();
+        let issued = ca
+            .issue_node(&key.csr_pem("n1").unwrap(), "dev", "n1", now)
+            .unwrap();
+        assert_eq!(issued.key_pin, key.pin());
+        let der = pem_certificate(&issued.cert_pem).unwrap();
+        let id = node_identity(&der).unwrap();
+        assert_eq!((id.cluster.as_str(), id.node.as_str()), ("dev", "n1"));
+        assert_eq!(id.key_pin, key.pin());
+        assert!(id.not_before < now && id.not_after > now + NODE_CERT_VALIDITY / 2);
+
+        // A request whose signature does not verify proves nothing about the key.
+        let tampered = {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let pem = key.csr_pem("n1").unwrap();
+            let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            let mut der = b64.decode(body).unwrap();
+            let last = der.len() - 1;
+            der[last] ^= 0x01;
+            format!(
+                "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+                b64.encode(der)
+            )
+        };
+        assert!(matches!(
+            ca.issue_node(&tampered, "dev", "n1", now),
+            Err(PkiError::BadRequest(_))
+        ));
+        let huge = "A".repeat(MAX_PEM_BYTES + 1);
+        assert!(matches!(
+            ca.issue_node(&huge, "dev", "n1", now),
+            Err(PkiError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn the_key_pem_never_prints() {
+        let key = NodeKey::generate().unwrap();
+        let pem = key.to_pem();
+        assert_eq!(format!("{pem:?}"), "[redacted]");
+        assert_eq!(NodeKey::from_pem(&pem).unwrap().pin(), key.pin());
+    }
+}

@@ -1,0 +1,374 @@
+//! The server's table of nodes: which nodes Git declares, the plan each should run (with its
+//! generation and checksum), the live session of each, and the latest each agent reported.
+//!
+//! Plans reach sessions through one `watch` channel per node, already encoded, so handing a new
+//! plan to 10,000 agents is 10,000 channel sends. Generations only ever grow: they are kept in
+//! the state directory and survive daemon restarts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{oneshot, watch};
+
+use crate::join::{Bindings, BINDINGS};
+use crate::plan::container::NodeSpec;
+use crate::protocol::{
+    encode, plan_checksum, AppliedMark, ContainerState, Refusal, ServerMessage, StepReport,
+};
+use crate::state::{StateDir, StateError};
+
+const GENERATIONS: &str = "node-generations.json";
+
+/// A node's plan as sent: the message encoded once for every session that carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanFrame {
+    pub generation: u64,
+    pub checksum: String,
+    pub text: Arc<str>,
+}
+
+/// What the daemon knows of one node from its agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeReport {
+    pub connected: bool,
+    /// The generation and checksum the agent last applied.
+    pub applied: Option<AppliedMark>,
+    /// The steps of that application, with their errors.
+    pub steps: Vec<StepReport>,
+    pub containers: BTreeMap<String, ContainerState>,
+    pub last_seen: Option<SystemTime>,
+}
+
+/// Why a session is told to end.
+#[derive(Debug)]
+pub enum Kick {
+    /// A newer session of the same node took over.
+    Replaced,
+    Refused(Refusal),
+}
+
+struct NodeEntry {
+    plan: watch::Sender<Option<PlanFrame>>,
+    report: NodeReport,
+    session: Option<(u64, oneshot::Sender<Kick>)>,
+}
+
+impl NodeEntry {
+    fn new() -> NodeEntry {
+        NodeEntry {
+            plan: watch::Sender::new(None),
+            report: NodeReport::default(),
+            session: None,
+        }
+    }
+}
+
+struct Nodes {
+    /// Whether the desired state was ever set; until then agents are told to retry.
+    ready: bool,
+    /// Keyed by `(cluster, node)`; only declared nodes are present.
+    nodes: HashMap<(String, String), NodeEntry>,
+    generations: BTreeMap<String, AppliedMark>,
+    next_session: u64,
+}
+
+/// The bindings as last read, and how the file looked then.
+struct BindingCache {
+    bindings: Arc<Bindings>,
+    stamp: Option<(SystemTime, u64)>,
+    checked: Instant,
+}
+
+/// Shared by the accept loop and every session.
+pub struct Hub {
+    state: StateDir,
+    nodes: Mutex<Nodes>,
+    bindings: Mutex<BindingCache>,
+}
+
+/// Why the hub could not change its state.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl Hub {
+    pub fn new(state: StateDir) -> Result<Hub, HubError> {
+        let generations = state.load(GENERATIONS)?.unwrap_or_default();
+        let bindings: Bindings = state.load(BINDINGS)?.unwrap_or_default();
+        Ok(Hub {
+            nodes: Mutex::new(Nodes {
+                ready: false,
+                nodes: HashMap::new(),
+                generations,
+                next_session: 1,
+            }),
+            bindings: Mutex::new(BindingCache {
+                stamp: stamp(&state.path(BINDINGS)),
+                bindings: Arc::new(bindings),
+                checked: Instant::now(),
+            }),
+            state,
+        })
+    }
+
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Nodes> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the whole desired state: every declared node of every cluster with its plan. A node
+    /// whose plan changed gets the next generation. Nodes no longer declared lose their plan,
+    /// their credential is revoked and their session ends with the reason.
+    pub fn set_desired(
+        &self,
+        desired: &BTreeMap<String, BTreeMap<String, NodeSpec>>,
+    ) -> Result<(), HubError> {
+        let mut revoked: Vec<(String, String, String)> = Vec::new();
+        let bindings = self.state.update(BINDINGS, |b: &mut Bindings| {
+            let clusters: BTreeSet<String> = b
+                .nodes
+                .keys()
+                .filter_map(|k| k.split_once('/').map(|(c, _)| c.to_string()))
+                .collect();
+            for cluster in clusters {
+                let declared = desired.get(&cluster).map(|n| n.keys().cloned().collect());
+                for node in b.revoke_undeclared(&cluster, declared.as_ref()) {
+                    let why = b.nodes[&format!("{cluster}/{node}")]
+                        .revoked
+                        .clone()
+                        .unwrap_or_default();
+                    revoked.push((cluster.clone(), node, why));
+                }
+            }
+            Ok::<_, std::convert::Infallible>(b.clone())
+        })?;
+        let Ok(bindings) = bindings;
+        self.replace_bindings(bindings);
+
+        let mut nodes = self.lock();
+        let mut generations_changed = false;
+        let mut seen = BTreeSet::new();
+        for (cluster, specs) in desired {
+            for (node, spec) in specs {
+                let key = (cluster.clone(), node.clone());
+                seen.insert(key.clone());
+                let checksum = plan_checksum(spec);
+                let gen_key = format!("{cluster}/{node}");
+                let mark = nodes.generations.get(&gen_key);
+                let generation = match mark {
+                    Some(m) if m.checksum == checksum => m.generation,
+                    Some(m) => m.generation + 1,
+                    None => 1,
+                };
+                if mark.is_none_or(|m| m.generation != generation) {
+                    nodes.generations.insert(
+                        gen_key,
+                        AppliedMark {
+                            generation,
+                            checksum: checksum.clone(),
+                        },
+                    );
+                    generations_changed = true;
+                }
+                let entry = nodes.nodes.entry(key).or_insert_with(NodeEntry::new);
+                let current = entry.plan.borrow().as_ref().map(|f| f.generation);
+                if current != Some(generation) {
+                    let message = ServerMessage::Plan {
+                        generation,
+                        checksum: checksum.clone(),
+                        spec: spec.clone(),
+                    };
+                    // A node plan is far below the frame limit; one that is not is a bug
+                    // worth a loud failure at the agent rather than a silent one here.
+                    let text = encode(&message).unwrap_or_else(|e| {
+                        tracing::error!(cluster, node, error = %e, "a node plan cannot be sent");
+                        String::new()
+                    });
+                    entry.plan.send_replace(Some(PlanFrame {
+                        generation,
+                        checksum,
+                        text: text.into(),
+                    }));
+                }
+            }
+        }
+        let gone: Vec<(String, String)> = nodes
+            .nodes
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(mut entry) = nodes.nodes.remove(&key) {
+                let why = revoked
+                    .iter()
+                    .find(|(c, n, _)| *c == key.0 && *n == key.1)
+                    .map(|(_, _, why)| why.clone());
+                let refusal = match why {
+                    Some(why) => Refusal::Revoked {
+                        cluster: key.0.clone(),
+                        node: key.1.clone(),
+                        why,
+                    },
+                    None => Refusal::UndeclaredNode {
+                        cluster: key.0.clone(),
+                        node: key.1.clone(),
+                    },
+                };
+                if let Some((_, kick)) = entry.session.take() {
+                    let _ = kick.send(Kick::Refused(refusal));
+                }
+            }
+        }
+        nodes.ready = true;
+        if generations_changed {
+            self.state.save(GENERATIONS, &nodes.generations)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the desired state was set at least once.
+    pub fn is_ready(&self) -> bool {
+        self.lock().ready
+    }
+
+    /// Whether Git declares `cluster/node`.
+    pub fn is_declared(&self, cluster: &str, node: &str) -> bool {
+        self.lock()
+            .nodes
+            .contains_key(&(cluster.to_string(), node.to_string()))
+    }
+
+    /// Registers the session of a declared node, ending the one it replaces. Returns the
+    /// session id, the node's plan channel and the session's kick receiver.
+    pub fn attach(
+        &self,
+        cluster: &str,
+        node: &str,
+    ) -> Option<(
+        u64,
+        watch::Receiver<Option<PlanFrame>>,
+        oneshot::Receiver<Kick>,
+    )> {
+        let mut nodes = self.lock();
+        let id = nodes.next_session;
+        nodes.next_session += 1;
+        let entry = nodes
+            .nodes
+            .get_mut(&(cluster.to_string(), node.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        if let Some((_, old)) = entry.session.replace((id, tx)) {
+            let _ = old.send(Kick::Replaced);
+        }
+        entry.report.connected = true;
+        entry.report.last_seen = Some(SystemTime::now());
+        Some((id, entry.plan.subscribe(), rx))
+    }
+
+    /// Ends session `id` of a node, unless a newer one replaced it.
+    pub fn detach(&self, cluster: &str, node: &str, id: u64) {
+        let mut nodes = self.lock();
+        if let Some(entry) = nodes
+            .nodes
+            .get_mut(&(cluster.to_string(), node.to_string()))
+        {
+            if entry.session.as_ref().is_some_and(|(s, _)| *s == id) {
+                entry.session = None;
+                entry.report.connected = false;
+            }
+        }
+    }
+
+    /// Records what an agent reported.
+    pub fn record(&self, cluster: &str, node: &str, change: impl FnOnce(&mut NodeReport)) {
+        let mut nodes = self.lock();
+        if let Some(entry) = nodes
+            .nodes
+            .get_mut(&(cluster.to_string(), node.to_string()))
+        {
+            change(&mut entry.report);
+            entry.report.last_seen = Some(SystemTime::now());
+        }
+    }
+
+    /// The latest report of one node.
+    pub fn report(&self, cluster: &str, node: &str) -> Option<NodeReport> {
+        self.lock()
+            .nodes
+            .get(&(cluster.to_string(), node.to_string()))
+            .map(|e| e.report.clone())
+    }
+
+    /// Every declared node's latest report, by cluster and node.
+    pub fn reports(&self) -> BTreeMap<(String, String), NodeReport> {
+        self.lock()
+            .nodes
+            .iter()
+            .map(|(k, e)| (k.clone(), e.report.clone()))
+            .collect()
+    }
+
+    /// The plan generation a node should run.
+    pub fn generation(&self, cluster: &str, node: &str) -> Option<u64> {
+        self.lock()
+            .nodes
+            .get(&(cluster.to_string(), node.to_string()))
+            .and_then(|e| e.plan.borrow().as_ref().map(|f| f.generation))
+    }
+
+    /// The node bindings, re-read when another process (`drover node reset`, `drover token
+    /// create`) changed the file; the file is looked at no more than once a second.
+    pub fn bindings(&self) -> Arc<Bindings> {
+        let mut cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.checked.elapsed() >= std::time::Duration::from_secs(1) {
+            cache.checked = Instant::now();
+            let now = stamp(&self.state.path(BINDINGS));
+            if now != cache.stamp {
+                match self.state.load::<Bindings>(BINDINGS) {
+                    Ok(b) => {
+                        cache.bindings = Arc::new(b.unwrap_or_default());
+                        cache.stamp = now;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %crate::error_chain(&e), "cannot re-read node credentials; keeping the last read")
+                    }
+                }
+            }
+        }
+        cache.bindings.clone()
+    }
+
+    /// Changes the bindings under the state directory's lock and keeps the result.
+    pub fn update_bindings<R>(
+        &self,
+        change: impl FnOnce(&mut Bindings) -> Result<R, Refusal>,
+    ) -> Result<Result<R, Refusal>, StateError> {
+        let mut kept = None;
+        let outcome = self.state.update(BINDINGS, |b: &mut Bindings| {
+            let r = change(b)?;
+            kept = Some(b.clone());
+            Ok(r)
+        })?;
+        if let Some(b) = kept {
+            self.replace_bindings(b);
+        }
+        Ok(outcome)
+    }
+
+    fn replace_bindings(&self, bindings: Bindings) {
+        let mut cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        cache.bindings = Arc::new(bindings);
+        cache.stamp = stamp(&self.state.path(BINDINGS));
+    }
+}
+
+fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}

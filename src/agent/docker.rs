@@ -28,7 +28,8 @@ pub const LABEL_NODE: &str = "drover.dev/node";
 pub const LABEL_COMPONENT: &str = "drover.dev/component";
 pub const LABEL_SPEC_HASH: &str = "drover.dev/spec-hash";
 pub const LABEL_GENERATION: &str = "drover.dev/generation";
-const MANAGED_BY: &str = "drover";
+/// The value of [`LABEL_MANAGED_BY`] on every container drover manages.
+pub const MANAGED_BY: &str = "drover";
 
 /// One managed container as Docker reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,4 +2,5 @@
 //! and file steps with the Docker Engine API; `probe` runs components' health checks.
 
 pub mod docker;
+pub mod events;
 pub mod probe;

@@ -3,6 +3,7 @@
 //! `support` for how a test asks for one and what happens when it is missing.
 
 mod agent_docker;
+mod agent_events;
 mod agent_probe;
 mod cli;
 mod config;

@@ -1,0 +1,303 @@
+//! The agent's view of Docker events: a task subscribed to the events of this node's managed
+//! containers (labels managed-by, cluster and node; the actions in [`ACTIONS`]) that turns them
+//! into [`Notice`]s, the agent's cue to reconcile now rather than at its next periodic pass.
+//!
+//! The subscription survives Docker: when the stream errors or ends (Docker restarted, the socket
+//! went away), the task reports [`Notice::Lost`] once for that outage and subscribes again,
+//! waiting between attempts with a [`Backoff`]. Once Docker answers again it reports
+//! [`Notice::Resubscribed`]: events may have been missed meanwhile, so the agent must reconcile
+//! from what runs. An outage is always `Lost` then `Resubscribed`, in that order.
+//!
+//! No event after [`watch`] returns is missed while Docker stays up: each subscription asks
+//! Docker to replay its recent events (`since`) from the moment the previous one broke, or from
+//! the call to `watch` for the first. A replay can repeat an event; notices only mean "something
+//! changed", so that is harmless.
+//!
+//! The channel is bounded ([`CHANNEL_CAPACITY`]). When it is full, container notices are dropped:
+//! the agent has not yet read the ones queued before them, and it reconciles the whole node when
+//! it does. `Lost` and `Resubscribed` are never dropped. The task ends when the receiver is
+//! dropped.
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bollard::models::EventMessage;
+use bollard::query_parameters::EventsOptions;
+use bollard::Docker;
+use futures::StreamExt as _;
+use tokio::sync::mpsc::{self, error::TrySendError, Receiver, Sender};
+use tokio::task::JoinHandle;
+
+use super::docker::{LABEL_CLUSTER, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NODE, MANAGED_BY};
+use crate::backoff::Backoff;
+
+/// Notices the agent has not read yet, at most; further container notices are coalesced away.
+pub const CHANNEL_CAPACITY: usize = 64;
+
+/// The container actions that can change what the agent must do. `health_status` matches its
+/// `health_status: healthy` and `health_status: unhealthy` forms.
+pub const ACTIONS: &[&str] = &[
+    "create",
+    "start",
+    "restart",
+    "die",
+    "kill",
+    "oom",
+    "stop",
+    "destroy",
+    "pause",
+    "unpause",
+    "health_status",
+];
+
+/// What the watcher tells the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A managed container of this node did something (`action` is Docker's own word, e.g.
+    /// `die` or `health_status: unhealthy`).
+    Container { component: String, action: String },
+    /// The subscription works again after an outage; events of the outage may be lost.
+    Resubscribed,
+    /// The subscription broke (or could not be made); sent once per outage.
+    Lost { reason: String },
+}
+
+/// Why a subscription stopped, for [`Notice::Lost`].
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("Docker event stream failed")]
+    Docker(#[source] bollard::errors::Error),
+    #[error("Docker ended the event stream")]
+    Ended,
+}
+
+/// Starts watching the managed containers of `node` in `cluster`. Must be called inside a
+/// tokio runtime. The task ends when the receiver is dropped; the handle is for awaiting that
+/// or aborting it sooner.
+pub fn watch(
+    docker: Docker,
+    cluster: &str,
+    node: &str,
+    backoff: Backoff,
+) -> (Receiver<Notice>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let watcher = Watcher {
+        docker,
+        filters: filters(cluster, node),
+        tx,
+    };
+    let task = tokio::spawn(watcher.run(SystemTime::now(), backoff));
+    (rx, task)
+}
+
+/// The subscription's filters: container events of this node's managed containers.
+fn filters(cluster: &str, node: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        (
+            "label".to_string(),
+            vec![
+                format!("{LABEL_MANAGED_BY}={MANAGED_BY}"),
+                format!("{LABEL_CLUSTER}={cluster}"),
+                format!("{LABEL_NODE}={node}"),
+            ],
+        ),
+        (
+            "event".to_string(),
+            ACTIONS.iter().map(|a| a.to_string()).collect(),
+        ),
+    ])
+}
+
+/// How one subscription ended.
+enum Outcome {
+    /// The receiver was dropped: the watch is over.
+    ReceiverGone,
+    /// The subscription broke. `confirmed` says whether it had worked (Docker answered) first.
+    Broke { error: StreamError, confirmed: bool },
+}
+
+struct Watcher {
+    docker: Docker,
+    filters: HashMap<String, Vec<String>>,
+    tx: Sender<Notice>,
+}
+
+impl Watcher {
+    /// Subscribes, forwards, and subscribes again after each break until the receiver is gone.
+    async fn run(self, mut since: SystemTime, mut backoff: Backoff) {
+        let mut outage = false;
+        loop {
+            let outcome = tokio::select! {
+                () = self.tx.closed() => Outcome::ReceiverGone,
+                outcome = self.subscription(since, outage) => outcome,
+            };
+            let (error, confirmed) = match outcome {
+                Outcome::ReceiverGone => return,
+                Outcome::Broke { error, confirmed } => (error, confirmed),
+            };
+            if confirmed {
+                backoff.reset();
+                outage = false;
+                // Events up to here were received; the next subscription replays the rest.
+                since = SystemTime::now();
+            }
+            let reason = crate::error_chain(&error);
+            if !outage {
+                tracing::warn!(reason, "lost the Docker event stream; resubscribing");
+                if self.tx.send(Notice::Lost { reason }).await.is_err() {
+                    return;
+                }
+                outage = true;
+            } else {
+                tracing::debug!(reason, attempt = backoff.attempt(), "Docker still away");
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                () = self.tx.closed() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One subscription: opened with `since`, confirmed once Docker answers (an event or a
+    /// ping), announced with `Resubscribed` after an outage, then forwarded until it breaks.
+    async fn subscription(&self, since: SystemTime, outage: bool) -> Outcome {
+        let options = EventsOptions {
+            since: Some(docker_timestamp(since)),
+            until: None,
+            filters: Some(self.filters.clone()),
+        };
+        let mut stream = pin!(self.docker.events(Some(options)));
+        // Polling the stream sends the subscription; the ping, made meanwhile, says whether
+        // Docker is there to receive it.
+        let first = tokio::select! {
+            biased;
+            item = stream.next() => match item {
+                Some(Ok(event)) => Some(event),
+                Some(Err(e)) => return broke(StreamError::Docker(e), false),
+                None => return broke(StreamError::Ended, false),
+            },
+            pong = self.docker.ping() => match pong {
+                Ok(_) => None,
+                Err(e) => return broke(StreamError::Docker(e), false),
+            },
+        };
+        if outage {
+            tracing::info!("Docker event stream is back");
+            if self.tx.send(Notice::Resubscribed).await.is_err() {
+                return Outcome::ReceiverGone;
+            }
+        }
+        if let Some(event) = first {
+            if self.offer(event).is_err() {
+                return Outcome::ReceiverGone;
+            }
+        }
+        loop {
+            let event = match stream.next().await {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => return broke(StreamError::Docker(e), true),
+                None => return broke(StreamError::Ended, true),
+            };
+            if self.offer(event).is_err() {
+                return Outcome::ReceiverGone;
+            }
+        }
+    }
+
+    /// Queues a container notice, or drops it when the channel is full (coalescing). `Err` when
+    /// the receiver is gone.
+    fn offer(&self, event: EventMessage) -> Result<(), ()> {
+        let Some(notice) = container_notice(event) else {
+            return Ok(());
+        };
+        match self.tx.try_send(notice) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(notice)) => {
+                tracing::trace!(?notice, "notice coalesced: the agent has some queued");
+                Ok(())
+            }
+            Err(TrySendError::Closed(_)) => Err(()),
+        }
+    }
+}
+
+fn broke(error: StreamError, confirmed: bool) -> Outcome {
+    Outcome::Broke { error, confirmed }
+}
+
+/// The notice for a container event, if it names a component (the filters only let this node's
+/// managed containers through, and drover labels each with its component).
+fn container_notice(event: EventMessage) -> Option<Notice> {
+    let action = event.action?;
+    let mut attributes = event.actor?.attributes?;
+    let component = attributes.remove(LABEL_COMPONENT)?;
+    Some(Notice::Container { component, action })
+}
+
+/// `time` as Docker's `since` takes it: seconds and nanoseconds since the epoch.
+fn docker_timestamp(time: SystemTime) -> String {
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!(
+        "{}.{:09}",
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bollard::models::EventActor;
+
+    use super::*;
+
+    #[test]
+    fn timestamps_are_seconds_dot_nanoseconds() {
+        let time = UNIX_EPOCH + Duration::new(1_700_000_000, 42);
+        assert_eq!(docker_timestamp(time), "1700000000.000000042");
+    }
+
+    #[test]
+    fn filters_select_this_nodes_managed_containers() {
+        let f = filters("c1", "n1");
+        assert_eq!(f["type"], ["container"]);
+        assert_eq!(
+            f["label"],
+            [
+                "drover.dev/managed-by=drover",
+                "drover.dev/cluster=c1",
+                "drover.dev/node=n1"
+            ]
+        );
+        assert!(f["event"].iter().any(|a| a == "die"));
+    }
+
+    #[test]
+    fn events_become_notices_naming_their_component() {
+        let event = |attributes: &[(&str, &str)]| EventMessage {
+            action: Some("die".to_string()),
+            actor: Some(EventActor {
+                id: Some("abc".to_string()),
+                attributes: Some(
+                    attributes
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            container_notice(event(&[(LABEL_COMPONENT, "api"), ("exitCode", "137")])),
+            Some(Notice::Container {
+                component: "api".to_string(),
+                action: "die".to_string()
+            })
+        );
+        assert_eq!(container_notice(event(&[("exitCode", "0")])), None);
+    }
+}

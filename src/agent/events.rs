@@ -277,6 +277,80 @@ mod tests {
         assert_eq!(event_time(&before_epoch), None);
     }
 
+    fn container_event(component: &str, action: &str) -> EventMessage {
+        EventMessage {
+            action: Some(action.to_string()),
+            actor: Some(EventActor {
+                id: Some("abc".to_string()),
+                attributes: Some(HashMap::from([(
+                    LABEL_COMPONENT.to_string(),
+                    component.to_string(),
+                )])),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A client for a loopback port nothing listens on (the port was free a moment ago).
+    fn unreachable_docker() -> Docker {
+        let listener = std::net::TcpListener::bind("127.77.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        Docker::connect_with_http(
+            &format!("http://{address}"),
+            5,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_channel_coalesces_and_a_dropped_receiver_is_noticed() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let watcher = Watcher {
+            docker: unreachable_docker(),
+            filters: filters("c1", "n1"),
+            tx,
+        };
+        let mut since = UNIX_EPOCH;
+        for action in ["create", "start", "die"] {
+            let offered = watcher.offer(container_event("api", action), &mut since);
+            assert_eq!(offered, Ok(()), "a full channel drops the notice quietly");
+        }
+        let received = [rx.recv().await, rx.recv().await];
+        let expected = ["create", "start"].map(|action| {
+            Some(Notice::Container {
+                component: "api".to_string(),
+                action: action.to_string(),
+            })
+        });
+        assert_eq!(received, expected, "the oldest notices stay");
+        drop(rx);
+        let offered = watcher.offer(container_event("api", "stop"), &mut since);
+        assert_eq!(offered, Err(()));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_docker_is_lost_and_the_watch_ends_with_its_receiver() {
+        let backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
+        let (mut notices, task) = watch(unreachable_docker(), "c1", "n1", backoff);
+        let limit = Duration::from_secs(30);
+        let first = tokio::time::timeout(limit, notices.recv()).await;
+        let Ok(Some(Notice::Lost { reason })) = first else {
+            panic!("expected Lost first, got {first:?}");
+        };
+        assert!(
+            reason.starts_with("Docker event stream failed: "),
+            "{reason}"
+        );
+        // Retrying in the background, between attempts or in one: the task still ends.
+        drop(notices);
+        tokio::time::timeout(limit, task)
+            .await
+            .expect("the watch ends once its receiver is dropped")
+            .expect("the watch does not panic");
+    }
+
     #[test]
     fn filters_select_this_nodes_managed_containers() {
         let f = filters("c1", "n1");

@@ -155,11 +155,27 @@ mod tests {
         u32::MAX,
     ];
 
+    /// The ceiling computed the slow way, doubling one step at a time with overflow checks.
+    fn expected_ceiling(base: Duration, cap: Duration, attempt: u32) -> Duration {
+        if base.is_zero() {
+            return base;
+        }
+        let mut ceiling = base.min(cap);
+        for _ in 0..attempt {
+            match ceiling.checked_mul(2) {
+                Some(doubled) if doubled < cap => ceiling = doubled,
+                _ => return cap,
+            }
+        }
+        ceiling
+    }
+
     #[test]
     fn huge_attempts_saturate_without_overflow() {
         for (base, cap) in [
             (BASE, CAP),
             (Duration::from_nanos(1), Duration::MAX),
+            (Duration::from_nanos(1), Duration::from_secs(3600)),
             (Duration::MAX, Duration::MAX),
             (Duration::MAX, CAP),
             (Duration::ZERO, CAP),
@@ -167,7 +183,7 @@ mod tests {
             let mut backoff = Backoff::new(base, cap);
             for attempt in HUGE {
                 backoff.attempt = attempt;
-                let expected = if base.is_zero() { Duration::ZERO } else { cap };
+                let expected = expected_ceiling(base, cap, attempt);
                 assert_eq!(
                     backoff.ceiling(),
                     expected,
@@ -178,6 +194,17 @@ mod tests {
             }
             assert_eq!(backoff.attempt(), u32::MAX, "the count saturates");
         }
+        // Spot checks of the slow way itself.
+        let one = Duration::from_nanos(1);
+        assert_eq!(
+            expected_ceiling(one, Duration::MAX, 64),
+            Duration::from_nanos(u64::MAX) + one
+        );
+        assert_eq!(expected_ceiling(one, Duration::MAX, 100), Duration::MAX);
+        assert_eq!(
+            expected_ceiling(Duration::ZERO, CAP, u32::MAX),
+            Duration::ZERO
+        );
     }
 
     #[test]

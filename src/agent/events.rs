@@ -9,9 +9,9 @@
 //! from what runs. An outage is always `Lost` then `Resubscribed`, in that order.
 //!
 //! No event after [`watch`] returns is missed while Docker stays up: each subscription asks
-//! Docker to replay its recent events (`since`) from the moment the previous one broke, or from
-//! the call to `watch` for the first. A replay can repeat an event; notices only mean "something
-//! changed", so that is harmless.
+//! Docker to replay its recent events (`since`) from the last event received, or from the call
+//! to `watch` before any. A replay can repeat an event; notices only mean "something changed",
+//! so that is harmless. Events of a Docker that restarted are gone with it: hence `Resubscribed`.
 //!
 //! The channel is bounded ([`CHANNEL_CAPACITY`]). When it is full, container notices are dropped:
 //! the agent has not yet read the ones queued before them, and it reconciles the whole node when
@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::pin::pin;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::models::EventMessage;
 use bollard::query_parameters::EventsOptions;
@@ -131,7 +131,7 @@ impl Watcher {
         loop {
             let outcome = tokio::select! {
                 () = self.tx.closed() => Outcome::ReceiverGone,
-                outcome = self.subscription(since, outage) => outcome,
+                outcome = self.subscription(&mut since, outage) => outcome,
             };
             let (error, confirmed) = match outcome {
                 Outcome::ReceiverGone => return,
@@ -140,8 +140,6 @@ impl Watcher {
             if confirmed {
                 backoff.reset();
                 outage = false;
-                // Events up to here were received; the next subscription replays the rest.
-                since = SystemTime::now();
             }
             let reason = crate::error_chain(&error);
             if !outage {
@@ -163,9 +161,10 @@ impl Watcher {
 
     /// One subscription: opened with `since`, confirmed once Docker answers (an event or a
     /// ping), announced with `Resubscribed` after an outage, then forwarded until it breaks.
-    async fn subscription(&self, since: SystemTime, outage: bool) -> Outcome {
+    /// `since` advances to each event received, where the next subscription resumes.
+    async fn subscription(&self, since: &mut SystemTime, outage: bool) -> Outcome {
         let options = EventsOptions {
-            since: Some(docker_timestamp(since)),
+            since: Some(docker_timestamp(*since)),
             until: None,
             filters: Some(self.filters.clone()),
         };
@@ -191,7 +190,7 @@ impl Watcher {
             }
         }
         if let Some(event) = first {
-            if self.offer(event).is_err() {
+            if self.offer(event, since).is_err() {
                 return Outcome::ReceiverGone;
             }
         }
@@ -201,15 +200,18 @@ impl Watcher {
                 Some(Err(e)) => return broke(StreamError::Docker(e), true),
                 None => return broke(StreamError::Ended, true),
             };
-            if self.offer(event).is_err() {
+            if self.offer(event, since).is_err() {
                 return Outcome::ReceiverGone;
             }
         }
     }
 
-    /// Queues a container notice, or drops it when the channel is full (coalescing). `Err` when
-    /// the receiver is gone.
-    fn offer(&self, event: EventMessage) -> Result<(), ()> {
+    /// Queues a container notice, or drops it when the channel is full (coalescing), and moves
+    /// `since` up to the event's time. `Err` when the receiver is gone.
+    fn offer(&self, event: EventMessage, since: &mut SystemTime) -> Result<(), ()> {
+        if let Some(time) = event_time(&event) {
+            *since = (*since).max(time);
+        }
         let Some(notice) = container_notice(event) else {
             return Ok(());
         };
@@ -237,6 +239,12 @@ fn container_notice(event: EventMessage) -> Option<Notice> {
     Some(Notice::Container { component, action })
 }
 
+/// When Docker says the event happened.
+fn event_time(event: &EventMessage) -> Option<SystemTime> {
+    let nanos = u64::try_from(event.time_nano?).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_nanos(nanos))
+}
+
 /// `time` as Docker's `since` takes it: seconds and nanoseconds since the epoch.
 fn docker_timestamp(time: SystemTime) -> String {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -249,8 +257,6 @@ fn docker_timestamp(time: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use bollard::models::EventActor;
 
     use super::*;
@@ -259,6 +265,90 @@ mod tests {
     fn timestamps_are_seconds_dot_nanoseconds() {
         let time = UNIX_EPOCH + Duration::new(1_700_000_000, 42);
         assert_eq!(docker_timestamp(time), "1700000000.000000042");
+        let event = EventMessage {
+            time_nano: Some(1_700_000_000_000_000_042),
+            ..Default::default()
+        };
+        assert_eq!(event_time(&event), Some(time));
+        let before_epoch = EventMessage {
+            time_nano: Some(-1),
+            ..Default::default()
+        };
+        assert_eq!(event_time(&before_epoch), None);
+    }
+
+    fn container_event(component: &str, action: &str) -> EventMessage {
+        EventMessage {
+            action: Some(action.to_string()),
+            actor: Some(EventActor {
+                id: Some("abc".to_string()),
+                attributes: Some(HashMap::from([(
+                    LABEL_COMPONENT.to_string(),
+                    component.to_string(),
+                )])),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A client for a loopback port nothing listens on (the port was free a moment ago).
+    fn unreachable_docker() -> Docker {
+        let listener = std::net::TcpListener::bind("127.77.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        Docker::connect_with_http(
+            &format!("http://{address}"),
+            5,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_channel_coalesces_and_a_dropped_receiver_is_noticed() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let watcher = Watcher {
+            docker: unreachable_docker(),
+            filters: filters("c1", "n1"),
+            tx,
+        };
+        let mut since = UNIX_EPOCH;
+        for action in ["create", "start", "die"] {
+            let offered = watcher.offer(container_event("api", action), &mut since);
+            assert_eq!(offered, Ok(()), "a full channel drops the notice quietly");
+        }
+        let received = [rx.recv().await, rx.recv().await];
+        let expected = ["create", "start"].map(|action| {
+            Some(Notice::Container {
+                component: "api".to_string(),
+                action: action.to_string(),
+            })
+        });
+        assert_eq!(received, expected, "the oldest notices stay");
+        drop(rx);
+        let offered = watcher.offer(container_event("api", "stop"), &mut since);
+        assert_eq!(offered, Err(()));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_docker_is_lost_and_the_watch_ends_with_its_receiver() {
+        let backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
+        let (mut notices, task) = watch(unreachable_docker(), "c1", "n1", backoff);
+        let limit = Duration::from_secs(30);
+        let first = tokio::time::timeout(limit, notices.recv()).await;
+        let Ok(Some(Notice::Lost { reason })) = first else {
+            panic!("expected Lost first, got {first:?}");
+        };
+        assert!(
+            reason.starts_with("Docker event stream failed: "),
+            "{reason}"
+        );
+        // Retrying in the background, between attempts or in one: the task still ends.
+        drop(notices);
+        tokio::time::timeout(limit, task)
+            .await
+            .expect("the watch ends once its receiver is dropped")
+            .expect("the watch does not panic");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! `support` for how a test asks for one and what happens when it is missing.
 
 mod agent_docker;
+mod agent_events;
 mod agent_probe;
 mod agents;
+mod bench_apply;
 mod cli;
 mod config;
 mod fuzz;

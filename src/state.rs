@@ -80,8 +80,22 @@ impl StateDir {
         self.root.join(name)
     }
 
+    /// Creates the directory, owner-only, if it does not exist.
+    fn ensure_root(&self) -> Result<(), StateError> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|source| StateError::Write {
+                path: self.root.clone(),
+                source,
+            })
+    }
+
     /// Saves `value` as document `name`, atomically, mode 0600.
     pub fn save<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        self.ensure_root()?;
         let path = self.path(name);
         let json = serde_json::to_vec_pretty(value).expect("state documents are JSON");
         write_atomically(&path, &json, 0o600).map_err(|source| StateError::Write { path, source })
@@ -129,7 +143,7 @@ impl StateDir {
             path: lock_path.clone(),
             source,
         };
-        std::fs::create_dir_all(&self.root).map_err(lock_error)?;
+        self.ensure_root()?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -25,7 +25,8 @@ use crate::protocol::{
 };
 use crate::secret::Secret;
 
-type Socket = WebSocketStream<TlsStream<TcpStream>>;
+/// An agent's WebSocket to the daemon.
+pub type Socket = WebSocketStream<TlsStream<TcpStream>>;
 
 /// Read buffers stay small: a session carries a plan now and then, not a stream.
 const READ_BUFFER: usize = 16 * 1024;
@@ -136,7 +137,8 @@ impl Dial {
             })
     }
 
-    async fn connect(&self, client: Option<Identity>) -> Result<Socket, SessionError> {
+    /// A WebSocket to the daemon over `tls`, with the protocol's size limits.
+    pub async fn connect(&self, client: Option<Identity>) -> Result<Socket, SessionError> {
         let tls = self.tls(client).await?;
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
@@ -372,7 +374,8 @@ fn server_kind(m: &ServerMessage) -> &'static str {
     }
 }
 
-async fn send(socket: &mut Socket, message: &AgentMessage) -> Result<(), SessionError> {
+/// Sends one protocol message.
+pub async fn send(socket: &mut Socket, message: &AgentMessage) -> Result<(), SessionError> {
     let text = encode(message).map_err(|e| SessionError::Lost(crate::error_chain(&e)))?;
     socket
         .send(Message::Text(text.into()))
@@ -380,7 +383,8 @@ async fn send(socket: &mut Socket, message: &AgentMessage) -> Result<(), Session
         .map_err(|e| SessionError::Lost(e.to_string()))
 }
 
-async fn recv(socket: &mut Socket) -> Result<ServerMessage, SessionError> {
+/// The next protocol message from the daemon.
+pub async fn recv(socket: &mut Socket) -> Result<ServerMessage, SessionError> {
     loop {
         match socket.next().await {
             None | Some(Ok(Message::Close(_))) => {

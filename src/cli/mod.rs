@@ -1,7 +1,11 @@
 //! The command line: clap definitions, dispatch, and the one place errors become exit codes.
 
+mod agent;
+mod logging;
+mod node;
 mod plan;
 mod schema;
+mod token;
 mod validate;
 
 use std::io::Write;
@@ -22,8 +26,13 @@ pub enum Exit {
     Changes = 2,
     /// Bad usage: unknown flags, a path that does not exist (sysexits EX_USAGE).
     Usage = 64,
+    /// A service the command needs is not reachable: the daemon, Docker (sysexits
+    /// EX_UNAVAILABLE).
+    Unavailable = 69,
     /// An input could not be read (sysexits EX_IOERR).
     Io = 74,
+    /// The daemon refused the agent, or its CA is not the pinned one (sysexits EX_NOPERM).
+    Refused = 77,
 }
 
 impl From<Exit> for ExitCode {
@@ -53,6 +62,12 @@ enum Command {
     Plan(plan::Args),
     /// Print the JSON Schema of cluster files, for editors and CI.
     Schema(schema::Args),
+    /// Join tokens for new nodes.
+    Token(token::Args),
+    /// Node credentials.
+    Node(node::Args),
+    /// Run the node agent: join, then apply this node's plan with Docker and report.
+    Agent(agent::Args),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -74,6 +89,9 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&args, &mut out),
         Command::Plan(args) => plan::run(&args, &mut out),
         Command::Schema(args) => schema::run(&args, &mut out),
+        Command::Token(args) => token::run(&args, &mut out),
+        Command::Node(args) => node::run(&args, &mut out),
+        Command::Agent(args) => agent::run(&args, &mut out),
     };
     let _ = out.flush();
     exit.into()

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::{oneshot, watch};
 
@@ -77,7 +77,6 @@ struct Nodes {
 struct BindingCache {
     bindings: Arc<Bindings>,
     stamp: Option<(SystemTime, u64)>,
-    checked: Instant,
 }
 
 /// Shared by the accept loop and every session.
@@ -108,7 +107,6 @@ impl Hub {
             bindings: Mutex::new(BindingCache {
                 stamp: stamp(&state.path(BINDINGS)),
                 bindings: Arc::new(bindings),
-                checked: Instant::now(),
             }),
             state,
         })
@@ -322,22 +320,19 @@ impl Hub {
             .and_then(|e| e.plan.borrow().as_ref().map(|f| f.generation))
     }
 
-    /// The node bindings, re-read when another process (`drover node reset`, `drover token
-    /// create`) changed the file; the file is looked at no more than once a second.
+    /// The node bindings, re-read when another process (`drover node reset`) changed the
+    /// file: one `stat` per call, and a parse only after a change.
     pub fn bindings(&self) -> Arc<Bindings> {
         let mut cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.checked.elapsed() >= std::time::Duration::from_secs(1) {
-            cache.checked = Instant::now();
-            let now = stamp(&self.state.path(BINDINGS));
-            if now != cache.stamp {
-                match self.state.load::<Bindings>(BINDINGS) {
-                    Ok(b) => {
-                        cache.bindings = Arc::new(b.unwrap_or_default());
-                        cache.stamp = now;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %crate::error_chain(&e), "cannot re-read node credentials; keeping the last read")
-                    }
+        let now = stamp(&self.state.path(BINDINGS));
+        if now != cache.stamp {
+            match self.state.load::<Bindings>(BINDINGS) {
+                Ok(b) => {
+                    cache.bindings = Arc::new(b.unwrap_or_default());
+                    cache.stamp = now;
+                }
+                Err(e) => {
+                    tracing::error!(error = %crate::error_chain(&e), "cannot re-read node credentials; keeping the last read")
                 }
             }
         }

@@ -5,6 +5,7 @@
 mod agent_docker;
 mod agent_events;
 mod agent_probe;
+mod agent_security;
 mod agents;
 mod bench_apply;
 mod cli;

@@ -1,0 +1,151 @@
+//! `drover token create CLUSTER`: a join token and the agent command line that uses it.
+//!
+//! The token is printed once (or written to `--out`, owner-only, never overwriting a file) and
+//! stored by the daemon only as a hash. The command line names a token *file*, so the token
+//! never lands in a process's arguments.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use super::Exit;
+use crate::join::{create_token, JoinError, MAX_TOKEN_TTL};
+use crate::model::ClusterName;
+use crate::pki::DaemonCa;
+use crate::state::StateDir;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Create a join token for CLUSTER and print the agent command line that uses it.
+    Create(CreateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CreateArgs {
+    /// The cluster the token joins nodes to.
+    cluster: String,
+    /// How long the token is valid (at most 7 days), e.g. `30m`, `2h`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Let the token join several nodes until it expires (default: single use).
+    #[arg(long)]
+    reusable: bool,
+    /// The URL agents dial, e.g. `wss://drover.example.net:7443`.
+    #[arg(long, env = "DROVER_SERVER")]
+    server: String,
+    /// The daemon's state directory.
+    #[arg(long, default_value = "/var/lib/drover", env = "DROVER_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Write the token to this new file (mode 0600) instead of printing it.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Where the printed command line tells the operator to put the token.
+const TOKEN_FILE_HINT: &str = "/etc/drover/join-token";
+
+pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
+    match &args.command {
+        Command::Create(args) => create(args, out),
+    }
+}
+
+fn create(args: &CreateArgs, out: &mut dyn Write) -> Exit {
+    let cluster = match ClusterName::parse(&args.cluster) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cluster name `{}`: {e}", args.cluster);
+            return Exit::Usage;
+        }
+    };
+    if let Err(e) = crate::agent::session::Dial::new(&args.server, "") {
+        eprintln!("error: --server: {e}");
+        return Exit::Usage;
+    }
+    if args.ttl > MAX_TOKEN_TTL || args.ttl.is_zero() {
+        eprintln!(
+            "error: --ttl must be more than 0 and at most {}",
+            humantime::format_duration(MAX_TOKEN_TTL)
+        );
+        return Exit::Usage;
+    }
+    let state = StateDir::new(&args.state_dir);
+    let ca = match DaemonCa::ensure(&state) {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("error: {}", super::error_chain(&e));
+            return Exit::Io;
+        }
+    };
+    let now = SystemTime::now();
+    let (token, record) = match create_token(&state, &cluster, args.ttl, !args.reusable, now) {
+        Ok(t) => t,
+        Err(e @ (JoinError::TooManyTokens | JoinError::TtlTooLong { .. })) => {
+            eprintln!("error: {e}");
+            return Exit::Usage;
+        }
+        Err(e) => {
+            eprintln!("error: {}", super::error_chain(&e));
+            return Exit::Io;
+        }
+    };
+    let token_file = match &args.out {
+        Some(path) => {
+            if let Err(e) = write_new_private(path, token.expose()) {
+                eprintln!("error: cannot write the token to {}: {e}", path.display());
+                return Exit::Io;
+            }
+            path.display().to_string()
+        }
+        None => TOKEN_FILE_HINT.to_string(),
+    };
+    let expires = humantime::format_rfc3339_seconds(now + args.ttl);
+    let usage = if args.reusable {
+        "reusable"
+    } else {
+        "single use"
+    };
+    let mut text = format!(
+        "Join token {} for cluster {cluster}: {usage}, expires {expires}.\n\n",
+        record.id
+    );
+    match &args.out {
+        Some(path) => text.push_str(&format!(
+            "The token is in {} (mode 0600). Copy it to the node, then run there:\n\n",
+            path.display()
+        )),
+        None => text.push_str(&format!(
+            "    {}\n\nOn the node, save it to {token_file} (readable by root only), then run:\n\n",
+            token.expose()
+        )),
+    }
+    text.push_str(&format!(
+        "    drover agent --server {} --ca-hash {} --token-file {token_file} --node-name <NODE>\n\n\
+         <NODE> must be a node of cluster {cluster} in Git. After joining, the agent no longer needs the token.\n",
+        args.server,
+        ca.pin()
+    ));
+    match out.write_all(text.as_bytes()) {
+        Ok(()) => Exit::Ok,
+        Err(_) => Exit::Io,
+    }
+}
+
+/// Creates `path` (which must not exist) with mode 0600 and `content`.
+fn write_new_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}

@@ -1,0 +1,283 @@
+//! Who may join and speak for a node: every refusal reaches the agent with its reason, spends
+//! nothing it should not, and leaks nothing. Wrong, malformed, expired and reused tokens; an
+//! undeclared node; a node bound to another key until `drover node reset`; a credential
+//! speaking for another node; no credential at all; a credential revoked when its node leaves
+//! Git; a daemon CA that does not match the pin. The captured logs are searched for every
+//! token and private key the tests used.
+
+use std::time::{Duration, SystemTime};
+
+use drover::agent::credential::{Credential, DataDir};
+use drover::agent::session::{self, Dial, SessionError};
+use drover::join::{create_token, TokenRefusal};
+use drover::model::ClusterName;
+use drover::pki::{self, NodeKey};
+use drover::protocol::{AgentMessage, Refusal, ServerMessage, PROTOCOL_VERSION};
+use drover::secret::Secret;
+use drover::state::StateDir;
+use tempfile::TempDir;
+
+use crate::support::fleet::Fleet;
+
+const HOUR: Duration = Duration::from_secs(3600);
+const NODES: &[(&str, &str)] = &[("n1", "etcd"), ("n2", "worker"), ("n3", "worker")];
+
+/// Joins as `node` with a fresh data directory.
+async fn join_as(
+    fleet: &Fleet,
+    node: &str,
+    token: &Secret,
+    pin: &str,
+) -> (Result<Credential, SessionError>, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(StateDir::new(dir.path()));
+    let dial = Dial::new(&fleet.url(), pin).unwrap();
+    (session::join(&dial, &data, node, token).await, dir)
+}
+
+fn refusal(outcome: Result<Credential, SessionError>) -> Refusal {
+    match outcome {
+        Err(SessionError::Refused(r)) => r,
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(c) => panic!("expected a refusal, joined as {}", c.node),
+    }
+}
+
+/// Everything secret in a credential: the lines of its private key.
+fn key_lines(c: &Credential) -> Vec<String> {
+    c.key_pem
+        .expose()
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Opens a session with `credential` (or none) and says hello as `cluster/node`.
+async fn hello(
+    fleet: &Fleet,
+    credential: Option<&Credential>,
+    cluster: &str,
+    node: &str,
+) -> (session::Socket, ServerMessage) {
+    let dial = Dial::new(&fleet.url(), &fleet.pin()).unwrap();
+    let identity = credential.map(|c| DataDir::identity(c).unwrap());
+    let mut socket = dial.connect(identity).await.expect("a connection");
+    let m = AgentMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        cluster: cluster.into(),
+        node: node.into(),
+        agent_version: "test".into(),
+        applied: None,
+    };
+    session::send(&mut socket, &m).await.unwrap();
+    let answer = session::recv(&mut socket).await.expect("an answer");
+    (socket, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_refusals_say_why_and_spend_nothing() {
+    let fleet = Fleet::start("joins", NODES).await;
+    fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
+    let pin = fleet.pin();
+    let cluster = ClusterName::parse(&fleet.cluster).unwrap();
+    let single = fleet.token(true, HOUR);
+    let (expired, _) = create_token(
+        &fleet.state_dir(),
+        &cluster,
+        HOUR,
+        true,
+        SystemTime::now() - 2 * HOUR,
+    )
+    .unwrap();
+    let (id, _) = single.expose().split_once('.').unwrap();
+    let wrong = Secret::new(format!("{id}.{}", "0".repeat(64)));
+    let undeclared = Refusal::UndeclaredNode {
+        cluster: fleet.cluster.clone(),
+        node: "intruder".into(),
+    };
+    let malformed = Secret::new("no-dot-here");
+    let token = |problem| Refusal::Token { problem };
+    let cases: Vec<(&str, &Secret, Refusal)> = vec![
+        ("n1", &wrong, token(TokenRefusal::Unknown)),
+        ("n1", &malformed, token(TokenRefusal::Malformed)),
+        ("n1", &expired, token(TokenRefusal::Expired)),
+        ("intruder", &single, undeclared),
+    ];
+    for (node, presented, want) in cases {
+        let (outcome, _dir) = join_as(&fleet, node, presented, &pin).await;
+        let got = refusal(outcome);
+        assert_eq!(got, want, "joining as {node}");
+        assert!(!got.to_string().contains(presented.expose()));
+    }
+    let (outcome, _dir) = join_as(&fleet, "Not_A_Name", &single, &pin).await;
+    assert!(matches!(refusal(outcome), Refusal::BadRequest { .. }));
+
+    // None of those spent the single-use token; the first good join does.
+    let (first, _d1) = join_as(&fleet, "n1", &single, &pin).await;
+    let first = first.expect("the first good join succeeds");
+    let (again, _d2) = join_as(&fleet, "n2", &single, &pin).await;
+    assert_eq!(refusal(again), token(TokenRefusal::AlreadyUsed));
+
+    let mut secrets = vec![
+        single.expose().to_string(),
+        expired.expose().to_string(),
+        wrong.expose().to_string(),
+    ];
+    secrets.extend(key_lines(&first));
+    fleet
+        .logs
+        .assert_free_of(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_bound_to_a_key_refuses_another_until_reset() {
+    let fleet = Fleet::start("bound", NODES).await;
+    fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
+    let pin = fleet.pin();
+    let (joined, _d1) = join_as(&fleet, "n1", &fleet.token(true, HOUR), &pin).await;
+    let original = joined.unwrap();
+    // A reinstalled machine: new key, new token, same name.
+    let (again, _d2) = join_as(&fleet, "n1", &fleet.token(true, HOUR), &pin).await;
+    assert_eq!(
+        refusal(again),
+        Refusal::BoundToAnotherKey {
+            cluster: fleet.cluster.clone(),
+            node: "n1".into()
+        }
+    );
+    let reset = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["node", "reset", &fleet.cluster, "n1", "--state-dir"])
+        .arg(fleet.state.path())
+        .output()
+        .unwrap();
+    assert!(reset.status.success(), "{reset:?}");
+    assert!(String::from_utf8_lossy(&reset.stdout).contains("binding removed"));
+    let (replaced, _d3) = join_as(&fleet, "n1", &fleet.token(true, HOUR), &pin).await;
+    let replacement = replaced.expect("after a reset the node joins with its new key");
+    // The original key no longer works.
+    let (_, answer) = hello(&fleet, Some(&original), &fleet.cluster, "n1").await;
+    assert_eq!(
+        answer,
+        ServerMessage::Refused {
+            reason: Refusal::UnknownCredential
+        }
+    );
+    let mut secrets = key_lines(&original);
+    secrets.extend(key_lines(&replacement));
+    fleet
+        .logs
+        .assert_free_of(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_speaks_only_for_its_own_node() {
+    let fleet = Fleet::start("others", NODES).await;
+    fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
+    let (joined, _d) = join_as(&fleet, "n2", &fleet.token(true, HOUR), &fleet.pin()).await;
+    let n2 = joined.unwrap();
+    let (_, answer) = hello(&fleet, Some(&n2), &fleet.cluster, "n3").await;
+    assert_eq!(
+        answer,
+        ServerMessage::Refused {
+            reason: Refusal::NotYourNode {
+                own_cluster: fleet.cluster.clone(),
+                own_node: "n2".into(),
+                cluster: fleet.cluster.clone(),
+                node: "n3".into(),
+            }
+        }
+    );
+    let (_, answer) = hello(&fleet, None, &fleet.cluster, "n2").await;
+    assert_eq!(
+        answer,
+        ServerMessage::Refused {
+            reason: Refusal::CredentialRequired
+        }
+    );
+    // Its own node: welcome, then its own plan only.
+    let (mut socket, answer) = hello(&fleet, Some(&n2), &fleet.cluster, "n2").await;
+    assert!(
+        matches!(answer, ServerMessage::Welcome { .. }),
+        "{answer:?}"
+    );
+    let plan = loop {
+        match session::recv(&mut socket).await.unwrap() {
+            ServerMessage::Plan { spec, .. } => break spec,
+            _ => continue,
+        }
+    };
+    let specs = fleet.specs(&["n1", "n2", "n3"], "    worker: []\n");
+    assert_eq!(plan, specs["n2"]);
+    fleet.logs.assert_free_of(
+        &key_lines(&n2)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_leaving_git_has_its_credential_revoked() {
+    let fleet = Fleet::start("revoke", NODES).await;
+    fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
+    let (joined, _d) = join_as(&fleet, "n3", &fleet.token(true, HOUR), &fleet.pin()).await;
+    let n3 = joined.unwrap();
+    let (mut socket, answer) = hello(&fleet, Some(&n3), &fleet.cluster, "n3").await;
+    assert!(
+        matches!(answer, ServerMessage::Welcome { .. }),
+        "{answer:?}"
+    );
+
+    fleet.declare(&["n1", "n2"], "    worker: []\n");
+    let revoked = Refusal::Revoked {
+        cluster: fleet.cluster.clone(),
+        node: "n3".into(),
+        why: "the node left the cluster's definition in Git".into(),
+    };
+    let ended = loop {
+        match session::recv(&mut socket).await {
+            Ok(ServerMessage::Refused { reason }) => break reason,
+            Ok(_) => continue,
+            Err(e) => panic!("the session ended without a reason: {e}"),
+        }
+    };
+    assert_eq!(ended, revoked);
+    // Coming back is refused the same way, even once the node is declared again: it must
+    // join with a new token.
+    fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
+    let (_, answer) = hello(&fleet, Some(&n3), &fleet.cluster, "n3").await;
+    assert_eq!(answer, ServerMessage::Refused { reason: revoked });
+    let (rejoined, _d2) = join_as(&fleet, "n3", &fleet.token(true, HOUR), &fleet.pin()).await;
+    rejoined.expect("a revoked node joins again with a new token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_ca_that_does_not_match_the_pin_gets_no_token() {
+    let fleet = Fleet::start("pin", NODES).await;
+    fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
+    let token = fleet.token(true, HOUR);
+    let other = pki::pin(NodeKey::generate().unwrap().pin().as_bytes());
+    let (outcome, _d) = join_as(&fleet, "n1", &token, &other).await;
+    match outcome {
+        Err(e @ SessionError::Tls { .. }) => {
+            assert!(e.to_string().contains(pki::PIN_MISMATCH), "{e}");
+            assert!(!e.is_transient());
+        }
+        other => panic!("expected a pin mismatch, got {:?}", other.map(|c| c.node)),
+    }
+    // The token never left the agent: it still joins with the right pin.
+    let (outcome, _d) = join_as(&fleet, "n1", &token, &fleet.pin()).await;
+    outcome.expect("the unspent token joins");
+    fleet.logs.assert_free_of(&[token.expose()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_are_told_to_retry_until_the_daemon_has_read_git() {
+    let fleet = Fleet::start("early", NODES).await;
+    let (outcome, _d) = join_as(&fleet, "n1", &fleet.token(true, HOUR), &fleet.pin()).await;
+    match outcome {
+        Err(e @ SessionError::RetryAfter { .. }) => assert!(e.is_transient()),
+        other => panic!("expected retry-after, got {:?}", other.map(|c| c.node)),
+    }
+}

@@ -17,6 +17,10 @@ use crate::secret::Secret;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The largest message either side sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The WebSocket read buffer of either side. A session carries a plan now and then, not a
+/// stream, so it stays small: a larger message is assembled outside it, up to the limit above.
+/// The libraries' default (128 KiB) would cost a daemon with 10,000 agents over a gigabyte.
+pub const READ_BUFFER_BYTES: usize = 8 * 1024;
 
 /// From an agent to the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

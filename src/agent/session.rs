@@ -28,9 +28,6 @@ use crate::secret::Secret;
 /// An agent's WebSocket to the daemon.
 pub type Socket = WebSocketStream<TlsStream<TcpStream>>;
 
-/// Read buffers stay small: a session carries a plan now and then, not a stream.
-const READ_BUFFER: usize = 16 * 1024;
-
 /// Why dialling or a session failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -141,7 +138,7 @@ impl Dial {
     pub async fn connect(&self, client: Option<Identity>) -> Result<Socket, SessionError> {
         let tls = self.tls(client).await?;
         let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
+            .read_buffer_size(crate::protocol::READ_BUFFER_BYTES)
             .write_buffer_size(0)
             .max_message_size(Some(crate::protocol::MAX_MESSAGE_BYTES))
             .max_frame_size(Some(crate::protocol::MAX_MESSAGE_BYTES));

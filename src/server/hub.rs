@@ -312,6 +312,16 @@ impl Hub {
             .collect()
     }
 
+    /// How many declared nodes' latest reports satisfy `pred`, counted under the lock without
+    /// copying any report: cheap enough to ask often while waiting for a fleet to catch up.
+    pub fn count_reports(&self, pred: impl Fn(&NodeReport) -> bool) -> usize {
+        self.lock()
+            .nodes
+            .values()
+            .filter(|e| pred(&e.report))
+            .count()
+    }
+
     /// The plan generation a node should run.
     pub fn generation(&self, cluster: &str, node: &str) -> Option<u64> {
         self.lock()

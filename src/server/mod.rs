@@ -30,7 +30,7 @@ pub use hub::{Hub, NodeReport};
 use session::{Context, Peer};
 
 use crate::pki::{self, DaemonCa, PkiError};
-use crate::protocol::MAX_MESSAGE_BYTES;
+use crate::protocol::{MAX_MESSAGE_BYTES, READ_BUFFER_BYTES};
 use crate::state::StateDir;
 
 /// The agent server's knobs.
@@ -173,8 +173,11 @@ async fn upgrade(
     State(cx): State<Arc<Context>>,
 ) -> Response {
     let tracker = cx.sessions.clone();
+    // Frames are written straight to the socket: no write buffer is kept per session.
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| tracker.track_future(session::run(cx, peer, socket)))
 }
 

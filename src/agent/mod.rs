@@ -97,7 +97,7 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
                 tracing::info!(cluster = c.cluster, node = c.node, "joined the cluster");
                 break c;
             }
-            Err(e) if e.is_transient() => {
+            Err(e) if e.is_transient_join() => {
                 let wait = retry_wait(&e, &mut backoff);
                 tracing::warn!(error = %crate::error_chain(&e), retry_in = ?wait, "cannot join yet");
                 if wait_or_stop(wait, &shutdown).await {

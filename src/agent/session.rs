@@ -58,7 +58,17 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    /// Whether waiting and dialling again may help.
+    /// Whether waiting and dialling again may help a join. A node the cluster does not
+    /// declare is final here: it is most often a mistyped `--node-name`, and the operator
+    /// should hear so at once rather than watch the agent retry until its token expires.
+    pub fn is_transient_join(&self) -> bool {
+        !matches!(self, SessionError::Refused(Refusal::UndeclaredNode { .. }))
+            && self.is_transient()
+    }
+
+    /// Whether waiting and dialling again may help an established node: one that Git stops
+    /// declaring without its credential being revoked may be declared again (a daemon that
+    /// reads an older revision after a restart, say).
     pub fn is_transient(&self) -> bool {
         match self {
             SessionError::Refused(r) => matches!(r, Refusal::UndeclaredNode { .. }),

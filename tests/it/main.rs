@@ -2,6 +2,7 @@
 //! Garage S3, git repositories). `scripts/test` starts the components; see
 //! `support` for how a test asks for one and what happens when it is missing.
 
+mod agent_cli;
 mod agent_docker;
 mod agent_events;
 mod agent_probe;

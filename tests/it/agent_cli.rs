@@ -1,0 +1,319 @@
+//! `drover token create` and `drover agent` as an operator runs them: the token and the full
+//! agent command line with the CA hash; the agent's preflight checks, one clear message and
+//! exit code per failure; the agent binary joining, converging and stopping on SIGTERM. No
+//! output ever contains the token.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use drover::pki::DaemonCa;
+use drover::state::StateDir;
+use tokio::process::Command;
+
+use crate::support::docker;
+use crate::support::fleet::Fleet;
+use crate::support::net::{free_port, unique_loopback};
+use crate::support::require;
+use crate::support::wait::eventually;
+
+const BIN: &str = env!("CARGO_BIN_EXE_drover");
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn drover(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("DROVER_SERVER")
+        .output()
+        .await
+        .expect("the drover binary runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The token in `token create`'s output: the indented line of the form `<id>.<secret>`.
+fn printed_token(stdout: &str) -> Option<String> {
+    stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| {
+            l.split_once('.')
+                .is_some_and(|(id, secret)| id.len() == 8 && secret.len() == 64 && !l.contains(' '))
+        })
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn token_create_prints_the_agent_command_line_with_the_ca_hash() {
+    // A state directory the command creates, so its mode is the command's doing.
+    let work = tempfile::tempdir().unwrap();
+    let state_path = work.path().join("state");
+    let dir = state_path.to_str().unwrap();
+    let out = drover(&[
+        "token",
+        "create",
+        "dev",
+        "--server",
+        "wss://127.0.0.1:7443",
+        "--state-dir",
+        dir,
+    ])
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let pin = DaemonCa::ensure(&StateDir::new(state_path.as_path()))
+        .unwrap()
+        .pin()
+        .to_string();
+    assert!(stdout.contains(&format!(
+        "drover agent --server wss://127.0.0.1:7443 --ca-hash {pin} --token-file /etc/drover/join-token --node-name <NODE>"
+    )), "{stdout}");
+    assert!(stdout.contains("single use, expires"), "{stdout}");
+    let token = printed_token(&stdout).expect("the token is printed");
+    let stored = std::fs::read_to_string(state_path.as_path().join("join-tokens.json")).unwrap();
+    assert!(
+        !stored.contains(token.split_once('.').unwrap().1),
+        "stored in clear"
+    );
+    let mode = std::fs::metadata(state_path.as_path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the state directory is open to others: {mode:o}"
+    );
+
+    // --out: a new owner-only file, and the token is not on stdout.
+    let file = state_path.as_path().join("token");
+    let file_arg = file.to_str().unwrap();
+    let args = [
+        "token",
+        "create",
+        "dev",
+        "--server",
+        "wss://127.0.0.1:7443",
+        "--state-dir",
+        dir,
+        "--reusable",
+        "--ttl",
+        "2h",
+        "--out",
+        file_arg,
+    ];
+    let out = drover(&args).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let token = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(!stdout.contains(token.trim()), "{stdout}");
+    assert!(
+        stdout.contains(&format!("--token-file {file_arg}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("reusable"), "{stdout}");
+    // The file is never overwritten.
+    let again = drover(&args).await;
+    assert_eq!(again.status.code(), Some(74), "{:?}", text(&again));
+
+    for (bad, why) in [
+        (vec!["--ttl", "8d"], "--ttl"),
+        (vec!["--server", "http://x"], "--server"),
+    ] {
+        let mut args = vec![
+            "token",
+            "create",
+            "dev",
+            "--state-dir",
+            dir,
+            "--server",
+            "wss://127.0.0.1:7443",
+        ];
+        args.extend(bad);
+        let out = drover(&args).await;
+        assert_eq!(out.status.code(), Some(64), "{:?}", text(&out));
+        assert!(text(&out).1.contains(why), "{:?}", text(&out));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_checks_its_inputs_before_it_dials() {
+    let fleet = Fleet::start("preflight", &[("n1", "etcd"), ("w1", "worker")]).await;
+    fleet.declare(&["n1", "w1"], "    worker: []\n");
+    let work = tempfile::tempdir().unwrap();
+    let token_file = work.path().join("token");
+    let token = fleet.token(true, HOUR);
+    std::fs::write(&token_file, token.expose()).unwrap();
+    let token_arg = token_file.to_str().unwrap();
+    let data = work.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let url = fleet.url();
+    let pin = fleet.pin();
+    let nobody = format!("wss://{}", {
+        let ip = unique_loopback(&[]);
+        format!("{ip}:{}", free_port(ip))
+    });
+    let other_pin = format!("sha256:{}", "ab".repeat(32));
+    let missing = work.path().join("missing").display().to_string();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["--ca-hash", "sha256:XYZ"], 64, "--ca-hash must be"),
+        (vec!["--server", "http://127.0.0.1:1"], 64, "--server"),
+        (vec!["--node-name", "Not_A_Name"], 64, "--node-name"),
+        (vec!["--token-file", &missing], 64, "--token-file"),
+        (vec!["--server", &nobody], 69, "not reachable"),
+        (
+            vec!["--ca-hash", &other_pin],
+            77,
+            "presents a CA whose key hash is not",
+        ),
+        (
+            vec!["--docker-socket", "/nonexistent/docker.sock"],
+            69,
+            "Docker",
+        ),
+    ];
+    for (change, code, message) in cases {
+        let mut args: Vec<&str> = vec![
+            "agent",
+            "--server",
+            &url,
+            "--ca-hash",
+            &pin,
+            "--node-name",
+            "w1",
+            "--token-file",
+            token_arg,
+            "--data-dir",
+            data_arg,
+        ];
+        // Later flags win in clap only for the same flag; replace instead.
+        for pair in change.chunks(2) {
+            let at = args.iter().position(|a| *a == pair[0]);
+            match at {
+                Some(i) => args[i + 1] = pair[1],
+                None => args.extend(pair),
+            }
+        }
+        let out = drover(&args).await;
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one message: {stderr}");
+        assert!(!stdout.contains(token.expose()) && !stderr.contains(token.expose()));
+    }
+    // No credential and no token file: said plainly.
+    let out = drover(&[
+        "agent",
+        "--server",
+        &url,
+        "--ca-hash",
+        &pin,
+        "--node-name",
+        "w1",
+        "--data-dir",
+        data_arg,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        text(&out).1.contains("has not joined yet"),
+        "{:?}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_binary_joins_converges_and_stops_on_sigterm() {
+    require!(docker::connect().await);
+    let fleet = Fleet::start(
+        "binary",
+        &[("n1", "etcd"), ("w1", "worker"), ("w2", "worker")],
+    )
+    .await;
+    let labels = format!(
+        "{{drover-test: '1', drover-test.pid: '{}'}}",
+        std::process::id()
+    );
+    let worker = format!(
+        "    worker:\n      - {{name: idle, image: '{}', command: [sleep, '3600'], labels: {labels}}}\n",
+        docker::BUSYBOX_IMAGE
+    );
+    let specs = fleet.declare(&["n1", "w1"], &worker);
+    let work = tempfile::tempdir().unwrap();
+    let token = fleet.token(false, HOUR);
+    let token_file = work.path().join("token");
+    std::fs::write(&token_file, token.expose()).unwrap();
+
+    let agent = |node: &str, data: &Path, root: &Path| {
+        Command::new(BIN)
+            .args(["agent", "--server", &fleet.url(), "--ca-hash", &fleet.pin()])
+            .args(["--node-name", node, "--token-file"])
+            .arg(&token_file)
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--host-root")
+            .arg(root)
+            .env("DROVER_LOG", "debug")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the agent starts")
+    };
+    // An undeclared node is refused with the reason, and the agent exits 77.
+    let refused = agent("w2", &work.path().join("w2"), work.path()).wait_with_output();
+    let out = tokio::time::timeout(Duration::from_secs(60), refused)
+        .await
+        .expect("an undeclared node's agent exits instead of retrying")
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(stderr.contains("is not declared in cluster"), "{stderr}");
+    assert!(!stderr.contains(token.expose()));
+
+    let root = work.path().join("w1-root");
+    let child = agent("w1", &work.path().join("w1"), &root);
+    fleet
+        .converged("w1", &specs["w1"], Duration::from_secs(120))
+        .await;
+    let pid = child.id().expect("a pid").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the agent stops on SIGTERM")
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("stopping"), "{stderr}");
+    eventually(
+        "the server to see the agent go",
+        Duration::from_secs(30),
+        || async {
+            if fleet.report("w1").connected {
+                Err("still connected")
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    for output in [&stdout, &stderr] {
+        assert!(!output.contains(token.expose()), "the token leaked");
+        assert!(!output.contains("PRIVATE KEY"), "a key leaked");
+    }
+}

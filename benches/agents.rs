@@ -9,10 +9,12 @@
 //!   and at its peak;
 //! - the time to connect every agent (TLS with client certificates, hello, welcome);
 //! - per round: the time from a new desired state (every node's plan changed) until the
-//!   server has every agent's acknowledgement of the new generation.
+//!   server has every agent's acknowledgement of the new generation;
+//! - then `DROVER_BENCH_JOINS` (default 100) more nodes joining through the real join path
+//!   (token, signing request, credential) while the others stay connected.
 //!
-//! The agents' credentials are issued up front with the daemon's CA, as joins would have
-//! left them, so the figures are of sessions and plan delivery, not of joining.
+//! The connected agents' credentials are issued up front with the daemon's CA, as joins would
+//! have left them, so the first figures are of sessions and plan delivery.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -21,9 +23,10 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use drover::agent::credential::DataDir;
 use drover::agent::session::{recv, send, Dial, Socket};
-use drover::join::{Bindings, BINDINGS};
-use drover::model::{load_sources, SourceFile};
+use drover::join::{create_token, Bindings, BINDINGS};
+use drover::model::{load_sources, ClusterName};
 use drover::pki::{DaemonCa, Identity, NodeKey};
 use drover::plan::container::{desired_nodes, NodeSpec};
 use drover::protocol::{plan_checksum, AgentMessage, ServerMessage, StepReport, PROTOCOL_VERSION};
@@ -40,30 +43,26 @@ const DIAL_CONCURRENCY: usize = 200;
 /// Where the server listens: loopback, away from 127.0.0.1 where test services live.
 const LISTEN: &str = "127.77.0.1:0";
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "support/synthetic.rs"]
+mod synthetic;
+
+use synthetic::{env, memory_kib, repo, Versions};
 
 fn main() {
-    // `cargo bench` passes `--bench`; the child is started with `--serve`.
+    // `cargo bench` passes `--bench`; the child is started with
+    // `--serve STATE_DIR DECLARED CONNECTED`.
     let args: Vec<String> = std::env::args().collect();
     let agents = env("DROVER_BENCH_AGENTS", 10_000);
-    raise_fd_limit(agents);
+    let joins = env("DROVER_BENCH_JOINS", 100);
+    raise_fd_limit(agents + joins);
     if let Some(i) = args.iter().position(|a| a == "--serve") {
-        let state = args.get(i + 1).expect("--serve STATE_DIR");
-        let agents: usize = args
-            .get(i + 2)
-            .and_then(|a| a.parse().ok())
-            .expect("--serve STATE_DIR AGENTS");
-        return serve(state, agents);
+        let usage = "--serve STATE_DIR DECLARED CONNECTED";
+        let state = args.get(i + 1).expect(usage);
+        let number =
+            |k: usize| -> usize { args.get(i + k).and_then(|a| a.parse().ok()).expect(usage) };
+        return serve(state, number(2), number(3));
     }
-    drive(
-        env("DROVER_BENCH_AGENTS", 10_000),
-        env("DROVER_BENCH_ROUNDS", 5),
-    );
+    drive(agents, joins, env("DROVER_BENCH_ROUNDS", 5));
 }
 
 fn raise_fd_limit(agents: usize) {
@@ -75,55 +74,19 @@ fn raise_fd_limit(agents: usize) {
     );
 }
 
-/// The desired state of `agents` nodes, in clusters of `NODES_PER_CLUSTER`: three etcd and
-/// control-plane nodes each, the rest workers; `round` is in every component's environment,
-/// so each round changes every node's plan.
+/// The desired state of `agents` nodes in clusters of `NODES_PER_CLUSTER`. Every node's plan
+/// is different in each `round`.
 fn desired(agents: usize, round: usize) -> BTreeMap<String, BTreeMap<String, NodeSpec>> {
-    let mut files = Vec::new();
-    for c in 0..agents.div_ceil(NODES_PER_CLUSTER) {
-        let nodes = NODES_PER_CLUSTER.min(agents - c * NODES_PER_CLUSTER);
-        let mut s = format!(
-            "apiVersion: drover.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: c{c}}}\nspec:\n  nodes:\n"
-        );
-        for n in 0..nodes {
-            let roles = if n < 3 {
-                "[etcd, controlplane]"
-            } else {
-                "[worker]"
-            };
-            s.push_str(&format!(
-                "    - {{name: n{n}, address: 127.1.{}.{}, roles: {roles}}}\n",
-                n / 250,
-                n % 250 + 1
-            ));
-        }
-        s.push_str(&format!(
-            "  etcd: {{image: 'drover-test/etcd:3.4.23'}}\n  components:\n    controlplane:\n      - name: api\n        image: drover-test/busybox:1\n        command: [httpd, -f, -p, '{{{{ node.address }}}}:8080']\n        env: {{ROUND: '{round}'}}\n        health: {{http: 'http://{{{{ node.address }}}}:8080/'}}\n    worker:\n      - name: worker-agent\n        image: drover-test/busybox:1\n        command: [sleep, infinity]\n        env: {{ROUND: '{round}', NODE: '{{{{ node.name }}}}'}}\n"
-        ));
-        files.push(SourceFile {
-            path: format!("clusters/c{c}.yaml"),
-            bytes: s.into_bytes(),
-        });
-    }
-    let repo = load_sources(files, Vec::new());
+    let versions = Versions {
+        app: round,
+        apiserver: round,
+    };
+    let repo = load_sources(repo(agents, NODES_PER_CLUSTER, |_| versions), Vec::new());
     assert!(!repo.has_errors(), "{}", repo.render_diagnostics());
     repo.clusters
         .iter()
         .map(|c| (c.name.to_string(), desired_nodes(c)))
         .collect()
-}
-
-/// Resident and peak resident memory of this process, in KiB.
-fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 fn mib(kib: u64) -> String {
@@ -135,7 +98,7 @@ fn mib(kib: u64) -> String {
 /// The server side: listens, then answers the driver's lines on stdin.
 /// `wait N GEN`: wait until N agents are connected and acknowledged generation GEN;
 /// `round R`: set the desired state of round R and time until every agent acknowledged it.
-fn serve(state: &str, agents: usize) {
+fn serve(state: &str, declared: usize, agents: usize) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,9 +111,9 @@ fn serve(state: &str, agents: usize) {
             .await
             .expect("the agent server starts");
         let hub = server.hub().clone();
-        hub.set_desired(&desired(agents, 0))
+        hub.set_desired(&desired(declared, 0))
             .expect("the desired state is set");
-        let (rss, _) = memory();
+        let (rss, _) = memory_kib();
         println!("ready {} {} {rss}", server.local_addr(), server.ca_pin());
         let mut stdin = BufReader::new(std::io::stdin());
         let mut line = String::new();
@@ -164,18 +127,18 @@ fn serve(state: &str, agents: usize) {
                     let generation: u64 = generation.parse().expect("a generation");
                     let started = Instant::now();
                     acknowledged(&hub, agents, generation).await;
-                    let (rss, peak) = memory();
+                    let (rss, peak) = memory_kib();
                     println!("done {} {rss} {peak}", started.elapsed().as_micros());
                 }
                 ["round", round] => {
                     let round: usize = round.parse().expect("a round");
                     // Built before the clock starts: Git and the planner deliver it.
-                    let next = desired(agents, round);
+                    let next = desired(declared, round);
                     let started = Instant::now();
                     hub.set_desired(&next).expect("the desired state is set");
                     let set = started.elapsed();
                     acknowledged(&hub, agents, round as u64 + 1).await;
-                    let (rss, peak) = memory();
+                    let (rss, peak) = memory_kib();
                     println!(
                         "done {} {rss} {peak} {}",
                         started.elapsed().as_micros(),
@@ -238,12 +201,17 @@ impl Drop for ServerChild {
     }
 }
 
-fn drive(agents: usize, rounds: usize) {
-    println!("agent server benchmark: {agents} agents, {rounds} rounds");
+fn drive(agents: usize, joins: usize, rounds: usize) {
+    println!("agent server benchmark: {agents} agents, {rounds} rounds, then {joins} joins");
     let state_dir = tempfile::tempdir().expect("a state directory");
     let state = StateDir::new(state_dir.path());
     let started = Instant::now();
-    let identities = credentials(&state, agents);
+    let mut nodes: Vec<(String, String)> = desired(agents + joins, 0)
+        .into_iter()
+        .flat_map(|(c, nodes)| nodes.into_keys().map(move |n| (c.clone(), n)))
+        .collect();
+    let joiners = nodes.split_off(agents);
+    let identities = credentials(&state, nodes);
     println!(
         "issued {agents} node credentials in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -253,6 +221,7 @@ fn drive(agents: usize, rounds: usize) {
     let mut child = Command::new(exe)
         .arg("--serve")
         .arg(state_dir.path())
+        .arg((agents + joins).to_string())
         .arg(agents.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -350,28 +319,76 @@ fn drive(agents: usize, rounds: usize) {
                 mib(peak)
             );
         }
+        if joins > 0 {
+            let started = Instant::now();
+            join_all(&dial, &state, joiners).await;
+            let took = started.elapsed();
+            println!(
+                "{joins} new nodes joined (token, signing request, credential) in {:.2} s ({:.0} per second) with {agents} nodes bound and connected",
+                took.as_secs_f64(),
+                joins as f64 / took.as_secs_f64()
+            );
+        }
         drop(server);
         tasks.abort_all();
     });
 }
 
+/// Joins `nodes` through the daemon, `DIAL_CONCURRENCY` at a time, with one reusable token
+/// per cluster.
+async fn join_all(dial: &Dial, state: &StateDir, nodes: Vec<(String, String)>) {
+    let mut tokens = BTreeMap::new();
+    for (cluster, _) in &nodes {
+        tokens.entry(cluster.clone()).or_insert_with(|| {
+            let name = ClusterName::parse(cluster).expect("a cluster name");
+            create_token(
+                state,
+                &name,
+                Duration::from_secs(3600),
+                false,
+                SystemTime::now(),
+            )
+            .expect("a token")
+            .0
+        });
+    }
+    let dirs = tempfile::tempdir().expect("agents' data directories");
+    let dials = Arc::new(Semaphore::new(DIAL_CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (cluster, node) in nodes {
+        let (dial, dials) = (dial.clone(), dials.clone());
+        let token = tokens[&cluster].clone();
+        let data = DataDir::new(StateDir::new(dirs.path().join(format!("{cluster}-{node}"))));
+        tasks.spawn(async move {
+            let _permit = dials.acquire_owned().await.expect("the semaphore stays");
+            drover::agent::session::join(&dial, &data, &node, &token)
+                .await
+                .unwrap_or_else(|e| panic!("{cluster}/{node} cannot join: {e}"));
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("a join task");
+    }
+}
+
 /// One credential per node, bound in the daemon's state as joins would have left them.
-fn credentials(state: &StateDir, agents: usize) -> Vec<((String, String), Identity)> {
+fn credentials(
+    state: &StateDir,
+    nodes: Vec<(String, String)>,
+) -> Vec<((String, String), Identity)> {
     let ca = DaemonCa::ensure(state).expect("the daemon CA");
     let now = SystemTime::now();
     let mut bindings = Bindings::default();
-    let mut out = Vec::with_capacity(agents);
-    for (cluster, nodes) in desired(agents, 0) {
-        for node in nodes.keys() {
-            let key = NodeKey::generate().expect("a key");
-            let csr = key.csr_pem(node).expect("a CSR");
-            let issued = ca
-                .issue_node(&csr, &cluster, node, now)
-                .expect("a certificate");
-            bindings.bind(&cluster, node, &issued.key_pin);
-            let identity = key.identity(&issued.cert_pem).expect("an identity");
-            out.push(((cluster.clone(), node.clone()), identity));
-        }
+    let mut out = Vec::with_capacity(nodes.len());
+    for (cluster, node) in nodes {
+        let key = NodeKey::generate().expect("a key");
+        let csr = key.csr_pem(&node).expect("a CSR");
+        let issued = ca
+            .issue_node(&csr, &cluster, &node, now)
+            .expect("a certificate");
+        bindings.bind(&cluster, &node, &issued.key_pin);
+        let identity = key.identity(&issued.cert_pem).expect("an identity");
+        out.push(((cluster, node), identity));
     }
     state
         .save(BINDINGS, &bindings)

@@ -14,71 +14,18 @@ use std::time::{Instant, SystemTime};
 use drover::model::{load_sources, Repository, SourceFile};
 use drover::plan::{as_if_running, plan, Desired, Observed, Planner};
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "support/synthetic.rs"]
+mod synthetic;
 
-/// One cluster: three etcd + control-plane nodes, the rest workers, three templated components.
-fn cluster_yaml(c: usize, nodes: usize, app_version: u32) -> String {
-    let mut s = format!(
-        "apiVersion: drover.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: c{c}}}\nspec:\n  nodes:\n"
-    );
-    for n in 0..nodes {
-        let roles = if n < 3 {
-            "[etcd, controlplane]"
-        } else {
-            "[worker]"
-        };
-        s.push_str(&format!(
-            "    - {{name: n{n}, address: 127.1.{}.{}, roles: {roles}, labels: {{zone: z{}}}}}\n",
-            n / 250,
-            n % 250 + 1,
-            n % 3
-        ));
-    }
-    s.push_str(&format!(
-        "  etcd: {{image: 'registry.example/etcd:3.5.16', extraArgs: {{election-timeout: '5000'}}, snapshots: {{every: 6h, store: backups, retention: {{last: 6, daily: 7}}}}}}
-  components:
-    controlplane:
-      - name: apiserver
-        image: registry.example/kube-apiserver:v1.31.4
-        args:
-          - --advertise-address={{{{ node.internalAddress }}}}
-          - --etcd-servers={{% for m in cluster.etcd %}}https://{{{{ m.address }}}}:2379{{% if not loop.last %}},{{% endif %}}{{% endfor %}}
-        health: {{http: 'https://{{{{ node.address }}}}:6443/healthz'}}
-    worker:
-      - name: kubelet
-        image: registry.example/kubelet:v1.31.4
-        args: ['--hostname-override={{{{ node.name }}}}', '--node-ip={{{{ node.internalAddress }}}}']
-        files: [{{path: /etc/kubelet.conf, content: 'node: {{{{ node.name }}}}\\nzone: {{{{ node.labels.zone }}}}\\n', mode: '0600'}}]
-      - name: app
-        image: registry.example/app:{app_version}
-        env: {{NODE: '{{{{ node.name }}}}'}}
-  rollout: {{maxUnavailable: {{worker: '25%'}}}}
-"
-    ));
-    s
-}
+use synthetic::{cluster_yaml, env, memory_kib, repo, Versions};
 
-fn repo(clusters: usize, nodes: usize, changed: Option<usize>) -> Vec<SourceFile> {
-    (0..clusters)
-        .map(|c| SourceFile {
-            path: format!("clusters/c{c}.yaml"),
-            bytes: cluster_yaml(c, nodes, if changed == Some(c) { 2 } else { 1 }).into_bytes(),
-        })
-        .collect()
-}
+const V1: Versions = Versions {
+    app: 1,
+    apiserver: 1,
+};
 
 fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    memory_kib().1 as f64 / 1024.0
 }
 
 fn timed<T>(label: &str, f: impl FnOnce() -> T) -> T {
@@ -99,7 +46,7 @@ fn main() {
         "planner: {clusters} clusters x {nodes} nodes = {} nodes",
         clusters * nodes
     );
-    let files = repo(clusters, nodes, None);
+    let files = repo(clusters * nodes, nodes, |_| V1);
     let loaded: Repository = timed("load (parse and check every cluster file)", || {
         load_sources(files, Vec::new())
     });
@@ -139,7 +86,7 @@ fn main() {
     let changed = clusters / 2;
     let one = SourceFile {
         path: format!("clusters/c{changed}.yaml"),
-        bytes: cluster_yaml(changed, nodes, 2).into_bytes(),
+        bytes: cluster_yaml(changed, nodes, Versions { app: 2, ..V1 }).into_bytes(),
     };
     let reloaded = load_sources(vec![one], Vec::new());
     let mut clusters_now: Vec<_> = loaded.clusters.iter().collect();

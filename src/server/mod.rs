@@ -4,8 +4,10 @@
 //! - `hub`: declared nodes, their plans and generations, live sessions, agents' reports.
 //! - `session`: one agent's session: join or hello, then plans, heartbeats, reports, renewal.
 //!
-//! TLS handshakes run at most `Settings::max_handshakes` at a time and each is bounded in time,
-//! so a flood of slow clients cannot starve established sessions.
+//! TLS handshakes run at most `Settings::max_handshakes` at a time. The handshake and then the
+//! request head are each bounded by `Settings::handshake_timeout`, so a flood of slow or silent
+//! clients can neither starve established sessions nor hold connections open. Connections and
+//! WebSocket sessions share one task tracker, which `AgentServer::shutdown` waits for.
 
 pub mod hub;
 pub mod session;
@@ -18,7 +20,7 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -45,6 +47,7 @@ pub struct Settings {
     /// What `RetryAfter` asks of agents while the desired state is not read yet.
     pub retry_after: Duration,
     pub max_handshakes: usize,
+    /// How long a client has for its TLS handshake, and then for its request head.
     pub handshake_timeout: Duration,
 }
 
@@ -122,7 +125,6 @@ impl AgentServer {
             shutdown: shutdown.clone(),
             sessions: sessions.clone(),
         });
-        let sessions = tokio_util::task::TaskTracker::new();
         let router = Router::new()
             .route("/v1/agent", get(upgrade))
             .with_state(cx.clone());
@@ -228,6 +230,8 @@ async fn accept_loop(
             let peer = Peer::from_certificates(addr, stream.get_ref().1.peer_certificates());
             let service = TowerToHyperService::new(router.layer(Extension(peer)));
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::select! {

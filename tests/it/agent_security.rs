@@ -2,8 +2,8 @@
 //! nothing it should not, and leaks nothing. Wrong, malformed, expired and reused tokens; an
 //! undeclared node; a node bound to another key until `drover node reset`; a credential
 //! speaking for another node; no credential at all; a credential revoked when its node leaves
-//! Git; a daemon CA that does not match the pin. The captured logs are searched for every
-//! token and private key the tests used.
+//! Git; a daemon CA that does not match the pin; clients that connect and stay silent. The
+//! captured logs are searched for every token and private key the tests used.
 
 use std::time::{Duration, SystemTime};
 
@@ -280,4 +280,39 @@ async fn agents_are_told_to_retry_until_the_daemon_has_read_git() {
         Err(e @ SessionError::RetryAfter { .. }) => assert!(e.is_transient()),
         other => panic!("expected retry-after, got {:?}", other.map(|c| c.node)),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stay_silent_are_disconnected() {
+    use tokio::io::AsyncReadExt as _;
+    let fleet = Fleet::start_configured("silent", NODES, |s| {
+        s.handshake_timeout = Duration::from_millis(500);
+    })
+    .await;
+    fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
+    let dial = Dial::new(&fleet.url(), &fleet.pin()).unwrap();
+    let addr = fleet.url().trim_start_matches("wss://").to_string();
+    let closed = |what: &'static str| {
+        move |read: std::io::Result<usize>| match read {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("{what}: the server sent {n} bytes instead of closing"),
+        }
+    };
+    let mut buf = [0u8; 64];
+    // No TLS handshake at all.
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("a client that never starts TLS is dropped");
+    closed("silent TCP")(read);
+    // TLS, then no HTTP request.
+    let mut tls = dial.tls(None).await.expect("TLS with the pinned CA");
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .expect("a client that never sends its request is dropped");
+    closed("silent TLS")(read);
+    // The server still serves agents that speak.
+    let token = fleet.token(true, HOUR);
+    let (outcome, _d) = join_as(&fleet, "n1", &token, &fleet.pin()).await;
+    outcome.expect("a prompt agent joins");
 }

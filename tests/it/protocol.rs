@@ -22,10 +22,10 @@ fn a_node_plan() -> drover::plan::container::NodeSpec {
     desired_nodes(&repo.clusters[0]).remove("node-1").unwrap()
 }
 
-#[test]
-fn every_message_survives_a_round_trip() {
+/// One of every server message, with real content.
+fn server_messages() -> Vec<ServerMessage> {
     let spec = a_node_plan();
-    let server = [
+    vec![
         ServerMessage::Welcome {
             protocol: PROTOCOL_VERSION,
             heartbeat_interval_ms: 5000,
@@ -67,11 +67,12 @@ fn every_message_survives_a_round_trip() {
                 node: "intruder".into(),
             },
         },
-    ];
-    for m in server {
-        let text = encode(&m).unwrap();
-        assert_eq!(decode::<ServerMessage>(&text).unwrap(), m, "{text}");
-    }
+    ]
+}
+
+/// One of every agent message, with real content.
+fn agent_messages() -> Vec<AgentMessage> {
+    let spec = a_node_plan();
     let containers = BTreeMap::from([(
         "api".to_string(),
         ContainerState {
@@ -81,7 +82,7 @@ fn every_message_survives_a_round_trip() {
             reason: Some("HTTP 503".into()),
         },
     )]);
-    let agent = [
+    vec![
         AgentMessage::Hello {
             protocol: 1,
             cluster: "dev".into(),
@@ -112,8 +113,16 @@ fn every_message_survives_a_round_trip() {
             }],
         },
         AgentMessage::Observed { containers },
-    ];
-    for m in agent {
+    ]
+}
+
+#[test]
+fn every_message_survives_a_round_trip() {
+    for m in server_messages() {
+        let text = encode(&m).unwrap();
+        assert_eq!(decode::<ServerMessage>(&text).unwrap(), m, "{text}");
+    }
+    for m in agent_messages() {
         let text = encode(&m).unwrap();
         assert_eq!(decode::<AgentMessage>(&text).unwrap(), m, "{text}");
     }
@@ -184,10 +193,67 @@ fn the_plan_checksum_follows_the_content() {
     assert!(plan_checksum(&spec).starts_with("sha256:"));
 }
 
+/// Every message's wire form, the seeds of the mutation property.
+fn wire_forms() -> Vec<String> {
+    let server = server_messages().into_iter().map(|m| encode(&m).unwrap());
+    let agent = agent_messages().into_iter().map(|m| encode(&m).unwrap());
+    server.chain(agent).collect()
+}
+
+/// An edit of a frame: at a position (a fraction of its length), delete some bytes and insert
+/// JSON-significant text.
+fn frame_edit() -> impl Strategy<Value = (f64, usize, String)> {
+    let token = prop_oneof![
+        Just(String::new()),
+        Just("{".to_string()),
+        Just("}".to_string()),
+        Just("\"".to_string()),
+        Just(",".to_string()),
+        Just(":".to_string()),
+        Just("null".to_string()),
+        Just("-1".to_string()),
+        Just("18446744073709551616".to_string()),
+        Just("\"type\":\"plan\"".to_string()),
+        Just("\"extra\":1".to_string()),
+        Just("\\u0000".to_string()),
+        Just("[[[[[[[[[[".to_string()),
+        ".{0,8}",
+    ];
+    (0.0..1.0f64, 0usize..16, token)
+}
+
+fn mutate(seed: &str, edits: &[(f64, usize, String)]) -> String {
+    let mut text = seed.as_bytes().to_vec();
+    for (at, delete, insert) in edits {
+        let at = ((text.len() as f64) * at) as usize;
+        let end = (at + delete).min(text.len());
+        text.splice(at..end, insert.bytes());
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 proptest! {
     #[test]
     fn decoding_never_panics(text in ".{0,512}") {
         let _ = decode::<AgentMessage>(&text);
         let _ = decode::<ServerMessage>(&text);
+    }
+
+    /// Mutated real frames: decoding never panics, and whatever still decodes is a message
+    /// whose own wire form decodes to it again (nothing half-parsed gets through).
+    #[test]
+    fn mutated_frames_decode_to_whole_messages_or_errors(
+        seed in prop::sample::select(wire_forms()),
+        edits in prop::collection::vec(frame_edit(), 1..4),
+    ) {
+        let text = mutate(&seed, &edits);
+        if let Ok(m) = decode::<AgentMessage>(&text) {
+            let again = encode(&m).unwrap();
+            prop_assert_eq!(decode::<AgentMessage>(&again).unwrap(), m);
+        }
+        if let Ok(m) = decode::<ServerMessage>(&text) {
+            let again = encode(&m).unwrap();
+            prop_assert_eq!(decode::<ServerMessage>(&again).unwrap(), m);
+        }
     }
 }

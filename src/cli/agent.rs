@@ -2,6 +2,9 @@
 //! with one clear message per failure: the CA hash's form, the server URL and node name, the
 //! token file (when there is no credential yet), the daemon reachable, the daemon's CA matching
 //! the pin, and Docker reachable. The token is never printed.
+//!
+//! An unreachable daemon is final only before the first join. An agent that has joined
+//! starts anyway: it applies the plan it saved and dials with backoff until the daemon is back.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -137,6 +140,11 @@ async fn preflight(args: &Args) -> Result<AgentSettings, (Exit, String)> {
                     args.server, args.ca_hash
                 ),
             ));
+        }
+        // A node that joined keeps its containers as planned while the daemon is away (a
+        // node rebooting during a daemon outage): it applies its saved plan and dials on.
+        Err(e) if credential.is_some() => {
+            tracing::warn!(error = %super::error_chain(&e), "the daemon is not reachable yet; applying the saved plan and dialling with backoff");
         }
         Err(e) => {
             return Err((

@@ -235,7 +235,7 @@ async fn the_agent_checks_its_inputs_before_it_dials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_joins_converges_and_stops_on_sigterm() {
     require!(docker::connect().await);
-    let fleet = Fleet::start(
+    let mut fleet = Fleet::start(
         "binary",
         &[("n1", "etcd"), ("w1", "worker"), ("w2", "worker")],
     )
@@ -254,9 +254,10 @@ async fn the_agent_binary_joins_converges_and_stops_on_sigterm() {
     let token_file = work.path().join("token");
     std::fs::write(&token_file, token.expose()).unwrap();
 
+    let (url, pin) = (fleet.url(), fleet.pin());
     let agent = |node: &str, data: &Path, root: &Path| {
         Command::new(BIN)
-            .args(["agent", "--server", &fleet.url(), "--ca-hash", &fleet.pin()])
+            .args(["agent", "--server", &url, "--ca-hash", &pin])
             .args(["--node-name", node, "--token-file"])
             .arg(&token_file)
             .arg("--data-dir")
@@ -286,19 +287,7 @@ async fn the_agent_binary_joins_converges_and_stops_on_sigterm() {
     fleet
         .converged("w1", &specs["w1"], Duration::from_secs(120))
         .await;
-    let pid = child.id().expect("a pid").to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("the agent stops on SIGTERM")
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
+    let (stdout, stderr) = terminate(child).await;
     assert!(stderr.contains("stopping"), "{stderr}");
     eventually(
         "the server to see the agent go",
@@ -312,8 +301,60 @@ async fn the_agent_binary_joins_converges_and_stops_on_sigterm() {
         },
     )
     .await;
-    for output in [&stdout, &stderr] {
+    let mut outputs = vec![stdout, stderr];
+
+    // The daemon goes away and the node restarts: the agent still keeps its containers as
+    // planned, from the plan it saved, while it waits for the daemon.
+    fleet.stop_server().await;
+    let idle = format!("drover.{}.w1.idle", fleet.cluster);
+    let removed = std::process::Command::new("docker")
+        .args(["rm", "-f", &idle])
+        .output()
+        .unwrap();
+    assert!(removed.status.success(), "{removed:?}");
+    let child = agent("w1", &work.path().join("w1"), &root);
+    eventually(
+        "the agent to recreate its container with the daemon down",
+        Duration::from_secs(60),
+        || async {
+            let out = Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Running}}", &idle])
+                .output()
+                .await
+                .unwrap();
+            match String::from_utf8_lossy(&out.stdout).trim() {
+                "true" => Ok(()),
+                other => Err(format!("running: {other:?}")),
+            }
+        },
+    )
+    .await;
+    let (stdout, stderr) = terminate(child).await;
+    assert!(
+        stderr.contains("the daemon is not reachable yet; applying the saved plan"),
+        "{stderr}"
+    );
+    outputs.extend([stdout, stderr]);
+    for output in &outputs {
         assert!(!output.contains(token.expose()), "the token leaked");
         assert!(!output.contains("PRIVATE KEY"), "a key leaked");
     }
+}
+
+/// Stops an agent with SIGTERM; it must exit 0 within 30 s. Returns its stdout and stderr.
+async fn terminate(child: tokio::process::Child) -> (String, String) {
+    let pid = child.id().expect("a pid").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the agent stops on SIGTERM")
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    (stdout, stderr)
 }

@@ -135,10 +135,16 @@ impl Fleet {
 
     /// Stops the server (every session ends) and starts it again on the same address and state.
     pub async fn restart_server(&mut self) {
+        self.stop_server().await;
+        self.start_server().await;
+    }
+
+    /// Stops the server: every session ends and nothing listens on its address. `hub`, `pin`
+    /// and `report` need it running.
+    pub async fn stop_server(&mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
-        self.start_server().await;
     }
 
     pub fn hub(&self) -> &Hub {

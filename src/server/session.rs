@@ -298,7 +298,12 @@ async fn serve(
         tokio::select! {
             changed = plans.changed() => {
                 if changed.is_err() {
-                    return End::Closed("plan channel closed");
+                    // The node left the desired state. The hub sends the reason on the kick
+                    // channel before it drops the plan channel, so the reason is there.
+                    return match kick.try_recv() {
+                        Ok(Kick::Refused(r)) => End::Refused(r),
+                        _ => End::Closed("the node left the desired state"),
+                    };
                 }
                 let frame = plans.borrow_and_update().clone();
                 if let Some(frame) = frame {

@@ -144,6 +144,58 @@ pub fn redeem(
     Ok(outcome)
 }
 
+/// The join tokens the daemon keeps, oldest first (hashes only: a token cannot be recovered).
+pub fn list_tokens(state: &StateDir) -> Result<Vec<TokenRecord>, JoinError> {
+    Ok(state.load(TOKENS)?.unwrap_or_default())
+}
+
+/// Revokes the token with `id` at once: the next join that presents it is refused as unknown.
+/// Returns whether there was such a token.
+pub fn revoke_token(state: &StateDir, id: &str) -> Result<bool, JoinError> {
+    let outcome = state.update(TOKENS, |records: &mut Vec<TokenRecord>| {
+        let before = records.len();
+        records.retain(|r| r.id != id);
+        Ok::<_, std::convert::Infallible>(records.len() != before)
+    })?;
+    let Ok(found) = outcome;
+    Ok(found)
+}
+
+impl TokenRecord {
+    /// Whether a join could still redeem this token at `now`.
+    pub fn status(&self, now: SystemTime) -> TokenStatus {
+        if self.single_use && self.used {
+            TokenStatus::Used
+        } else if self.expires_at <= secs(now) {
+            TokenStatus::Expired
+        } else {
+            TokenStatus::Valid
+        }
+    }
+
+    pub fn expires(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.expires_at)
+    }
+}
+
+/// Whether a stored token can still be redeemed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStatus {
+    Valid,
+    Expired,
+    Used,
+}
+
+impl std::fmt::Display for TokenStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenStatus::Valid => "valid",
+            TokenStatus::Expired => "expired",
+            TokenStatus::Used => "used",
+        })
+    }
+}
+
 /// A node's credential binding: the key its credential is for, a renewed key not yet used,
 /// and why it was revoked, if it was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

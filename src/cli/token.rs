@@ -1,15 +1,17 @@
-//! `drover token create CLUSTER`: a join token and the agent command line that uses it.
+//! `drover token create CLUSTER`: a join token and the agent command line that uses it;
+//! `drover token list` and `drover token revoke ID` for the tokens not yet spent.
 //!
 //! The token is printed once (or written to `--out`, owner-only, never overwriting a file) and
 //! stored by the daemon only as a hash. The command line names a token *file*, so the token
-//! never lands in a process's arguments.
+//! never lands in a process's arguments. A token is listed and revoked by its id, the part
+//! before the dot, which is not secret.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use super::Exit;
-use crate::join::{create_token, JoinError, MAX_TOKEN_TTL};
+use crate::join::{create_token, list_tokens, revoke_token, JoinError, MAX_TOKEN_TTL};
 use crate::model::ClusterName;
 use crate::pki::DaemonCa;
 use crate::state::StateDir;
@@ -24,6 +26,25 @@ pub struct Args {
 enum Command {
     /// Create a join token for CLUSTER and print the agent command line that uses it.
     Create(CreateArgs),
+    /// List the join tokens the daemon keeps: id, cluster, use, expiry and whether it is valid.
+    List(StateArgs),
+    /// Revoke the join token with ID at once (a leaked or no longer needed token).
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StateArgs {
+    /// The daemon's state directory.
+    #[arg(long, default_value = "/var/lib/drover", env = "DROVER_STATE_DIR")]
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct RevokeArgs {
+    /// The token's id: the 8 hex digits before the dot, as `token create` and `token list` show.
+    id: String,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -53,6 +74,67 @@ const TOKEN_FILE_HINT: &str = "/etc/drover/join-token";
 pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
     match &args.command {
         Command::Create(args) => create(args, out),
+        Command::List(args) => list(args, out),
+        Command::Revoke(args) => revoke(args, out),
+    }
+}
+
+fn list(args: &StateArgs, out: &mut dyn Write) -> Exit {
+    let tokens = match list_tokens(&StateDir::new(&args.state_dir)) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}", super::error_chain(&e));
+            return Exit::Io;
+        }
+    };
+    let now = SystemTime::now();
+    let mut text = String::new();
+    if tokens.is_empty() {
+        text.push_str("no join tokens\n");
+    } else {
+        text.push_str(&format!(
+            "{:<8}  {:<20}  {:<10}  {:<20}  STATUS\n",
+            "ID", "CLUSTER", "USE", "EXPIRES"
+        ));
+        for t in &tokens {
+            let usage = if t.single_use { "single" } else { "reusable" };
+            text.push_str(&format!(
+                "{:<8}  {:<20}  {:<10}  {:<20}  {}\n",
+                t.id,
+                t.cluster,
+                usage,
+                humantime::format_rfc3339_seconds(t.expires()).to_string(),
+                t.status(now)
+            ));
+        }
+    }
+    match out.write_all(text.as_bytes()) {
+        Ok(()) => Exit::Ok,
+        Err(_) => Exit::Io,
+    }
+}
+
+fn revoke(args: &RevokeArgs, out: &mut dyn Write) -> Exit {
+    if args.id.len() != 8 || !args.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // Someone pasting the whole token: say what is wanted, and never echo it.
+        eprintln!(
+            "error: a token id is the 8 hex digits before the dot, as `drover token list` shows"
+        );
+        return Exit::Usage;
+    }
+    match revoke_token(&StateDir::new(&args.state.state_dir), &args.id) {
+        Ok(true) => match writeln!(out, "join token {} revoked", args.id) {
+            Ok(()) => Exit::Ok,
+            Err(_) => Exit::Io,
+        },
+        Ok(false) => {
+            eprintln!("error: no join token with id {}", args.id);
+            Exit::Invalid
+        }
+        Err(e) => {
+            eprintln!("error: {}", super::error_chain(&e));
+            Exit::Io
+        }
     }
 }
 

@@ -1,14 +1,20 @@
-//! `drover token create` and `drover agent` as an operator runs them: the token and the full
-//! agent command line with the CA hash; the agent's preflight checks, one clear message and
-//! exit code per failure; the agent binary joining, converging and stopping on SIGTERM. No
-//! output ever contains the token.
+//! `drover token create`, `list`, `revoke` and `drover agent` as an operator runs them: the
+//! token and the full agent command line with the CA hash; listing and revoking by id; the
+//! agent's preflight checks, one clear message and exit code per failure; the agent binary
+//! joining, converging, keeping its containers while the daemon is down, and stopping on
+//! SIGTERM. No output ever contains the token.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use drover::agent::credential::DataDir;
+use drover::agent::session::{self, Dial, SessionError};
+use drover::join::TokenRefusal;
 use drover::pki::DaemonCa;
+use drover::protocol::Refusal;
+use drover::secret::Secret;
 use drover::state::StateDir;
 use tokio::process::Command;
 
@@ -357,4 +363,66 @@ async fn terminate(child: tokio::process::Child) -> (String, String) {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_listed_and_revoked_at_once() {
+    let fleet = Fleet::start("tokens", &[("n1", "etcd"), ("w1", "worker")]).await;
+    fleet.declare(&["n1", "w1"], "    worker: []\n");
+    let dir = fleet.state.path().to_str().unwrap().to_string();
+    let reusable = fleet.token(false, HOUR);
+    let single = fleet.token(true, HOUR);
+    let id = |t: &Secret| t.expose().split_once('.').unwrap().0.to_string();
+    let work = tempfile::tempdir().unwrap();
+    let dial = Dial::new(&fleet.url(), &fleet.pin()).unwrap();
+    let join = |node: &'static str, token: Secret| {
+        let data = DataDir::new(StateDir::new(work.path().join(node)));
+        let dial = dial.clone();
+        async move { session::join(&dial, &data, node, &token).await }
+    };
+    join("n1", single.clone())
+        .await
+        .expect("the single-use token joins");
+
+    let out = drover(&["token", "list", "--state-dir", &dir]).await;
+    let (listed, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let row = |t: &Secret| {
+        listed
+            .lines()
+            .find(|l| l.starts_with(&id(t)))
+            .unwrap_or_else(|| panic!("{} is not listed: {listed}", id(t)))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row(&reusable)[1..3], [fleet.cluster.as_str(), "reusable"]);
+    assert_eq!(row(&reusable)[4], "valid", "{listed}");
+    assert_eq!(row(&single)[2], "single");
+    assert_eq!(row(&single)[4], "used", "{listed}");
+
+    let out = drover(&["token", "revoke", &id(&reusable), "--state-dir", &dir]).await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(text(&out).0.contains("revoked"));
+    match join("w1", reusable.clone()).await {
+        Err(SessionError::Refused(Refusal::Token { problem })) => {
+            assert_eq!(problem, TokenRefusal::Unknown)
+        }
+        other => panic!(
+            "a revoked token must be refused, got {:?}",
+            other.map(|c| c.node)
+        ),
+    }
+    let out = drover(&["token", "list", "--state-dir", &dir]).await;
+    assert!(!text(&out).0.contains(&id(&reusable)), "{:?}", text(&out));
+
+    // Revoking again, or pasting the whole token: clear errors that never echo the secret.
+    let out = drover(&["token", "revoke", &id(&reusable), "--state-dir", &dir]).await;
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    assert!(text(&out).1.contains("no join token with id"));
+    let out = drover(&["token", "revoke", reusable.expose(), "--state-dir", &dir]).await;
+    assert_eq!(out.status.code(), Some(64), "{:?}", text(&out));
+    for output in [text(&out).0, text(&out).1, listed] {
+        assert!(!output.contains(reusable.expose().split_once('.').unwrap().1));
+        assert!(!output.contains(single.expose().split_once('.').unwrap().1));
+    }
 }

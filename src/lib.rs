@@ -3,6 +3,7 @@
 //! node to that description. See ARCHITECTURE.md for the map of this crate.
 
 pub mod agent;
+pub mod api;
 pub mod backoff;
 pub mod cli;
 pub mod config;

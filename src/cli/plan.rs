@@ -1,22 +1,27 @@
 //! `drover plan`: what merging a change would do. The cluster files at the base revision are
 //! treated as running and those at the head revision as desired, both read from Git without a
-//! checkout. Exit 0 when nothing changes, 2 when something does, 1 on invalid files or an unsafe
-//! plan.
+//! checkout. With `--server`, what the daemon's agents report is compared too, and its drift
+//! (what runs, but neither revision wants) shown in a section of its own. Exit 0 when nothing
+//! changes, 2 when something does or drifted, 1 on invalid files or an unsafe plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use super::Exit;
+use crate::api::{NodesDocument, MAX_NODES_DOCUMENT_BYTES, NODES_FORMAT_VERSION, NODES_PATH};
 use crate::config::{self, ConfigError};
 use crate::diagnostic::{DiagnosticJson, Severity};
 use crate::model::load::DEFAULT_CLUSTERS_DIR;
 use crate::model::tree::{read_tree, TreeError};
 use crate::model::{load_sources, Repository, SnapshotId};
+use crate::pki;
+use crate::plan::drift::{self, Drift};
 use crate::plan::{self, as_if_running, render, Desired, Observed, Plan};
+use crate::secret::Secret;
 use crate::snapshot::{self, StoreError};
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +45,16 @@ pub struct Args {
     /// its cluster's store holds.
     #[arg(long, env = "DROVER_CONFIG")]
     daemon_config: Option<PathBuf>,
+    /// The daemon (`https://HOST:PORT`, the address agents dial) whose live state to compare:
+    /// its drift is shown in a section of its own.
+    #[arg(long, env = "DROVER_PLAN_SERVER", requires_all = ["ca_hash", "api_token_file"])]
+    server: Option<String>,
+    /// With --server: the daemon CA's key hash, as `drover token create` prints it.
+    #[arg(long, env = "DROVER_CA_HASH")]
+    ca_hash: Option<String>,
+    /// With --server: a file holding the operator token (`drover token operator`).
+    #[arg(long, env = "DROVER_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -82,6 +97,32 @@ enum PlanError {
     Store(#[from] StoreError),
     #[error("cannot start the runtime that lists snapshot stores")]
     Runtime(#[source] std::io::Error),
+    #[error("--server {0} is not an https:// (or wss://) URL with a host")]
+    ServerUrl(String),
+    #[error("--ca-hash must be `sha256:` and 64 lowercase hex digits, as `drover token create` prints it")]
+    CaHash,
+    #[error("--api-token-file")]
+    TokenFile(#[source] crate::secret::SecretError),
+    #[error("the daemon at {server} presents a CA whose key hash is not the --ca-hash given")]
+    PinMismatch { server: String },
+    #[error("cannot ask the daemon at {server}")]
+    Unreachable {
+        server: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("the daemon at {server} answered {status}: {message}")]
+    Refused {
+        server: String,
+        status: u16,
+        message: String,
+    },
+    #[error("the daemon's nodes document is over {limit} bytes")]
+    DocumentTooLarge { limit: usize },
+    #[error("the daemon's nodes document is not valid")]
+    Document(#[source] serde_json::Error),
+    #[error("the daemon's nodes document has format version {0}; this drover reads version {NODES_FORMAT_VERSION}")]
+    DocumentVersion(u32),
 }
 
 impl PlanError {
@@ -89,7 +130,12 @@ impl PlanError {
         match self {
             PlanError::Tree(TreeError::Git { .. })
             | PlanError::Store(_)
-            | PlanError::Runtime(_) => Exit::Io,
+            | PlanError::Runtime(_)
+            | PlanError::DocumentTooLarge { .. }
+            | PlanError::Document(_)
+            | PlanError::DocumentVersion(_) => Exit::Io,
+            PlanError::Unreachable { .. } => Exit::Unavailable,
+            PlanError::PinMismatch { .. } | PlanError::Refused { .. } => Exit::Refused,
             _ => Exit::Usage,
         }
     }
@@ -107,9 +153,13 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
             Some(path) => Some(known_snapshots(path, &head.repo)?),
             None => None,
         };
-        Ok((base, head, label, known))
+        let running = match &args.server {
+            Some(server) => Some(fetch_nodes(server, args)?),
+            None => None,
+        };
+        Ok((base, head, label, known, running))
     });
-    let (base, head, base_label, known_snapshots) = match loaded {
+    let (base, head, base_label, known_snapshots, running) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {}", super::error_chain(&e));
@@ -144,17 +194,23 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
             .collect(),
     };
     let plan = plan::plan(&desired, &observed, SystemTime::now());
+    let drift = running.map(|(server, nodes)| {
+        let base: Vec<_> = base.repo.clusters.iter().collect();
+        let drift = drift::drift(&base, &desired.clusters, &nodes);
+        (server, drift)
+    });
+    let drift = drift.as_ref().map(|(s, d)| (s.as_str(), d));
     let written = match args.format {
-        Format::Text => write_text(out, &base, &head, &base_label, &plan),
-        Format::Markdown => write_markdown(out, &base, &head, &plan),
-        Format::Json => write_json(out, &base, &head, &plan),
+        Format::Text => write_text(out, &base, &head, &base_label, &plan, drift),
+        Format::Markdown => write_markdown(out, &base, &head, &plan, drift),
+        Format::Json => write_json(out, &base, &head, &plan, drift),
     };
     if written.is_err() {
         return Exit::Io;
     }
     if head.repo.has_errors() || plan.has_errors() {
         Exit::Invalid
-    } else if plan.has_changes() {
+    } else if plan.has_changes() || drift.is_some_and(|(_, d)| !d.is_empty()) {
         Exit::Changes
     } else {
         Exit::Ok
@@ -238,6 +294,93 @@ fn known_snapshots(
     Ok(known)
 }
 
+/// The daemon's nodes document, and the URL it came from.
+fn fetch_nodes(server: &str, args: &Args) -> Result<(String, NodesDocument), PlanError> {
+    let mut url = url::Url::parse(server).map_err(|_| PlanError::ServerUrl(server.into()))?;
+    if url.scheme() == "wss" {
+        url.set_scheme("https")
+            .map_err(|()| PlanError::ServerUrl(server.into()))?;
+    }
+    if url.scheme() != "https" || url.host_str().is_none() {
+        return Err(PlanError::ServerUrl(server.into()));
+    }
+    url.set_path(NODES_PATH);
+    let pin = args.ca_hash.as_deref().unwrap_or_default();
+    if !pki::is_pin(pin) {
+        return Err(PlanError::CaHash);
+    }
+    let token_file = args.api_token_file.as_deref().unwrap_or(Path::new(""));
+    let token = Secret::from_file(token_file).map_err(PlanError::TokenFile)?;
+    let tls = pki::agent_config(pin, None).map_err(|_| PlanError::CaHash)?;
+    let shown = url.to_string();
+    let unreachable = |source: reqwest::Error| {
+        if crate::error_chain(&source).contains(pki::PIN_MISMATCH) {
+            PlanError::PinMismatch {
+                server: shown.clone(),
+            }
+        } else {
+            PlanError::Unreachable {
+                server: shown.clone(),
+                source,
+            }
+        }
+    };
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .timeout(SERVER_TIMEOUT)
+        .build()
+        .map_err(&unreachable)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(PlanError::Runtime)?;
+    let body = runtime.block_on(async {
+        let mut response = client
+            .get(url.clone())
+            .bearer_auth(token.expose())
+            .send()
+            .await
+            .map_err(&unreachable)?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(&unreachable)? {
+            if body.len() + chunk.len() > MAX_NODES_DOCUMENT_BYTES {
+                return Err(PlanError::DocumentTooLarge {
+                    limit: MAX_NODES_DOCUMENT_BYTES,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
+            return Err(PlanError::Refused {
+                server: shown.clone(),
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Ok(body)
+    })?;
+    // The version first, so a newer daemon's document gets a clear error, not a parse error.
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Version {
+        format_version: u32,
+    }
+    let version: Version = serde_json::from_slice(&body).map_err(PlanError::Document)?;
+    if version.format_version != NODES_FORMAT_VERSION {
+        return Err(PlanError::DocumentVersion(version.format_version));
+    }
+    let nodes = serde_json::from_slice(&body).map_err(PlanError::Document)?;
+    Ok((url.origin().ascii_serialization(), nodes))
+}
+
+/// How long `--server` may take to answer.
+const SERVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The branch pull requests merge into: origin's HEAD, else `main`, else `master`.
 fn default_branch(repo: &git2::Repository) -> Option<String> {
     if let Ok(r) = repo.find_reference("refs/remotes/origin/HEAD") {
@@ -261,6 +404,7 @@ fn write_text(
     head: &Side,
     label: &str,
     plan: &Plan,
+    drift: Option<(&str, &Drift)>,
 ) -> std::io::Result<()> {
     writeln!(
         out,
@@ -278,7 +422,11 @@ fn write_text(
     if !diagnostics.is_empty() {
         writeln!(out, "{diagnostics}")?;
     }
-    write!(out, "{}", render::text(plan))
+    write!(out, "{}", render::text(plan))?;
+    if let Some((server, drift)) = drift {
+        write!(out, "{}", render::drift_text(server, drift))?;
+    }
+    Ok(())
 }
 
 fn write_markdown(
@@ -286,6 +434,7 @@ fn write_markdown(
     base: &Side,
     head: &Side,
     plan: &Plan,
+    drift: Option<(&str, &Drift)>,
 ) -> std::io::Result<()> {
     let body = render::markdown(plan);
     let (title, rest) = body.split_once('\n').unwrap_or((&body, ""));
@@ -299,7 +448,11 @@ fn write_markdown(
         write!(out, "{}", head.repo.render_diagnostics())?;
         writeln!(out, "```")?;
     }
-    write!(out, "{rest}")
+    write!(out, "{rest}")?;
+    if let Some((server, drift)) = drift {
+        write!(out, "{}", render::drift_markdown(server, drift))?;
+    }
+    Ok(())
 }
 
 /// The `--format json` document.
@@ -312,9 +465,26 @@ struct Report<'a> {
     valid: bool,
     diagnostics: Vec<DiagnosticJson<'a>>,
     plan: &'a Plan,
+    /// With `--server` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drift: Option<DriftJson<'a>>,
 }
 
-fn write_json(out: &mut dyn Write, base: &Side, head: &Side, plan: &Plan) -> std::io::Result<()> {
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DriftJson<'a> {
+    server: &'a str,
+    #[serde(flatten)]
+    drift: &'a Drift,
+}
+
+fn write_json(
+    out: &mut dyn Write,
+    base: &Side,
+    head: &Side,
+    plan: &Plan,
+    drift: Option<(&str, &Drift)>,
+) -> std::io::Result<()> {
     let report = Report {
         format_version: plan::PLAN_FORMAT_VERSION,
         base: base.commit.to_string(),
@@ -327,6 +497,7 @@ fn write_json(out: &mut dyn Write, base: &Side, head: &Side, plan: &Plan) -> std
             .map(DiagnosticJson::from)
             .collect(),
         plan,
+        drift: drift.map(|(server, drift)| DriftJson { server, drift }),
     };
     serde_json::to_writer_pretty(&mut *out, &report)?;
     writeln!(out)

@@ -1,5 +1,6 @@
 //! `drover token create CLUSTER`: a join token and the agent command line that uses it;
-//! `drover token list` and `drover token revoke ID` for the tokens not yet spent.
+//! `drover token list` and `drover token revoke ID` for the tokens not yet spent;
+//! `drover token operator` for the operator API (`drover plan --server`).
 //!
 //! The token is printed once (or written to `--out`, owner-only, never overwriting a file) and
 //! stored by the daemon only as a hash. The command line names a token *file*, so the token
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use super::Exit;
+use crate::api::create_operator_token;
 use crate::join::{create_token, list_tokens, revoke_token, JoinError, MAX_TOKEN_TTL};
 use crate::model::ClusterName;
 use crate::pki::DaemonCa;
@@ -30,6 +32,18 @@ enum Command {
     List(StateArgs),
     /// Revoke the join token with ID at once (a leaked or no longer needed token).
     Revoke(RevokeArgs),
+    /// Make the operator token that `drover plan --server` presents; the previous one stops
+    /// working.
+    Operator(OperatorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct OperatorArgs {
+    /// Write the token to this new file (mode 0600) instead of printing it.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +90,47 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
         Command::Create(args) => create(args, out),
         Command::List(args) => list(args, out),
         Command::Revoke(args) => revoke(args, out),
+        Command::Operator(args) => operator(args, out),
+    }
+}
+
+fn operator(args: &OperatorArgs, out: &mut dyn Write) -> Exit {
+    if let Some(path) = &args.out {
+        // Refuse before the old token is replaced.
+        if path.exists() {
+            eprintln!(
+                "error: {} exists; the token goes in a new file",
+                path.display()
+            );
+            return Exit::Io;
+        }
+    }
+    let token = match create_operator_token(&StateDir::new(&args.state.state_dir)) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}", super::error_chain(&e));
+            return Exit::Io;
+        }
+    };
+    let text = match &args.out {
+        Some(path) => {
+            if let Err(e) = write_new_private(path, token.expose()) {
+                eprintln!("error: cannot write the token to {}: {e}", path.display());
+                return Exit::Io;
+            }
+            format!(
+                "The operator token is in {} (mode 0600); any previous one no longer works.\nGive it to `drover plan --server` with --api-token-file.\n",
+                path.display()
+            )
+        }
+        None => format!(
+            "Operator token (any previous one no longer works):\n\n    {}\n\nSave it to a file readable by you only and give it to `drover plan --server` with --api-token-file.\n",
+            token.expose()
+        ),
+    };
+    match out.write_all(text.as_bytes()) {
+        Ok(()) => Exit::Ok,
+        Err(_) => Exit::Io,
     }
 }
 

@@ -9,6 +9,7 @@
 //! which serve nothing yet, go in one batch); decommissioned nodes last; the snapshot policy.
 
 pub mod container;
+pub mod drift;
 mod etcd;
 pub mod observed;
 pub mod render;

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use super::drift::{self, Drift};
 use super::{ClusterPlan, Gate, InitialState, Phase, PhaseKind, Plan, Step};
 
 /// One step as a line: the node it concerns (if any) and what happens.
@@ -283,5 +284,47 @@ pub fn markdown(plan: &Plan) -> String {
         short(&plan.digest),
         plan.digest
     );
+    out
+}
+
+/// The drift section of `drover plan --server`, as text.
+pub fn drift_text(server: &str, drift: &Drift) -> String {
+    let mut out = format!(
+        "drift at {server}: {} of {} nodes in sync with Git\n",
+        drift.in_sync, drift.nodes
+    );
+    if drift.is_empty() {
+        out.push_str("  no drift: what runs is what the base or head revision defines\n");
+    }
+    let mut cluster = None;
+    for item in &drift.items {
+        if cluster != Some(&item.cluster) {
+            out.push_str(&format!("  cluster {}\n", item.cluster));
+            cluster = Some(&item.cluster);
+        }
+        out.push_str(&format!("  - {}: {}\n", item.node, drift::describe(item)));
+    }
+    out
+}
+
+/// The drift section of `drover plan --server`, for a pull-request comment.
+pub fn drift_markdown(server: &str, drift: &Drift) -> String {
+    let mut out = format!(
+        "\n### Drift\n\n`{server}`: {} of {} nodes in sync with Git.\n",
+        drift.in_sync, drift.nodes
+    );
+    if drift.is_empty() {
+        out.push_str("\nNo drift: what runs is what the base or head revision defines.\n");
+        return out;
+    }
+    out.push_str("\n| cluster | node | what |\n|---|---|---|\n");
+    for item in &drift.items {
+        out.push_str(&format!(
+            "| {} | {} | {} |\n",
+            item.cluster,
+            item.node,
+            drift::describe(item).replace('|', "\\|").replace('\n', " ")
+        ));
+    }
     out
 }

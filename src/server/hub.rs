@@ -312,6 +312,41 @@ impl Hub {
             .collect()
     }
 
+    /// Every declared node with its agent's latest report, by cluster and node: the operator
+    /// API's nodes document.
+    pub fn nodes_document(&self) -> crate::api::NodesDocument {
+        let nodes = self.lock();
+        let mut out: Vec<crate::api::NodeStatus> = nodes
+            .nodes
+            .iter()
+            .map(|((cluster, node), e)| crate::api::NodeStatus {
+                cluster: cluster.clone(),
+                node: node.clone(),
+                connected: e.report.connected,
+                last_seen: e
+                    .report
+                    .last_seen
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                generation: e.plan.borrow().as_ref().map(|f| f.generation),
+                applied: e.report.applied.clone(),
+                containers: e.report.containers.clone(),
+                failed_steps: e
+                    .report
+                    .steps
+                    .iter()
+                    .filter(|s| s.error.is_some())
+                    .cloned()
+                    .collect(),
+            })
+            .collect();
+        drop(nodes);
+        out.sort_by(|a, b| (&a.cluster, &a.node).cmp(&(&b.cluster, &b.node)));
+        crate::api::NodesDocument {
+            format_version: crate::api::NODES_FORMAT_VERSION,
+            nodes: out,
+        }
+    }
+
     /// How many declared nodes' latest reports satisfy `pred`, counted under the lock without
     /// copying any report: cheap enough to ask often while waiting for a fleet to catch up.
     pub fn count_reports(&self, pred: impl Fn(&NodeReport) -> bool) -> usize {

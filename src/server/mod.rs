@@ -1,5 +1,6 @@
 //! The daemon's side of the agent protocol: a TLS listener (rustls, the daemon CA's serving
-//! certificate, optional client certificates) serving one WebSocket per agent at `/v1/agent`.
+//! certificate, optional client certificates) serving one WebSocket per agent at `/v1/agent`,
+//! and the operator API's nodes document at `/v1/nodes` (see `api`).
 //!
 //! - `hub`: declared nodes, their plans and generations, live sessions, agents' reports.
 //! - `session`: one agent's session: join or hello, then plans, heartbeats, reports, renewal.
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::{State, WebSocketUpgrade};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -33,6 +35,7 @@ use session::{Context, Peer};
 
 use crate::pki::{self, DaemonCa, PkiError};
 use crate::protocol::{MAX_MESSAGE_BYTES, READ_BUFFER_BYTES};
+use crate::secret::Secret;
 use crate::state::StateDir;
 
 /// The agent server's knobs.
@@ -127,6 +130,7 @@ impl AgentServer {
         });
         let router = Router::new()
             .route("/v1/agent", get(upgrade))
+            .route(crate::api::NODES_PATH, get(nodes))
             .with_state(cx.clone());
         let accept = tokio::spawn(accept_loop(
             listener,
@@ -181,6 +185,55 @@ async fn upgrade(
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .on_upgrade(move |socket| tracker.track_future(session::run(cx, peer, socket)))
+}
+
+/// `GET /v1/nodes`: the nodes document, for a request bearing the operator token.
+async fn nodes(
+    Extension(peer): Extension<Peer>,
+    State(cx): State<Arc<Context>>,
+    headers: HeaderMap,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| Secret::new(t.trim()));
+    let Some(presented) = presented else {
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            "this request needs the operator token: Authorization: Bearer <token>",
+        );
+    };
+    let state = cx.hub.state().clone();
+    let verdict = tokio::task::spawn_blocking(move || {
+        crate::api::check_operator_token(&state, presented.expose())
+    })
+    .await;
+    match verdict {
+        Ok(Ok(Some(true))) => {}
+        Ok(Ok(Some(false))) => {
+            tracing::info!(peer = %peer.addr, "operator API request with a wrong token");
+            return api_error(StatusCode::UNAUTHORIZED, "the operator token is not valid");
+        }
+        Ok(Ok(None)) => {
+            return api_error(
+                StatusCode::UNAUTHORIZED,
+                "this daemon has no operator token yet; make one with `drover token operator` on the daemon",
+            )
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %crate::error_chain(&e), "cannot read the operator token");
+            return api_error(StatusCode::INTERNAL_SERVER_ERROR, "the daemon cannot read its operator token; see its log");
+        }
+        Err(_) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+    let body = serde_json::to_vec(&cx.hub.nodes_document()).expect("the nodes document is JSON");
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn api_error(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "error": message }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn accept_loop(

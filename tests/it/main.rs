@@ -16,6 +16,7 @@ mod image;
 mod plan;
 mod plan_cli;
 mod plan_props;
+mod plan_server;
 mod protocol;
 mod schema;
 mod smoke;

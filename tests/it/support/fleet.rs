@@ -191,6 +191,17 @@ impl Fleet {
     /// Each node's plan when the cluster's nodes are `names` and its roles run `components`
     /// (YAML lines under `components:`, indented four spaces).
     pub fn specs(&self, names: &[&str], components: &str) -> BTreeMap<String, NodeSpec> {
+        let file = SourceFile {
+            path: "clusters/t.yaml".into(),
+            bytes: self.cluster_yaml(names, components).into_bytes(),
+        };
+        let repo = load_sources(vec![file], Vec::new());
+        assert!(!repo.has_errors(), "{}", repo.render_diagnostics());
+        desired_nodes(&repo.clusters[0])
+    }
+
+    /// The cluster file that declares nodes `names` with `components` (see `specs`).
+    pub fn cluster_yaml(&self, names: &[&str], components: &str) -> String {
         let mut text = format!(
             "apiVersion: drover.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: {}}}\nspec:\n  nodes:\n",
             self.cluster
@@ -208,13 +219,7 @@ impl Fleet {
         text.push_str(&format!(
             "  etcd: {{image: 'drover-test/etcd:3.4.23'}}\n  components:\n{components}"
         ));
-        let file = SourceFile {
-            path: "clusters/t.yaml".into(),
-            bytes: text.into_bytes(),
-        };
-        let repo = load_sources(vec![file], Vec::new());
-        assert!(!repo.has_errors(), "{}", repo.render_diagnostics());
-        desired_nodes(&repo.clusters[0])
+        text
     }
 
     /// Declares nodes `names` with `components` as the whole desired state.

@@ -1,0 +1,123 @@
+//! The daemon's operator API: what it serves to `drover plan --server` and other tools, and
+//! the operator token that guards it.
+//!
+//! - `GET /v1/nodes` (served by `server`) answers a `NodesDocument`: every node the daemon
+//!   declares, with what its agent last reported. The document is versioned by
+//!   `formatVersion`; readers ignore fields they do not know.
+//! - Requests carry `Authorization: Bearer <operator token>`. `create_operator_token` makes a
+//!   new token (replacing the previous one) and keeps only its hash in the state directory.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use crate::protocol::{AppliedMark, ContainerState, StepReport};
+use crate::secret::Secret;
+use crate::state::{StateDir, StateError};
+
+/// The version of `NodesDocument`.
+pub const NODES_FORMAT_VERSION: u32 = 1;
+/// The path of the nodes document.
+pub const NODES_PATH: &str = "/v1/nodes";
+/// Most bytes a client reads of a nodes document (about 20,000 nodes of ten containers).
+pub const MAX_NODES_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
+
+const OPERATOR_TOKEN: &str = "operator-token.json";
+
+/// Every declared node and its agent's latest report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodesDocument {
+    pub format_version: u32,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node as the daemon sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub cluster: String,
+    pub node: String,
+    /// Whether its agent holds a session now.
+    pub connected: bool,
+    /// When the daemon last heard from it (RFC 3339).
+    pub last_seen: Option<String>,
+    /// The plan generation the daemon wants it to run.
+    pub generation: Option<u64>,
+    /// What the agent last applied.
+    pub applied: Option<AppliedMark>,
+    /// Managed containers by component, as the agent last saw them.
+    pub containers: BTreeMap<String, ContainerState>,
+    /// The steps of the last application that failed, with their errors.
+    pub failed_steps: Vec<StepReport>,
+}
+
+/// Why the operator token could not be made or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("no randomness from the operating system")]
+    Random(#[source] getrandom::Error),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredToken {
+    hash: String,
+}
+
+/// Makes a new operator token and keeps its hash; the previous token stops working.
+pub fn create_operator_token(state: &StateDir) -> Result<Secret, ApiError> {
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).map_err(ApiError::Random)?;
+    let token = hex::encode(random);
+    state.save(OPERATOR_TOKEN, &StoredToken { hash: hash(&token) })?;
+    Ok(Secret::new(token))
+}
+
+/// Whether `presented` is the operator token, compared in constant time. `Ok(None)` when no
+/// operator token was ever made.
+pub fn check_operator_token(state: &StateDir, presented: &str) -> Result<Option<bool>, ApiError> {
+    let Some(stored) = state.load::<StoredToken>(OPERATOR_TOKEN)? else {
+        return Ok(None);
+    };
+    Ok(Some(bool::from(
+        hash(presented).as_bytes().ct_eq(stored.hash.as_bytes()),
+    )))
+}
+
+fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operator_token_is_stored_hashed_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        assert_eq!(check_operator_token(&state, "anything").unwrap(), None);
+        let first = create_operator_token(&state).unwrap();
+        let stored = std::fs::read_to_string(dir.path().join(OPERATOR_TOKEN)).unwrap();
+        assert!(!stored.contains(first.expose()));
+        assert_eq!(
+            check_operator_token(&state, first.expose()).unwrap(),
+            Some(true)
+        );
+        assert_eq!(check_operator_token(&state, "wrong").unwrap(), Some(false));
+        let second = create_operator_token(&state).unwrap();
+        assert_eq!(
+            check_operator_token(&state, first.expose()).unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            check_operator_token(&state, second.expose()).unwrap(),
+            Some(true)
+        );
+    }
+}

@@ -20,6 +20,7 @@ use crate::model::tree::{read_tree, TreeError};
 use crate::model::{load_sources, Repository, SnapshotId};
 use crate::pki;
 use crate::plan::drift::{self, Drift};
+use crate::plan::render::Palette;
 use crate::plan::{self, as_if_running, render, Desired, Observed, Plan};
 use crate::secret::Secret;
 use crate::snapshot::{self, StoreError};
@@ -45,6 +46,9 @@ pub struct Args {
     /// its cluster's store holds.
     #[arg(long, env = "DROVER_CONFIG")]
     daemon_config: Option<PathBuf>,
+    /// Colour in the text format: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, env = "DROVER_COLOR")]
+    color: ColorChoice,
     /// The daemon (`https://HOST:PORT`, the address agents dial) whose live state to compare:
     /// its drift is shown in a section of its own.
     #[arg(long, env = "DROVER_PLAN_SERVER", requires_all = ["ca_hash", "api_token_file"])]
@@ -55,6 +59,30 @@ pub struct Args {
     /// With --server: a file holding the operator token (`drover token operator`).
     #[arg(long, env = "DROVER_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// The palette for standard output.
+    fn palette(self) -> Palette {
+        use std::io::IsTerminal as _;
+        let auto = || {
+            std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+        };
+        match self {
+            ColorChoice::Always => Palette::ansi(),
+            ColorChoice::Auto if auto() => Palette::ansi(),
+            ColorChoice::Auto | ColorChoice::Never => Palette::plain(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -201,7 +229,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
     });
     let drift = drift.as_ref().map(|(s, d)| (s.as_str(), d));
     let written = match args.format {
-        Format::Text => write_text(out, &base, &head, &base_label, &plan, drift),
+        Format::Text => {
+            let palette = args.color.palette();
+            write_text(out, &base, &head, &base_label, &plan, drift, &palette)
+        }
         Format::Markdown => write_markdown(out, &base, &head, &plan, drift),
         Format::Json => write_json(out, &base, &head, &plan, drift),
     };
@@ -405,6 +436,7 @@ fn write_text(
     label: &str,
     plan: &Plan,
     drift: Option<(&str, &Drift)>,
+    palette: &Palette,
 ) -> std::io::Result<()> {
     writeln!(
         out,
@@ -422,9 +454,9 @@ fn write_text(
     if !diagnostics.is_empty() {
         writeln!(out, "{diagnostics}")?;
     }
-    write!(out, "{}", render::text(plan))?;
+    write!(out, "{}", render::text_styled(plan, palette))?;
     if let Some((server, drift)) = drift {
-        write!(out, "{}", render::drift_text(server, drift))?;
+        write!(out, "{}", render::drift_text_styled(server, drift, palette))?;
     }
     Ok(())
 }

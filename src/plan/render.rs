@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use anstyle::{AnsiColor, Style};
+
 use super::drift::{self, Drift};
 use super::{ClusterPlan, Gate, InitialState, Phase, PhaseKind, Plan, Step};
 
@@ -126,8 +128,66 @@ fn short(digest: &str) -> &str {
     &digest[..digest.len().min("sha256:".len() + 12)]
 }
 
+/// How the text form marks what matters on a terminal: ANSI styles, or none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Palette {
+    heading: Style,
+    error: Style,
+    warning: Style,
+    add: Style,
+    change: Style,
+    remove: Style,
+    muted: Style,
+}
+
+impl Palette {
+    /// No styles: plain text, for files, pipes and CI logs.
+    pub fn plain() -> Palette {
+        Palette::default()
+    }
+
+    /// ANSI colours: red errors and removals, yellow warnings and changes, green additions.
+    pub fn ansi() -> Palette {
+        let fg = |c: AnsiColor| Style::new().fg_color(Some(c.into()));
+        Palette {
+            heading: Style::new().bold(),
+            error: fg(AnsiColor::Red).bold(),
+            warning: fg(AnsiColor::Yellow),
+            add: fg(AnsiColor::Green),
+            change: fg(AnsiColor::Yellow),
+            remove: fg(AnsiColor::Red),
+            muted: Style::new().dimmed(),
+        }
+    }
+
+    fn step(&self, step: &Step) -> Style {
+        match step {
+            Step::AddEtcdMember { .. }
+            | Step::StartEtcdMember { .. }
+            | Step::CreateContainer { .. }
+            | Step::WriteFile { .. } => self.add,
+            Step::RemoveEtcdMember { .. }
+            | Step::RemoveContainer { .. }
+            | Step::RemoveFile { .. }
+            | Step::DecommissionNode { .. } => self.remove,
+            Step::AwaitHealthy { .. } => self.muted,
+            Step::RestoreSnapshot { .. }
+            | Step::UpdateEtcdMember { .. }
+            | Step::RecreateContainer { .. }
+            | Step::StartContainer { .. }
+            | Step::UpdateSnapshotPolicy { .. } => self.change,
+        }
+    }
+}
+
 /// The plan as plain text.
 pub fn text(plan: &Plan) -> String {
+    text_styled(plan, &Palette::plain())
+}
+
+/// The plan as text, marked with `palette`.
+pub fn text_styled(plan: &Plan, palette: &Palette) -> String {
+    let p = palette;
     let mut out = String::new();
     for c in &plan.clusters {
         let steps = count_steps(c);
@@ -141,16 +201,18 @@ pub fn text(plan: &Plan) -> String {
                 count(c.phases.len(), "phase")
             )
         };
-        let _ = writeln!(out, "cluster {}: {status}", c.cluster);
-        for e in &c.errors {
-            let _ = writeln!(out, "  error: {e}");
+        let h = p.heading;
+        let _ = writeln!(out, "{h}cluster {}{h:#}: {status}", c.cluster);
+        let (e, w) = (p.error, p.warning);
+        for error in &c.errors {
+            let _ = writeln!(out, "  {e}error{e:#}: {error}");
         }
-        for w in &c.warnings {
-            let _ = writeln!(out, "  warning: {w}");
+        for warning in &c.warnings {
+            let _ = writeln!(out, "  {w}warning{w:#}: {warning}");
         }
         for (i, phase) in c.phases.iter().enumerate() {
-            let _ = writeln!(out, "  {}. {}", i + 1, phase.kind.title());
-            write_phase(&mut out, phase, "     ");
+            let _ = writeln!(out, "  {h}{}. {}{h:#}", i + 1, phase.kind.title());
+            write_phase(&mut out, phase, "     ", p);
         }
     }
     for name in &plan.held_back {
@@ -165,17 +227,19 @@ pub fn text(plan: &Plan) -> String {
             "cluster {name}: runs but is no longer declared; drover leaves it as it is"
         );
     }
-    let _ = writeln!(out, "plan digest: {}", plan.digest);
+    let m = p.muted;
+    let _ = writeln!(out, "{m}plan digest: {}{m:#}", plan.digest);
     out
 }
 
-fn write_phase(out: &mut String, phase: &Phase, indent: &str) {
+fn write_phase(out: &mut String, phase: &Phase, indent: &str, p: &Palette) {
     for (j, batch) in phase.batches.iter().enumerate() {
         if phase.batches.len() > 1 {
             let _ = writeln!(out, "{indent}batch {} of {}", j + 1, phase.batches.len());
         }
         for step in &batch.steps {
-            let _ = writeln!(out, "{indent}- {}", step_line(step));
+            let s = p.step(step);
+            let _ = writeln!(out, "{indent}- {s}{}{s:#}", step_line(step));
         }
     }
 }
@@ -289,8 +353,14 @@ pub fn markdown(plan: &Plan) -> String {
 
 /// The drift section of `drover plan --server`, as text.
 pub fn drift_text(server: &str, drift: &Drift) -> String {
+    drift_text_styled(server, drift, &Palette::plain())
+}
+
+/// The drift section of `drover plan --server`, as text marked with `palette`.
+pub fn drift_text_styled(server: &str, drift: &Drift, palette: &Palette) -> String {
+    let (h, w) = (palette.heading, palette.warning);
     let mut out = format!(
-        "drift at {server}: {} of {} nodes in sync with Git\n",
+        "{h}drift at {server}{h:#}: {} of {} nodes in sync with Git\n",
         drift.in_sync, drift.nodes
     );
     if drift.is_empty() {
@@ -302,7 +372,11 @@ pub fn drift_text(server: &str, drift: &Drift) -> String {
             out.push_str(&format!("  cluster {}\n", item.cluster));
             cluster = Some(&item.cluster);
         }
-        out.push_str(&format!("  - {}: {}\n", item.node, drift::describe(item)));
+        out.push_str(&format!(
+            "  - {w}{}: {}{w:#}\n",
+            item.node,
+            drift::describe(item)
+        ));
     }
     out
 }

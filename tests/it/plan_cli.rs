@@ -172,3 +172,42 @@ fn bad_revisions_and_paths_exit_64() {
         assert!(err.contains(message), "{args:?}: {err}");
     }
 }
+
+/// The text with its ANSI escape sequences (`ESC [ ... m`) taken out.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('\u{1b}') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        rest = tail.find('m').map_or("", |end| &tail[end + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn text_is_coloured_only_when_asked_or_on_a_terminal() {
+    let head = DEV.replace("drover-test/etcd:3.4.23", "drover-test/etcd:3.4.24");
+    let repo = repo_with_branch(&head);
+    // Standard output is a pipe here, so auto means plain.
+    let plain = stdout(&drover(&["plan"], repo.path()));
+    assert!(!plain.contains('\u{1b}'), "{plain}");
+    assert_eq!(
+        stdout(&drover(&["plan", "--color", "never"], repo.path())),
+        plain
+    );
+    let coloured = stdout(&drover(&["plan", "--color", "always"], repo.path()));
+    assert!(
+        coloured.contains("\u{1b}[33mnode-1: recreate etcd container: image changed"),
+        "a recreate is yellow: {coloured:?}"
+    );
+    assert!(coloured.contains("\u{1b}[1mcluster dev"), "{coloured:?}");
+    assert_eq!(strip_ansi(&coloured), plain, "colour changes no text");
+    // Colour is for the text format only.
+    let md = stdout(&drover(
+        &["plan", "--color", "always", "--format", "markdown"],
+        repo.path(),
+    ));
+    assert!(!md.contains('\u{1b}'), "{md}");
+}

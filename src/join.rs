@@ -34,7 +34,7 @@ pub enum JoinError {
     Random(#[source] getrandom::Error),
     #[error("a token lives at most {} (asked for {})", humantime::format_duration(MAX_TOKEN_TTL), humantime::format_duration(*.asked))]
     TtlTooLong { asked: Duration },
-    #[error("more than {MAX_TOKENS} unexpired join tokens; wait for some to expire")]
+    #[error("more than {MAX_TOKENS} unexpired join tokens; revoke some (`drover token list`, `drover token revoke`) or wait for them to expire")]
     TooManyTokens,
 }
 
@@ -91,7 +91,8 @@ pub fn create_token(
         used: false,
     };
     state.update(TOKENS, |records: &mut Vec<TokenRecord>| {
-        records.retain(|r| r.expires_at > secs(now) && !(r.single_use && r.used));
+        // Spent tokens stay until they expire, so presenting one again says "already used".
+        records.retain(|r| r.expires_at > secs(now));
         if records.len() >= MAX_TOKENS {
             return Err(JoinError::TooManyTokens);
         }
@@ -396,6 +397,13 @@ mod tests {
             })
         );
         let (reusable, _) = create_token(&state, &dev(), hour, false, t0).unwrap();
+        assert_eq!(
+            redeem(&state, &token, t0, admit_all).unwrap(),
+            Err(Refusal::Token {
+                problem: TokenRefusal::AlreadyUsed
+            }),
+            "a spent token is still known after the next one is made"
+        );
         for _ in 0..3 {
             assert!(redeem(&state, &reusable, t0, admit_all).unwrap().is_ok());
         }

@@ -127,7 +127,7 @@ impl Hub {
         &self,
         desired: &BTreeMap<String, BTreeMap<String, NodeSpec>>,
     ) -> Result<(), HubError> {
-        let mut revoked: Vec<(String, String, String)> = Vec::new();
+        let mut revoked: BTreeMap<(String, String), String> = BTreeMap::new();
         let bindings = self.state.update(BINDINGS, |b: &mut Bindings| {
             let clusters: BTreeSet<String> = b
                 .nodes
@@ -141,7 +141,7 @@ impl Hub {
                         .revoked
                         .clone()
                         .unwrap_or_default();
-                    revoked.push((cluster.clone(), node, why));
+                    revoked.insert((cluster.clone(), node), why);
                 }
             }
             Ok::<_, std::convert::Infallible>(b.clone())
@@ -204,11 +204,7 @@ impl Hub {
             .collect();
         for key in gone {
             if let Some(mut entry) = nodes.nodes.remove(&key) {
-                let why = revoked
-                    .iter()
-                    .find(|(c, n, _)| *c == key.0 && *n == key.1)
-                    .map(|(_, _, why)| why.clone());
-                let refusal = match why {
+                let refusal = match revoked.remove(&key) {
                     Some(why) => Refusal::Revoked {
                         cluster: key.0.clone(),
                         node: key.1.clone(),

@@ -1,6 +1,8 @@
 //! `drover node reset CLUSTER NODE`: forgets the key a node is bound to, so the node can join
 //! again with a new key (a reinstalled machine). Its current credential stops working at once:
 //! the daemon re-reads bindings and ends the session within a heartbeat.
+//! `drover node list`: every node that joined, the key it is bound to, and whether its
+//! credential is revoked.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,6 +22,15 @@ pub struct Args {
 enum Command {
     /// Forget NODE's credential binding; its next join (with a new token) may bring a new key.
     Reset(ResetArgs),
+    /// List the nodes that joined: cluster, node, the key they are bound to, and their status.
+    List(ListArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ListArgs {
+    /// The daemon's state directory.
+    #[arg(long, default_value = "/var/lib/drover", env = "DROVER_STATE_DIR")]
+    state_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -32,7 +43,43 @@ struct ResetArgs {
 }
 
 pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
-    let Command::Reset(args) = &args.command;
+    match &args.command {
+        Command::Reset(args) => reset(args, out),
+        Command::List(args) => list(args, out),
+    }
+}
+
+fn list(args: &ListArgs, out: &mut dyn Write) -> Exit {
+    let bindings: Bindings = match StateDir::new(&args.state_dir).load(BINDINGS) {
+        Ok(b) => b.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: {}", super::error_chain(&e));
+            return Exit::Io;
+        }
+    };
+    let mut text = String::new();
+    if bindings.nodes.is_empty() {
+        text.push_str("no node has joined\n");
+    } else {
+        text.push_str(&format!("{:<40}  {:<20}  STATUS\n", "CLUSTER/NODE", "KEY"));
+    }
+    for (key, b) in &bindings.nodes {
+        // A key's pin identifies it and is not secret; its first 12 digits tell keys apart.
+        let pin = &b.key_pin[..b.key_pin.len().min("sha256:".len() + 12)];
+        let status = match (&b.revoked, &b.next_pin) {
+            (Some(why), _) => format!("revoked: {why}"),
+            (None, Some(_)) => "bound, renewal pending".to_string(),
+            (None, None) => "bound".to_string(),
+        };
+        text.push_str(&format!("{key:<40}  {pin:<20}  {status}\n"));
+    }
+    match out.write_all(text.as_bytes()) {
+        Ok(()) => Exit::Ok,
+        Err(_) => Exit::Io,
+    }
+}
+
+fn reset(args: &ResetArgs, out: &mut dyn Write) -> Exit {
     if let Err(e) = ClusterName::parse(&args.cluster) {
         eprintln!("error: cluster name `{}`: {e}", args.cluster);
         return Exit::Usage;

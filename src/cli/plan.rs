@@ -395,18 +395,57 @@ fn fetch_nodes(server: &str, args: &Args) -> Result<(String, NodesDocument), Pla
         }
         Ok(body)
     })?;
-    // The version first, so a newer daemon's document gets a clear error, not a parse error.
+    Ok((url.origin().ascii_serialization(), parse_nodes(&body)?))
+}
+
+/// A nodes document from the daemon's answer. The version is read first, so a newer daemon's
+/// document gets a clear error rather than a parse error.
+fn parse_nodes(body: &[u8]) -> Result<NodesDocument, PlanError> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Version {
         format_version: u32,
     }
-    let version: Version = serde_json::from_slice(&body).map_err(PlanError::Document)?;
+    let version: Version = serde_json::from_slice(body).map_err(PlanError::Document)?;
     if version.format_version != NODES_FORMAT_VERSION {
         return Err(PlanError::DocumentVersion(version.format_version));
     }
-    let nodes = serde_json::from_slice(&body).map_err(PlanError::Document)?;
-    Ok((url.origin().ascii_serialization(), nodes))
+    serde_json::from_slice(body).map_err(PlanError::Document)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_document_is_checked_before_use() {
+        let ok = br#"{"formatVersion":1,"nodes":[{"cluster":"dev","node":"n1","connected":false,
+            "lastSeen":null,"generation":1,"applied":null,"containers":{},"failedSteps":[],
+            "aFieldFromANewerDaemon":true}]}"#;
+        let nodes = parse_nodes(ok).expect("a valid document, unknown fields ignored");
+        assert_eq!(nodes.nodes[0].node, "n1");
+        let cases: [(&[u8], &str); 5] = [
+            (b"<html>proxy error</html>", "is not valid"),
+            (b"{}", "is not valid"),
+            (
+                br#"{"formatVersion":2,"nodes":"whatever"}"#,
+                "format version 2",
+            ),
+            (
+                br#"{"formatVersion":1,"nodes":[{"cluster":"dev"}]}"#,
+                "is not valid",
+            ),
+            (
+                br#"{"formatVersion":1,"nodes":[{"cluster":1}]}"#,
+                "is not valid",
+            ),
+        ];
+        for (body, message) in cases {
+            let e = parse_nodes(body).expect_err("refused");
+            assert!(e.to_string().contains(message), "{e}");
+            assert_eq!(e.exit(), Exit::Io);
+        }
+    }
 }
 
 /// How long `--server` may take to answer.

@@ -1,5 +1,6 @@
-//! `drover token create`, `list`, `revoke` and `drover agent` as an operator runs them: the
-//! token and the full agent command line with the CA hash; listing and revoking by id; the
+//! `drover token create`, `list`, `revoke`, `drover node list` and `drover agent` as an
+//! operator runs them: the token and the full agent command line with the CA hash; listing and
+//! revoking by id; joined nodes with their keys and status; the
 //! agent's preflight checks, one clear message and exit code per failure; the agent binary
 //! joining, converging, keeping its containers while the daemon is down, and stopping on
 //! SIGTERM. No output ever contains the token.
@@ -425,4 +426,45 @@ async fn tokens_are_listed_and_revoked_at_once() {
         assert!(!output.contains(reusable.expose().split_once('.').unwrap().1));
         assert!(!output.contains(single.expose().split_once('.').unwrap().1));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_listed_with_their_key_and_status() {
+    let fleet = Fleet::start("nodes", &[("n1", "etcd"), ("w1", "worker")]).await;
+    fleet.declare(&["n1", "w1"], "    worker: []\n");
+    let dir = fleet.state.path().to_str().unwrap().to_string();
+    let list = || async { text(&drover(&["node", "list", "--state-dir", &dir]).await).0 };
+    assert_eq!(list().await, "no node has joined\n");
+
+    let work = tempfile::tempdir().unwrap();
+    let dial = Dial::new(&fleet.url(), &fleet.pin()).unwrap();
+    let token = fleet.token(false, HOUR);
+    let mut pins = Vec::new();
+    for node in ["n1", "w1"] {
+        let data = DataDir::new(StateDir::new(work.path().join(node)));
+        let c = session::join(&dial, &data, node, &token).await.unwrap();
+        pins.push(drover::pki::NodeKey::from_pem(&c.key_pem).unwrap().pin());
+    }
+    let listed = list().await;
+    for (node, pin) in ["n1", "w1"].iter().zip(&pins) {
+        let row = listed
+            .lines()
+            .find(|l| l.starts_with(&format!("{}/{node} ", fleet.cluster)))
+            .unwrap_or_else(|| panic!("{node} not listed: {listed}"));
+        assert!(row.contains(&pin[..19]), "{row} has {pin}");
+        assert!(row.ends_with("  bound"), "{row}");
+    }
+
+    // w1 leaves Git: revoked, with the reason. n1 is reset: gone from the list.
+    fleet.declare(&["n1"], "    worker: []\n");
+    let cluster = fleet.cluster.clone();
+    let reset = drover(&["node", "reset", &cluster, "n1", "--state-dir", &dir]).await;
+    assert!(reset.status.success(), "{:?}", text(&reset));
+    let listed = list().await;
+    assert!(!listed.contains(&format!("{cluster}/n1 ")), "{listed}");
+    assert!(
+        listed.contains("revoked: the node left the cluster's definition in Git"),
+        "{listed}"
+    );
+    assert!(!listed.contains("PRIVATE KEY") && !listed.contains(token.expose()));
 }

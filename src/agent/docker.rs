@@ -4,8 +4,10 @@
 //! the spec hash (over `plan::container::SPEC_FIELDS`) decides a recreate, so an agent that
 //! restarts reconciles from what runs instead of redoing everything.
 //!
-//! Host paths (bind sources and files) live under a host root: `/` on a real node, a directory
-//! of its own for each simulated node sharing one machine.
+//! An image the engine does not have is pulled before its container is created or replaced,
+//! so a pull that fails leaves a running container as it is. Host paths (bind sources and
+//! files) live under a host root: `/` on a real node, a directory of its own for each
+//! simulated node sharing one machine.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt as _;
@@ -14,9 +16,11 @@ use std::path::PathBuf;
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy as DockerRestart};
 use bollard::models::{ContainerSummaryStateEnum, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptions, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
+use futures::StreamExt as _;
 
 use crate::model::spec::{NetworkMode, PidMode, RestartPolicy};
 use crate::plan::container::{container_name, ContainerSpec, FileSpec, NodeSpec};
@@ -63,6 +67,22 @@ pub struct StepResult {
 #[derive(Debug, thiserror::Error)]
 #[error("listing containers from Docker")]
 pub struct ObserveError(#[source] bollard::errors::Error);
+
+/// How long one image pull may take before its step fails (and is retried with backoff).
+pub const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `name` and `tag` for the engine's pull: a digest reference is pulled as it is; a name
+/// without a tag means `latest`, as with `docker pull` (the engine would pull every tag).
+fn image_reference(image: &str) -> (&str, Option<&str>) {
+    if image.contains('@') {
+        return (image, None);
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.rsplit_once(':') {
+        Some((_, tag)) => (&image[..image.len() - tag.len() - 1], Some(tag)),
+        None => (image, Some("latest")),
+    }
+}
 
 /// Applies one node's plan.
 pub struct Driver {
@@ -142,13 +162,20 @@ impl Driver {
             let hash = want.hash();
             let result = match running.get(component) {
                 None => {
-                    let error = self.create(component, want, &hash, generation).await.err();
+                    let error = match self.ensure_image(&want.image).await {
+                        Ok(()) => self.create(component, want, &hash, generation).await.err(),
+                        Err(e) => Some(e),
+                    };
                     step(component, Action::Created, error)
                 }
                 Some(have) if have.spec_hash != hash => {
-                    let error = match self.remove(&have.id).await {
-                        Ok(()) => self.create(component, want, &hash, generation).await.err(),
+                    // The image first: a pull that fails leaves the old container running.
+                    let error = match self.ensure_image(&want.image).await {
                         Err(e) => Some(e),
+                        Ok(()) => match self.remove(&have.id).await {
+                            Ok(()) => self.create(component, want, &hash, generation).await.err(),
+                            Err(e) => Some(e),
+                        },
                     };
                     step(component, Action::Recreated, error)
                 }
@@ -220,6 +247,43 @@ impl Driver {
             .map_err(|e| e.to_string())
     }
 
+    /// Pulls `image` unless the engine has it already, within `PULL_TIMEOUT`. The error is the
+    /// engine's or the registry's reason.
+    async fn ensure_image(&self, image: &str) -> Result<(), String> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(format!("inspecting image {image}: {e}")),
+        }
+        let (from_image, tag) = image_reference(image);
+        let options = CreateImageOptions {
+            from_image: Some(from_image.to_string()),
+            tag: tag.map(str::to_string),
+            ..Default::default()
+        };
+        let pull = async {
+            let mut progress = self.docker.create_image(Some(options), None, None);
+            while let Some(update) = progress.next().await {
+                let update = update.map_err(|e| e.to_string())?;
+                if let Some(detail) = update.error_detail.and_then(|d| d.message) {
+                    return Err(detail);
+                }
+            }
+            Ok(())
+        };
+        tracing::info!(image, "pulling image");
+        match tokio::time::timeout(PULL_TIMEOUT, pull).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(format!("pulling {image}: {reason}")),
+            Err(_) => Err(format!(
+                "pulling {image} took longer than {}",
+                humantime::format_duration(PULL_TIMEOUT)
+            )),
+        }
+    }
+
     async fn remove(&self, id: &str) -> Result<(), String> {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
         self.docker
@@ -279,5 +343,34 @@ fn restart_policy(policy: RestartPolicy) -> RestartPolicyNameEnum {
         RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
         RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
         RestartPolicy::No => RestartPolicyNameEnum::NO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_reference;
+
+    #[test]
+    fn image_references_name_their_tag_as_docker_pull_does() {
+        let cases = [
+            ("busybox", ("busybox", Some("latest"))),
+            ("busybox:1.36", ("busybox", Some("1.36"))),
+            (
+                "127.0.0.1:5000/drover-test/busybox",
+                ("127.0.0.1:5000/drover-test/busybox", Some("latest")),
+            ),
+            (
+                "127.0.0.1:5000/drover-test/busybox:1",
+                ("127.0.0.1:5000/drover-test/busybox", Some("1")),
+            ),
+            (
+                "registry.k8s.io/etcd:3.5.16-0",
+                ("registry.k8s.io/etcd", Some("3.5.16-0")),
+            ),
+            ("busybox@sha256:abcd", ("busybox@sha256:abcd", None)),
+        ];
+        for (image, want) in cases {
+            assert_eq!(image_reference(image), want, "{image}");
+        }
     }
 }

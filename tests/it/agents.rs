@@ -1,8 +1,9 @@
 //! Agents and the agent server end to end, with the real Docker engine: three simulated nodes
 //! (each its own data directory, host root and 127.x address) join with a token, converge a
-//! plan of busybox containers, are repaired after hand edits, drop removed components, report
-//! a bad image's reason to the server, survive their own restart mid-apply and a server
-//! restart, and renew their credentials in band.
+//! plan of busybox containers, are repaired after hand edits, drop removed components, pull
+//! images from a registry on loopback (and keep what runs when a pull fails), report a bad
+//! image's reason to the server, survive their own restart mid-apply and a server restart,
+//! and renew their credentials in band.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -15,6 +16,8 @@ use drover::state::StateDir;
 
 use crate::support::docker::{self, BUSYBOX_IMAGE};
 use crate::support::fleet::{containers_of, Fleet, TestAgent};
+use crate::support::net::{free_port, unique_loopback};
+use crate::support::registry::Registry;
 use crate::support::require;
 use crate::support::wait::eventually;
 
@@ -151,8 +154,15 @@ async fn three_nodes_converge_are_repaired_and_drop_removed_components() {
 async fn a_bad_image_shows_dockers_reason_at_the_server() {
     require!(docker::connect().await);
     let fleet = Fleet::start("badimg", &[("n1", "etcd"), ("w1", "worker")]).await;
-    let worker = "    worker:\n      - {name: ghost, image: 'drover-test/no-such-image:1', command: [sleep, '1']}\n";
-    fleet.declare(&["n1", "w1"], worker);
+    // A registry address where nothing listens: the pull fails on loopback, nowhere else.
+    let nowhere = {
+        let ip = unique_loopback(&[]);
+        format!("{ip}:{}", free_port(ip))
+    };
+    let worker = format!(
+        "    worker:\n      - {{name: ghost, image: '{nowhere}/drover-test/no-such-image:1', command: [sleep, '1']}}\n"
+    );
+    fleet.declare(&["n1", "w1"], &worker);
     let agent = TestAgent::start(&fleet, "w1", Some(fleet.token(true, HOUR))).await;
     let error = eventually("the failed step at the server", CONVERGE, || async {
         let report = fleet.report("w1");
@@ -164,8 +174,63 @@ async fn a_bad_image_shows_dockers_reason_at_the_server() {
             .ok_or(report)
     })
     .await;
-    assert!(error.contains("No such image"), "{error}");
+    assert!(
+        error.starts_with(&format!("pulling {nowhere}/drover-test/no-such-image:1: ")),
+        "{error}"
+    );
+    assert!(
+        error.contains("connection refused"),
+        "Docker's reason: {error}"
+    );
     assert!(!fleet.report("w1").containers.contains_key("ghost"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_pulled_and_a_failed_pull_keeps_what_runs() {
+    require!(docker::connect().await);
+    let registry = require!(Registry::start());
+    let image = registry.push(BUSYBOX_IMAGE, "drover-test/busybox:1");
+    let fleet = Fleet::start("pull", &[("n1", "etcd"), ("w1", "worker")]).await;
+    let labels = format!(
+        "{{drover-test: '1', drover-test.pid: '{}'}}",
+        std::process::id()
+    );
+    let worker = |image: &str| {
+        format!(
+            "    worker:\n      - {{name: app, image: '{image}', command: [sleep, '3600'], labels: {labels}}}\n"
+        )
+    };
+    let specs = fleet.declare(&["n1", "w1"], &worker(&image));
+    let agent = TestAgent::start(&fleet, "w1", Some(fleet.token(true, HOUR))).await;
+    fleet.converged("w1", &specs["w1"], CONVERGE).await;
+    let first = fleet.report("w1").containers["app"].clone();
+
+    // A tag the registry does not have: the step fails with the registry's reason, and the
+    // container that runs keeps running until a pull succeeds.
+    let missing = registry.image("drover-test/busybox:nope");
+    fleet.declare(&["n1", "w1"], &worker(&missing));
+    let error = eventually("the failed pull at the server", CONVERGE, || async {
+        let report = fleet.report("w1");
+        report
+            .steps
+            .iter()
+            .find(|s| s.subject == "app" && s.error.is_some())
+            .and_then(|s| s.error.clone())
+            .ok_or(report)
+    })
+    .await;
+    assert!(
+        error.starts_with(&format!("pulling {missing}: ")),
+        "{error}"
+    );
+    assert!(
+        error.contains("manifest unknown"),
+        "the registry's reason: {error}"
+    );
+    let now = fleet.report("w1").containers["app"].clone();
+    assert!(now.running, "the old container was removed before the pull");
+    assert_eq!(now.spec_hash, first.spec_hash);
     agent.stop().await;
 }
 

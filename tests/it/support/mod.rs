@@ -18,6 +18,8 @@ pub mod git;
 pub mod git_remote;
 pub mod logs;
 pub mod net;
+pub mod process;
+pub mod registry;
 pub mod wait;
 
 use std::fmt;

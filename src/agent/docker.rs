@@ -21,6 +21,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures::StreamExt as _;
+use tokio_util::sync::CancellationToken;
 
 use crate::model::spec::{NetworkMode, PidMode, RestartPolicy};
 use crate::plan::container::{container_name, ContainerSpec, FileSpec, NodeSpec};
@@ -90,6 +91,7 @@ pub struct Driver {
     cluster: String,
     node: String,
     host_root: PathBuf,
+    stop: CancellationToken,
 }
 
 impl Driver {
@@ -99,7 +101,15 @@ impl Driver {
             cluster: cluster.to_string(),
             node: node.to_string(),
             host_root,
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Makes `stop` end an apply early: a pull in progress is abandoned (nothing was removed
+    /// for it yet), and no further step starts. What is left undone, the next apply does.
+    pub fn stopped_by(mut self, stop: CancellationToken) -> Driver {
+        self.stop = stop;
+        self
     }
 
     /// The containers drover manages on this node, by component.
@@ -159,6 +169,9 @@ impl Driver {
             }
         }
         for (component, want) in &spec.containers {
+            if self.stop.is_cancelled() {
+                break;
+            }
             let hash = want.hash();
             let result = match running.get(component) {
                 None => {
@@ -274,7 +287,13 @@ impl Driver {
             Ok(())
         };
         tracing::info!(image, "pulling image");
-        match tokio::time::timeout(PULL_TIMEOUT, pull).await {
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(PULL_TIMEOUT, pull) => outcome,
+            () = self.stop.cancelled() => {
+                return Err(format!("pulling {image}: abandoned, the agent is stopping"));
+            }
+        };
+        match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(format!("pulling {image}: {reason}")),
             Err(_) => Err(format!(

@@ -114,7 +114,8 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         &credential.cluster,
         &credential.node,
         settings.host_root.clone(),
-    );
+    )
+    .stopped_by(shutdown.clone());
     let prober = probe::Prober::new(settings.docker.clone())?;
     let executor = Executor::spawn(
         driver,

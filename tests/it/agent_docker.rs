@@ -1,7 +1,8 @@
 //! The agent's Docker executor against the real engine: a node's plan converges, re-applying
 //! it changes nothing (so a restarted agent redoes nothing), containers stopped or removed by
 //! hand come back, a changed spec recreates only its container, a component dropped from the
-//! plan is removed, and a bad image fails with Docker's own reason.
+//! plan is removed, a bad image fails with Docker's own reason, and stopping the agent
+//! abandons a pull that hangs.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
@@ -186,4 +187,47 @@ async fn a_node_plan_converges_and_is_repaired() {
     );
     let left: Vec<String> = driver.observe().await.unwrap().into_keys().collect();
     assert_eq!(left, ["a"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_abandons_a_pull_that_hangs() {
+    let client = require!(docker::connect().await);
+    let cluster = crate::support::fleet::unique_cluster("pullstop");
+    let _cleanup = Cleanup(cluster.clone());
+    let host_root = tempfile::tempdir().unwrap();
+    // A "registry" on loopback that accepts connections and never answers.
+    let ip = crate::support::net::unique_loopback(&[]);
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let registry = listener.local_addr().unwrap();
+    let (dialled, mut dialled_rx) = tokio::sync::mpsc::channel(1);
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            let _ = dialled.try_send(());
+        }
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let driver = Driver::new(client, &cluster, "w1", host_root.path().to_path_buf())
+        .stopped_by(stop.clone());
+    let spec = worker_spec(
+        &cluster,
+        &format!("      - {{name: c, image: '{registry}/drover-test/busybox:1', command: [sleep, '1']}}\n"),
+    );
+    let apply = tokio::spawn(async move { driver.apply(&spec, 1).await });
+    tokio::time::timeout(std::time::Duration::from_secs(60), dialled_rx.recv())
+        .await
+        .expect("the engine dials the registry to pull");
+    stop.cancel();
+    let results = tokio::time::timeout(std::time::Duration::from_secs(10), apply)
+        .await
+        .expect("apply returns soon after the stop, not when the pull gives up")
+        .unwrap()
+        .unwrap();
+    let error = results[0].error.as_deref().unwrap_or_default();
+    assert!(
+        error.ends_with("abandoned, the agent is stopping"),
+        "{results:?}"
+    );
+    hold.abort();
 }

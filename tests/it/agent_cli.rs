@@ -7,7 +7,6 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use drover::agent::credential::DataDir;
@@ -19,30 +18,14 @@ use drover::secret::Secret;
 use drover::state::StateDir;
 use tokio::process::Command;
 
+use crate::support::cli::{drover, text, BIN};
 use crate::support::docker;
 use crate::support::fleet::Fleet;
 use crate::support::net::{free_port, unique_loopback};
 use crate::support::require;
 use crate::support::wait::eventually;
 
-const BIN: &str = env!("CARGO_BIN_EXE_drover");
 const HOUR: Duration = Duration::from_secs(3600);
-
-async fn drover(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("DROVER_SERVER")
-        .output()
-        .await
-        .expect("the drover binary runs")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// The token in `token create`'s output: the indented line of the form `<id>.<secret>`.
 fn printed_token(stdout: &str) -> Option<String> {

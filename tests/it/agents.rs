@@ -164,16 +164,7 @@ async fn a_bad_image_shows_dockers_reason_at_the_server() {
     );
     fleet.declare(&["n1", "w1"], &worker);
     let agent = TestAgent::start(&fleet, "w1", Some(fleet.token(true, HOUR))).await;
-    let error = eventually("the failed step at the server", CONVERGE, || async {
-        let report = fleet.report("w1");
-        report
-            .steps
-            .iter()
-            .find(|s| s.subject == "ghost" && s.error.is_some())
-            .and_then(|s| s.error.clone())
-            .ok_or(report)
-    })
-    .await;
+    let error = fleet.failed_step("w1", "ghost", CONVERGE).await;
     assert!(
         error.starts_with(&format!("pulling {nowhere}/drover-test/no-such-image:1: ")),
         "{error}"
@@ -210,16 +201,7 @@ async fn images_are_pulled_and_a_failed_pull_keeps_what_runs() {
     // container that runs keeps running until a pull succeeds.
     let missing = registry.image("drover-test/busybox:nope");
     fleet.declare(&["n1", "w1"], &worker(&missing));
-    let error = eventually("the failed pull at the server", CONVERGE, || async {
-        let report = fleet.report("w1");
-        report
-            .steps
-            .iter()
-            .find(|s| s.subject == "app" && s.error.is_some())
-            .and_then(|s| s.error.clone())
-            .ok_or(report)
-    })
-    .await;
+    let error = fleet.failed_step("w1", "app", CONVERGE).await;
     assert!(
         error.starts_with(&format!("pulling {missing}: ")),
         "{error}"

@@ -6,34 +6,15 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use tokio::process::Command;
-
+use crate::support::cli::{drover_in, text};
 use crate::support::docker;
 use crate::support::fleet::{Fleet, TestAgent};
 use crate::support::git::TestRepo;
 use crate::support::net::{free_port, unique_loopback};
 use crate::support::require;
 
-const BIN: &str = env!("CARGO_BIN_EXE_drover");
-
 async fn drover(args: &[&str], dir: &Path) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DROVER_PLAN_SERVER")
-        .env_remove("DROVER_CA_HASH")
-        .env_remove("DROVER_API_TOKEN_FILE")
-        .env_remove("DROVER_FORMAT")
-        .output()
-        .await
-        .expect("the drover binary runs")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    drover_in(dir, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

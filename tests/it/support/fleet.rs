@@ -238,6 +238,21 @@ impl Fleet {
             .unwrap_or_else(|| panic!("node {node} is not declared"))
     }
 
+    /// Waits until `node` reports a failed step about `subject`, and returns its error.
+    pub async fn failed_step(&self, node: &str, subject: &str, limit: Duration) -> String {
+        let what = format!("a failed step of {node}'s {subject} at the server");
+        super::wait::eventually(&what, limit, || async {
+            let report = self.report(node);
+            report
+                .steps
+                .iter()
+                .find(|s| s.subject == subject && s.error.is_some())
+                .and_then(|s| s.error.clone())
+                .ok_or(report)
+        })
+        .await
+    }
+
     /// Waits until `node` reports it applied its current generation without a failed step,
     /// and runs every planned container with the planned spec.
     pub async fn converged(&self, node: &str, spec: &NodeSpec, limit: Duration) {

@@ -10,6 +10,7 @@
 // not a mistake in the suite.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod docker;
 pub mod etcd;
 pub mod fleet;

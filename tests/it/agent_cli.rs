@@ -230,10 +230,7 @@ async fn the_agent_binary_joins_converges_and_stops_on_sigterm() {
         &[("n1", "etcd"), ("w1", "worker"), ("w2", "worker")],
     )
     .await;
-    let labels = format!(
-        "{{drover-test: '1', drover-test.pid: '{}'}}",
-        std::process::id()
-    );
+    let labels = docker::test_labels();
     let worker = format!(
         "    worker:\n      - {{name: idle, image: '{}', command: [sleep, '3600'], labels: {labels}}}\n",
         docker::BUSYBOX_IMAGE

@@ -28,10 +28,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// an HTTP server with an HTTP probe on the control plane. Every container carries the test
 /// harness's labels so a crashed test's leftovers are swept.
 fn components(worker_extra_env: &str) -> String {
-    let labels = format!(
-        "{{drover-test: '1', drover-test.pid: '{}'}}",
-        std::process::id()
-    );
+    let labels = docker::test_labels();
     format!(
         "    controlplane:\n      - {{name: api, image: '{BUSYBOX_IMAGE}', command: [httpd, -f, -h, /etc, -p, '{{{{ node.address }}}}:8080'], labels: {labels}, health: {{http: 'http://{{{{ node.address }}}}:8080/group', interval: 1s}}}}\n    worker:\n      - {{name: web, image: '{BUSYBOX_IMAGE}', command: [httpd, -f, -p, '{{{{ node.address }}}}:8080'], env: {{LEVEL: info{worker_extra_env}}}, labels: {labels}, health: {{tcp: '{{{{ node.address }}}}:8080', interval: 1s}}}}\n      - {{name: side, image: '{BUSYBOX_IMAGE}', command: [sleep, '3600'], labels: {labels}}}\n"
     )
@@ -183,10 +180,7 @@ async fn images_are_pulled_and_a_failed_pull_keeps_what_runs() {
     let registry = require!(Registry::start());
     let image = registry.push(BUSYBOX_IMAGE, "drover-test/busybox:1");
     let fleet = Fleet::start("pull", &[("n1", "etcd"), ("w1", "worker")]).await;
-    let labels = format!(
-        "{{drover-test: '1', drover-test.pid: '{}'}}",
-        std::process::id()
-    );
+    let labels = docker::test_labels();
     let worker = |image: &str| {
         format!(
             "    worker:\n      - {{name: app, image: '{image}', command: [sleep, '3600'], labels: {labels}}}\n"
@@ -220,10 +214,7 @@ async fn images_are_pulled_and_a_failed_pull_keeps_what_runs() {
 async fn an_agent_restarted_mid_apply_converges_without_duplicates() {
     require!(docker::connect().await);
     let fleet = Fleet::start("midapply", &[("n1", "etcd"), ("w1", "worker")]).await;
-    let labels = format!(
-        "{{drover-test: '1', drover-test.pid: '{}'}}",
-        std::process::id()
-    );
+    let labels = docker::test_labels();
     let worker: String = (0..8)
         .map(|i| {
             format!("      - {{name: c{i}, image: '{BUSYBOX_IMAGE}', command: [sleep, '3600'], labels: {labels}}}\n")

@@ -30,10 +30,7 @@ async fn plan_with_server_shows_drift_in_every_format() {
         ],
     )
     .await;
-    let labels = format!(
-        "{{drover-test: '1', drover-test.pid: '{}'}}",
-        std::process::id()
-    );
+    let labels = docker::test_labels();
     let worker = format!(
         "    worker:\n      - {{name: idle, image: '{}', command: [sleep, '3600'], labels: {labels}}}\n",
         docker::BUSYBOX_IMAGE

@@ -265,3 +265,12 @@ fn remove_blocking(name: &str) -> Result<(), String> {
         }
     })
 }
+
+/// The labels every test container carries, as a YAML flow map for cluster files:
+/// `scripts/test` sweeps containers whose test process is gone.
+pub fn test_labels() -> String {
+    format!(
+        "{{drover-test: '1', drover-test.pid: '{}'}}",
+        std::process::id()
+    )
+}

@@ -2,8 +2,9 @@
 //! nothing it should not, and leaks nothing. Wrong, malformed, expired and reused tokens; an
 //! undeclared node; a node bound to another key until `drover node reset`; a credential
 //! speaking for another node; no credential at all; a credential revoked when its node leaves
-//! Git; a daemon CA that does not match the pin; clients that connect and stay silent. The
-//! captured logs are searched for every token and private key the tests used.
+//! Git; a daemon CA that does not match the pin; clients that connect and stay silent, before
+//! or after their hello. The captured logs are searched for every token and private key the
+//! tests used.
 
 use std::time::{Duration, SystemTime};
 
@@ -315,4 +316,48 @@ async fn clients_that_stay_silent_are_disconnected() {
     let token = fleet.token(true, HOUR);
     let (outcome, _d) = join_as(&fleet, "n1", &token, &fleet.pin()).await;
     outcome.expect("a prompt agent joins");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_heartbeats_and_drops_an_agent_that_falls_silent() {
+    // Fleet servers beat every 500 ms: silence is noticed after three beats.
+    let fleet = Fleet::start("beats", NODES).await;
+    fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
+    let (joined, _d) = join_as(&fleet, "n2", &fleet.token(true, HOUR), &fleet.pin()).await;
+    let n2 = joined.unwrap();
+    let (mut socket, answer) = hello(&fleet, Some(&n2), &fleet.cluster, "n2").await;
+    assert!(
+        matches!(
+            answer,
+            ServerMessage::Welcome {
+                heartbeat_interval_ms: 500,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert!(fleet.report("n2").connected);
+    // The daemon beats with a growing sequence; the agent says nothing back.
+    let mut beats = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match session::recv(&mut socket).await {
+                Ok(ServerMessage::Heartbeat { seq }) => beats.push(seq),
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the daemon drops a silent agent");
+    assert!(matches!(ended, SessionError::Lost(_)), "{ended}");
+    assert!(
+        !beats.is_empty() && beats.windows(2).all(|w| w[1] == w[0] + 1),
+        "{beats:?}"
+    );
+    assert!(
+        beats.len() <= 4,
+        "dropped after about three silent intervals: {beats:?}"
+    );
+    assert!(!fleet.report("n2").connected);
 }

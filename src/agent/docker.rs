@@ -23,6 +23,7 @@ use bollard::Docker;
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
+use super::registry::RegistryAuth;
 use crate::model::spec::{NetworkMode, PidMode, RestartPolicy};
 use crate::plan::container::{container_name, ContainerSpec, FileSpec, NodeSpec};
 use crate::state::write_atomically;
@@ -92,6 +93,7 @@ pub struct Driver {
     node: String,
     host_root: PathBuf,
     stop: CancellationToken,
+    auth: Option<RegistryAuth>,
 }
 
 impl Driver {
@@ -102,7 +104,14 @@ impl Driver {
             node: node.to_string(),
             host_root,
             stop: CancellationToken::new(),
+            auth: None,
         }
+    }
+
+    /// Pulls with the credentials `auth` has for each image's registry.
+    pub fn with_registry_auth(mut self, auth: RegistryAuth) -> Driver {
+        self.auth = Some(auth);
+        self
     }
 
     /// Makes `stop` end an apply early: a pull in progress is abandoned (nothing was removed
@@ -270,6 +279,12 @@ impl Driver {
             }) => {}
             Err(e) => return Err(format!("inspecting image {image}: {e}")),
         }
+        let credentials = match &self.auth {
+            Some(auth) => auth
+                .for_image(image)
+                .map_err(|e| format!("pulling {image}: {}", crate::error_chain(&e)))?,
+            None => None,
+        };
         let (from_image, tag) = image_reference(image);
         let options = CreateImageOptions {
             from_image: Some(from_image.to_string()),
@@ -277,7 +292,8 @@ impl Driver {
             ..Default::default()
         };
         let pull = async {
-            let mut progress = self.docker.create_image(Some(options), None, None);
+            let credentials = credentials.as_ref().map(|c| c.docker());
+            let mut progress = self.docker.create_image(Some(options), None, credentials);
             while let Some(update) = progress.next().await {
                 let update = update.map_err(|e| e.to_string())?;
                 if let Some(detail) = update.error_detail.and_then(|d| d.message) {

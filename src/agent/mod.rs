@@ -6,7 +6,8 @@
 //! - `events`: the Docker events stream, re-subscribed when Docker restarts;
 //! - `executor`: the task that applies the plan on every trigger and publishes results;
 //! - `session`: TLS with the pinned CA, the join, and the protocol session;
-//! - `credential`: the files of the agent's data directory.
+//! - `credential`: the files of the agent's data directory;
+//! - `registry`: registry credentials for image pulls, from the node's Docker client config.
 //!
 //! `run` ties them: join once if there is no credential yet, start the executor (which
 //! re-applies a saved plan at once), then keep a session up, redialling with backoff.
@@ -16,6 +17,7 @@ pub mod docker;
 pub mod events;
 pub mod executor;
 pub mod probe;
+pub mod registry;
 pub mod session;
 
 use std::path::PathBuf;
@@ -44,6 +46,8 @@ pub struct AgentSettings {
     pub reconnect_base: Duration,
     pub reconnect_cap: Duration,
     pub executor: ExecutorSettings,
+    /// Where pulls find registry credentials; `None`: pull without any.
+    pub registry_auth: Option<registry::RegistryAuth>,
 }
 
 impl AgentSettings {
@@ -58,6 +62,7 @@ impl AgentSettings {
             reconnect_base: Duration::from_millis(500),
             reconnect_cap: Duration::from_secs(30),
             executor: ExecutorSettings::default(),
+            registry_auth: None,
         }
     }
 }
@@ -116,6 +121,10 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         settings.host_root.clone(),
     )
     .stopped_by(shutdown.clone());
+    let driver = match settings.registry_auth.clone() {
+        Some(auth) => driver.with_registry_auth(auth),
+        None => driver,
+    };
     let prober = probe::Prober::new(settings.docker.clone())?;
     let executor = Executor::spawn(
         driver,

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Exit;
 use crate::agent::credential::DataDir;
+use crate::agent::registry::RegistryAuth;
 use crate::agent::session::{Dial, SessionError};
 use crate::agent::{AgentError, AgentSettings};
 use crate::model::NodeName;
@@ -46,6 +47,10 @@ pub struct Args {
         env = "DROVER_DOCKER_SOCKET"
     )]
     docker_socket: PathBuf,
+    /// The Docker client configuration whose `docker login` credentials image pulls use
+    /// [default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json].
+    #[arg(long, env = "DROVER_DOCKER_CONFIG")]
+    docker_config: Option<PathBuf>,
     /// The directory host paths (binds, files) are relative to: `/` on a real node.
     #[arg(long, default_value = "/", env = "DROVER_HOST_ROOT")]
     host_root: PathBuf,
@@ -174,6 +179,10 @@ async fn preflight(args: &Args) -> Result<AgentSettings, (Exit, String)> {
     let mut settings = AgentSettings::new(dial, &args.node_name, args.data_dir.clone(), docker);
     settings.token = token;
     settings.host_root = args.host_root.clone();
+    settings.registry_auth = Some(match &args.docker_config {
+        Some(path) => RegistryAuth::new(path),
+        None => RegistryAuth::from_environment(),
+    });
     Ok(settings)
 }
 

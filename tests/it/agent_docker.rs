@@ -1,16 +1,18 @@
 //! The agent's Docker executor against the real engine: a node's plan converges, re-applying
 //! it changes nothing (so a restarted agent redoes nothing), containers stopped or removed by
 //! hand come back, a changed spec recreates only its container, a component dropped from the
-//! plan is removed, a bad image fails with Docker's own reason, and stopping the agent
-//! abandons a pull that hangs.
+//! plan is removed, a bad image fails with Docker's own reason, stopping the agent abandons a
+//! pull that hangs, and pulls from a registry with a login use the node's `docker login`.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 
 use drover::agent::docker::{Action, Driver, StepResult};
+use drover::agent::registry::RegistryAuth;
 use drover::model::{load_sources, SourceFile};
 use drover::plan::container::{container_name, desired_nodes, NodeSpec};
 
+use crate::support::registry::Registry;
 use crate::support::{docker, require, unique_token};
 
 /// Removes every container of the test's cluster, even when the test panics.
@@ -230,4 +232,48 @@ async fn stopping_abandons_a_pull_that_hangs() {
         "{results:?}"
     );
     hold.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_use_the_nodes_docker_login() {
+    let logs = crate::support::logs::capture_logs();
+    let client = require!(docker::connect().await);
+    let password = format!("pw-{}", unique_token());
+    let registry = require!(Registry::start_with_login("tester", &password));
+    let image = registry.push("drover-test/busybox:1", "drover-test/private:1");
+    let cluster = crate::support::fleet::unique_cluster("login");
+    let _cleanup = Cleanup(cluster.clone());
+    let host_root = tempfile::tempdir().unwrap();
+    let spec = worker_spec(
+        &cluster,
+        &format!("      - {{name: p, image: '{image}', command: [sleep, '3600']}}\n"),
+    );
+    let driver = || {
+        Driver::new(
+            client.clone(),
+            &cluster,
+            "w1",
+            host_root.path().to_path_buf(),
+        )
+    };
+
+    // Without the node's credentials: the registry's refusal.
+    let results = driver().apply(&spec, 1).await.unwrap();
+    let error = results[0].error.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with(&format!("pulling {image}: "))
+            && error.contains("no basic auth credentials"),
+        "{results:?}"
+    );
+
+    // With the configuration `docker login` wrote on the node: pulled, created, running.
+    let config = registry.client_config().unwrap().join("config.json");
+    let results = driver()
+        .with_registry_auth(RegistryAuth::new(config))
+        .apply(&spec, 2)
+        .await
+        .unwrap();
+    assert_eq!(actions(&results), [ok("p", Action::Created)], "{results:?}");
+    assert!(driver().observe().await.unwrap()["p"].running);
+    logs.assert_free_of(&[&password]);
 }

@@ -2,8 +2,8 @@
 //! (each its own data directory, host root and 127.x address) join with a token, converge a
 //! plan of busybox containers, are repaired after hand edits, drop removed components, pull
 //! images from a registry on loopback (and keep what runs when a pull fails), report a bad
-//! image's reason to the server, survive their own restart mid-apply and a server restart,
-//! and renew their credentials in band.
+//! image's reason to the server, survive their own restart mid-apply, a server restart and a
+//! connection that hangs, and renew their credentials in band.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -17,6 +17,7 @@ use drover::state::StateDir;
 use crate::support::docker::{self, BUSYBOX_IMAGE};
 use crate::support::fleet::{containers_of, Fleet, TestAgent};
 use crate::support::net::{free_port, unique_loopback};
+use crate::support::proxy::FreezingProxy;
 use crate::support::registry::Registry;
 use crate::support::require;
 use crate::support::wait::eventually;
@@ -338,5 +339,53 @@ async fn credentials_are_renewed_in_band_and_the_old_key_stops_working() {
         b.check(&fleet.cluster, "w1", &joined),
         Err(Refusal::UnknownCredential)
     );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_connection_is_dropped_by_both_sides_and_the_agent_redials() {
+    require!(docker::connect().await);
+    // Fleet servers beat every 500 ms.
+    let fleet = Fleet::start("hung", &[("n1", "etcd"), ("w1", "worker")]).await;
+    let specs = fleet.declare(&["n1", "w1"], "    worker: []\n");
+    let server: std::net::SocketAddr = fleet.url().trim_start_matches("wss://").parse().unwrap();
+    let proxy = FreezingProxy::start(server.ip(), server).await;
+    let via = format!("wss://{}", proxy.addr);
+    let agent = TestAgent::start_via(&fleet, "w1", Some(fleet.token(true, HOUR)), &via).await;
+    fleet.converged("w1", &specs["w1"], CONVERGE).await;
+
+    // The path goes dead without a close: each side notices the other's silence.
+    proxy.freeze();
+    let silent = "the daemon was silent for three heartbeat intervals";
+    eventually(
+        "the agent to notice the silent daemon",
+        CONVERGE,
+        || async {
+            if fleet.logs.text().contains(silent) {
+                Ok(())
+            } else {
+                Err("not yet")
+            }
+        },
+    )
+    .await;
+    eventually("the daemon to drop the silent agent", CONVERGE, || async {
+        if fleet.report("w1").connected {
+            Err("still connected")
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    // The path comes back: the agent's redial gets through.
+    proxy.thaw();
+    eventually("the agent to reconnect", CONVERGE, || async {
+        if fleet.report("w1").connected {
+            Ok(())
+        } else {
+            Err("not connected")
+        }
+    })
+    .await;
     agent.stop().await;
 }

@@ -316,6 +316,19 @@ impl TestAgent {
         Self::start_with(fleet, node, token, &fleet.pin(), data, host_root).await
     }
 
+    /// Starts the agent of `node`, with fresh directories, dialling `url` (a proxy of the
+    /// fleet's server, say) instead of the server itself.
+    pub async fn start_via(
+        fleet: &Fleet,
+        node: &str,
+        token: Option<Secret>,
+        url: &str,
+    ) -> TestAgent {
+        let data = tempfile::tempdir().expect("a data directory");
+        let host_root = tempfile::tempdir().expect("a host root");
+        Self::launch(url, node, token, &fleet.pin(), data, host_root).await
+    }
+
     /// Starts the agent of `node` with the given directories (a restart keeps them).
     pub async fn start_with(
         fleet: &Fleet,
@@ -325,8 +338,19 @@ impl TestAgent {
         data: TempDir,
         host_root: TempDir,
     ) -> TestAgent {
+        Self::launch(&fleet.url(), node, token, pin, data, host_root).await
+    }
+
+    async fn launch(
+        url: &str,
+        node: &str,
+        token: Option<Secret>,
+        pin: &str,
+        data: TempDir,
+        host_root: TempDir,
+    ) -> TestAgent {
         let docker = super::docker::connect().await.expect("docker");
-        let dial = Dial::new(&fleet.url(), pin).expect("a valid server URL");
+        let dial = Dial::new(url, pin).expect("a valid server URL");
         let mut settings = AgentSettings::new(dial, node, data.path().to_path_buf(), docker);
         settings.token = token;
         settings.host_root = host_root.path().to_path_buf();

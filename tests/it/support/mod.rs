@@ -20,6 +20,7 @@ pub mod git_remote;
 pub mod logs;
 pub mod net;
 pub mod process;
+pub mod proxy;
 pub mod registry;
 pub mod wait;
 

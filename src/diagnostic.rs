@@ -162,6 +162,12 @@ pub enum Problem {
     InvalidFileMode { value: String },
     #[error("file `{path}` is written twice on node `{node}`")]
     DuplicateFile { path: String, node: String },
+    #[error("node `{node}` would run {count} containers and files; a node runs at most {limit}")]
+    TooManySteps {
+        node: String,
+        count: usize,
+        limit: usize,
+    },
     #[error("label keys starting with `drover.dev/` are reserved")]
     ReservedLabel,
     #[error("health check needs exactly one of `http`, `tcp`, `exec`")]
@@ -259,6 +265,7 @@ impl Problem {
             Problem::InvalidFilePath { .. } => "invalid-file-path",
             Problem::InvalidFileMode { .. } => "invalid-file-mode",
             Problem::DuplicateFile { .. } => "duplicate-file",
+            Problem::TooManySteps { .. } => "too-many-steps",
             Problem::ReservedLabel => "reserved-label",
             Problem::ProbeKind => "probe-kind",
             Problem::InvalidProbe { .. } => "invalid-probe",

@@ -17,6 +17,13 @@ use crate::secret::Secret;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The largest message either side sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Most steps an `Applied` report, and most containers an `Observed` report, may list. A node
+/// plan is far smaller; a report over this is refused.
+pub const MAX_REPORT_ITEMS: usize = 1024;
+/// Longest text of a report's field (a step's error, a health reason, a name), in bytes.
+/// Longer text is cut at a character boundary, so 10,000 nodes' reports stay small.
+pub const MAX_REPORT_TEXT_BYTES: usize = 1024;
+
 /// The WebSocket read buffer of either side. A session carries a plan now and then, not a
 /// stream, so it stays small: a larger message is assembled outside it, up to the limit above.
 /// The libraries' default (128 KiB) would cost a daemon with 10,000 agents over a gigabyte.
@@ -183,6 +190,40 @@ pub struct ContainerState {
     pub reason: Option<String>,
 }
 
+/// `text`, cut to `MAX_REPORT_TEXT_BYTES` at a character boundary, with `…` when cut.
+pub fn short_text(text: &str) -> String {
+    if text.len() <= MAX_REPORT_TEXT_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_REPORT_TEXT_BYTES - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+impl StepReport {
+    /// This report with every text within `MAX_REPORT_TEXT_BYTES`.
+    pub fn bounded(self) -> StepReport {
+        StepReport {
+            subject: short_text(&self.subject),
+            action: short_text(&self.action),
+            error: self.error.as_deref().map(short_text),
+        }
+    }
+}
+
+impl ContainerState {
+    /// This state with every text within `MAX_REPORT_TEXT_BYTES`.
+    pub fn bounded(self) -> ContainerState {
+        ContainerState {
+            spec_hash: short_text(&self.spec_hash),
+            reason: self.reason.as_deref().map(short_text),
+            ..self
+        }
+    }
+}
+
 /// Why a message could not be sent or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
@@ -219,4 +260,25 @@ fn check_size(size: usize) -> Result<(), ProtocolError> {
 pub fn plan_checksum(spec: &NodeSpec) -> String {
     let json = serde_json::to_vec(spec).expect("a node plan is always JSON");
     format!("sha256:{}", hex::encode(Sha256::digest(json)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_report_text_is_cut_at_a_character_boundary() {
+        assert_eq!(short_text("short"), "short");
+        let exact = "x".repeat(MAX_REPORT_TEXT_BYTES);
+        assert_eq!(short_text(&exact), exact);
+        for long in [
+            "é".repeat(MAX_REPORT_TEXT_BYTES),
+            "a".repeat(5 * MAX_REPORT_TEXT_BYTES),
+        ] {
+            let cut = short_text(&long);
+            assert!(cut.len() <= MAX_REPORT_TEXT_BYTES, "{}", cut.len());
+            assert!(cut.ends_with('…'));
+            assert!(long.starts_with(cut.trim_end_matches('…')));
+        }
+    }
 }

@@ -353,7 +353,7 @@ fn report(r: &StepResult) -> StepReport {
             Action::FileWritten => "file-written",
         }
         .into(),
-        error: r.error.clone(),
+        error: r.error.as_deref().map(crate::protocol::short_text),
     }
 }
 

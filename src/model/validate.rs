@@ -16,6 +16,7 @@ use super::{
     SnapshotPolicy, SourceRef, ETCD_CLIENT_PORT, ETCD_PEER_PORT,
 };
 use crate::diagnostic::{Diagnostic, Location, NameError, Problem, Severity};
+use crate::protocol::MAX_REPORT_ITEMS;
 
 /// Shortest interval between two snapshots.
 const MIN_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
@@ -585,9 +586,24 @@ fn check_templates(cluster: &Cluster, c: &mut Checker<'_>) {
             .expect("component comes from this cluster")
     };
     let scope = Scope::new(cluster);
-    for node in &cluster.nodes {
+    for (n, node) in cluster.nodes.iter().enumerate() {
         let ctx = scope.node(node);
         let mut files: BTreeSet<String> = BTreeSet::new();
+        // An agent reports one step per container and file, within the protocol's limit.
+        let count = cluster.components_of(node).count()
+            + usize::from(node.roles.contains(&Role::Etcd))
+            + cluster
+                .components_of(node)
+                .map(|(_, comp)| comp.spec.files.len())
+                .sum::<usize>();
+        if count > MAX_REPORT_ITEMS {
+            let problem = Problem::TooManySteps {
+                node: node.name.to_string(),
+                count,
+                limit: MAX_REPORT_ITEMS,
+            };
+            c.at(&format!("spec.nodes[{n}].name"), problem);
+        }
         for (role, comp) in cluster.components_of(node) {
             let at = format!("spec.components.{role}[{}]", index_of(role, &comp.name));
             let rendered = match renderer.component(comp, &ctx) {

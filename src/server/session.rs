@@ -18,7 +18,10 @@ use super::Settings;
 use crate::join::{redeem, CredentialUse};
 use crate::model::NodeName;
 use crate::pki::{node_identity, DaemonCa, NodeIdentity};
-use crate::protocol::{decode, encode, AgentMessage, Refusal, ServerMessage, PROTOCOL_VERSION};
+use crate::protocol::{
+    decode, encode, AgentMessage, Refusal, ServerMessage, StepReport, MAX_REPORT_ITEMS,
+    PROTOCOL_VERSION,
+};
 use crate::secret::Secret;
 
 /// How long an agent has to send its first message.
@@ -362,6 +365,15 @@ async fn handle(
             checksum,
             steps,
         } => {
+            if steps.len() > MAX_REPORT_ITEMS {
+                let detail = format!(
+                    "a report of {} steps is over the limit of {MAX_REPORT_ITEMS}",
+                    steps.len()
+                );
+                return Some(End::Refused(Refusal::BadRequest { detail }));
+            }
+            let steps: Vec<StepReport> = steps.into_iter().map(StepReport::bounded).collect();
+            let checksum = crate::protocol::short_text(&checksum);
             for s in steps.iter().filter(|s| s.error.is_some()) {
                 tracing::warn!(
                     cluster,
@@ -382,6 +394,17 @@ async fn handle(
             });
         }
         AgentMessage::Observed { containers } => {
+            if containers.len() > MAX_REPORT_ITEMS {
+                let detail = format!(
+                    "a report of {} containers is over the limit of {MAX_REPORT_ITEMS}",
+                    containers.len()
+                );
+                return Some(End::Refused(Refusal::BadRequest { detail }));
+            }
+            let containers = containers
+                .into_iter()
+                .map(|(c, state)| (crate::protocol::short_text(&c), state.bounded()))
+                .collect();
             cx.hub.record(cluster, node, |r| r.containers = containers);
         }
         AgentMessage::Renew { csr_pem } => {

@@ -3,8 +3,8 @@
 //! undeclared node; a node bound to another key until `drover node reset`; a credential
 //! speaking for another node; no credential at all; a credential revoked when its node leaves
 //! Git; a daemon CA that does not match the pin; clients that connect and stay silent, before
-//! or after their hello. The captured logs are searched for every token and private key the
-//! tests used.
+//! or after their hello; reports over the daemon's limits. The captured logs are searched for
+//! every token and private key the tests used.
 
 use std::time::{Duration, SystemTime};
 
@@ -360,4 +360,60 @@ async fn the_daemon_heartbeats_and_drops_an_agent_that_falls_silent() {
         "dropped after about three silent intervals: {beats:?}"
     );
     assert!(!fleet.report("n2").connected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_bounded_at_the_daemon() {
+    use drover::protocol::{StepReport, MAX_REPORT_ITEMS, MAX_REPORT_TEXT_BYTES};
+    let fleet = Fleet::start("bounds", NODES).await;
+    fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
+    let (joined, _d) = join_as(&fleet, "n2", &fleet.token(true, HOUR), &fleet.pin()).await;
+    let n2 = joined.unwrap();
+    let step = |error: &str| StepReport {
+        subject: "web".into(),
+        action: "created".into(),
+        error: Some(error.to_string()),
+    };
+    let applied = |steps| AgentMessage::Applied {
+        generation: 1,
+        checksum: "sha256:00".into(),
+        steps,
+    };
+
+    // A long error is kept, cut to the limit.
+    let (mut socket, _) = hello(&fleet, Some(&n2), &fleet.cluster, "n2").await;
+    let long = "e".repeat(100 * MAX_REPORT_TEXT_BYTES);
+    session::send(&mut socket, &applied(vec![step(&long)]))
+        .await
+        .unwrap();
+    let kept = crate::support::wait::eventually("the report", Duration::from_secs(30), || async {
+        fleet
+            .report("n2")
+            .steps
+            .first()
+            .and_then(|s| s.error.clone())
+            .ok_or("no step yet")
+    })
+    .await;
+    assert!(
+        kept.len() <= MAX_REPORT_TEXT_BYTES && kept.ends_with('…'),
+        "{}",
+        kept.len()
+    );
+
+    // Too many steps: refused with the reason, and nothing of it is kept.
+    let many = (0..=MAX_REPORT_ITEMS).map(|_| step("x")).collect();
+    session::send(&mut socket, &applied(many)).await.unwrap();
+    let reason = loop {
+        match session::recv(&mut socket).await {
+            Ok(ServerMessage::Refused { reason }) => break reason,
+            Ok(_) => continue,
+            Err(e) => panic!("closed without a reason: {e}"),
+        }
+    };
+    match reason {
+        Refusal::BadRequest { detail } => assert!(detail.contains("over the limit"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fleet.report("n2").steps.len(), 1);
 }

@@ -540,6 +540,27 @@ fn files_written_twice_on_one_node_are_refused() {
 }
 
 #[test]
+fn a_node_runs_at_most_as_many_containers_and_files_as_an_agent_reports() {
+    // 1,100 files on one worker: over the 1,024 steps an agent's report may carry.
+    let files: Vec<String> = (0..1100)
+        .map(|i| format!("{{path: /etc/f{i}, content: x}}"))
+        .collect();
+    let components = format!(
+        "  components:\n    worker: [{{name: w, image: busybox, files: [{}]}}]\n",
+        files.join(", ")
+    );
+    check(
+        &cluster("dev", &format!("{NODES}{ETCD}{components}")),
+        expect![[r#"
+            clusters/c.yaml:8:14: error: node `n2` would run 1101 containers and files; a node runs at most 1024
+              |
+            8 |     - {name: n2, address: 127.0.0.3, roles: [worker]}
+              |              ^^
+        "#]],
+    );
+}
+
+#[test]
 fn rollout_limits() {
     let rollout = "  rollout:\n    maxUnavailable: {controlplane: 0, worker: '150%', etcd: 1}\n";
     check(

@@ -27,9 +27,10 @@ use drover::agent::credential::DataDir;
 use drover::agent::session::{recv, send, Dial, Socket};
 use drover::join::{create_token, Bindings, BINDINGS};
 use drover::model::{load_sources, ClusterName};
+use drover::nodeplan::NodeSpec;
 use drover::pki::{DaemonCa, Identity, NodeKey};
-use drover::plan::container::{desired_nodes, NodeSpec};
-use drover::protocol::{plan_checksum, AgentMessage, ServerMessage, StepReport, PROTOCOL_VERSION};
+use drover::plan::container::desired_nodes;
+use drover::protocol::{AgentMessage, ServerMessage, StepReport, PROTOCOL_VERSION};
 use drover::server::{AgentServer, Settings};
 use drover::state::StateDir;
 use futures::StreamExt as _;
@@ -426,7 +427,7 @@ async fn agent(mut socket: Socket) {
                 let Some(Ok(Message::Text(text))) = frame else { return };
                 let Ok(ServerMessage::Plan { generation, checksum, spec }) =
                     drover::protocol::decode::<ServerMessage>(text.as_str()) else { continue };
-                assert_eq!(plan_checksum(&spec), checksum, "the plan arrived intact");
+                assert_eq!(spec.checksum(), checksum, "the plan arrived intact");
                 let steps = spec
                     .containers
                     .keys()

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::diagnostic::{Diagnostic, Severity};
+use crate::model::diagnostic::{Diagnostic, Severity};
 use crate::model::load::{parse_documents, LoadError, SourceFile, MAX_FILE_BYTES};
 use crate::model::names::StoreName;
 use crate::model::validate::Checker;
@@ -146,7 +146,7 @@ pub fn parse(name: &str, bytes: Vec<u8>) -> Result<DaemonConfig, ConfigError> {
         [] => {}
         [_, (_, index), ..] => {
             let mut c = Checker::new(name, index, &mut diagnostics);
-            c.at("", crate::diagnostic::Problem::ConfigDocuments);
+            c.at("", crate::model::diagnostic::Problem::ConfigDocuments);
         }
     }
     diagnostics.sort_by(|a, b| a.location.cmp(&b.location));
@@ -158,7 +158,7 @@ pub fn parse(name: &str, bytes: Vec<u8>) -> Result<DaemonConfig, ConfigError> {
 }
 
 fn check(doc: &DaemonConfigFile, c: &mut Checker<'_>) -> Option<DaemonConfig> {
-    use crate::diagnostic::Problem;
+    use crate::model::diagnostic::Problem;
     if doc.api_version != crate::model::spec::API_VERSION {
         let found = doc.api_version.clone();
         let expected = crate::model::spec::API_VERSION;
@@ -199,7 +199,7 @@ fn check(doc: &DaemonConfigFile, c: &mut Checker<'_>) -> Option<DaemonConfig> {
 }
 
 fn check_store(at: &str, s: &StoreSpec, c: &mut Checker<'_>) -> Option<Store> {
-    use crate::diagnostic::Problem;
+    use crate::model::diagnostic::Problem;
     let bad = |reason: &'static str| Problem::InvalidStore { reason };
     let url = match url::Url::parse(&s.url) {
         Ok(u) => u,
@@ -237,7 +237,7 @@ fn check_store(at: &str, s: &StoreSpec, c: &mut Checker<'_>) -> Option<Store> {
 }
 
 fn check_s3(at: &str, url: &url::Url, s: &StoreSpec, c: &mut Checker<'_>) -> Option<S3Store> {
-    use crate::diagnostic::Problem;
+    use crate::model::diagnostic::Problem;
     let bad = |reason: &'static str| Problem::InvalidStore { reason };
     let bucket = url.host_str().unwrap_or_default().to_string();
     if bucket.is_empty() {

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::model::ClusterName;
-use crate::protocol::Refusal;
+use crate::protocol::{Refusal, TokenRefusal};
 use crate::secret::Secret;
 use crate::state::{StateDir, StateError};
 
@@ -36,20 +36,6 @@ pub enum JoinError {
     TtlTooLong { asked: Duration },
     #[error("more than {MAX_TOKENS} unexpired join tokens; revoke some (`drover token list`, `drover token revoke`) or wait for them to expire")]
     TooManyTokens,
-}
-
-/// Why a presented token is refused. The text never contains the token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TokenRefusal {
-    #[error("the join token is malformed")]
-    Malformed,
-    #[error("the join token is unknown")]
-    Unknown,
-    #[error("the join token expired")]
-    Expired,
-    #[error("the join token was already used")]
-    AlreadyUsed,
 }
 
 /// A token as stored: its id, the hash of its secret, and its rules.

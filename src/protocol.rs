@@ -7,10 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::join::TokenRefusal;
-use crate::plan::container::NodeSpec;
+use crate::nodeplan::NodeSpec;
 use crate::secret::Secret;
 
 /// The protocol version both sides speak; a connection with another is refused with a reason.
@@ -19,7 +17,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Most steps an `Applied` report, and most containers an `Observed` report, may list. A node
 /// plan is far smaller; a report over this is refused.
-pub const MAX_REPORT_ITEMS: usize = 1024;
+pub const MAX_REPORT_ITEMS: usize = crate::model::MAX_NODE_ITEMS;
 /// Longest text of a report's field (a step's error, a health reason, a name), in bytes.
 /// Longer text is cut at a character boundary, so 10,000 nodes' reports stay small.
 pub const MAX_REPORT_TEXT_BYTES: usize = 1024;
@@ -105,7 +103,7 @@ pub enum ServerMessage {
     Heartbeat {
         seq: u64,
     },
-    /// The node's plan. `generation` only ever grows; `checksum` is `plan_checksum(spec)`.
+    /// The node's plan. `generation` only ever grows; `checksum` is `spec.checksum()`.
     Plan {
         generation: u64,
         checksum: String,
@@ -159,6 +157,20 @@ pub enum Refusal {
     UnknownCredential,
     #[error("bad request: {detail}")]
     BadRequest { detail: String },
+}
+
+/// Why a presented token is refused. The text never contains the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenRefusal {
+    #[error("the join token is malformed")]
+    Malformed,
+    #[error("the join token is unknown")]
+    Unknown,
+    #[error("the join token expired")]
+    Expired,
+    #[error("the join token was already used")]
+    AlreadyUsed,
 }
 
 /// The plan generation and checksum an agent applied.
@@ -254,12 +266,6 @@ fn check_size(size: usize) -> Result<(), ProtocolError> {
         });
     }
     Ok(())
-}
-
-/// The checksum of a node plan: sha256 over its canonical JSON.
-pub fn plan_checksum(spec: &NodeSpec) -> String {
-    let json = serde_json::to_vec(spec).expect("a node plan is always JSON");
-    format!("sha256:{}", hex::encode(Sha256::digest(json)))
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::nodeplan::NodeSpec;
 use crate::pki::{self, Identity, NodeKey, PkiError};
-use crate::plan::container::NodeSpec;
 use crate::protocol::AppliedMark;
 use crate::secret::Secret;
 use crate::state::{StateDir, StateError};

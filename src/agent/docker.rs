@@ -1,7 +1,7 @@
 //! Applies a node's plan with the Docker Engine API: every container the plan lists runs with
 //! the plan's spec, nothing else that drover manages does, and the files it needs are in place.
 //! Containers carry labels naming their cluster, node, component, spec hash and plan generation;
-//! the spec hash (over `plan::container::SPEC_FIELDS`) decides a recreate, so an agent that
+//! the spec hash (over `nodeplan::SPEC_FIELDS`) decides a recreate, so an agent that
 //! restarts reconciles from what runs instead of redoing everything.
 //!
 //! An image the engine does not have is pulled before its container is created or replaced,
@@ -23,9 +23,11 @@ use bollard::Docker;
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
-use super::registry::RegistryAuth;
-use crate::model::spec::{NetworkMode, PidMode, RestartPolicy};
-use crate::plan::container::{container_name, ContainerSpec, FileSpec, NodeSpec};
+use super::registry::{AuthError, RegistryAuth};
+use crate::model::names::ImageRef;
+use crate::nodeplan::{
+    container_name, ContainerSpec, FileSpec, NetworkMode, NodeSpec, PidMode, RestartPolicy,
+};
 use crate::state::write_atomically;
 
 pub const LABEL_MANAGED_BY: &str = "drover.dev/managed-by";
@@ -65,6 +67,39 @@ pub struct StepResult {
     pub error: Option<String>,
 }
 
+/// Why one step failed. Its text (with its causes) is what the step reports: Docker's or the
+/// registry's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("inspecting image {image}")]
+    InspectImage {
+        image: ImageRef,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("pulling {image}")]
+    PullCredentials {
+        image: ImageRef,
+        #[source]
+        source: AuthError,
+    },
+    #[error("pulling {image}: {reason}")]
+    Pull { image: ImageRef, reason: String },
+    #[error("pulling {image}: abandoned, the agent is stopping")]
+    PullAbandoned { image: ImageRef },
+    #[error(
+        "pulling {image} took longer than {}",
+        humantime::format_duration(PULL_TIMEOUT)
+    )]
+    PullTimeout { image: ImageRef },
+    #[error(transparent)]
+    Docker(#[from] bollard::errors::Error),
+    #[error(transparent)]
+    File(#[from] std::io::Error),
+    #[error("a blocking file task failed")]
+    FileTask(#[source] tokio::task::JoinError),
+}
+
 /// Why Docker could not be asked what runs.
 #[derive(Debug, thiserror::Error)]
 #[error("listing containers from Docker")]
@@ -72,19 +107,6 @@ pub struct ObserveError(#[source] bollard::errors::Error);
 
 /// How long one image pull may take before its step fails (and is retried with backoff).
 pub const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// `name` and `tag` for the engine's pull: a digest reference is pulled as it is; a name
-/// without a tag means `latest`, as with `docker pull` (the engine would pull every tag).
-fn image_reference(image: &str) -> (&str, Option<&str>) {
-    if image.contains('@') {
-        return (image, None);
-    }
-    let last = image.rsplit('/').next().unwrap_or(image);
-    match last.rsplit_once(':') {
-        Some((_, tag)) => (&image[..image.len() - tag.len() - 1], Some(tag)),
-        None => (image, Some("latest")),
-    }
-}
 
 /// Applies one node's plan.
 pub struct Driver {
@@ -166,7 +188,7 @@ impl Driver {
     ) -> Result<Vec<StepResult>, ObserveError> {
         let mut results = Vec::new();
         for (path, file) in &spec.files {
-            if let Some(r) = self.write_file(path, file) {
+            if let Some(r) = self.write_file(path, file).await {
                 results.push(r);
             }
         }
@@ -202,13 +224,12 @@ impl Driver {
                     step(component, Action::Recreated, error)
                 }
                 Some(have) if !have.running => {
-                    let error = self
-                        .docker
-                        .start_container(&have.id, None)
-                        .await
-                        .err()
-                        .map(|e| e.to_string());
-                    step(component, Action::Started, error)
+                    let started = self.docker.start_container(&have.id, None).await;
+                    step(
+                        component,
+                        Action::Started,
+                        started.err().map(StepError::from),
+                    )
                 }
                 Some(_) => step(component, Action::Unchanged, None),
             };
@@ -223,7 +244,7 @@ impl Driver {
         spec: &ContainerSpec,
         hash: &str,
         generation: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let name = container_name(&self.cluster, &self.node, component);
         let mut labels: HashMap<String, String> = spec
             .labels
@@ -239,7 +260,7 @@ impl Driver {
             (LABEL_GENERATION.to_string(), generation.to_string()),
         ]);
         let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
+            image: Some(spec.image.to_string()),
             entrypoint: spec.command.clone(),
             cmd: Some(spec.args.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
@@ -259,33 +280,38 @@ impl Driver {
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        self.docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.docker
-            .start_container(&name, None)
-            .await
-            .map_err(|e| e.to_string())
+        self.docker.create_container(Some(options), body).await?;
+        Ok(self.docker.start_container(&name, None).await?)
     }
 
     /// Pulls `image` unless the engine has it already, within `PULL_TIMEOUT`. The error is the
     /// engine's or the registry's reason.
-    async fn ensure_image(&self, image: &str) -> Result<(), String> {
-        match self.docker.inspect_image(image).await {
+    async fn ensure_image(&self, image: &ImageRef) -> Result<(), StepError> {
+        match self.docker.inspect_image(image.as_str()).await {
             Ok(_) => return Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => {}
-            Err(e) => return Err(format!("inspecting image {image}: {e}")),
+            Err(source) => {
+                let image = image.clone();
+                return Err(StepError::InspectImage { image, source });
+            }
         }
-        let credentials = match &self.auth {
-            Some(auth) => auth
-                .for_image(image)
-                .map_err(|e| format!("pulling {image}: {}", crate::error_chain(&e)))?,
+        let credentials = match self.auth.clone() {
+            // The credentials file is read on a blocking thread, never on the async workers.
+            Some(auth) => {
+                let of = image.clone();
+                tokio::task::spawn_blocking(move || auth.for_image(&of))
+                    .await
+                    .map_err(StepError::FileTask)?
+                    .map_err(|source| StepError::PullCredentials {
+                        image: image.clone(),
+                        source,
+                    })?
+            }
             None => None,
         };
-        let (from_image, tag) = image_reference(image);
+        let (from_image, tag) = image.pull_parts();
         let options = CreateImageOptions {
             from_image: Some(from_image.to_string()),
             tag: tag.map(str::to_string),
@@ -302,29 +328,22 @@ impl Driver {
             }
             Ok(())
         };
-        tracing::info!(image, "pulling image");
+        tracing::info!(%image, "pulling image");
+        let image = image.clone();
         let outcome = tokio::select! {
             outcome = tokio::time::timeout(PULL_TIMEOUT, pull) => outcome,
-            () = self.stop.cancelled() => {
-                return Err(format!("pulling {image}: abandoned, the agent is stopping"));
-            }
+            () = self.stop.cancelled() => return Err(StepError::PullAbandoned { image }),
         };
         match outcome {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(format!("pulling {image}: {reason}")),
-            Err(_) => Err(format!(
-                "pulling {image} took longer than {}",
-                humantime::format_duration(PULL_TIMEOUT)
-            )),
+            Ok(Err(reason)) => Err(StepError::Pull { image, reason }),
+            Err(_) => Err(StepError::PullTimeout { image }),
         }
     }
 
-    async fn remove(&self, id: &str) -> Result<(), String> {
+    async fn remove(&self, id: &str) -> Result<(), StepError> {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
-        self.docker
-            .remove_container(id, Some(options))
-            .await
-            .map_err(|e| e.to_string())
+        Ok(self.docker.remove_container(id, Some(options)).await?)
     }
 
     /// A bind whose host side lives under the host root.
@@ -340,27 +359,43 @@ impl Driver {
     }
 
     /// Writes a file atomically with its mode, unless it already holds the planned content.
-    fn write_file(&self, path: &str, file: &FileSpec) -> Option<StepResult> {
+    /// The file system is touched on a blocking thread, never on the async workers.
+    async fn write_file(&self, path: &str, file: &FileSpec) -> Option<StepResult> {
         let target = self.host_path(path);
-        let current = std::fs::read(&target).ok();
-        let mode_ok = std::fs::metadata(&target)
-            .map(|m| m.permissions().mode() & 0o7777 == file.mode)
-            .unwrap_or(false);
-        if current.as_deref() == Some(file.content.as_bytes()) && mode_ok {
-            return None;
+        let file = file.clone();
+        let written = tokio::task::spawn_blocking(move || write_if_changed(&target, &file)).await;
+        match written {
+            Ok(Ok(false)) => None,
+            Ok(Ok(true)) => Some(step(path, Action::FileWritten, None)),
+            Ok(Err(e)) => Some(step(path, Action::FileWritten, Some(e.into()))),
+            Err(e) => Some(step(
+                path,
+                Action::FileWritten,
+                Some(StepError::FileTask(e)),
+            )),
         }
-        let error = write_atomically(&target, file.content.as_bytes(), file.mode)
-            .err()
-            .map(|e| e.to_string());
-        Some(step(path, Action::FileWritten, error))
     }
 }
 
-fn step(subject: &str, action: Action, error: Option<String>) -> StepResult {
+/// Writes `file` at `target` unless it holds that content with that mode; whether it wrote.
+fn write_if_changed(target: &std::path::Path, file: &FileSpec) -> std::io::Result<bool> {
+    let current = std::fs::read(target).ok();
+    let mode_ok = std::fs::metadata(target)
+        .map(|m| m.permissions().mode() & 0o7777 == file.mode.bits())
+        .unwrap_or(false);
+    if current.as_deref() == Some(file.content.as_bytes()) && mode_ok {
+        return Ok(false);
+    }
+    write_atomically(target, file.content.as_bytes(), file.mode.bits())?;
+    Ok(true)
+}
+
+/// A step's result; its error as the report's text, with its causes.
+fn step(subject: &str, action: Action, error: Option<StepError>) -> StepResult {
     StepResult {
         subject: subject.to_string(),
         action,
-        error,
+        error: error.map(|e| crate::error_chain(&e)),
     }
 }
 
@@ -378,34 +413,5 @@ fn restart_policy(policy: RestartPolicy) -> RestartPolicyNameEnum {
         RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
         RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
         RestartPolicy::No => RestartPolicyNameEnum::NO,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::image_reference;
-
-    #[test]
-    fn image_references_name_their_tag_as_docker_pull_does() {
-        let cases = [
-            ("busybox", ("busybox", Some("latest"))),
-            ("busybox:1.36", ("busybox", Some("1.36"))),
-            (
-                "127.0.0.1:5000/drover-test/busybox",
-                ("127.0.0.1:5000/drover-test/busybox", Some("latest")),
-            ),
-            (
-                "127.0.0.1:5000/drover-test/busybox:1",
-                ("127.0.0.1:5000/drover-test/busybox", Some("1")),
-            ),
-            (
-                "registry.k8s.io/etcd:3.5.16-0",
-                ("registry.k8s.io/etcd", Some("3.5.16-0")),
-            ),
-            ("busybox@sha256:abcd", ("busybox@sha256:abcd", None)),
-        ];
-        for (image, want) in cases {
-            assert_eq!(image_reference(image), want, "{image}");
-        }
     }
 }

@@ -22,7 +22,7 @@ use super::credential::{DataDir, PlanRecord};
 use super::docker::{Action, Driver, StepResult};
 use super::probe::{Health, Prober};
 use crate::backoff::Backoff;
-use crate::plan::container::{container_name, NodeSpec};
+use crate::nodeplan::{container_name, NodeSpec};
 use crate::protocol::{AppliedMark, ContainerState, StepReport};
 
 /// How the executor paces itself.

@@ -9,7 +9,7 @@ use bollard::Docker;
 use futures::StreamExt;
 
 use crate::error_chain;
-use crate::plan::container::Probe;
+use crate::nodeplan::Probe;
 
 /// Most bytes of a probe's output kept for the reason text.
 const MAX_DETAIL: usize = 200;

@@ -13,6 +13,7 @@ use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 use serde::Deserialize;
 
+use crate::model::names::ImageRef;
 use crate::secret::Secret;
 
 /// The largest client configuration read.
@@ -106,7 +107,7 @@ impl RegistryAuth {
     }
 
     /// The credentials for `image`'s registry; `None` when the file or its entry is absent.
-    pub fn for_image(&self, image: &str) -> Result<Option<Credentials>, AuthError> {
+    pub fn for_image(&self, image: &ImageRef) -> Result<Option<Credentials>, AuthError> {
         let path = &self.config;
         let size = match std::fs::metadata(path) {
             Ok(m) => m.len(),
@@ -127,7 +128,7 @@ impl RegistryAuth {
         })?;
         let config: ConfigFile = serde_json::from_slice(&bytes)
             .map_err(|_| AuthError::Malformed { path: path.clone() })?;
-        let registry = registry_of(image);
+        let registry = image.registry();
         let Some(entry) = config
             .auths
             .iter()
@@ -160,21 +161,6 @@ impl RegistryAuth {
     }
 }
 
-/// The registry an image is pulled from, as `docker pull` decides it: the first path part
-/// when it names a host (a dot, a port, or `localhost`), else Docker Hub.
-pub fn registry_of(image: &str) -> &str {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => {
-            if first == "index.docker.io" {
-                "docker.io"
-            } else {
-                first
-            }
-        }
-        _ => "docker.io",
-    }
-}
-
 /// A key of `auths` as a registry host: `https://index.docker.io/v1/` is `docker.io`.
 fn normalize(key: &str) -> &str {
     let host = key
@@ -191,18 +177,12 @@ fn normalize(key: &str) -> &str {
 mod tests {
     use super::*;
 
+    fn img(text: &str) -> ImageRef {
+        ImageRef::parse(text).unwrap()
+    }
+
     #[test]
-    fn images_name_their_registry_as_docker_pull_does() {
-        for (image, registry) in [
-            ("busybox", "docker.io"),
-            ("library/busybox:1", "docker.io"),
-            ("index.docker.io/library/busybox", "docker.io"),
-            ("registry.k8s.io/etcd:3.5.16-0", "registry.k8s.io"),
-            ("127.0.0.1:5000/drover-test/busybox:1", "127.0.0.1:5000"),
-            ("localhost/app", "localhost"),
-        ] {
-            assert_eq!(registry_of(image), registry, "{image}");
-        }
+    fn config_keys_name_their_registry_as_docker_login_writes_them() {
         for (key, host) in [
             ("https://index.docker.io/v1/", "docker.io"),
             ("127.0.0.1:5000", "127.0.0.1:5000"),
@@ -217,7 +197,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         let auth = RegistryAuth::new(&path);
-        assert!(auth.for_image("busybox").unwrap().is_none(), "no file");
+        assert!(
+            auth.for_image(&img("busybox")).unwrap().is_none(),
+            "no file"
+        );
         let secret = "pa:ss-word";
         let encoded = base64::engine::general_purpose::STANDARD.encode(format!("me:{secret}"));
         std::fs::write(
@@ -228,7 +211,7 @@ mod tests {
         )
         .unwrap();
         let hub = auth
-            .for_image("busybox:1")
+            .for_image(&img("busybox:1"))
             .unwrap()
             .expect("Docker Hub's entry");
         let docker = hub.docker();
@@ -240,11 +223,14 @@ mod tests {
         );
         assert_eq!(docker.serveraddress.as_deref(), Some("docker.io"));
         assert!(!format!("{hub:?}").contains(secret));
-        assert!(auth.for_image("registry.k8s.io/pause:3").unwrap().is_none());
-        let bad = auth.for_image("127.0.0.1:5000/app:1").unwrap_err();
+        assert!(auth
+            .for_image(&img("registry.k8s.io/pause:3"))
+            .unwrap()
+            .is_none());
+        let bad = auth.for_image(&img("127.0.0.1:5000/app:1")).unwrap_err();
         assert!(matches!(bad, AuthError::BadAuth { .. }), "{bad}");
         std::fs::write(&path, format!("{{\"auths\": [\"{secret}\"]}}")).unwrap();
-        let malformed = auth.for_image("busybox").unwrap_err();
+        let malformed = auth.for_image(&img("busybox")).unwrap_err();
         assert!(
             !crate::error_chain(&malformed).contains(secret),
             "{malformed}"

@@ -20,9 +20,7 @@ use url::Url;
 use super::credential::{Credential, DataDir, PlanRecord};
 use super::executor::Executor;
 use crate::pki::{self, Identity, NodeKey};
-use crate::protocol::{
-    decode, encode, plan_checksum, AgentMessage, Refusal, ServerMessage, PROTOCOL_VERSION,
-};
+use crate::protocol::{decode, encode, AgentMessage, Refusal, ServerMessage, PROTOCOL_VERSION};
 use crate::secret::Secret;
 
 /// An agent's WebSocket to the daemon.
@@ -316,7 +314,7 @@ async fn handle(
             checksum,
             spec,
         } => {
-            let actual = plan_checksum(&spec);
+            let actual = spec.checksum();
             if actual != checksum {
                 // Not applied: what arrived is not what the daemon meant to send.
                 tracing::error!(

@@ -14,12 +14,12 @@ use serde::Serialize;
 use super::Exit;
 use crate::api::{NodesDocument, MAX_NODES_DOCUMENT_BYTES, NODES_FORMAT_VERSION, NODES_PATH};
 use crate::config::{self, ConfigError};
-use crate::diagnostic::{DiagnosticJson, Severity};
+use crate::drift::{self, Drift};
+use crate::model::diagnostic::{DiagnosticJson, Severity};
 use crate::model::load::DEFAULT_CLUSTERS_DIR;
 use crate::model::tree::{read_tree, TreeError};
 use crate::model::{load_sources, Repository, SnapshotId};
 use crate::pki;
-use crate::plan::drift::{self, Drift};
 use crate::plan::render::Palette;
 use crate::plan::{self, as_if_running, render, Desired, Observed, Plan};
 use crate::secret::Secret;
@@ -495,7 +495,11 @@ fn write_text(
     }
     write!(out, "{}", render::text_styled(plan, palette))?;
     if let Some((server, drift)) = drift {
-        write!(out, "{}", render::drift_text_styled(server, drift, palette))?;
+        write!(
+            out,
+            "{}",
+            drift::render::drift_text_styled(server, drift, palette)
+        )?;
     }
     Ok(())
 }
@@ -521,7 +525,7 @@ fn write_markdown(
     }
     write!(out, "{rest}")?;
     if let Some((server, drift)) = drift {
-        write!(out, "{}", render::drift_markdown(server, drift))?;
+        write!(out, "{}", drift::render::drift_markdown(server, drift))?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::Exit;
-use crate::diagnostic::{DiagnosticJson, Severity};
+use crate::model::diagnostic::{DiagnosticJson, Severity};
 use crate::model::load::{LoadError, DEFAULT_CLUSTERS_DIR};
 use crate::model::{load_dir, load_file, Repository, Role};
 

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+use super::diagnostic::{Diagnostic, Location, Pos, Problem, Severity};
 use super::spec::ClusterFile;
 use super::validate::{check, Checker};
 use super::yaml::{self, DocIndex, Mark};
 use super::Cluster;
-use crate::diagnostic::{Diagnostic, Location, Pos, Problem, Severity};
 
 /// Largest cluster file read.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;

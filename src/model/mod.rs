@@ -2,6 +2,7 @@
 //! into `Cluster`s plus diagnostics; a broken file yields its diagnostics and never hides the
 //! clusters of the other files.
 
+pub mod diagnostic;
 pub mod load;
 pub mod names;
 pub mod spec;
@@ -16,13 +17,19 @@ use std::time::Duration;
 
 pub use load::{load_dir, load_file, load_sources, Repository, SourceFile};
 pub use names::{
-    ClusterName, ComponentName, NodeAddress, NodeName, RequestId, SnapshotId, StoreName,
+    ClusterName, ComponentName, FileMode, ImageRef, NodeAddress, NodeName, RequestId, SnapshotId,
+    StoreName,
 };
 pub use spec::Role;
 
 /// Default etcd ports.
 pub const ETCD_CLIENT_PORT: u16 = 2379;
 pub const ETCD_PEER_PORT: u16 = 2380;
+
+/// Most containers and files one node may run. An agent reports one step per container and
+/// file, and the agent protocol refuses a report listing more (`protocol::MAX_REPORT_ITEMS`),
+/// so validation keeps every node's plan within it.
+pub const MAX_NODE_ITEMS: usize = 1024;
 
 /// One checked cluster definition.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +72,7 @@ impl Node {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Etcd {
-    pub image: String,
+    pub image: ImageRef,
     pub extra_args: BTreeMap<String, String>,
     pub client_port: u16,
     pub peer_port: u16,
@@ -111,7 +118,18 @@ pub struct RestoreRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Component {
     pub name: ComponentName,
+    pub image: ImageRef,
+    /// The files of `spec.files`, with their modes parsed; contents are still templates.
+    pub files: Vec<ComponentFile>,
     pub spec: spec::ComponentSpec,
+}
+
+/// A file a component needs on its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentFile {
+    pub path: String,
+    pub mode: FileMode,
+    pub content: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

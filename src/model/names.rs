@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::diagnostic::NameError;
+use super::diagnostic::NameError;
 
 /// Checks an RFC 1123 DNS label: 1 to 63 of `a-z 0-9 -`, starting and ending alphanumeric.
 pub fn check_dns_label(s: &str) -> Result<(), NameError> {
@@ -208,6 +208,129 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// A container image reference as `docker pull` takes it: `[registry/]repository[:tag][@digest]`.
+/// Parsed once; the planner, the Docker driver and the registry credentials all read its parts
+/// from here.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ImageRef(String);
+
+impl ImageRef {
+    /// Any non-empty text without whitespace; the registry is the judge of the rest.
+    pub fn parse(s: &str) -> Option<Self> {
+        (!s.is_empty() && !s.chars().any(char::is_whitespace)).then(|| ImageRef(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The repository path's last part, with its tag (`busybox:1` of `r.io/lib/busybox:1`).
+    fn last_part(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
+    fn is_digest(&self) -> bool {
+        self.0.contains('@')
+    }
+
+    /// The tag, when the reference names one (a port in the registry host is not a tag).
+    pub fn tag(&self) -> Option<&str> {
+        if self.is_digest() {
+            return None;
+        }
+        self.last_part().rsplit_once(':').map(|(_, tag)| tag)
+    }
+
+    /// `name` and `tag` for the engine's pull: a digest reference is pulled as it is; a name
+    /// without a tag means `latest`, as with `docker pull` (the engine would pull every tag).
+    pub fn pull_parts(&self) -> (&str, Option<&str>) {
+        if self.is_digest() {
+            return (&self.0, None);
+        }
+        match self.tag() {
+            Some(tag) => (&self.0[..self.0.len() - tag.len() - 1], Some(tag)),
+            None => (&self.0, Some("latest")),
+        }
+    }
+
+    /// Whether the reference can move under the same text: `latest`, or no tag and no digest.
+    pub fn is_mutable(&self) -> bool {
+        !self.is_digest() && self.tag().is_none_or(|tag| tag == "latest")
+    }
+
+    /// The registry the image is pulled from, as `docker pull` decides it: the first path part
+    /// when it names a host (a dot, a port, or `localhost`), else Docker Hub.
+    pub fn registry(&self) -> &str {
+        match self.0.split_once('/') {
+            Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => {
+                if first == "index.docker.io" {
+                    "docker.io"
+                } else {
+                    first
+                }
+            }
+            _ => "docker.io",
+        }
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ImageRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ImageRef::parse(&s).ok_or_else(|| serde::de::Error::custom("not an image reference"))
+    }
+}
+
+/// A file's permission bits, from octal text such as `644` or `0644`. On the wire, the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct FileMode(u32);
+
+impl FileMode {
+    /// Files a component lists without a mode.
+    pub const DEFAULT: FileMode = FileMode(0o644);
+
+    pub fn parse(mode: &str) -> Option<Self> {
+        let digits = mode
+            .strip_prefix('0')
+            .filter(|d| d.len() == 3)
+            .unwrap_or(mode);
+        if digits.len() != 3 {
+            return None;
+        }
+        u32::from_str_radix(digits, 8).ok().map(FileMode)
+    }
+
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FileMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bits = u32::deserialize(d)?;
+        if bits > 0o777 {
+            return Err(serde::de::Error::custom(
+                "a file mode has permission bits only",
+            ));
+        }
+        Ok(FileMode(bits))
+    }
+}
+
+impl fmt::Display for FileMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +385,112 @@ mod tests {
         ] {
             assert!(SnapshotId::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn image_references_parse_as_docker_pull_reads_them() {
+        // (image, pull name, pull tag, registry, mutable)
+        let cases = [
+            ("busybox", "busybox", Some("latest"), "docker.io", true),
+            ("busybox:1", "busybox", Some("1"), "docker.io", false),
+            (
+                "busybox:latest",
+                "busybox",
+                Some("latest"),
+                "docker.io",
+                true,
+            ),
+            (
+                "library/busybox:1",
+                "library/busybox",
+                Some("1"),
+                "docker.io",
+                false,
+            ),
+            (
+                "index.docker.io/library/busybox",
+                "index.docker.io/library/busybox",
+                Some("latest"),
+                "docker.io",
+                true,
+            ),
+            (
+                "registry.k8s.io/etcd:3.5.16-0",
+                "registry.k8s.io/etcd",
+                Some("3.5.16-0"),
+                "registry.k8s.io",
+                false,
+            ),
+            (
+                "127.64.0.9:5000/app",
+                "127.64.0.9:5000/app",
+                Some("latest"),
+                "127.64.0.9:5000",
+                true,
+            ),
+            (
+                "localhost:5000/app:2",
+                "localhost:5000/app",
+                Some("2"),
+                "localhost:5000",
+                false,
+            ),
+            (
+                "localhost/app",
+                "localhost/app",
+                Some("latest"),
+                "localhost",
+                true,
+            ),
+            (
+                "r.io/app@sha256:abcd",
+                "r.io/app@sha256:abcd",
+                None,
+                "r.io",
+                false,
+            ),
+            (
+                "app:1@sha256:abcd",
+                "app:1@sha256:abcd",
+                None,
+                "docker.io",
+                false,
+            ),
+        ];
+        for (text, name, tag, registry, mutable) in cases {
+            let image = ImageRef::parse(text).unwrap();
+            assert_eq!(image.pull_parts(), (name, tag), "{text}");
+            assert_eq!(image.registry(), registry, "{text}");
+            assert_eq!(image.is_mutable(), mutable, "{text}");
+            assert_eq!(image.to_string(), text);
+        }
+        for bad in ["", "a b", "busybox\n"] {
+            assert!(
+                ImageRef::parse(&bad.replace("\\n", "\n")).is_none(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_modes() {
+        assert_eq!(FileMode::parse("0644"), Some(FileMode(0o644)));
+        assert_eq!(FileMode::parse("600"), Some(FileMode(0o600)));
+        for bad in [
+            "",
+            "0",
+            "64",
+            "0x644",
+            "0888",
+            "00644",
+            "+644",
+            "1644",
+            "rw-r--r--",
+            "1777a",
+        ] {
+            assert_eq!(FileMode::parse(bad), None, "{bad}");
+        }
+        assert_eq!(FileMode::parse("600").unwrap().to_string(), "0600");
     }
 
     #[test]

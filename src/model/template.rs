@@ -9,7 +9,7 @@ use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde::Serialize;
 
 use super::spec::ComponentSpec;
-use super::{Cluster, Component, Node};
+use super::{Cluster, Component, ComponentFile, Node};
 
 /// Work one template may do (minijinja fuel; a plain substitution costs a few units).
 const FUEL: u64 = 20_000;
@@ -126,6 +126,15 @@ pub struct FieldError {
     pub error: TemplateError,
 }
 
+/// A component as it runs on one node: every templated field rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedComponent {
+    /// The container's fields. Its `files` are empty: they are in `files`, typed.
+    pub spec: ComponentSpec,
+    /// The component's files with their contents rendered.
+    pub files: Vec<ComponentFile>,
+}
+
 /// Renders templates; build one and reuse it. Each distinct template is compiled once.
 pub struct Renderer {
     env: RefCell<Environment<'static>>,
@@ -195,8 +204,9 @@ impl Renderer {
         &self,
         component: &Component,
         ctx: &Context,
-    ) -> Result<ComponentSpec, FieldError> {
+    ) -> Result<RenderedComponent, FieldError> {
         let mut spec = component.spec.clone();
+        spec.files = Vec::new();
         let r = |field: String, s: &mut String| -> Result<(), FieldError> {
             *s = self
                 .render_in(s, &ctx.0)
@@ -217,7 +227,8 @@ impl Renderer {
         for (i, s) in spec.binds.iter_mut().enumerate() {
             r(format!("binds[{i}]"), s)?;
         }
-        for (i, f) in spec.files.iter_mut().enumerate() {
+        let mut files = component.files.clone();
+        for (i, f) in files.iter_mut().enumerate() {
             r(format!("files[{i}].content"), &mut f.content)?;
         }
         if let Some(h) = &mut spec.health {
@@ -233,7 +244,7 @@ impl Renderer {
                 }
             }
         }
-        Ok(spec)
+        Ok(RenderedComponent { spec, files })
     }
 }
 

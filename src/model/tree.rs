@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
+use super::diagnostic::{Diagnostic, Location, Problem};
 use super::load::{SourceFile, MAX_FILES, MAX_FILE_BYTES};
-use crate::diagnostic::{Diagnostic, Location, Problem};
 
 /// Why a tree could not be read.
 #[derive(Debug, thiserror::Error)]

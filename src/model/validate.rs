@@ -5,18 +5,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use super::diagnostic::{Diagnostic, Location, NameError, Problem, Severity};
 use super::names::{
-    ClusterName, ComponentName, NodeAddress, NodeName, RequestId, SnapshotId, StoreName,
+    ClusterName, ComponentName, FileMode, ImageRef, NodeAddress, NodeName, RequestId, SnapshotId,
+    StoreName,
 };
 use super::spec::{self, ClusterFile, IntOrPercent, Role};
 use super::template::{Renderer, Scope};
 use super::yaml::{DocIndex, Mark};
 use super::{
-    Cluster, Component, Etcd, MaxUnavailable, Node, RestoreRequest, Retention, Rollout, Schedule,
-    SnapshotPolicy, SourceRef, ETCD_CLIENT_PORT, ETCD_PEER_PORT,
+    Cluster, Component, ComponentFile, Etcd, MaxUnavailable, Node, RestoreRequest, Retention,
+    Rollout, Schedule, SnapshotPolicy, SourceRef, ETCD_CLIENT_PORT, ETCD_PEER_PORT, MAX_NODE_ITEMS,
 };
-use crate::diagnostic::{Diagnostic, Location, NameError, Problem, Severity};
-use crate::protocol::MAX_REPORT_ITEMS;
 
 /// Shortest interval between two snapshots.
 const MIN_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
@@ -262,7 +262,7 @@ fn check_address(path: &str, value: &str, c: &mut Checker<'_>) -> Option<NodeAdd
 }
 
 fn check_etcd(e: &spec::EtcdSpec, c: &mut Checker<'_>) -> Option<Etcd> {
-    check_image("spec.etcd.image", &e.image, c);
+    let image = check_image("spec.etcd.image", &e.image, c);
     for name in e.extra_args.keys() {
         let path = format!("spec.etcd.extraArgs.{name}");
         let well_formed = !name.is_empty()
@@ -292,8 +292,9 @@ fn check_etcd(e: &spec::EtcdSpec, c: &mut Checker<'_>) -> Option<Etcd> {
     let restore = e.restore.as_ref().and_then(|r| check_restore(r, c));
     let snapshots_ok = e.snapshots.is_none() || snapshots.is_some();
     let restore_ok = e.restore.is_none() || restore.is_some();
+    let image = image?;
     (snapshots_ok && restore_ok).then(|| Etcd {
-        image: e.image.clone(),
+        image,
         extra_args: e.extra_args.clone(),
         client_port,
         peer_port,
@@ -469,10 +470,12 @@ fn check_components(
                     .or_default()
                     .push((*role, name_path));
             }
-            check_component(&at, comp, c);
-            if let Some(name) = name {
+            let typed = check_component(&at, comp, c);
+            if let (Some(name), Some((image, files))) = (name, typed) {
                 checked.push(Component {
                     name,
+                    image,
+                    files,
                     spec: comp.clone(),
                 });
             }
@@ -499,8 +502,13 @@ fn check_components(
     out
 }
 
-fn check_component(at: &str, comp: &spec::ComponentSpec, c: &mut Checker<'_>) {
-    check_image(&format!("{at}.image"), &comp.image, c);
+/// Checks one component; returns its image and files, typed, when both are well formed.
+fn check_component(
+    at: &str,
+    comp: &spec::ComponentSpec,
+    c: &mut Checker<'_>,
+) -> Option<(ImageRef, Vec<ComponentFile>)> {
+    let image = check_image(&format!("{at}.image"), &comp.image, c);
     for key in comp.env.keys() {
         let ok = key
             .bytes()
@@ -521,6 +529,55 @@ fn check_component(at: &str, comp: &spec::ComponentSpec, c: &mut Checker<'_>) {
             );
         }
     }
+    let files = check_files(at, comp, c);
+    for key in comp.labels.keys() {
+        if key.starts_with("drover.dev/") {
+            c.at_key(&format!("{at}.labels.{key}"), Problem::ReservedLabel);
+        }
+    }
+    check_labels(&format!("{at}.labels"), &comp.labels, c);
+    if let Some(h) = &comp.health {
+        check_health(at, h, c);
+    }
+    Some((image?, files?))
+}
+
+fn check_health(at: &str, h: &spec::HealthSpec, c: &mut Checker<'_>) {
+    let kinds = [h.http.is_some(), h.tcp.is_some(), h.exec.is_some()];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        c.at_key(&format!("{at}.health"), Problem::ProbeKind);
+    }
+    if h.exec.as_ref().is_some_and(|e| e.is_empty()) {
+        let problem = Problem::InvalidProbe {
+            value: "[]".into(),
+            reason: "the command is empty",
+        };
+        c.at(&format!("{at}.health.exec"), problem);
+    }
+    for (field, value) in [("interval", &h.interval), ("timeout", &h.timeout)] {
+        let Some(value) = value else { continue };
+        let reason = match humantime::parse_duration(value) {
+            Ok(d) if d < Duration::from_millis(100) => "must be at least 100ms",
+            Ok(d) if d > Duration::from_secs(3600) => "must be at most 1h",
+            Ok(_) => continue,
+            Err(_) => "expected a duration such as 10s",
+        };
+        let value = value.clone();
+        c.at(
+            &format!("{at}.health.{field}"),
+            Problem::InvalidProbe { value, reason },
+        );
+    }
+}
+
+/// A component's files with their modes parsed (`FileMode::DEFAULT` when none is given); `None`
+/// when any mode is malformed, which is reported.
+fn check_files(
+    at: &str,
+    comp: &spec::ComponentSpec,
+    c: &mut Checker<'_>,
+) -> Option<Vec<ComponentFile>> {
+    let mut files = Vec::with_capacity(comp.files.len());
     for (i, f) in comp.files.iter().enumerate() {
         if !is_clean_absolute(&f.path) {
             let value = f.path.clone();
@@ -529,49 +586,27 @@ fn check_component(at: &str, comp: &spec::ComponentSpec, c: &mut Checker<'_>) {
                 Problem::InvalidFilePath { value },
             );
         }
-        if let Some(mode) = &f.mode {
-            if parse_mode(mode).is_none() {
-                let value = mode.clone();
-                c.at(
-                    &format!("{at}.files[{i}].mode"),
-                    Problem::InvalidFileMode { value },
-                );
+        let mode = match &f.mode {
+            None => Some(FileMode::DEFAULT),
+            Some(mode) => {
+                let parsed = FileMode::parse(mode);
+                if parsed.is_none() {
+                    let value = mode.clone();
+                    c.at(
+                        &format!("{at}.files[{i}].mode"),
+                        Problem::InvalidFileMode { value },
+                    );
+                }
+                parsed
             }
-        }
+        };
+        files.push(mode.map(|mode| ComponentFile {
+            path: f.path.clone(),
+            mode,
+            content: f.content.clone(),
+        }));
     }
-    for key in comp.labels.keys() {
-        if key.starts_with("drover.dev/") {
-            c.at_key(&format!("{at}.labels.{key}"), Problem::ReservedLabel);
-        }
-    }
-    check_labels(&format!("{at}.labels"), &comp.labels, c);
-    if let Some(h) = &comp.health {
-        let kinds = [h.http.is_some(), h.tcp.is_some(), h.exec.is_some()];
-        if kinds.iter().filter(|k| **k).count() != 1 {
-            c.at_key(&format!("{at}.health"), Problem::ProbeKind);
-        }
-        if h.exec.as_ref().is_some_and(|e| e.is_empty()) {
-            let problem = Problem::InvalidProbe {
-                value: "[]".into(),
-                reason: "the command is empty",
-            };
-            c.at(&format!("{at}.health.exec"), problem);
-        }
-        for (field, value) in [("interval", &h.interval), ("timeout", &h.timeout)] {
-            let Some(value) = value else { continue };
-            let reason = match humantime::parse_duration(value) {
-                Ok(d) if d < Duration::from_millis(100) => "must be at least 100ms",
-                Ok(d) if d > Duration::from_secs(3600) => "must be at most 1h",
-                Ok(_) => continue,
-                Err(_) => "expected a duration such as 10s",
-            };
-            let value = value.clone();
-            c.at(
-                &format!("{at}.health.{field}"),
-                Problem::InvalidProbe { value, reason },
-            );
-        }
-    }
+    files.into_iter().collect()
 }
 
 /// Renders every component for every node that runs it, so template mistakes surface in
@@ -589,18 +624,18 @@ fn check_templates(cluster: &Cluster, c: &mut Checker<'_>) {
     for (n, node) in cluster.nodes.iter().enumerate() {
         let ctx = scope.node(node);
         let mut files: BTreeSet<String> = BTreeSet::new();
-        // An agent reports one step per container and file, within the protocol's limit.
+        // An agent reports one step per container and file, within `MAX_NODE_ITEMS`.
         let count = cluster.components_of(node).count()
             + usize::from(node.roles.contains(&Role::Etcd))
             + cluster
                 .components_of(node)
-                .map(|(_, comp)| comp.spec.files.len())
+                .map(|(_, comp)| comp.files.len())
                 .sum::<usize>();
-        if count > MAX_REPORT_ITEMS {
+        if count > MAX_NODE_ITEMS {
             let problem = Problem::TooManySteps {
                 node: node.name.to_string(),
                 count,
-                limit: MAX_REPORT_ITEMS,
+                limit: MAX_NODE_ITEMS,
             };
             c.at(&format!("spec.nodes[{n}].name"), problem);
         }
@@ -632,7 +667,7 @@ fn check_templates(cluster: &Cluster, c: &mut Checker<'_>) {
                     }
                 }
             }
-            for (i, b) in rendered.binds.iter().enumerate() {
+            for (i, b) in rendered.spec.binds.iter().enumerate() {
                 let path = format!("{at}.binds[{i}]");
                 if let Err(reason) = check_bind(b) {
                     if reported.insert(path.clone()) {
@@ -641,7 +676,7 @@ fn check_templates(cluster: &Cluster, c: &mut Checker<'_>) {
                     }
                 }
             }
-            if let Some(h) = &rendered.health {
+            if let Some(h) = &rendered.spec.health {
                 let bad = h
                     .http
                     .as_deref()
@@ -696,10 +731,12 @@ fn check_rollout(r: Option<&spec::RolloutSpec>, c: &mut Checker<'_>) -> Rollout 
     out
 }
 
-fn check_image(path: &str, image: &str, c: &mut Checker<'_>) {
-    if image.is_empty() || image.chars().any(char::is_whitespace) {
+fn check_image(path: &str, image: &str, c: &mut Checker<'_>) -> Option<ImageRef> {
+    let parsed = ImageRef::parse(image);
+    if parsed.is_none() {
         c.at(path, Problem::InvalidImage);
     }
+    parsed
 }
 
 fn check_labels(at: &str, labels: &BTreeMap<String, String>, c: &mut Checker<'_>) {
@@ -791,18 +828,6 @@ fn is_clean_absolute(p: &str) -> bool {
                 .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.contains('\0')))
 }
 
-/// Octal permission bits such as `644` or `0644`.
-pub(crate) fn parse_mode(mode: &str) -> Option<u32> {
-    let digits = mode
-        .strip_prefix('0')
-        .filter(|d| d.len() == 3)
-        .unwrap_or(mode);
-    if digits.len() != 3 {
-        return None;
-    }
-    u32::from_str_radix(digits, 8).ok()
-}
-
 fn check_http_probe(u: &str) -> Result<(), &'static str> {
     match url::Url::parse(u) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
@@ -831,15 +856,6 @@ fn check_tcp_probe(t: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn modes() {
-        assert_eq!(parse_mode("0644"), Some(0o644));
-        assert_eq!(parse_mode("600"), Some(0o600));
-        for bad in ["", "0", "0888", "00644", "rw-r--r--", "1777a"] {
-            assert_eq!(parse_mode(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn binds() {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span};
 
-use crate::diagnostic::{Pos, Problem};
+use super::diagnostic::{Pos, Problem};
 
 /// Deeper nesting is refused. A cluster file needs about eight levels.
 pub const MAX_DEPTH: usize = 64;

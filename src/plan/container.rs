@@ -1,141 +1,21 @@
-//! What each node should run: the etcd member and the components of its roles, as container
-//! specs with their templates rendered, plus the files they need. The fields that decide whether
-//! a container is recreated are an explicit, versioned list (`SPEC_FIELDS`).
+//! What each node should run: the etcd member and the components of its roles, built as the
+//! node plan agents receive (`nodeplan::NodeSpec`), with templates rendered, plus the files they
+//! need.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
-use crate::model::spec::{NetworkMode, PidMode, RestartPolicy};
-use crate::model::template::{Renderer, Scope};
-use crate::model::{Cluster, Node, Role};
-
-/// Version of the field list below; part of every spec hash, so changing the list changes
-/// every hash on purpose.
-pub const SPEC_VERSION: u32 = 1;
-/// The fields compared to decide a recreate, in the order they are reported.
-pub const SPEC_FIELDS: [&str; 12] = [
-    "image",
-    "command",
-    "args",
-    "env",
-    "binds",
-    "networkMode",
-    "pidMode",
-    "privileged",
-    "restartPolicy",
-    "user",
-    "labels",
-    "files",
-];
-
-/// The name drover's etcd member container carries in each node's plan.
-pub const ETCD_COMPONENT: &str = "etcd";
-
-/// One container as the plan wants it. Field names match `SPEC_FIELDS`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerSpec {
-    pub image: String,
-    pub command: Option<Vec<String>>,
-    pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub binds: Vec<String>,
-    pub network_mode: NetworkMode,
-    pub pid_mode: Option<PidMode>,
-    pub privileged: bool,
-    pub restart_policy: RestartPolicy,
-    pub user: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    /// The files this container needs, by path: the sha256 of their content and mode.
-    pub files: BTreeMap<String, String>,
-}
-
-impl ContainerSpec {
-    /// The fields of `SPEC_FIELDS` in which `self` and `other` differ.
-    pub fn changed_fields(&self, other: &ContainerSpec) -> Vec<&'static str> {
-        let same = [
-            self.image == other.image,
-            self.command == other.command,
-            self.args == other.args,
-            self.env == other.env,
-            self.binds == other.binds,
-            self.network_mode == other.network_mode,
-            self.pid_mode == other.pid_mode,
-            self.privileged == other.privileged,
-            self.restart_policy == other.restart_policy,
-            self.user == other.user,
-            self.labels == other.labels,
-            self.files == other.files,
-        ];
-        SPEC_FIELDS
-            .iter()
-            .zip(same)
-            .filter(|(_, same)| !same)
-            .map(|(field, _)| *field)
-            .collect()
-    }
-
-    /// A stable hash of the spec, versioned by `SPEC_VERSION`.
-    pub fn hash(&self) -> String {
-        let json = serde_json::to_vec(&(SPEC_VERSION, self)).expect("a spec is always JSON");
-        hex::encode(&Sha256::digest(json)[..8])
-    }
-}
-
-/// A file a node should hold.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct FileSpec {
-    pub mode: u32,
-    /// sha256 of content and mode.
-    pub digest: String,
-    pub content: String,
-}
-
-/// How the agent tells that a component is healthy, rendered for its node. Not part of the
-/// container spec: changing a probe never recreates a container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HealthCheck {
-    pub probe: Probe,
-    pub interval: Duration,
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Probe {
-    /// GET answering 2xx or 3xx.
-    Http(String),
-    /// `host:port` accepting a connection.
-    Tcp(String),
-    /// A command in the container exiting 0.
-    Exec(Vec<String>),
-}
+use crate::model::spec::{self, HealthSpec};
+use crate::model::template::{RenderedComponent, Renderer, Scope};
+use crate::model::{Cluster, Component, Node, Role};
+use crate::nodeplan::{
+    ContainerSpec, FileSpec, HealthCheck, NetworkMode, NodeRole, NodeSpec, PidMode, Probe,
+    RestartPolicy, ETCD_COMPONENT,
+};
 
 /// Probe timing when the file gives none.
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Everything one node should run.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct NodeSpec {
-    /// By component name (`etcd` for the etcd member).
-    pub containers: BTreeMap<String, ContainerSpec>,
-    /// Health checks by component name.
-    pub health: BTreeMap<String, HealthCheck>,
-    /// Which role each container comes from.
-    pub roles: BTreeMap<String, Role>,
-    pub files: BTreeMap<String, FileSpec>,
-}
-
-/// The container name for a component on a node. Names are DNS labels without dots, so the
-/// dotted form is unambiguous.
-pub fn container_name(cluster: &str, node: &str, component: &str) -> String {
-    format!("drover.{cluster}.{node}.{component}")
-}
 
 /// What every node of `cluster` should run. Templates are rendered with each node's facts;
 /// a cluster that passed validation always renders.
@@ -157,78 +37,93 @@ fn node_spec(cluster: &Cluster, node: &Node, renderer: &Renderer, scope: &Scope)
     if node.has_role(Role::Etcd) {
         spec.containers
             .insert(ETCD_COMPONENT.into(), etcd_member(cluster, node));
-        spec.roles.insert(ETCD_COMPONENT.into(), Role::Etcd);
+        spec.roles.insert(ETCD_COMPONENT.into(), NodeRole::Etcd);
     }
     let ctx = scope.node(node);
     for (role, component) in cluster.components_of(node) {
         let rendered = renderer
             .component(component, &ctx)
             .expect("validated clusters render on every node");
-        let mut files = BTreeMap::new();
-        for f in &rendered.files {
-            let mode = f
-                .mode
-                .as_deref()
-                .and_then(crate::model::validate::parse_mode)
-                .unwrap_or(0o644);
-            let digest = file_digest(&f.content, mode);
-            files.insert(f.path.clone(), digest.clone());
-            spec.files.insert(
-                f.path.clone(),
-                FileSpec {
-                    mode,
-                    digest,
-                    content: f.content.clone(),
-                },
-            );
-        }
-        let container = ContainerSpec {
-            image: rendered.image,
-            command: rendered.command,
-            args: rendered.args,
-            env: rendered.env,
-            binds: rendered.binds,
-            network_mode: rendered.network_mode.unwrap_or(NetworkMode::Host),
-            pid_mode: rendered.pid_mode,
-            privileged: rendered.privileged,
-            restart_policy: rendered.restart_policy.unwrap_or(RestartPolicy::Always),
-            user: rendered.user,
-            labels: rendered.labels,
-            files,
-        };
-        let name = component.name.to_string();
-        if let Some(h) = &rendered.health {
-            let probe = match (&h.http, &h.tcp, &h.exec) {
-                (Some(url), _, _) => Some(Probe::Http(url.clone())),
-                (_, Some(addr), _) => Some(Probe::Tcp(addr.clone())),
-                (_, _, Some(cmd)) => Some(Probe::Exec(cmd.clone())),
-                _ => None,
-            };
-            let duration = |d: &Option<String>, default| {
-                d.as_deref()
-                    .and_then(|d| humantime::parse_duration(d).ok())
-                    .unwrap_or(default)
-            };
-            if let Some(probe) = probe {
-                let check = HealthCheck {
-                    probe,
-                    interval: duration(&h.interval, DEFAULT_PROBE_INTERVAL),
-                    timeout: duration(&h.timeout, DEFAULT_PROBE_TIMEOUT),
-                };
-                spec.health.insert(name.clone(), check);
-            }
-        }
-        spec.roles.insert(name.clone(), role);
-        spec.containers.insert(name, container);
+        add_component(&mut spec, role, component, rendered);
     }
     spec
 }
 
-fn file_digest(content: &str, mode: u32) -> String {
-    let mut h = Sha256::new();
-    h.update(format!("{mode:o}\n"));
-    h.update(content);
-    hex::encode(&h.finalize()[..8])
+/// Adds one rendered component to a node's plan: its container, files and health check.
+fn add_component(spec: &mut NodeSpec, role: Role, component: &Component, r: RenderedComponent) {
+    let mut files = BTreeMap::new();
+    for f in r.files {
+        let file = FileSpec::new(f.content, f.mode);
+        files.insert(f.path.clone(), file.digest.clone());
+        spec.files.insert(f.path, file);
+    }
+    let name = component.name.to_string();
+    if let Some(check) = r.spec.health.as_ref().and_then(health_check) {
+        spec.health.insert(name.clone(), check);
+    }
+    let c = r.spec;
+    let container = ContainerSpec {
+        image: component.image.clone(),
+        command: c.command,
+        args: c.args,
+        env: c.env,
+        binds: c.binds,
+        network_mode: c.network_mode.map_or(NetworkMode::Host, network_mode),
+        pid_mode: c.pid_mode.map(|spec::PidMode::Host| PidMode::Host),
+        privileged: c.privileged,
+        restart_policy: c
+            .restart_policy
+            .map_or(RestartPolicy::Always, restart_policy),
+        user: c.user,
+        labels: c.labels,
+        files,
+    };
+    spec.roles.insert(name.clone(), node_role(role));
+    spec.containers.insert(name, container);
+}
+
+fn health_check(h: &HealthSpec) -> Option<HealthCheck> {
+    let probe = match (&h.http, &h.tcp, &h.exec) {
+        (Some(url), _, _) => Probe::Http(url.clone()),
+        (_, Some(addr), _) => Probe::Tcp(addr.clone()),
+        (_, _, Some(cmd)) => Probe::Exec(cmd.clone()),
+        _ => return None,
+    };
+    let duration = |d: &Option<String>, default| {
+        d.as_deref()
+            .and_then(|d| humantime::parse_duration(d).ok())
+            .unwrap_or(default)
+    };
+    Some(HealthCheck {
+        probe,
+        interval: duration(&h.interval, DEFAULT_PROBE_INTERVAL),
+        timeout: duration(&h.timeout, DEFAULT_PROBE_TIMEOUT),
+    })
+}
+
+fn network_mode(m: spec::NetworkMode) -> NetworkMode {
+    match m {
+        spec::NetworkMode::Host => NetworkMode::Host,
+        spec::NetworkMode::None => NetworkMode::None,
+        spec::NetworkMode::Bridge => NetworkMode::Bridge,
+    }
+}
+
+fn restart_policy(p: spec::RestartPolicy) -> RestartPolicy {
+    match p {
+        spec::RestartPolicy::Always => RestartPolicy::Always,
+        spec::RestartPolicy::UnlessStopped => RestartPolicy::UnlessStopped,
+        spec::RestartPolicy::OnFailure => RestartPolicy::OnFailure,
+        spec::RestartPolicy::No => RestartPolicy::No,
+    }
+}
+
+fn node_role(r: Role) -> NodeRole {
+    match r {
+        Role::Etcd => NodeRole::Etcd,
+        Role::Controlplane => NodeRole::Controlplane,
+        Role::Worker => NodeRole::Worker,
+    }
 }
 
 /// The URL scheme of etcd's client or peer listener: https when its certificate is configured.

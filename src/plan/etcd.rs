@@ -7,9 +7,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::container::{container_name, peer_url, NodeSpec, ETCD_COMPONENT};
+use super::container::peer_url;
 use super::{quorum, Batch, Finding, Gate, InitialState, ObservedCluster, Step};
 use crate::model::{Cluster, Node, Role};
+use crate::nodeplan::{container_name, NodeSpec, ETCD_COMPONENT};
 
 pub(super) fn phase(
     cluster: &Cluster,

@@ -9,7 +9,6 @@
 //! which serve nothing yet, go in one batch); decommissioned nodes last; the snapshot policy.
 
 pub mod container;
-pub mod drift;
 mod etcd;
 pub mod observed;
 pub mod render;
@@ -20,9 +19,10 @@ use std::time::SystemTime;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use self::container::{container_name, desired_nodes, NodeSpec, ETCD_COMPONENT};
+use self::container::desired_nodes;
 pub use self::observed::{as_if_running, simulate, Observed, ObservedCluster, PolicyState};
-use crate::model::{Cluster, Role, SnapshotId};
+use crate::model::{Cluster, ImageRef, Role, SnapshotId};
+use crate::nodeplan::{container_name, NodeSpec, ETCD_COMPONENT};
 
 /// Version of the JSON form of a plan (`drover plan --format json`).
 pub const PLAN_FORMAT_VERSION: u32 = 1;
@@ -481,26 +481,14 @@ fn check_safety(
             }
         }
     }
-    let mut images: BTreeSet<&str> = BTreeSet::new();
+    let mut images: BTreeSet<&ImageRef> = BTreeSet::new();
     images.insert(&cluster.etcd.image);
     for list in cluster.components.values() {
-        images.extend(list.iter().map(|c| c.spec.image.as_str()));
+        images.extend(list.iter().map(|c| &c.image));
     }
-    for image in images.into_iter().filter(|i| is_mutable_tag(i)) {
+    for image in images.into_iter().filter(|i| i.is_mutable()) {
         let image = image.to_string();
         warnings.push(Finding::MutableImageTag { image });
-    }
-}
-
-/// `latest`, or no tag and no digest at all.
-fn is_mutable_tag(image: &str) -> bool {
-    if image.contains('@') {
-        return false;
-    }
-    let last = image.rsplit('/').next().unwrap_or(image);
-    match last.split_once(':') {
-        Some((_, tag)) => tag == "latest",
-        None => true,
     }
 }
 
@@ -540,7 +528,7 @@ fn node_steps(
             steps.push(Step::WriteFile {
                 node: node.into(),
                 path: path.clone(),
-                mode: format!("{:04o}", file.mode),
+                mode: file.mode.to_string(),
                 digest: file.digest.clone(),
             });
         }
@@ -565,7 +553,7 @@ fn node_steps(
                 node,
                 component,
                 container,
-                image: want.image.clone(),
+                image: want.image.to_string(),
             }),
             Some(have) if have.spec != *want => {
                 let changed = want
@@ -751,7 +739,7 @@ mod tests {
             "registry:5000/app",
             "r.io/a/b:latest",
         ] {
-            assert!(is_mutable_tag(m), "{m}");
+            assert!(ImageRef::parse(m).unwrap().is_mutable(), "{m}");
         }
         for p in [
             "busybox:1",
@@ -759,7 +747,7 @@ mod tests {
             "app@sha256:abc",
             "a/b:3.4.23",
         ] {
-            assert!(!is_mutable_tag(p), "{p}");
+            assert!(!ImageRef::parse(p).unwrap().is_mutable(), "{p}");
         }
     }
 }

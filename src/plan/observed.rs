@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::container::{desired_nodes, peer_url, ContainerSpec, ETCD_COMPONENT};
+use super::container::{desired_nodes, peer_url};
 use super::{ClusterPlan, Step};
 use crate::model::{Cluster, Retention, Role, Schedule, SnapshotPolicy};
+use crate::nodeplan::{ContainerSpec, ETCD_COMPONENT};
 
 /// Everything observed, by cluster name.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

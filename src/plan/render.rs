@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style};
 
-use super::drift::{self, Drift};
 use super::{ClusterPlan, Gate, InitialState, Phase, PhaseKind, Plan, Step};
 
 /// One step as a line: the node it concerns (if any) and what happens.
@@ -131,9 +130,9 @@ fn short(digest: &str) -> &str {
 /// How the text form marks what matters on a terminal: ANSI styles, or none.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Palette {
-    heading: Style,
+    pub(crate) heading: Style,
     error: Style,
-    warning: Style,
+    pub(crate) warning: Style,
     add: Style,
     change: Style,
     remove: Style,
@@ -348,57 +347,5 @@ pub fn markdown(plan: &Plan) -> String {
         short(&plan.digest),
         plan.digest
     );
-    out
-}
-
-/// The drift section of `drover plan --server`, as text.
-pub fn drift_text(server: &str, drift: &Drift) -> String {
-    drift_text_styled(server, drift, &Palette::plain())
-}
-
-/// The drift section of `drover plan --server`, as text marked with `palette`.
-pub fn drift_text_styled(server: &str, drift: &Drift, palette: &Palette) -> String {
-    let (h, w) = (palette.heading, palette.warning);
-    let mut out = format!(
-        "{h}drift at {server}{h:#}: {} of {} nodes in sync with Git\n",
-        drift.in_sync, drift.nodes
-    );
-    if drift.is_empty() {
-        out.push_str("  no drift: what runs is what the base or head revision defines\n");
-    }
-    let mut cluster = None;
-    for item in &drift.items {
-        if cluster != Some(&item.cluster) {
-            out.push_str(&format!("  cluster {}\n", item.cluster));
-            cluster = Some(&item.cluster);
-        }
-        out.push_str(&format!(
-            "  - {w}{}: {}{w:#}\n",
-            item.node,
-            drift::describe(item)
-        ));
-    }
-    out
-}
-
-/// The drift section of `drover plan --server`, for a pull-request comment.
-pub fn drift_markdown(server: &str, drift: &Drift) -> String {
-    let mut out = format!(
-        "\n### Drift\n\n`{server}`: {} of {} nodes in sync with Git.\n",
-        drift.in_sync, drift.nodes
-    );
-    if drift.is_empty() {
-        out.push_str("\nNo drift: what runs is what the base or head revision defines.\n");
-        return out;
-    }
-    out.push_str("\n| cluster | node | what |\n|---|---|---|\n");
-    for item in &drift.items {
-        out.push_str(&format!(
-            "| {} | {} | {} |\n",
-            item.cluster,
-            item.node,
-            drift::describe(item).replace('|', "\\|").replace('\n', " ")
-        ));
-    }
     out
 }

@@ -12,10 +12,8 @@ use std::time::SystemTime;
 use tokio::sync::{oneshot, watch};
 
 use crate::join::{Bindings, BINDINGS};
-use crate::plan::container::NodeSpec;
-use crate::protocol::{
-    encode, plan_checksum, AppliedMark, ContainerState, Refusal, ServerMessage, StepReport,
-};
+use crate::nodeplan::NodeSpec;
+use crate::protocol::{encode, AppliedMark, ContainerState, Refusal, ServerMessage, StepReport};
 use crate::state::{StateDir, StateError};
 
 const GENERATIONS: &str = "node-generations.json";
@@ -156,7 +154,7 @@ impl Hub {
             for (node, spec) in specs {
                 let key = (cluster.clone(), node.clone());
                 seen.insert(key.clone());
-                let checksum = plan_checksum(spec);
+                let checksum = spec.checksum();
                 let gen_key = format!("{cluster}/{node}");
                 let mark = nodes.generations.get(&gen_key);
                 let generation = match mark {

@@ -14,7 +14,7 @@ use git2::{
 use sha2::{Digest as _, Sha256};
 
 use super::{Auth, GitRef, RemoteUrl};
-use crate::diagnostic::Diagnostic;
+use crate::model::diagnostic::Diagnostic;
 use crate::model::tree::{read_tree, TreeError};
 use crate::model::SourceFile;
 

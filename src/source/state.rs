@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::diagnostic::{Diagnostic, Severity};
+use crate::model::diagnostic::{Diagnostic, Severity};
 use crate::model::{Cluster, ClusterName, Repository};
 
 /// The version of the source a state came from.

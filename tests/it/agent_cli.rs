@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use drover::agent::credential::DataDir;
 use drover::agent::session::{self, Dial, SessionError};
-use drover::join::TokenRefusal;
 use drover::pki::DaemonCa;
 use drover::protocol::Refusal;
+use drover::protocol::TokenRefusal;
 use drover::secret::Secret;
 use drover::state::StateDir;
 use tokio::process::Command;

@@ -10,7 +10,8 @@ use std::process::Command;
 use drover::agent::docker::{Action, Driver, StepResult};
 use drover::agent::registry::RegistryAuth;
 use drover::model::{load_sources, SourceFile};
-use drover::plan::container::{container_name, desired_nodes, NodeSpec};
+use drover::nodeplan::{container_name, NodeSpec};
+use drover::plan::container::desired_nodes;
 
 use crate::support::registry::Registry;
 use crate::support::{docker, require, unique_token};

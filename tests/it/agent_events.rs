@@ -19,8 +19,8 @@ use drover::agent::docker::{
 };
 use drover::agent::events::{watch, Notice};
 use drover::backoff::Backoff;
-use drover::model::spec::{NetworkMode, RestartPolicy};
-use drover::plan::container::{container_name, ContainerSpec, NodeSpec};
+use drover::model::ImageRef;
+use drover::nodeplan::{container_name, ContainerSpec, NetworkMode, NodeSpec, RestartPolicy};
 use tokio::sync::mpsc::Receiver;
 use tokio::time::{timeout, timeout_at, Instant};
 
@@ -186,7 +186,7 @@ fn node_spec(components: &[&str]) -> NodeSpec {
         .iter()
         .map(|c| {
             let spec = ContainerSpec {
-                image: BUSYBOX_IMAGE.to_string(),
+                image: ImageRef::parse(BUSYBOX_IMAGE).unwrap(),
                 command: Some(vec!["sleep".to_string(), "3600".to_string()]),
                 args: Vec::new(),
                 env: BTreeMap::new(),

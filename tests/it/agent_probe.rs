@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use drover::agent::probe::{Health, Prober};
-use drover::plan::container::Probe;
+use drover::nodeplan::Probe;
 
 use crate::support::docker::{self, Container, ContainerSpec, BUSYBOX_IMAGE};
 use crate::support::{net, require, test_name};

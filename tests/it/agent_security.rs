@@ -10,9 +10,10 @@ use std::time::{Duration, SystemTime};
 
 use drover::agent::credential::{Credential, DataDir};
 use drover::agent::session::{self, Dial, SessionError};
-use drover::join::{create_token, TokenRefusal};
+use drover::join::create_token;
 use drover::model::ClusterName;
 use drover::pki::{self, NodeKey};
+use drover::protocol::TokenRefusal;
 use drover::protocol::{AgentMessage, Refusal, ServerMessage, PROTOCOL_VERSION};
 use drover::secret::Secret;
 use drover::state::StateDir;

@@ -22,8 +22,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use drover::agent::docker::{Action, Driver, StepResult};
-use drover::model::spec::{NetworkMode, RestartPolicy};
-use drover::plan::container::{ContainerSpec, NodeSpec};
+use drover::model::ImageRef;
+use drover::nodeplan::{ContainerSpec, NetworkMode, NodeSpec, RestartPolicy};
 
 use crate::support::docker::{require_image, BUSYBOX_IMAGE};
 use crate::support::{docker, require, slug, unique_token};
@@ -119,7 +119,7 @@ fn node_spec(prefix: &str, level: &str) -> NodeSpec {
                 ("REGION".to_string(), "loopback".to_string()),
             ]);
             let spec = ContainerSpec {
-                image: BUSYBOX_IMAGE.to_string(),
+                image: ImageRef::parse(BUSYBOX_IMAGE).unwrap(),
                 command: Some(vec!["sleep".to_string(), "3600".to_string()]),
                 args: Vec::new(),
                 env,

@@ -3,7 +3,7 @@
 //! the file, and a file either yields its clusters or says why not. `PROPTEST_CASES` sets the
 //! number of cases per property (default 1000).
 
-use drover::diagnostic::Severity;
+use drover::model::diagnostic::Severity;
 use drover::model::{load_sources, Repository, SourceFile};
 use proptest::prelude::*;
 

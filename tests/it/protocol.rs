@@ -3,17 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use drover::join::TokenRefusal;
 use drover::model::{load_sources, SourceFile};
 use drover::plan::container::desired_nodes;
+use drover::protocol::TokenRefusal;
 use drover::protocol::{
-    decode, encode, plan_checksum, AgentMessage, AppliedMark, ContainerState, ProtocolError,
-    Refusal, ServerMessage, StepReport, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+    decode, encode, AgentMessage, AppliedMark, ContainerState, ProtocolError, Refusal,
+    ServerMessage, StepReport, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
 use drover::secret::Secret;
 use proptest::prelude::*;
 
-fn a_node_plan() -> drover::plan::container::NodeSpec {
+fn a_node_plan() -> drover::nodeplan::NodeSpec {
     let file = SourceFile {
         path: "clusters/dev.yaml".into(),
         bytes: include_bytes!("../../examples-repo/clusters/dev.yaml").to_vec(),
@@ -33,7 +33,7 @@ fn server_messages() -> Vec<ServerMessage> {
         ServerMessage::Heartbeat { seq: 7 },
         ServerMessage::Plan {
             generation: 3,
-            checksum: plan_checksum(&spec),
+            checksum: spec.checksum(),
             spec: spec.clone(),
         },
         ServerMessage::RetryAfter {
@@ -90,7 +90,7 @@ fn agent_messages() -> Vec<AgentMessage> {
             agent_version: "0.1.0".into(),
             applied: Some(AppliedMark {
                 generation: 3,
-                checksum: plan_checksum(&spec),
+                checksum: spec.checksum(),
             }),
         },
         AgentMessage::Join {
@@ -105,7 +105,7 @@ fn agent_messages() -> Vec<AgentMessage> {
         AgentMessage::Heartbeat { seq: 8 },
         AgentMessage::Applied {
             generation: 3,
-            checksum: plan_checksum(&spec),
+            checksum: spec.checksum(),
             steps: vec![StepReport {
                 subject: "api".into(),
                 action: "created".into(),
@@ -186,11 +186,12 @@ fn unknown_types_fields_and_oversized_frames_are_refused() {
 #[test]
 fn the_plan_checksum_follows_the_content() {
     let spec = a_node_plan();
-    assert_eq!(plan_checksum(&spec), plan_checksum(&spec.clone()));
+    assert_eq!(spec.checksum(), spec.clone().checksum());
     let mut changed = spec.clone();
-    changed.containers.get_mut("api").unwrap().image = "drover-test/busybox:2".into();
-    assert_ne!(plan_checksum(&spec), plan_checksum(&changed));
-    assert!(plan_checksum(&spec).starts_with("sha256:"));
+    changed.containers.get_mut("api").unwrap().image =
+        drover::model::ImageRef::parse("drover-test/busybox:2").unwrap();
+    assert_ne!(spec.checksum(), changed.checksum());
+    assert!(spec.checksum().starts_with("sha256:"));
 }
 
 /// Every message's wire form, the seeds of the mutation property.

@@ -3,13 +3,16 @@
 //! it) is the plan's business, not drift; a container that runs neither revision's spec, is
 //! stopped or missing, an agent that is gone, a step that failed, are. Pure: no IO.
 
+pub mod render;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::container::{desired_nodes, NodeSpec};
 use crate::api::{NodeStatus, NodesDocument};
 use crate::model::Cluster;
+use crate::nodeplan::NodeSpec;
+use crate::plan::container::desired_nodes;
 
 /// What differs on one node, or one of its containers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -322,6 +325,6 @@ mod tests {
               - w3: app: unhealthy: HTTP 503
               - w4: the daemon has no report of this node (it does not declare it)
         "#]]
-        .assert_eq(&super::super::render::drift_text("https://daemon", &drift));
+        .assert_eq(&super::render::drift_text("https://daemon", &drift));
     }
 }

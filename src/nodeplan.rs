@@ -1,0 +1,190 @@
+//! The node plan as it travels to an agent: what one node should run (containers, files, health
+//! checks), the names and labels its containers carry, and the checksum it travels with. The
+//! planner builds it and the agent applies it; neither imports the other. Its enums are its own,
+//! not the cluster file's, so a change to the file format never silently changes the wire.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::names::{FileMode, ImageRef};
+
+/// Version of the field list below; part of every spec hash, so changing the list changes
+/// every hash on purpose.
+pub const SPEC_VERSION: u32 = 1;
+/// The fields compared to decide a recreate, in the order they are reported.
+pub const SPEC_FIELDS: [&str; 12] = [
+    "image",
+    "command",
+    "args",
+    "env",
+    "binds",
+    "networkMode",
+    "pidMode",
+    "privileged",
+    "restartPolicy",
+    "user",
+    "labels",
+    "files",
+];
+
+/// The name drover's etcd member container carries in each node's plan.
+pub const ETCD_COMPONENT: &str = "etcd";
+
+/// A container's network mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    Host,
+    None,
+    Bridge,
+}
+
+/// A container's PID namespace, when not its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PidMode {
+    Host,
+}
+
+/// Docker's restart policy for a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    UnlessStopped,
+    OnFailure,
+    No,
+}
+
+/// The role a container of the plan comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Etcd,
+    Controlplane,
+    Worker,
+}
+
+/// One container as the plan wants it. Field names match `SPEC_FIELDS`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSpec {
+    pub image: ImageRef,
+    pub command: Option<Vec<String>>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub binds: Vec<String>,
+    pub network_mode: NetworkMode,
+    pub pid_mode: Option<PidMode>,
+    pub privileged: bool,
+    pub restart_policy: RestartPolicy,
+    pub user: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// The files this container needs, by path: the sha256 of their content and mode.
+    pub files: BTreeMap<String, String>,
+}
+
+impl ContainerSpec {
+    /// The fields of `SPEC_FIELDS` in which `self` and `other` differ.
+    pub fn changed_fields(&self, other: &ContainerSpec) -> Vec<&'static str> {
+        let same = [
+            self.image == other.image,
+            self.command == other.command,
+            self.args == other.args,
+            self.env == other.env,
+            self.binds == other.binds,
+            self.network_mode == other.network_mode,
+            self.pid_mode == other.pid_mode,
+            self.privileged == other.privileged,
+            self.restart_policy == other.restart_policy,
+            self.user == other.user,
+            self.labels == other.labels,
+            self.files == other.files,
+        ];
+        SPEC_FIELDS
+            .iter()
+            .zip(same)
+            .filter(|(_, same)| !same)
+            .map(|(field, _)| *field)
+            .collect()
+    }
+
+    /// A stable hash of the spec, versioned by `SPEC_VERSION`.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(&(SPEC_VERSION, self)).expect("a spec is always JSON");
+        hex::encode(&Sha256::digest(json)[..8])
+    }
+}
+
+/// A file a node should hold.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileSpec {
+    pub mode: FileMode,
+    /// sha256 of content and mode.
+    pub digest: String,
+    pub content: String,
+}
+
+impl FileSpec {
+    /// The file with its digest over mode and content.
+    pub fn new(content: String, mode: FileMode) -> FileSpec {
+        let mut h = Sha256::new();
+        h.update(format!("{:o}\n", mode.bits()));
+        h.update(&content);
+        FileSpec {
+            mode,
+            digest: hex::encode(&h.finalize()[..8]),
+            content,
+        }
+    }
+}
+
+/// How the agent tells that a component is healthy, rendered for its node. Not part of the
+/// container spec: changing a probe never recreates a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Probe {
+    /// GET answering 2xx or 3xx.
+    Http(String),
+    /// `host:port` accepting a connection.
+    Tcp(String),
+    /// A command in the container exiting 0.
+    Exec(Vec<String>),
+}
+
+/// Everything one node should run.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// By component name (`etcd` for the etcd member).
+    pub containers: BTreeMap<String, ContainerSpec>,
+    /// Health checks by component name.
+    pub health: BTreeMap<String, HealthCheck>,
+    /// Which role each container comes from.
+    pub roles: BTreeMap<String, NodeRole>,
+    pub files: BTreeMap<String, FileSpec>,
+}
+
+impl NodeSpec {
+    /// The checksum a plan travels with: sha256 over its canonical JSON.
+    pub fn checksum(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a node plan is always JSON");
+        format!("sha256:{}", hex::encode(Sha256::digest(json)))
+    }
+}
+
+/// The container name for a component on a node. Names are DNS labels without dots, so the
+/// dotted form is unambiguous.
+pub fn container_name(cluster: &str, node: &str, component: &str) -> String {
+    format!("drover.{cluster}.{node}.{component}")
+}

@@ -1,5 +1,6 @@
 //! Capped exponential backoff with full jitter, for retrying anything that talks to another
-//! process (the agent's dial to the daemon, its Docker event subscription): after `n` failures
+//! process (the agent's dial to the daemon, its Docker event subscription; the Git source's
+//! failed checks share its exponential step): after `n` failures
 //! the wait is uniform in `[0, min(cap, base * 2^n)]` (AWS's "full jitter"), so many agents
 //! retrying together spread out instead of hammering a peer that just came back.
 
@@ -50,12 +51,18 @@ impl Backoff {
         self.attempt
     }
 
-    /// The upper bound of the next delay: `min(cap, base * 2^attempt)`, without overflow.
+    /// The upper bound of the next delay.
     fn ceiling(&self) -> Duration {
-        let doublings = self.attempt.min(MAX_DOUBLINGS);
-        let grown = self.base.as_nanos().saturating_mul(1u128 << doublings);
-        from_nanos(grown.min(self.cap.as_nanos()))
+        ceiling(self.base, self.cap, self.attempt)
     }
+}
+
+/// `min(cap, base * 2^attempt)`, without overflow: the one exponential step drover's retries
+/// share (the agent's dial and event watch, the Git source's failed checks).
+pub fn ceiling(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let doublings = attempt.min(MAX_DOUBLINGS);
+    let grown = base.as_nanos().saturating_mul(1u128 << doublings);
+    from_nanos(grown.min(cap.as_nanos()))
 }
 
 /// A point of `[0, ceiling]` chosen by `random` (uniform when `random` is; the bias of the

@@ -299,11 +299,7 @@ pub fn next_delay(policy: &PollPolicy, failures: u32, unit: f64) -> Duration {
         let jitter = policy.jitter.clamp(0.0, 1.0);
         return policy.interval.mul_f64(1.0 + jitter * (2.0 * unit - 1.0));
     }
-    let exponent = (failures - 1).min(30);
-    let step = policy
-        .backoff_min
-        .saturating_mul(1u32 << exponent)
-        .min(policy.backoff_max);
+    let step = crate::backoff::ceiling(policy.backoff_min, policy.backoff_max, failures - 1);
     step.mul_f64(0.5 + 0.5 * unit)
 }
 

@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod drift;
+pub mod heartbeat;
 pub mod join;
 pub mod model;
 pub mod nodeplan;

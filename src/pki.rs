@@ -363,6 +363,43 @@ struct PinnedCa {
 /// The error text an agent shows when the daemon's CA is not the pinned one.
 pub const PIN_MISMATCH: &str = "the daemon's CA does not match the pinned --ca-hash";
 
+/// The daemon's CA is not the pinned one. The verifier fails the handshake with it, so callers
+/// recognise it by type (`is_pin_mismatch`), never by its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", PIN_MISMATCH)]
+pub struct PinMismatch;
+
+/// Whether `error`, or any error it was caused by, is a `PinMismatch`: through rustls (whose
+/// `Error::Other` carries it) and `std::io::Error`s wrapping either (as TLS streams and HTTP
+/// clients report handshake failures).
+pub fn is_pin_mismatch(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if carries_pin_mismatch(e) {
+            return true;
+        }
+        // An `io::Error` hides the error it wraps from `source()`; several may be nested.
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    false
+}
+
+fn carries_pin_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.is::<PinMismatch>() {
+        return true;
+    }
+    match e.downcast_ref::<rustls::Error>() {
+        Some(rustls::Error::Other(other)) => other.0.is::<PinMismatch>(),
+        _ => false,
+    }
+}
+
 impl ServerCertVerifier for PinnedCa {
     fn verify_server_cert(
         &self,
@@ -375,7 +412,7 @@ impl ServerCertVerifier for PinnedCa {
         let ca = intermediates
             .iter()
             .find(|c| cert_pin(c).is_ok_and(|p| p == self.pin))
-            .ok_or_else(|| rustls::Error::General(PIN_MISMATCH.to_string()))?;
+            .ok_or_else(|| rustls::Error::Other(rustls::OtherError(Arc::new(PinMismatch))))?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
         let verifier =
@@ -423,6 +460,23 @@ impl ServerCertVerifier for PinnedCa {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pin_mismatch_is_recognised_by_type_through_wrapping_errors() {
+        let tls = || rustls::Error::Other(rustls::OtherError(Arc::new(PinMismatch)));
+        let kind = std::io::ErrorKind::InvalidData;
+        // As an HTTP client reports it: an io::Error in an io::Error around rustls's error.
+        let nested = std::io::Error::other(std::io::Error::new(kind, tls()));
+        assert!(is_pin_mismatch(&nested));
+        assert!(is_pin_mismatch(&tls()));
+        let text_only = std::io::Error::other(PIN_MISMATCH);
+        assert!(
+            !is_pin_mismatch(&text_only),
+            "the text alone proves nothing"
+        );
+        let other = std::io::Error::new(kind, rustls::Error::General("x".into()));
+        assert!(!is_pin_mismatch(&other));
+    }
 
     #[test]
     fn the_ca_is_made_once_and_issues_node_credentials_for_the_requesters_key() {

@@ -173,6 +173,51 @@ pub enum TokenRefusal {
     AlreadyUsed,
 }
 
+impl Refusal {
+    /// A bad request, its detail cut to `MAX_REFUSAL_TEXT_BYTES`.
+    pub fn bad_request(detail: impl AsRef<str>) -> Refusal {
+        Refusal::BadRequest {
+            detail: cut_text(detail.as_ref(), MAX_REFUSAL_TEXT_BYTES),
+        }
+    }
+
+    /// This refusal with every text a peer may have supplied cut to `MAX_REFUSAL_TEXT_BYTES`.
+    pub fn bounded(self) -> Refusal {
+        let cut = |s: String| cut_text(&s, MAX_REFUSAL_TEXT_BYTES);
+        match self {
+            Refusal::UndeclaredNode { cluster, node } => Refusal::UndeclaredNode {
+                cluster: cut(cluster),
+                node: cut(node),
+            },
+            Refusal::Revoked { cluster, node, why } => Refusal::Revoked {
+                cluster: cut(cluster),
+                node: cut(node),
+                why: cut(why),
+            },
+            Refusal::BoundToAnotherKey { cluster, node } => Refusal::BoundToAnotherKey {
+                cluster: cut(cluster),
+                node: cut(node),
+            },
+            Refusal::NotYourNode {
+                own_cluster,
+                own_node,
+                cluster,
+                node,
+            } => Refusal::NotYourNode {
+                own_cluster: cut(own_cluster),
+                own_node: cut(own_node),
+                cluster: cut(cluster),
+                node: cut(node),
+            },
+            Refusal::BadRequest { detail } => Refusal::bad_request(detail),
+            other @ (Refusal::ProtocolVersion { .. }
+            | Refusal::Token { .. }
+            | Refusal::CredentialRequired
+            | Refusal::UnknownCredential) => other,
+        }
+    }
+}
+
 /// The plan generation and checksum an agent applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -202,12 +247,21 @@ pub struct ContainerState {
     pub reason: Option<String>,
 }
 
+/// Longest text of a refusal's field. Refusals quote what a peer sent (a node name, a parse
+/// error) before it is authenticated, so what they echo and what the daemon logs stays short.
+pub const MAX_REFUSAL_TEXT_BYTES: usize = 256;
+
 /// `text`, cut to `MAX_REPORT_TEXT_BYTES` at a character boundary, with `…` when cut.
 pub fn short_text(text: &str) -> String {
-    if text.len() <= MAX_REPORT_TEXT_BYTES {
+    cut_text(text, MAX_REPORT_TEXT_BYTES)
+}
+
+/// `text`, cut to `limit` bytes at a character boundary, with `…` when cut.
+pub fn cut_text(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
         return text.to_string();
     }
-    let mut end = MAX_REPORT_TEXT_BYTES - '…'.len_utf8();
+    let mut end = limit.saturating_sub('…'.len_utf8());
     while !text.is_char_boundary(end) {
         end -= 1;
     }

@@ -19,6 +19,7 @@ use url::Url;
 
 use super::credential::{Credential, DataDir, PlanRecord};
 use super::executor::Executor;
+use crate::heartbeat::{Beat, Liveness};
 use crate::pki::{self, Identity, NodeKey};
 use crate::protocol::{decode, encode, AgentMessage, Refusal, ServerMessage, PROTOCOL_VERSION};
 use crate::secret::Secret;
@@ -39,16 +40,18 @@ pub enum SessionError {
     },
     #[error("the daemon at {addr} did not answer within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
-    #[error("TLS with the daemon failed: {detail}")]
-    Tls { detail: String },
+    #[error("TLS with the daemon failed")]
+    Tls(#[source] std::io::Error),
+    #[error("{}", pki::PIN_MISMATCH)]
+    PinMismatch,
     #[error("the WebSocket handshake with the daemon failed")]
     WebSocket(#[source] tokio_tungstenite::tungstenite::Error),
     #[error("the daemon refused this agent: {0}")]
     Refused(Refusal),
     #[error("the daemon asks to retry in {seconds}s: {reason}")]
     RetryAfter { seconds: u64, reason: String },
-    #[error("the connection was lost: {0}")]
-    Lost(String),
+    #[error("the connection was lost")]
+    Lost(#[source] Lost),
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error(transparent)]
@@ -70,10 +73,38 @@ impl SessionError {
     pub fn is_transient(&self) -> bool {
         match self {
             SessionError::Refused(r) => matches!(r, Refusal::UndeclaredNode { .. }),
-            SessionError::BadUrl(_) | SessionError::Pki(_) | SessionError::Data(_) => false,
-            SessionError::Tls { detail } => !detail.contains(pki::PIN_MISMATCH),
+            SessionError::BadUrl(_)
+            | SessionError::Pki(_)
+            | SessionError::Data(_)
+            | SessionError::PinMismatch => false,
             _ => true,
         }
+    }
+}
+
+/// How an established connection ended, short of a refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum Lost {
+    #[error("closed by the daemon")]
+    Closed,
+    #[error("the connection failed")]
+    Connection(#[source] tokio_tungstenite::tungstenite::Error),
+    #[error("a message could not be read or written")]
+    Message(#[source] crate::protocol::ProtocolError),
+    #[error("the daemon was silent for three heartbeat intervals")]
+    Silent,
+    #[error("expected {expected}, got {got}")]
+    Unexpected {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("the daemon issued a credential for another key")]
+    ForeignCredential,
+}
+
+impl From<Lost> for SessionError {
+    fn from(lost: Lost) -> SessionError {
+        SessionError::Lost(lost)
     }
 }
 
@@ -137,8 +168,12 @@ impl Dial {
         tokio::time::timeout(timeout, TlsConnector::from(config).connect(name, tcp))
             .await
             .map_err(|_| SessionError::Timeout { addr, timeout })?
-            .map_err(|e| SessionError::Tls {
-                detail: crate::error_chain(&e),
+            .map_err(|e| {
+                if pki::is_pin_mismatch(&e) {
+                    SessionError::PinMismatch
+                } else {
+                    SessionError::Tls(e)
+                }
             })
     }
 
@@ -190,9 +225,7 @@ pub async fn join(
         } => {
             let cert = pki::pem_certificate(&cert_pem).ok_or(pki::PkiError::BadCertificate)?;
             if pki::cert_pin(&cert)? != key.pin() {
-                return Err(SessionError::Lost(
-                    "the daemon issued a credential for another key".into(),
-                ));
+                return Err(Lost::ForeignCredential.into());
             }
             let credential = Credential {
                 cluster,
@@ -207,10 +240,11 @@ pub async fn join(
         ServerMessage::RetryAfter { seconds, reason } => {
             Err(SessionError::RetryAfter { seconds, reason })
         }
-        other => Err(SessionError::Lost(format!(
-            "unexpected answer to join: {}",
-            server_kind(&other)
-        ))),
+        other => Err(Lost::Unexpected {
+            expected: "joined",
+            got: server_kind(&other),
+        }
+        .into()),
     }
 }
 
@@ -244,10 +278,11 @@ pub async fn session(
             return Err(SessionError::RetryAfter { seconds, reason })
         }
         other => {
-            return Err(SessionError::Lost(format!(
-                "expected welcome, got {}",
-                server_kind(&other)
-            )))
+            return Err(Lost::Unexpected {
+                expected: "welcome",
+                got: server_kind(&other),
+            }
+            .into())
         }
     };
     *established = true;
@@ -256,21 +291,12 @@ pub async fn session(
     let mut observed = executor.observed();
     applied.mark_changed();
     observed.mark_changed();
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heard = tokio::time::Instant::now();
-    let mut seq = 0u64;
+    let mut liveness = Liveness::new(interval);
     loop {
         tokio::select! {
             frame = socket.next() => {
-                heard = tokio::time::Instant::now();
-                let message = match frame {
-                    None | Some(Ok(Message::Close(_))) => return Err(SessionError::Lost("closed by the daemon".into())),
-                    Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
-                    Some(Ok(Message::Text(text))) => decode::<ServerMessage>(text.as_str())
-                        .map_err(|e| SessionError::Lost(crate::error_chain(&e)))?,
-                    Some(Ok(_)) => continue,
-                };
+                liveness.heard();
+                let Some(message) = read_frame(frame)? else { continue };
                 handle(message, &mut socket, data, credential, executor).await?;
             }
             changed = applied.changed() => {
@@ -286,18 +312,27 @@ pub async fn session(
                 let containers = observed.borrow_and_update().clone();
                 send(&mut socket, &AgentMessage::Observed { containers }).await?;
             }
-            _ = ticker.tick() => {
-                if heard.elapsed() > interval * 3 {
-                    return Err(SessionError::Lost("the daemon was silent for three heartbeat intervals".into()));
-                }
-                seq += 1;
-                send(&mut socket, &AgentMessage::Heartbeat { seq }).await?;
-            }
+            beat = liveness.tick() => match beat {
+                Beat::Send(seq) => send(&mut socket, &AgentMessage::Heartbeat { seq }).await?,
+                Beat::Silent => return Err(Lost::Silent.into()),
+            },
             () = shutdown.cancelled() => {
                 let _ = socket.close(None).await;
                 return Ok(());
             }
         }
+    }
+}
+
+/// One frame from the daemon as a message; `None` for control frames.
+fn read_frame(
+    frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Result<Option<ServerMessage>, Lost> {
+    match frame {
+        None | Some(Ok(Message::Close(_))) => Err(Lost::Closed),
+        Some(Err(e)) => Err(Lost::Connection(e)),
+        Some(Ok(Message::Text(text))) => decode(text.as_str()).map(Some).map_err(Lost::Message),
+        Some(Ok(_)) => Ok(None),
     }
 }
 
@@ -357,10 +392,11 @@ async fn handle(
         }
         ServerMessage::Refused { reason } => return Err(SessionError::Refused(reason)),
         other @ (ServerMessage::Welcome { .. } | ServerMessage::Joined { .. }) => {
-            return Err(SessionError::Lost(format!(
-                "unexpected {} in a session",
-                server_kind(&other)
-            )))
+            return Err(Lost::Unexpected {
+                expected: "a session message",
+                got: server_kind(&other),
+            }
+            .into())
         }
     }
     Ok(())
@@ -381,26 +417,18 @@ fn server_kind(m: &ServerMessage) -> &'static str {
 
 /// Sends one protocol message.
 pub async fn send(socket: &mut Socket, message: &AgentMessage) -> Result<(), SessionError> {
-    let text = encode(message).map_err(|e| SessionError::Lost(crate::error_chain(&e)))?;
+    let text = encode(message).map_err(Lost::Message)?;
     socket
         .send(Message::Text(text.into()))
         .await
-        .map_err(|e| SessionError::Lost(e.to_string()))
+        .map_err(|e| Lost::Connection(e).into())
 }
 
 /// The next protocol message from the daemon.
 pub async fn recv(socket: &mut Socket) -> Result<ServerMessage, SessionError> {
     loop {
-        match socket.next().await {
-            None | Some(Ok(Message::Close(_))) => {
-                return Err(SessionError::Lost("closed by the daemon".into()))
-            }
-            Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
-            Some(Ok(Message::Text(text))) => {
-                return decode(text.as_str())
-                    .map_err(|e| SessionError::Lost(crate::error_chain(&e)))
-            }
-            Some(Ok(_)) => {}
+        if let Some(message) = read_frame(socket.next().await)? {
+            return Ok(message);
         }
     }
 }

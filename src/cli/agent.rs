@@ -137,7 +137,7 @@ async fn preflight(args: &Args) -> Result<AgentSettings, (Exit, String)> {
     // The daemon reachable, and its CA the pinned one.
     match dial.tls(None).await {
         Ok(_) => {}
-        Err(SessionError::Tls { detail }) if detail.contains(pki::PIN_MISMATCH) => {
+        Err(SessionError::PinMismatch) => {
             return Err((
                 Exit::Refused,
                 format!(

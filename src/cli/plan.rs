@@ -345,7 +345,7 @@ fn fetch_nodes(server: &str, args: &Args) -> Result<(String, NodesDocument), Pla
     let tls = pki::agent_config(pin, None).map_err(|_| PlanError::CaHash)?;
     let shown = url.to_string();
     let unreachable = |source: reqwest::Error| {
-        if crate::error_chain(&source).contains(pki::PIN_MISMATCH) {
+        if pki::is_pin_mismatch(&source) {
             PlanError::PinMismatch {
                 server: shown.clone(),
             }

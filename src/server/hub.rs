@@ -71,10 +71,96 @@ struct Nodes {
     next_session: u64,
 }
 
-/// The bindings as last read, and how the file looked then.
+impl Nodes {
+    /// Gives every declared node its plan; a changed plan gets the next generation. Returns
+    /// whether any generation changed.
+    fn publish(&mut self, desired: &BTreeMap<String, BTreeMap<String, NodeSpec>>) -> bool {
+        let mut changed = false;
+        for (cluster, specs) in desired {
+            for (node, spec) in specs {
+                changed |= self.publish_node(cluster, node, spec);
+            }
+        }
+        changed
+    }
+
+    fn publish_node(&mut self, cluster: &str, node: &str, spec: &NodeSpec) -> bool {
+        let checksum = spec.checksum();
+        let gen_key = format!("{cluster}/{node}");
+        let mark = self.generations.get(&gen_key);
+        let generation = match mark {
+            Some(m) if m.checksum == checksum => m.generation,
+            Some(m) => m.generation + 1,
+            None => 1,
+        };
+        let changed = mark.is_none_or(|m| m.generation != generation);
+        if changed {
+            let mark = AppliedMark {
+                generation,
+                checksum: checksum.clone(),
+            };
+            self.generations.insert(gen_key, mark);
+        }
+        let key = (cluster.to_string(), node.to_string());
+        let entry = self.nodes.entry(key).or_insert_with(NodeEntry::new);
+        let current = entry.plan.borrow().as_ref().map(|f| f.generation);
+        if current != Some(generation) {
+            let message = ServerMessage::Plan {
+                generation,
+                checksum: checksum.clone(),
+                spec: spec.clone(),
+            };
+            // A node plan is far below the frame limit; one that is not is a bug worth a
+            // loud failure at the agent rather than a silent one here.
+            let text = encode(&message).unwrap_or_else(|e| {
+                tracing::error!(cluster, node, error = %e, "a node plan cannot be sent");
+                String::new()
+            });
+            entry.plan.send_replace(Some(PlanFrame {
+                generation,
+                checksum,
+                text: text.into(),
+            }));
+        }
+        changed
+    }
+
+    /// Forgets nodes no longer declared and ends their sessions with the reason: revoked
+    /// (`revoked` says why) or undeclared.
+    fn drop_undeclared(
+        &mut self,
+        desired: &BTreeMap<String, BTreeMap<String, NodeSpec>>,
+        revoked: &mut BTreeMap<(String, String), String>,
+    ) {
+        let declared = |(cluster, node): &(String, String)| {
+            desired.get(cluster).is_some_and(|n| n.contains_key(node))
+        };
+        let gone: Vec<(String, String)> = self
+            .nodes
+            .keys()
+            .filter(|k| !declared(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            let Some(mut entry) = self.nodes.remove(&key) else {
+                continue;
+            };
+            let (cluster, node) = key.clone();
+            let refusal = match revoked.remove(&key) {
+                Some(why) => Refusal::Revoked { cluster, node, why },
+                None => Refusal::UndeclaredNode { cluster, node },
+            };
+            if let Some((_, kick)) = entry.session.take() {
+                let _ = kick.send(Kick::Refused(refusal));
+            }
+        }
+    }
+}
+
+/// The bindings as last read, and how the file looked just before (`None`: re-read it).
 struct BindingCache {
     bindings: Arc<Bindings>,
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<FileStamp>,
 }
 
 /// Shared by the accept loop and every session.
@@ -82,6 +168,8 @@ pub struct Hub {
     state: StateDir,
     nodes: Mutex<Nodes>,
     bindings: Mutex<BindingCache>,
+    /// Held while the generations are saved, so saves land in the order they were taken.
+    saving: Mutex<()>,
 }
 
 /// Why the hub could not change its state.
@@ -103,9 +191,10 @@ impl Hub {
                 next_session: 1,
             }),
             bindings: Mutex::new(BindingCache {
-                stamp: stamp(&state.path(BINDINGS)),
+                stamp: None,
                 bindings: Arc::new(bindings),
             }),
+            saving: Mutex::new(()),
             state,
         })
     }
@@ -121,12 +210,34 @@ impl Hub {
     /// Sets the whole desired state: every declared node of every cluster with its plan. A node
     /// whose plan changed gets the next generation. Nodes no longer declared lose their plan,
     /// their credential is revoked and their session ends with the reason.
+    ///
+    /// Blocking (it writes the state directory): async callers run it on `spawn_blocking`. No
+    /// lock that sessions take is held while it writes.
     pub fn set_desired(
         &self,
         desired: &BTreeMap<String, BTreeMap<String, NodeSpec>>,
     ) -> Result<(), HubError> {
-        let mut revoked: BTreeMap<(String, String), String> = BTreeMap::new();
-        let bindings = self.state.update(BINDINGS, |b: &mut Bindings| {
+        let mut revoked = self.revoke_undeclared(desired)?;
+        let generations_changed = {
+            let mut nodes = self.lock();
+            let changed = nodes.publish(desired);
+            nodes.drop_undeclared(desired, &mut revoked);
+            nodes.ready = true;
+            changed
+        };
+        if generations_changed {
+            self.save_generations()?;
+        }
+        Ok(())
+    }
+
+    /// Revokes the credentials of nodes Git no longer declares; returns why, by node.
+    fn revoke_undeclared(
+        &self,
+        desired: &BTreeMap<String, BTreeMap<String, NodeSpec>>,
+    ) -> Result<BTreeMap<(String, String), String>, HubError> {
+        let mut revoked = BTreeMap::new();
+        let outcome = self.update_bindings(|b| {
             let clusters: BTreeSet<String> = b
                 .nodes
                 .keys()
@@ -142,86 +253,20 @@ impl Hub {
                     revoked.insert((cluster.clone(), node), why);
                 }
             }
-            Ok::<_, std::convert::Infallible>(b.clone())
+            Ok(())
         })?;
-        let Ok(bindings) = bindings;
-        self.replace_bindings(bindings);
+        if let Err(r) = outcome {
+            unreachable!("revoking undeclared nodes refuses nothing: {r}");
+        }
+        Ok(revoked)
+    }
 
-        let mut nodes = self.lock();
-        let mut generations_changed = false;
-        let mut seen = BTreeSet::new();
-        for (cluster, specs) in desired {
-            for (node, spec) in specs {
-                let key = (cluster.clone(), node.clone());
-                seen.insert(key.clone());
-                let checksum = spec.checksum();
-                let gen_key = format!("{cluster}/{node}");
-                let mark = nodes.generations.get(&gen_key);
-                let generation = match mark {
-                    Some(m) if m.checksum == checksum => m.generation,
-                    Some(m) => m.generation + 1,
-                    None => 1,
-                };
-                if mark.is_none_or(|m| m.generation != generation) {
-                    nodes.generations.insert(
-                        gen_key,
-                        AppliedMark {
-                            generation,
-                            checksum: checksum.clone(),
-                        },
-                    );
-                    generations_changed = true;
-                }
-                let entry = nodes.nodes.entry(key).or_insert_with(NodeEntry::new);
-                let current = entry.plan.borrow().as_ref().map(|f| f.generation);
-                if current != Some(generation) {
-                    let message = ServerMessage::Plan {
-                        generation,
-                        checksum: checksum.clone(),
-                        spec: spec.clone(),
-                    };
-                    // A node plan is far below the frame limit; one that is not is a bug
-                    // worth a loud failure at the agent rather than a silent one here.
-                    let text = encode(&message).unwrap_or_else(|e| {
-                        tracing::error!(cluster, node, error = %e, "a node plan cannot be sent");
-                        String::new()
-                    });
-                    entry.plan.send_replace(Some(PlanFrame {
-                        generation,
-                        checksum,
-                        text: text.into(),
-                    }));
-                }
-            }
-        }
-        let gone: Vec<(String, String)> = nodes
-            .nodes
-            .keys()
-            .filter(|k| !seen.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            if let Some(mut entry) = nodes.nodes.remove(&key) {
-                let refusal = match revoked.remove(&key) {
-                    Some(why) => Refusal::Revoked {
-                        cluster: key.0.clone(),
-                        node: key.1.clone(),
-                        why,
-                    },
-                    None => Refusal::UndeclaredNode {
-                        cluster: key.0.clone(),
-                        node: key.1.clone(),
-                    },
-                };
-                if let Some((_, kick)) = entry.session.take() {
-                    let _ = kick.send(Kick::Refused(refusal));
-                }
-            }
-        }
-        nodes.ready = true;
-        if generations_changed {
-            self.state.save(GENERATIONS, &nodes.generations)?;
-        }
+    /// Saves the generations as they are now. Saves are serialised and each copies the table
+    /// when it starts, so the file never goes back to an older table.
+    fn save_generations(&self) -> Result<(), HubError> {
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        let generations = self.lock().generations.clone();
+        self.state.save(GENERATIONS, &generations)?;
         Ok(())
     }
 
@@ -359,26 +404,42 @@ impl Hub {
             .and_then(|e| e.plan.borrow().as_ref().map(|f| f.generation))
     }
 
-    /// The node bindings, re-read when another process (`drover node reset`) changed the
-    /// file: one `stat` per call, and a parse only after a change.
+    /// The node bindings as last read: no IO. `refresh_bindings` keeps them current.
     pub fn bindings(&self) -> Arc<Bindings> {
-        let mut cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
-        let now = stamp(&self.state.path(BINDINGS));
-        if now != cache.stamp {
-            match self.state.load::<Bindings>(BINDINGS) {
-                Ok(b) => {
-                    cache.bindings = Arc::new(b.unwrap_or_default());
-                    cache.stamp = now;
-                }
-                Err(e) => {
-                    tracing::error!(error = %crate::error_chain(&e), "cannot re-read node credentials; keeping the last read")
-                }
-            }
-        }
-        cache.bindings.clone()
+        self.bindings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bindings
+            .clone()
     }
 
-    /// Changes the bindings under the state directory's lock and keeps the result.
+    /// Re-reads the bindings if the file changed since they were read (another process, such
+    /// as `drover node reset`, wrote it). Blocking: one `stat`, and a parse after a change.
+    /// The file's stamp is taken before it is read, so a write racing the read is seen on
+    /// the next call, never lost.
+    pub fn refresh_bindings(&self) {
+        let now = FileStamp::of(&self.state.path(BINDINGS));
+        let known = self
+            .bindings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stamp;
+        if known.is_some() && now == known {
+            return;
+        }
+        match self.state.load::<Bindings>(BINDINGS) {
+            Ok(b) => {
+                let mut cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+                cache.bindings = Arc::new(b.unwrap_or_default());
+                cache.stamp = now;
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::error_chain(&e), "cannot re-read node credentials; keeping the last read")
+            }
+        }
+    }
+
+    /// Changes the bindings under the state directory's lock and keeps the result. Blocking.
     pub fn update_bindings<R>(
         &self,
         change: impl FnOnce(&mut Bindings) -> Result<R, Refusal>,
@@ -395,14 +456,32 @@ impl Hub {
         Ok(outcome)
     }
 
+    /// Keeps what this process wrote. The stamp is cleared: another process may have written
+    /// after this one released the lock, so the next refresh re-reads the file.
     fn replace_bindings(&self, bindings: Bindings) {
         let mut cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
         cache.bindings = Arc::new(bindings);
-        cache.stamp = stamp(&self.state.path(BINDINGS));
+        cache.stamp = None;
     }
 }
 
-fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+/// How a file looked: every atomic write makes a new inode, so the inode tells writes apart
+/// even within one tick of the modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    modified: SystemTime,
+    len: u64,
+}
+
+impl FileStamp {
+    fn of(path: &std::path::Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            inode: m.ino(),
+            modified: m.modified().ok()?,
+            len: m.len(),
+        })
+    }
 }

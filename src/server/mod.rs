@@ -5,10 +5,19 @@
 //! - `hub`: declared nodes, their plans and generations, live sessions, agents' reports.
 //! - `session`: one agent's session: join or hello, then plans, heartbeats, reports, renewal.
 //!
-//! TLS handshakes run at most `Settings::max_handshakes` at a time. The handshake and then the
-//! request head are each bounded by `Settings::handshake_timeout`, so a flood of slow or silent
-//! clients can neither starve established sessions nor hold connections open. Connections and
-//! WebSocket sessions share one task tracker, which `AgentServer::shutdown` waits for.
+//! Everything a peer can do before it is admitted is bounded:
+//! - at most `Settings::max_pending` connections wait for a TLS handshake slot, and one over
+//!   that is closed at once; the wait for a slot and the handshake together, and then the
+//!   request head, are each bounded by `Settings::handshake_timeout`;
+//! - TLS handshakes run at most `Settings::max_handshakes` at a time;
+//! - a WebSocket without a client certificate may send messages of `MAX_UNADMITTED_MESSAGE_BYTES`
+//!   at most (a join is far smaller), checked by the WebSocket layer before any parsing;
+//! - at most `Settings::max_unadmitted` sessions wait for their first message to be handled.
+//!
+//! So a flood of slow or silent clients can neither starve established sessions nor exhaust
+//! file descriptors or memory. Node bindings are re-read by a background task on a blocking
+//! thread, so a session's checks never touch the disk. Connections and WebSocket sessions share
+//! one task tracker, which `AgentServer::shutdown` waits for.
 
 pub mod hub;
 pub mod session;
@@ -35,6 +44,10 @@ use session::{Context, Peer};
 
 use crate::pki::{self, DaemonCa, PkiError};
 use crate::protocol::{MAX_MESSAGE_BYTES, READ_BUFFER_BYTES};
+
+/// Largest message a WebSocket without a client certificate may send: its only valid message
+/// is a `Join` (a node name, a token and a CSR of about a kilobyte).
+pub const MAX_UNADMITTED_MESSAGE_BYTES: usize = 64 * 1024;
 use crate::secret::Secret;
 use crate::state::StateDir;
 
@@ -50,8 +63,17 @@ pub struct Settings {
     /// What `RetryAfter` asks of agents while the desired state is not read yet.
     pub retry_after: Duration,
     pub max_handshakes: usize,
-    /// How long a client has for its TLS handshake, and then for its request head.
+    /// Most connections waiting for a handshake slot; more are closed at once.
+    pub max_pending: usize,
+    /// Most WebSocket sessions whose first message is not handled yet.
+    pub max_unadmitted: usize,
+    /// How long a client has for its TLS handshake (including the wait for a slot), and then
+    /// for its request head.
     pub handshake_timeout: Duration,
+    /// How long one send to an agent may take; a peer that stops reading is dropped after it.
+    pub send_timeout: Duration,
+    /// How often the node bindings are checked for changes by another process.
+    pub bindings_refresh: Duration,
 }
 
 impl Settings {
@@ -63,7 +85,11 @@ impl Settings {
             renew_after: pki::NODE_CERT_VALIDITY / 2,
             retry_after: Duration::from_secs(5),
             max_handshakes: 256,
+            max_pending: 1024,
+            max_unadmitted: 1024,
             handshake_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
+            bindings_refresh: Duration::from_secs(1),
         }
     }
 }
@@ -127,7 +153,13 @@ impl AgentServer {
             settings: settings.clone(),
             shutdown: shutdown.clone(),
             sessions: sessions.clone(),
+            unadmitted: Arc::new(Semaphore::new(settings.max_unadmitted)),
         });
+        sessions.spawn(refresh_bindings(
+            hub.clone(),
+            settings.bindings_refresh,
+            shutdown.clone(),
+        ));
         let router = Router::new()
             .route("/v1/agent", get(upgrade))
             .route(crate::api::NODES_PATH, get(nodes))
@@ -179,9 +211,14 @@ async fn upgrade(
     State(cx): State<Arc<Context>>,
 ) -> Response {
     let tracker = cx.sessions.clone();
+    // A peer without a credential can only join: its messages are held to a join's size.
+    let limit = match peer.identity {
+        Some(_) => MAX_MESSAGE_BYTES,
+        None => MAX_UNADMITTED_MESSAGE_BYTES,
+    };
     // Frames are written straight to the socket: no write buffer is kept per session.
-    ws.max_message_size(MAX_MESSAGE_BYTES)
-        .max_frame_size(MAX_MESSAGE_BYTES)
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .on_upgrade(move |socket| tracker.track_future(session::run(cx, peer, socket)))
@@ -236,6 +273,21 @@ fn api_error(status: StatusCode, message: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// Re-reads the node bindings when another process (`drover node reset`) changed them, on a
+/// blocking thread, until shutdown.
+async fn refresh_bindings(hub: Arc<Hub>, every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let hub = hub.clone();
+        let _ = tokio::task::spawn_blocking(move || hub.refresh_bindings()).await;
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: TlsAcceptor,
@@ -245,6 +297,7 @@ async fn accept_loop(
     sessions: tokio_util::task::TaskTracker,
 ) {
     let handshakes = Arc::new(Semaphore::new(settings.max_handshakes));
+    let pending = Arc::new(Semaphore::new(settings.max_pending));
     loop {
         let (tcp, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -258,33 +311,28 @@ async fn accept_loop(
             },
             () = shutdown.cancelled() => return,
         };
+        // Over the count of connections waiting for a handshake: closed at once (dropped).
+        let Ok(waiting) = pending.clone().try_acquire_owned() else {
+            tracing::debug!(peer = %addr, "too many connections waiting for a TLS handshake");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        let tls = tls.clone();
-        let router = router.clone();
-        let handshakes = handshakes.clone();
+        let connection = Connection {
+            tls: tls.clone(),
+            router: router.clone(),
+            handshakes: handshakes.clone(),
+            timeout: settings.handshake_timeout,
+        };
         let shutdown = shutdown.clone();
-        let timeout = settings.handshake_timeout;
         sessions.spawn(async move {
-            let Ok(permit) = handshakes.acquire_owned().await else {
+            let Some(stream) = connection.handshake(tcp, addr, waiting).await else {
                 return;
             };
-            let stream = match tokio::time::timeout(timeout, tls.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::info!(peer = %addr, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(peer = %addr, "TLS handshake timed out");
-                    return;
-                }
-            };
-            drop(permit);
             let peer = Peer::from_certificates(addr, stream.get_ref().1.peer_certificates());
-            let service = TowerToHyperService::new(router.layer(Extension(peer)));
+            let service = TowerToHyperService::new(connection.router.layer(Extension(peer)));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
+                .header_read_timeout(connection.timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::select! {
@@ -296,5 +344,43 @@ async fn accept_loop(
                 () = shutdown.cancelled() => {}
             }
         });
+    }
+}
+
+/// What one accepted connection needs for its handshake and its requests.
+struct Connection {
+    tls: TlsAcceptor,
+    router: Router,
+    handshakes: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl Connection {
+    /// Waits for a handshake slot and runs the TLS handshake, both within the timeout. The
+    /// `waiting` permit (the connection's place among those pending) is held until then.
+    async fn handshake(
+        &self,
+        tcp: tokio::net::TcpStream,
+        addr: SocketAddr,
+        waiting: tokio::sync::OwnedSemaphorePermit,
+    ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+        let handshake = async {
+            let _slot = self.handshakes.acquire().await.ok()?;
+            Some(self.tls.accept(tcp).await)
+        };
+        let outcome = tokio::time::timeout(self.timeout, handshake).await;
+        drop(waiting);
+        match outcome {
+            Ok(Some(Ok(stream))) => Some(stream),
+            Ok(Some(Err(e))) => {
+                tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                None
+            }
+            Ok(None) => None,
+            Err(_) => {
+                tracing::debug!(peer = %addr, "TLS handshake timed out");
+                None
+            }
+        }
     }
 }

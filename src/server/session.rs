@@ -3,29 +3,36 @@
 //! The first message decides what the connection is: `Join` (no credential yet: a token and a
 //! signing request) or `Hello` (a node credential was presented during the TLS handshake).
 //! A session then carries the node's plan whenever its generation changes, heartbeats both
-//! ways (a peer silent for three intervals is dropped), the agent's reports, and in-band
-//! credential renewal. Every refusal is sent to the agent with its reason before closing.
+//! ways (`heartbeat::Liveness`), the agent's reports, and in-band credential renewal. Every
+//! refusal is sent to the agent with its reason, bounded in length, before closing.
+//!
+//! Nothing a peer does can hold a session: every send is bounded by `Settings::send_timeout`,
+//! the first message by `FIRST_MESSAGE_TIMEOUT`, and a peer silent for three heartbeat
+//! intervals is dropped. Connections that have not yet been admitted are counted
+//! (`Settings::max_unadmitted`); one over the count is closed at once.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::{SinkExt as _, StreamExt as _};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{Hub, Kick};
+use super::hub::{Hub, Kick, PlanFrame};
 use super::Settings;
+use crate::heartbeat::{Beat, Liveness};
 use crate::join::{redeem, CredentialUse};
 use crate::model::NodeName;
 use crate::pki::{node_identity, DaemonCa, NodeIdentity};
 use crate::protocol::{
-    decode, encode, AgentMessage, Refusal, ServerMessage, StepReport, MAX_REPORT_ITEMS,
-    PROTOCOL_VERSION,
+    decode, encode, AgentMessage, AppliedMark, Refusal, ServerMessage, StepReport,
+    MAX_REPORT_ITEMS, PROTOCOL_VERSION,
 };
 use crate::secret::Secret;
 
 /// How long an agent has to send its first message.
-const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the TLS handshake established about the peer.
 #[derive(Debug, Clone)]
@@ -53,23 +60,97 @@ pub(super) struct Context {
     pub settings: Settings,
     pub shutdown: CancellationToken,
     pub sessions: tokio_util::task::TaskTracker,
+    /// Slots for sessions not admitted yet (no first message handled).
+    pub unadmitted: Arc<Semaphore>,
+}
+
+/// A WebSocket with every send bounded in time: a peer that stops reading cannot hold a session.
+struct Conn {
+    socket: WebSocket,
+    send_timeout: Duration,
+}
+
+/// Why a send did not complete.
+#[derive(Debug)]
+struct SendFailed;
+
+impl Conn {
+    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), SendFailed> {
+        let sent = tokio::time::timeout(self.send_timeout, self.socket.send(Message::Text(text)));
+        match sent.await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(SendFailed),
+        }
+    }
+
+    async fn send(&mut self, message: &ServerMessage) -> Result<(), SendFailed> {
+        let text = encode(message).map_err(|_| SendFailed)?;
+        self.send_text(text.into()).await
+    }
+
+    async fn close(&mut self) {
+        let frame = Message::Close(Some(CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: Utf8Bytes::from_static(""),
+        }));
+        let closing = async {
+            let _ = self.socket.send(frame).await;
+            let _ = self.socket.flush().await;
+        };
+        let _ = tokio::time::timeout(self.send_timeout, closing).await;
+    }
+
+    async fn refuse(&mut self, peer: &Peer, reason: Refusal) {
+        let reason = reason.bounded();
+        tracing::warn!(peer = %peer.addr, reason = %reason, "agent refused");
+        let _ = self.send(&ServerMessage::Refused { reason }).await;
+        self.close().await;
+    }
+
+    /// The next protocol message; `None` when the peer closed; a refusal for a frame that is
+    /// not a valid message.
+    async fn next_message(&mut self) -> Result<Option<AgentMessage>, Refusal> {
+        loop {
+            match self.socket.next().await {
+                None | Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Err(e)) => return Err(Refusal::bad_request(format!("connection: {e}"))),
+                Some(Ok(Message::Text(text))) => {
+                    let decoded = decode(text.as_str());
+                    return decoded
+                        .map(Some)
+                        .map_err(|e| Refusal::bad_request(crate::error_chain(&e)));
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    return Err(Refusal::bad_request("binary frames are not spoken here"))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            }
+        }
+    }
 }
 
 /// Runs one session to its end.
-pub(super) async fn run(cx: Arc<Context>, peer: Peer, mut socket: WebSocket) {
+pub(super) async fn run(cx: Arc<Context>, peer: Peer, socket: WebSocket) {
+    let mut conn = Conn {
+        socket,
+        send_timeout: cx.settings.send_timeout,
+    };
+    let Ok(slot) = cx.unadmitted.clone().try_acquire_owned() else {
+        tracing::debug!(peer = %peer.addr, "too many connections waiting for admission");
+        return conn.close().await;
+    };
     let first = tokio::select! {
-        m = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, next_message(&mut socket)) => m,
+        m = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, conn.next_message()) => m,
         () = cx.shutdown.cancelled() => return,
     };
     let first = match first {
         Ok(Ok(Some(m))) => m,
         Ok(Ok(None)) => return,
-        Ok(Err(detail)) => {
-            return refuse(&mut socket, &peer, Refusal::BadRequest { detail }).await;
-        }
+        Ok(Err(r)) => return conn.refuse(&peer, r).await,
         Err(_) => {
-            let detail = format!("no first message within {FIRST_MESSAGE_TIMEOUT:?}");
-            return refuse(&mut socket, &peer, Refusal::BadRequest { detail }).await;
+            let r =
+                Refusal::bad_request(format!("no first message within {FIRST_MESSAGE_TIMEOUT:?}"));
+            return conn.refuse(&peer, r).await;
         }
     };
     if !cx.hub.is_ready() {
@@ -77,8 +158,8 @@ pub(super) async fn run(cx: Arc<Context>, peer: Peer, mut socket: WebSocket) {
             seconds: cx.settings.retry_after.as_secs().max(1),
             reason: "the daemon has not read its desired state yet".into(),
         };
-        let _ = send(&mut socket, &m).await;
-        return close(&mut socket).await;
+        let _ = conn.send(&m).await;
+        return conn.close().await;
     }
     match first {
         AgentMessage::Join {
@@ -86,23 +167,7 @@ pub(super) async fn run(cx: Arc<Context>, peer: Peer, mut socket: WebSocket) {
             node,
             token,
             csr_pem,
-        } => {
-            if protocol != PROTOCOL_VERSION {
-                let r = Refusal::ProtocolVersion {
-                    theirs: protocol,
-                    ours: PROTOCOL_VERSION,
-                };
-                return refuse(&mut socket, &peer, r).await;
-            }
-            let answer = join(&cx, &node, &token, &csr_pem).await;
-            match answer {
-                Ok(joined) => {
-                    let _ = send(&mut socket, &joined).await;
-                    close(&mut socket).await;
-                }
-                Err(r) => refuse(&mut socket, &peer, r).await,
-            }
-        }
+        } => on_join(&cx, &peer, conn, protocol, &node, &token, &csr_pem).await,
         AgentMessage::Hello {
             protocol,
             cluster,
@@ -110,75 +175,148 @@ pub(super) async fn run(cx: Arc<Context>, peer: Peer, mut socket: WebSocket) {
             agent_version,
             applied,
         } => {
-            if protocol != PROTOCOL_VERSION {
-                let r = Refusal::ProtocolVersion {
-                    theirs: protocol,
-                    ours: PROTOCOL_VERSION,
-                };
-                return refuse(&mut socket, &peer, r).await;
-            }
-            let Some(id) = peer.identity.clone() else {
-                return refuse(&mut socket, &peer, Refusal::CredentialRequired).await;
+            let hello = Hello {
+                protocol,
+                cluster,
+                node,
+                agent_version,
+                applied,
             };
-            if id.cluster != cluster || id.node != node {
-                let r = Refusal::NotYourNode {
-                    own_cluster: id.cluster,
-                    own_node: id.node,
-                    cluster,
-                    node,
-                };
-                return refuse(&mut socket, &peer, r).await;
-            }
-            if let Err(r) = admit(&cx, &id) {
-                return refuse(&mut socket, &peer, r).await;
-            }
-            let Some((session, plans, kick)) = cx.hub.attach(&cluster, &node) else {
-                let r = Refusal::UndeclaredNode { cluster, node };
-                return refuse(&mut socket, &peer, r).await;
-            };
-            tracing::info!(cluster, node, agent_version, peer = %peer.addr, "agent connected");
-            cx.hub.record(&cluster, &node, |r| {
-                if applied.is_some() {
-                    r.applied = applied;
-                }
-            });
-            let end = serve(&cx, &id, &mut socket, plans, kick).await;
-            cx.hub.detach(&cluster, &node, session);
-            match end {
-                End::Closed(why) => {
-                    tracing::info!(cluster, node, why, "agent disconnected");
-                    close(&mut socket).await;
-                }
-                End::Refused(r) => refuse(&mut socket, &peer, r).await,
-            }
+            on_hello(&cx, &peer, conn, hello, slot).await;
         }
         other => {
             let detail = format!(
                 "the first message must be join or hello, not {}",
                 kind(&other)
             );
-            refuse(&mut socket, &peer, Refusal::BadRequest { detail }).await;
+            conn.refuse(&peer, Refusal::bad_request(detail)).await;
         }
     }
 }
 
+fn check_protocol(theirs: u32) -> Result<(), Refusal> {
+    if theirs == PROTOCOL_VERSION {
+        return Ok(());
+    }
+    Err(Refusal::ProtocolVersion {
+        theirs,
+        ours: PROTOCOL_VERSION,
+    })
+}
+
+async fn on_join(
+    cx: &Arc<Context>,
+    peer: &Peer,
+    mut conn: Conn,
+    protocol: u32,
+    node: &str,
+    token: &Secret,
+    csr_pem: &str,
+) {
+    if let Err(r) = check_protocol(protocol) {
+        return conn.refuse(peer, r).await;
+    }
+    match join(cx, node, token, csr_pem).await {
+        Ok(joined) => {
+            let _ = conn.send(&joined).await;
+            conn.close().await;
+        }
+        Err(r) => conn.refuse(peer, r).await,
+    }
+}
+
+/// The fields of a `Hello`.
+struct Hello {
+    protocol: u32,
+    cluster: String,
+    node: String,
+    agent_version: String,
+    applied: Option<AppliedMark>,
+}
+
+/// Admits a `Hello` (its credential, its node declared) and serves the session until it ends.
+async fn on_hello(
+    cx: &Arc<Context>,
+    peer: &Peer,
+    mut conn: Conn,
+    hello: Hello,
+    slot: OwnedSemaphorePermit,
+) {
+    let id = match admit_hello(cx, peer, &hello).await {
+        Ok(id) => id,
+        Err(r) => return conn.refuse(peer, r).await,
+    };
+    let (cluster, node) = (hello.cluster, hello.node);
+    let Some((session, plans, kick)) = cx.hub.attach(&cluster, &node) else {
+        return conn
+            .refuse(peer, Refusal::UndeclaredNode { cluster, node })
+            .await;
+    };
+    drop(slot);
+    tracing::info!(cluster, node, agent_version = %crate::protocol::short_text(&hello.agent_version), peer = %peer.addr, "agent connected");
+    let applied = hello.applied;
+    cx.hub.record(&cluster, &node, |r| {
+        if applied.is_some() {
+            r.applied = applied;
+        }
+    });
+    let end = serve(cx, &id, &mut conn, plans, kick).await;
+    cx.hub.detach(&cluster, &node, session);
+    match end {
+        End::Closed(why) => {
+            tracing::info!(cluster, node, why, "agent disconnected");
+            conn.close().await;
+        }
+        End::Refused(r) => conn.refuse(peer, r).await,
+    }
+}
+
+/// The credential's identity, when it speaks for the node it says hello as and is admitted.
+async fn admit_hello(
+    cx: &Arc<Context>,
+    peer: &Peer,
+    hello: &Hello,
+) -> Result<NodeIdentity, Refusal> {
+    check_protocol(hello.protocol)?;
+    let Some(id) = peer.identity.clone() else {
+        return Err(Refusal::CredentialRequired);
+    };
+    if id.cluster != hello.cluster || id.node != hello.node {
+        return Err(Refusal::NotYourNode {
+            own_cluster: id.cluster,
+            own_node: id.node,
+            cluster: hello.cluster.clone(),
+            node: hello.node.clone(),
+        });
+    }
+    admit(cx, &id).await?;
+    Ok(id)
+}
+
 /// A credential presented with `Hello` is the node's bound key (or its renewed one, which then
-/// becomes the bound key), and the node is declared in Git.
-fn admit(cx: &Context, id: &NodeIdentity) -> Result<(), Refusal> {
-    match cx
+/// becomes the bound key, saved on a blocking thread), and the node is declared in Git.
+async fn admit(cx: &Arc<Context>, id: &NodeIdentity) -> Result<(), Refusal> {
+    let used = cx
         .hub
         .bindings()
-        .check(&id.cluster, &id.node, &id.key_pin)?
-    {
-        CredentialUse::Current => {}
-        CredentialUse::Renewed => {
-            let promoted = cx.hub.update_bindings(|b| {
-                b.promote(&id.cluster, &id.node);
+        .check(&id.cluster, &id.node, &id.key_pin)?;
+    if used == CredentialUse::Renewed {
+        let hub = cx.hub.clone();
+        let (cluster, node) = (id.cluster.clone(), id.node.clone());
+        let promoted = tokio::task::spawn_blocking(move || {
+            hub.refresh_bindings();
+            hub.update_bindings(|b| {
+                b.promote(&cluster, &node);
                 Ok(())
-            });
-            if let Err(e) = promoted {
-                tracing::error!(error = %crate::error_chain(&e), "cannot save a renewed credential");
+            })
+        })
+        .await;
+        match promoted {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %crate::error_chain(&e), "cannot save a renewed credential")
             }
+            Err(e) => tracing::error!(error = %e, "saving a renewed credential failed"),
         }
     }
     if !cx.hub.is_declared(&id.cluster, &id.node) {
@@ -199,13 +337,10 @@ async fn join(
     csr_pem: &str,
 ) -> Result<ServerMessage, Refusal> {
     if let Err(e) = NodeName::parse(node) {
-        return Err(Refusal::BadRequest {
-            detail: format!("node name: {e}"),
-        });
+        return Err(Refusal::bad_request(format!("node name: {e}")));
     }
-    let key_pin = crate::pki::csr_key_pin(csr_pem).map_err(|e| Refusal::BadRequest {
-        detail: e.to_string(),
-    })?;
+    let key_pin =
+        crate::pki::csr_key_pin(csr_pem).map_err(|e| Refusal::bad_request(e.to_string()))?;
     let cx2 = cx.clone();
     let node2 = node.to_string();
     let token = token.clone();
@@ -214,6 +349,8 @@ async fn join(
     let outcome = tokio::task::spawn_blocking(move || {
         let now = SystemTime::now();
         let hub = &cx2.hub;
+        // A `drover node reset` may have just freed the node: decide on the file as it is.
+        hub.refresh_bindings();
         let redeemed = redeem(hub.state(), &token, now, |record| {
             if !hub.is_declared(&record.cluster, &node2) {
                 return Err(Refusal::UndeclaredNode {
@@ -228,9 +365,7 @@ async fn join(
         let issued = cx2
             .ca
             .issue_node(&csr, &redeemed.cluster, &node2, now)
-            .map_err(|e| Refusal::BadRequest {
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| Refusal::bad_request(e.to_string()))?;
         hub.update_bindings(|b| {
             b.admits_join(&redeemed.cluster, &node2, &issued.key_pin)?;
             b.bind(&redeemed.cluster, &node2, &issued.key_pin);
@@ -266,97 +401,126 @@ enum End {
     Refused(Refusal),
 }
 
+/// What a session remembers between messages.
+#[derive(Default)]
+struct SessionState {
+    /// A renewal was asked for and not answered yet: only then is `Renew` accepted.
+    renewal_asked: bool,
+}
+
 /// The steady state of a session.
 async fn serve(
     cx: &Context,
     id: &NodeIdentity,
-    socket: &mut WebSocket,
-    mut plans: tokio::sync::watch::Receiver<Option<super::hub::PlanFrame>>,
-    mut kick: tokio::sync::oneshot::Receiver<Kick>,
+    conn: &mut Conn,
+    mut plans: watch::Receiver<Option<PlanFrame>>,
+    mut kick: oneshot::Receiver<Kick>,
 ) -> End {
     let interval = cx.settings.heartbeat;
     let welcome = ServerMessage::Welcome {
         protocol: PROTOCOL_VERSION,
         heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
     };
-    if send(socket, &welcome).await.is_err() {
+    if conn.send(&welcome).await.is_err() {
         return End::Closed("send failed");
     }
-    let age = SystemTime::now()
-        .duration_since(id.not_before)
-        .unwrap_or_default();
-    if age >= cx.settings.renew_after
-        && send(socket, &ServerMessage::RenewCredential {})
-            .await
-            .is_err()
-    {
-        return End::Closed("send failed");
+    let mut state = SessionState::default();
+    if let Err(end) = ask_renewal_if_due(cx, id, conn, &mut state).await {
+        return end;
     }
     plans.mark_changed();
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heard = tokio::time::Instant::now();
-    let mut seq = 0u64;
+    let mut liveness = Liveness::new(interval);
     loop {
-        tokio::select! {
-            changed = plans.changed() => {
-                if changed.is_err() {
-                    // The node left the desired state. The hub sends the reason on the kick
-                    // channel before it drops the plan channel, so the reason is there.
-                    return match kick.try_recv() {
-                        Ok(Kick::Refused(r)) => End::Refused(r),
-                        _ => End::Closed("the node left the desired state"),
-                    };
-                }
-                let frame = plans.borrow_and_update().clone();
-                if let Some(frame) = frame {
-                    if socket.send(Message::Text(Utf8Bytes::from(&*frame.text))).await.is_err() {
-                        return End::Closed("send failed");
-                    }
-                }
-            }
-            message = next_message(socket) => {
-                heard = tokio::time::Instant::now();
+        let step = tokio::select! {
+            changed = plans.changed() => on_plan(conn, &mut plans, &mut kick, changed.is_ok()).await,
+            message = conn.next_message() => {
+                liveness.heard();
                 match message {
-                    Ok(Some(m)) => {
-                        if let Some(end) = handle(cx, id, socket, m).await {
-                            return end;
-                        }
-                    }
-                    Ok(None) => return End::Closed("closed by the agent"),
-                    Err(detail) => return End::Refused(Refusal::BadRequest { detail }),
+                    Ok(Some(m)) => handle(cx, id, conn, &mut state, m).await,
+                    Ok(None) => Err(End::Closed("closed by the agent")),
+                    Err(r) => Err(End::Refused(r)),
                 }
             }
-            _ = ticker.tick() => {
-                if heard.elapsed() > interval * 3 {
-                    return End::Closed("silent for three heartbeat intervals");
-                }
-                if let Err(r) = cx.hub.bindings().check(&id.cluster, &id.node, &id.key_pin) {
-                    return End::Refused(r);
-                }
-                seq += 1;
-                if send(socket, &ServerMessage::Heartbeat { seq }).await.is_err() {
-                    return End::Closed("send failed");
-                }
-            }
-            k = &mut kick => {
-                return match k {
-                    Ok(Kick::Refused(r)) => End::Refused(r),
-                    Ok(Kick::Replaced) | Err(_) => End::Closed("replaced by a newer session"),
-                };
-            }
-            () = cx.shutdown.cancelled() => return End::Closed("the daemon is stopping"),
+            beat = liveness.tick() => on_beat(cx, id, conn, beat).await,
+            k = &mut kick => Err(match k {
+                Ok(Kick::Refused(r)) => End::Refused(r),
+                Ok(Kick::Replaced) | Err(_) => End::Closed("replaced by a newer session"),
+            }),
+            () = cx.shutdown.cancelled() => Err(End::Closed("the daemon is stopping")),
+        };
+        if let Err(end) = step {
+            return end;
         }
     }
 }
 
-/// Handles one message of an established session; `Some` ends it.
+/// Asks the agent to renew its credential when it is older than `Settings::renew_after`.
+async fn ask_renewal_if_due(
+    cx: &Context,
+    id: &NodeIdentity,
+    conn: &mut Conn,
+    state: &mut SessionState,
+) -> Result<(), End> {
+    let age = SystemTime::now()
+        .duration_since(id.not_before)
+        .unwrap_or_default();
+    if age < cx.settings.renew_after {
+        return Ok(());
+    }
+    if conn.send(&ServerMessage::RenewCredential {}).await.is_err() {
+        return Err(End::Closed("send failed"));
+    }
+    state.renewal_asked = true;
+    Ok(())
+}
+
+/// Sends the node's new plan; ends the session when the node left the desired state.
+async fn on_plan(
+    conn: &mut Conn,
+    plans: &mut watch::Receiver<Option<PlanFrame>>,
+    kick: &mut oneshot::Receiver<Kick>,
+    open: bool,
+) -> Result<(), End> {
+    if !open {
+        // The node left the desired state. The hub sends the reason on the kick channel
+        // before it drops the plan channel, so the reason is there.
+        return Err(match kick.try_recv() {
+            Ok(Kick::Refused(r)) => End::Refused(r),
+            _ => End::Closed("the node left the desired state"),
+        });
+    }
+    let frame = plans.borrow_and_update().clone();
+    if let Some(frame) = frame {
+        if conn.send_text(Utf8Bytes::from(&*frame.text)).await.is_err() {
+            return Err(End::Closed("send failed"));
+        }
+    }
+    Ok(())
+}
+
+/// A heartbeat tick: drop a silent agent, re-check its credential, send a heartbeat.
+async fn on_beat(cx: &Context, id: &NodeIdentity, conn: &mut Conn, beat: Beat) -> Result<(), End> {
+    let Beat::Send(seq) = beat else {
+        return Err(End::Closed("silent for three heartbeat intervals"));
+    };
+    cx.hub
+        .bindings()
+        .check(&id.cluster, &id.node, &id.key_pin)
+        .map_err(End::Refused)?;
+    if conn.send(&ServerMessage::Heartbeat { seq }).await.is_err() {
+        return Err(End::Closed("send failed"));
+    }
+    Ok(())
+}
+
+/// Handles one message of an established session; `Err` ends it.
 async fn handle(
     cx: &Context,
     id: &NodeIdentity,
-    socket: &mut WebSocket,
+    conn: &mut Conn,
+    state: &mut SessionState,
     message: AgentMessage,
-) -> Option<End> {
+) -> Result<(), End> {
     let (cluster, node) = (id.cluster.as_str(), id.node.as_str());
     match message {
         AgentMessage::Heartbeat { .. } => cx.hub.record(cluster, node, |_| {}),
@@ -364,42 +528,10 @@ async fn handle(
             generation,
             checksum,
             steps,
-        } => {
-            if steps.len() > MAX_REPORT_ITEMS {
-                let detail = format!(
-                    "a report of {} steps is over the limit of {MAX_REPORT_ITEMS}",
-                    steps.len()
-                );
-                return Some(End::Refused(Refusal::BadRequest { detail }));
-            }
-            let steps: Vec<StepReport> = steps.into_iter().map(StepReport::bounded).collect();
-            let checksum = crate::protocol::short_text(&checksum);
-            for s in steps.iter().filter(|s| s.error.is_some()) {
-                tracing::warn!(
-                    cluster,
-                    node,
-                    generation,
-                    subject = s.subject,
-                    action = s.action,
-                    error = s.error.as_deref().unwrap_or_default(),
-                    "step failed on the node"
-                );
-            }
-            cx.hub.record(cluster, node, |r| {
-                r.applied = Some(crate::protocol::AppliedMark {
-                    generation,
-                    checksum,
-                });
-                r.steps = steps;
-            });
-        }
+        } => record_applied(cx, id, generation, &checksum, steps)?,
         AgentMessage::Observed { containers } => {
             if containers.len() > MAX_REPORT_ITEMS {
-                let detail = format!(
-                    "a report of {} containers is over the limit of {MAX_REPORT_ITEMS}",
-                    containers.len()
-                );
-                return Some(End::Refused(Refusal::BadRequest { detail }));
+                return Err(over_limit(containers.len(), "containers"));
             }
             let containers = containers
                 .into_iter()
@@ -407,42 +539,105 @@ async fn handle(
                 .collect();
             cx.hub.record(cluster, node, |r| r.containers = containers);
         }
-        AgentMessage::Renew { csr_pem } => {
-            let issued = match cx.ca.issue_node(&csr_pem, cluster, node, SystemTime::now()) {
-                Ok(issued) => issued,
-                Err(e) => {
-                    return Some(End::Refused(Refusal::BadRequest {
-                        detail: e.to_string(),
-                    }))
-                }
-            };
-            let staged = cx.hub.update_bindings(|b| {
-                b.check(cluster, node, &id.key_pin)?;
-                b.stage(cluster, node, &issued.key_pin);
-                Ok(())
-            });
-            match staged {
-                Ok(Ok(())) => {}
-                Ok(Err(r)) => return Some(End::Refused(r)),
-                Err(e) => {
-                    tracing::error!(error = %crate::error_chain(&e), "cannot save a renewed credential");
-                    return None;
-                }
-            }
-            tracing::info!(cluster, node, key = issued.key_pin, "credential renewed");
-            let m = ServerMessage::Credential {
-                cert_pem: issued.cert_pem,
-            };
-            if send(socket, &m).await.is_err() {
-                return Some(End::Closed("send failed"));
-            }
-        }
+        AgentMessage::Renew { csr_pem } => renew(cx, id, conn, state, csr_pem).await?,
         other @ (AgentMessage::Join { .. } | AgentMessage::Hello { .. }) => {
             let detail = format!("{} in an established session", kind(&other));
-            return Some(End::Refused(Refusal::BadRequest { detail }));
+            return Err(End::Refused(Refusal::bad_request(detail)));
         }
     }
-    None
+    Ok(())
+}
+
+fn over_limit(count: usize, what: &str) -> End {
+    let detail = format!("a report of {count} {what} is over the limit of {MAX_REPORT_ITEMS}");
+    End::Refused(Refusal::bad_request(detail))
+}
+
+/// Records an `Applied` report, bounded, and logs its failed steps.
+fn record_applied(
+    cx: &Context,
+    id: &NodeIdentity,
+    generation: u64,
+    checksum: &str,
+    steps: Vec<StepReport>,
+) -> Result<(), End> {
+    if steps.len() > MAX_REPORT_ITEMS {
+        return Err(over_limit(steps.len(), "steps"));
+    }
+    let (cluster, node) = (id.cluster.as_str(), id.node.as_str());
+    let steps: Vec<StepReport> = steps.into_iter().map(StepReport::bounded).collect();
+    let checksum = crate::protocol::short_text(checksum);
+    for s in steps.iter().filter(|s| s.error.is_some()) {
+        tracing::warn!(
+            cluster,
+            node,
+            generation,
+            subject = s.subject,
+            action = s.action,
+            error = s.error.as_deref().unwrap_or_default(),
+            "step failed on the node"
+        );
+    }
+    cx.hub.record(cluster, node, |r| {
+        r.applied = Some(AppliedMark {
+            generation,
+            checksum,
+        });
+        r.steps = steps;
+    });
+    Ok(())
+}
+
+/// Answers a `Renew` the daemon asked for: a credential for the new key, staged beside the
+/// bound one (saved on a blocking thread). An unasked or repeated `Renew` is refused.
+async fn renew(
+    cx: &Context,
+    id: &NodeIdentity,
+    conn: &mut Conn,
+    state: &mut SessionState,
+    csr_pem: String,
+) -> Result<(), End> {
+    if !std::mem::take(&mut state.renewal_asked) {
+        let detail = "renew without a renew-credential request";
+        return Err(End::Refused(Refusal::bad_request(detail)));
+    }
+    let (cluster, node) = (id.cluster.clone(), id.node.clone());
+    let issued = cx
+        .ca
+        .issue_node(&csr_pem, &cluster, &node, SystemTime::now())
+        .map_err(|e| End::Refused(Refusal::bad_request(e.to_string())))?;
+    let hub = cx.hub.clone();
+    let (pin, next) = (id.key_pin.clone(), issued.key_pin.clone());
+    let staged = tokio::task::spawn_blocking(move || {
+        hub.update_bindings(|b| {
+            b.check(&cluster, &node, &pin)?;
+            b.stage(&cluster, &node, &next);
+            Ok(())
+        })
+    })
+    .await;
+    match staged {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(r))) => return Err(End::Refused(r)),
+        Ok(Err(e)) => {
+            tracing::error!(error = %crate::error_chain(&e), "cannot save a renewed credential");
+            return Ok(());
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "saving a renewed credential failed");
+            return Ok(());
+        }
+    }
+    tracing::info!(
+        cluster = id.cluster,
+        node = id.node,
+        key = issued.key_pin,
+        "credential renewed"
+    );
+    let m = ServerMessage::Credential {
+        cert_pem: issued.cert_pem,
+    };
+    conn.send(&m).await.map_err(|_| End::Closed("send failed"))
 }
 
 fn kind(m: &AgentMessage) -> &'static str {
@@ -454,46 +649,4 @@ fn kind(m: &AgentMessage) -> &'static str {
         AgentMessage::Applied { .. } => "applied",
         AgentMessage::Observed { .. } => "observed",
     }
-}
-
-/// The next protocol message; `None` when the peer closed; `Err` with a reason for a frame
-/// that is not a valid message.
-async fn next_message(socket: &mut WebSocket) -> Result<Option<AgentMessage>, String> {
-    loop {
-        match socket.next().await {
-            None | Some(Ok(Message::Close(_))) => return Ok(None),
-            Some(Err(e)) => return Err(format!("connection: {e}")),
-            Some(Ok(Message::Text(text))) => {
-                return decode(text.as_str())
-                    .map(Some)
-                    .map_err(|e| crate::error_chain(&e));
-            }
-            Some(Ok(Message::Binary(_))) => return Err("binary frames are not spoken here".into()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-        }
-    }
-}
-
-async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), ()> {
-    let text = encode(message).map_err(|_| ())?;
-    socket
-        .send(Message::Text(text.into()))
-        .await
-        .map_err(|_| ())
-}
-
-async fn refuse(socket: &mut WebSocket, peer: &Peer, reason: Refusal) {
-    tracing::warn!(peer = %peer.addr, reason = %reason, "agent refused");
-    let _ = send(socket, &ServerMessage::Refused { reason }).await;
-    close(socket).await;
-}
-
-async fn close(socket: &mut WebSocket) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: axum::extract::ws::close_code::NORMAL,
-            reason: Utf8Bytes::from_static(""),
-        })))
-        .await;
-    let _ = socket.flush().await;
 }

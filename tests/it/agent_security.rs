@@ -262,7 +262,7 @@ async fn a_daemon_ca_that_does_not_match_the_pin_gets_no_token() {
     let other = pki::pin(NodeKey::generate().unwrap().pin().as_bytes());
     let (outcome, _d) = join_as(&fleet, "n1", &token, &other).await;
     match outcome {
-        Err(e @ SessionError::Tls { .. }) => {
+        Err(e @ SessionError::PinMismatch) => {
             assert!(e.to_string().contains(pki::PIN_MISMATCH), "{e}");
             assert!(!e.is_transient());
         }

@@ -126,6 +126,7 @@ impl Fleet {
         let mut settings = Settings::new(self.listen);
         settings.heartbeat = Duration::from_millis(500);
         settings.retry_after = Duration::from_secs(1);
+        settings.bindings_refresh = Duration::from_millis(200);
         (self.configure)(&mut settings);
         let server = AgentServer::start(StateDir::new(self.state.path()), settings)
             .await

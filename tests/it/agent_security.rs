@@ -21,11 +21,11 @@ use tempfile::TempDir;
 
 use crate::support::fleet::Fleet;
 
-const HOUR: Duration = Duration::from_secs(3600);
-const NODES: &[(&str, &str)] = &[("n1", "etcd"), ("n2", "worker"), ("n3", "worker")];
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);
+pub(crate) const NODES: &[(&str, &str)] = &[("n1", "etcd"), ("n2", "worker"), ("n3", "worker")];
 
 /// Joins as `node` with a fresh data directory.
-async fn join_as(
+pub(crate) async fn join_as(
     fleet: &Fleet,
     node: &str,
     token: &Secret,
@@ -56,7 +56,7 @@ fn key_lines(c: &Credential) -> Vec<String> {
 }
 
 /// Opens a session with `credential` (or none) and says hello as `cluster/node`.
-async fn hello(
+pub(crate) async fn hello(
     fleet: &Fleet,
     credential: Option<&Credential>,
     cluster: &str,

@@ -19,6 +19,7 @@ mod plan_props;
 mod plan_server;
 mod protocol;
 mod schema;
+mod server_limits;
 mod smoke;
 mod snapshot_store;
 mod source;

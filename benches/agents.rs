@@ -204,7 +204,14 @@ impl Drop for ServerChild {
 
 fn drive(agents: usize, joins: usize, rounds: usize) {
     println!("agent server benchmark: {agents} agents, {rounds} rounds, then {joins} joins");
-    let state_dir = tempfile::tempdir().expect("a state directory");
+    // Owner-only, as the daemon requires of its state directory.
+    let state_dir = {
+        use std::os::unix::fs::PermissionsExt as _;
+        tempfile::Builder::new()
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .expect("a state directory")
+    };
     let state = StateDir::new(state_dir.path());
     let started = Instant::now();
     let mut nodes: Vec<(String, String)> = desired(agents + joins, 0)

@@ -336,7 +336,7 @@ mod tests {
 
     #[test]
     fn tokens_are_stored_hashed_and_refused_with_a_reason() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::state::private_tempdir();
         let state = StateDir::new(dir.path());
         let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let hour = Duration::from_secs(3600);

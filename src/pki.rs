@@ -426,7 +426,7 @@ mod tests {
 
     #[test]
     fn the_ca_is_made_once_and_issues_node_credentials_for_the_requesters_key() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::state::private_tempdir();
         let state = StateDir::new(dir.path());
         let ca = DaemonCa::ensure(&state).unwrap();
         let again = DaemonCa::ensure(&state).unwrap();

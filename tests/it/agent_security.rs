@@ -31,7 +31,7 @@ async fn join_as(
     token: &Secret,
     pin: &str,
 ) -> (Result<Credential, SessionError>, TempDir) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_tempdir();
     let data = DataDir::new(StateDir::new(dir.path()));
     let dial = Dial::new(&fleet.url(), pin).unwrap();
     (session::join(&dial, &data, node, token).await, dir)

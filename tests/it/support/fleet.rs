@@ -107,7 +107,7 @@ impl Fleet {
             })
             .collect();
         let daemon_ip = unique_loopback(&[]);
-        let state = tempfile::tempdir().expect("a state directory");
+        let state = super::private_tempdir();
         let mut fleet = Fleet {
             _cleanup: ClusterCleanup(cluster.clone()),
             cluster,
@@ -312,7 +312,7 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts the agent of `node` with fresh directories.
     pub async fn start(fleet: &Fleet, node: &str, token: Option<Secret>) -> TestAgent {
-        let data = tempfile::tempdir().expect("a data directory");
+        let data = super::private_tempdir();
         let host_root = tempfile::tempdir().expect("a host root");
         Self::start_with(fleet, node, token, &fleet.pin(), data, host_root).await
     }
@@ -325,7 +325,7 @@ impl TestAgent {
         token: Option<Secret>,
         url: &str,
     ) -> TestAgent {
-        let data = tempfile::tempdir().expect("a data directory");
+        let data = super::private_tempdir();
         let host_root = tempfile::tempdir().expect("a host root");
         Self::launch(url, node, token, &fleet.pin(), data, host_root).await
     }

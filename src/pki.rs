@@ -97,27 +97,18 @@ pub struct IssuedCert {
 }
 
 impl DaemonCa {
-    /// The CA in `state`, made on first use.
+    /// The CA in `state`, made on first use. Loading and making happen under the document's
+    /// lock, so a daemon and `drover token create` starting at once make one CA, not two
+    /// (the second would replace the first, whose pin an agent may already have).
     pub fn ensure(state: &StateDir) -> Result<DaemonCa, PkiError> {
-        let stored = match state.load::<StoredCa>(CA_FILE)? {
-            Some(ca) => ca,
+        let stored = state.with_lock(CA_FILE, || match state.load::<StoredCa>(CA_FILE)? {
+            Some(ca) => Ok(ca),
             None => {
-                let key = KeyPair::generate()?;
-                let mut params = CertificateParams::new(Vec::<String>::new())?;
-                params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-                params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-                params
-                    .distinguished_name
-                    .push(DnType::CommonName, "drover daemon CA");
-                let cert = params.self_signed(&key)?;
-                let ca = StoredCa {
-                    cert_pem: cert.pem(),
-                    key_pem: key.serialize_pem(),
-                };
+                let ca = new_ca()?;
                 state.save(CA_FILE, &ca)?;
-                ca
+                Ok::<_, PkiError>(ca)
             }
-        };
+        })?;
         let key = KeyPair::from_pem(&stored.key_pem).map_err(|_| PkiError::BadCa)?;
         let pin = pin(&key.subject_public_key_info());
         let cert_der = pem_certificate(&stored.cert_pem).ok_or(PkiError::BadCa)?;
@@ -185,6 +176,22 @@ impl DaemonCa {
             key_pin: pin(&csr.public_key.subject_public_key_info()),
         })
     }
+}
+
+/// A new self-signed CA that may sign end-entity certificates only.
+fn new_ca() -> Result<StoredCa, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "drover daemon CA");
+    let cert = params.self_signed(&key)?;
+    Ok(StoredCa {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// The pin of the key in a signing request whose signature verifies.
@@ -469,6 +476,34 @@ mod tests {
             ca.issue_node(&huge, "dev", "n1", now),
             Err(PkiError::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn processes_making_the_ca_at_once_all_get_the_same_one() {
+        const MAKERS: usize = 8;
+        for round in 0..5 {
+            let dir = crate::state::private_tempdir();
+            let start = std::sync::Barrier::new(MAKERS);
+            let pins: Vec<String> = std::thread::scope(|s| {
+                let makers: Vec<_> = (0..MAKERS)
+                    .map(|_| {
+                        s.spawn(|| {
+                            // Each with its own StateDir, as separate processes would be.
+                            let state = StateDir::new(dir.path());
+                            start.wait();
+                            DaemonCa::ensure(&state).unwrap().pin().to_string()
+                        })
+                    })
+                    .collect();
+                makers.into_iter().map(|m| m.join().unwrap()).collect()
+            });
+            let stored = DaemonCa::ensure(&StateDir::new(dir.path())).unwrap();
+            assert!(
+                pins.iter().all(|p| p == stored.pin()),
+                "round {round}: {pins:#?} vs stored {}",
+                stored.pin()
+            );
+        }
     }
 
     #[test]

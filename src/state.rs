@@ -201,7 +201,7 @@ impl StateDir {
     }
 
     /// Reads document `name` (its default when never saved), lets `change` edit it, and saves
-    /// it, all under an exclusive lock on `<name>.lock`: the daemon and a command such as
+    /// it, all under the document's lock (see `with_lock`): the daemon and a command such as
     /// `drover token create` may change the same document, and neither loses the other's edit.
     /// Nothing is saved when `change` fails.
     pub fn update<T, R, E>(
@@ -212,13 +212,33 @@ impl StateDir {
     where
         T: Serialize + DeserializeOwned + Default,
     {
+        self.with_lock(name, || {
+            let mut value: T = self.load(name)?.unwrap_or_default();
+            match change(&mut value) {
+                Ok(r) => {
+                    self.save(name, &value)?;
+                    Ok(Ok(r))
+                }
+                Err(e) => Ok(Err(e)),
+            }
+        })
+    }
+
+    /// Runs `locked` holding an exclusive lock on `<name>.lock`, which every process and
+    /// thread using document `name` takes (each `StateDir` value opens the file anew, so the
+    /// lock holds between threads too). For a read-then-write that must not interleave.
+    pub fn with_lock<R, E: From<StateError>>(
+        &self,
+        name: &str,
+        locked: impl FnOnce() -> Result<R, E>,
+    ) -> Result<R, E> {
         let lock_path = self.path(&format!("{name}.lock"));
         let lock_error = |source| StateError::Write {
             path: lock_path.clone(),
             source,
         };
         self.ensure_root()?;
-        let file = std::fs::OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
@@ -227,14 +247,7 @@ impl StateDir {
             .map_err(lock_error)?;
         let mut lock = fd_lock::RwLock::new(file);
         let _held = lock.write().map_err(lock_error)?;
-        let mut value: T = self.load(name)?.unwrap_or_default();
-        match change(&mut value) {
-            Ok(r) => {
-                self.save(name, &value)?;
-                Ok(Ok(r))
-            }
-            Err(e) => Ok(Err(e)),
-        }
+        locked()
     }
 }
 

@@ -35,9 +35,9 @@ use crate::state::{StateDir, StateError};
 /// How long a node credential is valid; the daemon asks for a renewal at half of it.
 pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long the daemon's serving certificate is valid; it is issued anew at every start.
-const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+pub const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Certificates are valid from a little before they are issued, for clocks slightly apart.
-const CLOCK_SKEW: Duration = Duration::from_secs(300);
+pub const CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// Largest signing request or certificate accepted, in PEM bytes.
 pub const MAX_PEM_BYTES: usize = 16 * 1024;
 const CA_FILE: &str = "ca.json";
@@ -502,6 +502,48 @@ mod tests {
                 pins.iter().all(|p| p == stored.pin()),
                 "round {round}: {pins:#?} vs stored {}",
                 stored.pin()
+            );
+        }
+    }
+
+    #[test]
+    fn certificates_are_valid_from_issue_for_their_documented_time() {
+        let dir = crate::state::private_tempdir();
+        let ca = DaemonCa::ensure(&StateDir::new(dir.path())).unwrap();
+        let key = NodeKey::generate().unwrap();
+        let now = SystemTime::now();
+        let node = ca
+            .issue_node(&key.csr_pem("n1").unwrap(), "dev", "n1", now)
+            .unwrap();
+        let server = ca.server_identity(&["127.0.0.1".into()], now).unwrap();
+        let cases = [
+            (
+                "node credential",
+                pem_certificate(&node.cert_pem).unwrap(),
+                NODE_CERT_VALIDITY,
+            ),
+            (
+                "serving certificate",
+                server.chain[0].clone(),
+                SERVER_CERT_VALIDITY,
+            ),
+        ];
+        let secs =
+            |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let tolerance = 60;
+        for (what, der, valid_for) in cases {
+            let (_, cert) = X509Certificate::from_der(&der).unwrap();
+            let not_before = cert.validity().not_before.timestamp();
+            let not_after = cert.validity().not_after.timestamp();
+            let backdated = secs(now) - not_before;
+            assert!(
+                (0..=CLOCK_SKEW.as_secs() as i64 + tolerance).contains(&backdated),
+                "{what}: valid from {backdated} s before issue"
+            );
+            let lifetime = not_after - secs(now);
+            assert!(
+                (lifetime - valid_for.as_secs() as i64).abs() <= tolerance,
+                "{what}: valid for {lifetime} s after issue, not {valid_for:?}"
             );
         }
     }

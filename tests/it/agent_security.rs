@@ -254,6 +254,71 @@ async fn a_node_leaving_git_has_its_credential_revoked() {
     rejoined.expect("a revoked node joins again with a new token");
 }
 
+/// Says hello as `credential`'s node; the answer, or how the connection failed.
+async fn try_hello(fleet: &Fleet, credential: &Credential) -> Result<ServerMessage, String> {
+    let dial = Dial::new(&fleet.url(), &fleet.pin()).unwrap();
+    let identity = DataDir::identity(credential).unwrap();
+    let mut socket = dial
+        .connect(Some(identity))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let m = AgentMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        cluster: credential.cluster.clone(),
+        node: credential.node.clone(),
+        agent_version: "test".into(),
+        applied: None,
+    };
+    session::send(&mut socket, &m)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    session::recv(&mut socket)
+        .await
+        .map_err(|e| format!("recv: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_outside_its_validity_is_refused() {
+    let fleet = Fleet::start("validity", NODES).await;
+    fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
+    let (joined, _d) = join_as(&fleet, "n2", &fleet.token(true, HOUR), &fleet.pin()).await;
+    let n2 = joined.unwrap();
+    // Certificates for n2's own bound key, from the daemon's CA by the path joins take.
+    let ca = pki::DaemonCa::ensure(&fleet.state_dir()).unwrap();
+    let csr = NodeKey::from_pem(&n2.key_pem)
+        .unwrap()
+        .csr_pem("n2")
+        .unwrap();
+    let now = SystemTime::now();
+    let cases = [
+        ("issued now", now, true),
+        ("expired", now - 2 * pki::NODE_CERT_VALIDITY, false),
+        ("not yet valid", now + 24 * HOUR, false),
+    ];
+    for (what, issued, welcome) in cases {
+        let cert_pem = ca
+            .issue_node(&csr, &fleet.cluster, "n2", issued)
+            .unwrap()
+            .cert_pem;
+        let credential = Credential {
+            cert_pem,
+            ..n2.clone()
+        };
+        let answer = try_hello(&fleet, &credential).await;
+        match (welcome, &answer) {
+            (true, Ok(ServerMessage::Welcome { .. })) => {}
+            (false, Err(_) | Ok(ServerMessage::Refused { .. })) => {}
+            _ => panic!("{what}: {answer:?}"),
+        }
+    }
+    fleet.logs.assert_free_of(
+        &key_lines(&n2)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_ca_that_does_not_match_the_pin_gets_no_token() {
     let fleet = Fleet::start("pin", NODES).await;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use drover::agent::credential::DataDir;
 use drover::agent::session::{recv, send, Dial, Socket};
-use drover::join::{create_token, Bindings, BINDINGS};
+use drover::join::{create_token, Bindings, TokenRules, BINDINGS};
 use drover::model::{load_sources, ClusterName};
 use drover::nodeplan::NodeSpec;
 use drover::pki::{DaemonCa, Identity, NodeKey};
@@ -349,15 +349,14 @@ async fn join_all(dial: &Dial, state: &StateDir, nodes: Vec<(String, String)>) {
     for (cluster, _) in &nodes {
         tokens.entry(cluster.clone()).or_insert_with(|| {
             let name = ClusterName::parse(cluster).expect("a cluster name");
-            create_token(
-                state,
-                &name,
-                Duration::from_secs(3600),
-                false,
-                SystemTime::now(),
-            )
-            .expect("a token")
-            .0
+            let rules = TokenRules {
+                ttl: Duration::from_secs(3600),
+                single_use: false,
+                node: None,
+            };
+            create_token(state, &name, rules, SystemTime::now())
+                .expect("a token")
+                .0
         });
     }
     let dirs = tempfile::tempdir().expect("agents' data directories");

@@ -364,6 +364,38 @@ async fn tokens_are_listed_and_revoked_at_once() {
     join("n1", single.clone())
         .await
         .expect("the single-use token joins");
+    // A token for one node: the command line it prints names that node.
+    let out = drover(&[
+        "token",
+        "create",
+        &fleet.cluster,
+        "--node",
+        "w1",
+        "--server",
+        &fleet.url(),
+        "--state-dir",
+        &dir,
+    ])
+    .await;
+    let (made, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(made.contains("node w1 only"), "{made}");
+    assert!(made.contains("--node-name w1\n"), "{made}");
+    let for_w1 = Secret::new(printed_token(&made).expect("the token is printed"));
+    let bad = [
+        "token",
+        "create",
+        "dev",
+        "--node",
+        "Not_A_Name",
+        "--server",
+        "wss://127.0.0.1:7443",
+        "--state-dir",
+        &dir,
+    ];
+    let out = drover(&bad).await;
+    assert_eq!(out.status.code(), Some(64), "{:?}", text(&out));
+    assert!(text(&out).1.contains("--node"), "{:?}", text(&out));
 
     let out = drover(&["token", "list", "--state-dir", &dir]).await;
     let (listed, stderr) = text(&out);
@@ -376,10 +408,14 @@ async fn tokens_are_listed_and_revoked_at_once() {
             .split_whitespace()
             .collect::<Vec<_>>()
     };
-    assert_eq!(row(&reusable)[1..3], [fleet.cluster.as_str(), "reusable"]);
-    assert_eq!(row(&reusable)[4], "valid", "{listed}");
-    assert_eq!(row(&single)[2], "single");
-    assert_eq!(row(&single)[4], "used", "{listed}");
+    assert_eq!(
+        row(&reusable)[1..4],
+        [fleet.cluster.as_str(), "any", "reusable"]
+    );
+    assert_eq!(row(&reusable)[5], "valid", "{listed}");
+    assert_eq!(row(&single)[3], "single");
+    assert_eq!(row(&single)[5], "used", "{listed}");
+    assert_eq!(row(&for_w1)[1..4], [fleet.cluster.as_str(), "w1", "single"]);
 
     let out = drover(&["token", "revoke", &id(&reusable), "--state-dir", &dir]).await;
     assert!(out.status.success(), "{:?}", text(&out));
@@ -405,6 +441,7 @@ async fn tokens_are_listed_and_revoked_at_once() {
     for output in [text(&out).0, text(&out).1, listed] {
         assert!(!output.contains(reusable.expose().split_once('.').unwrap().1));
         assert!(!output.contains(single.expose().split_once('.').unwrap().1));
+        assert!(!output.contains(for_w1.expose().split_once('.').unwrap().1));
     }
 }
 

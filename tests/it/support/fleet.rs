@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use drover::agent::executor::ExecutorSettings;
 use drover::agent::session::Dial;
 use drover::agent::{AgentError, AgentSettings};
-use drover::join::create_token;
+use drover::join::{create_token, TokenRules};
 use drover::model::{load_sources, ClusterName, SourceFile};
 use drover::nodeplan::NodeSpec;
 use drover::plan::container::desired_nodes;
@@ -170,16 +170,19 @@ impl Fleet {
 
     /// A join token for the fleet's cluster.
     pub fn token(&self, single_use: bool, ttl: Duration) -> Secret {
-        let cluster = ClusterName::parse(&self.cluster).expect("a valid cluster name");
-        create_token(
-            &self.state_dir(),
-            &cluster,
+        self.token_with(TokenRules {
             ttl,
             single_use,
-            SystemTime::now(),
-        )
-        .expect("a token")
-        .0
+            node: None,
+        })
+    }
+
+    /// A join token for the fleet's cluster with `rules`.
+    pub fn token_with(&self, rules: TokenRules) -> Secret {
+        let cluster = ClusterName::parse(&self.cluster).expect("a valid cluster name");
+        create_token(&self.state_dir(), &cluster, rules, SystemTime::now())
+            .expect("a token")
+            .0
     }
 
     pub fn node(&self, name: &str) -> &SimNode {

@@ -155,7 +155,13 @@ async fn the_agent_checks_its_inputs_before_it_dials() {
     });
     let other_pin = format!("sha256:{}", "ab".repeat(32));
     let missing = work.path().join("missing").display().to_string();
+    // A data directory others may read: the agent's key would be theirs too.
+    let loose = work.path().join("loose");
+    std::fs::create_dir(&loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let loose_hint = format!("run `chmod 700 {}`", loose.display());
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["--data-dir", loose.to_str().unwrap()], 74, &loose_hint),
         (vec!["--ca-hash", "sha256:XYZ"], 64, "--ca-hash must be"),
         (vec!["--server", "http://127.0.0.1:1"], 64, "--server"),
         (vec!["--node-name", "Not_A_Name"], 64, "--node-name"),

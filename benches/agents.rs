@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use drover::agent::credential::DataDir;
 use drover::agent::session::{recv, send, Dial, Socket};
-use drover::join::{create_token, Bindings, BINDINGS};
+use drover::join::{create_token, Bindings, TokenRules, BINDINGS};
 use drover::model::{load_sources, ClusterName};
 use drover::nodeplan::NodeSpec;
 use drover::pki::{DaemonCa, Identity, NodeKey};
@@ -204,7 +204,14 @@ impl Drop for ServerChild {
 
 fn drive(agents: usize, joins: usize, rounds: usize) {
     println!("agent server benchmark: {agents} agents, {rounds} rounds, then {joins} joins");
-    let state_dir = tempfile::tempdir().expect("a state directory");
+    // Owner-only, as the daemon requires of its state directory.
+    let state_dir = {
+        use std::os::unix::fs::PermissionsExt as _;
+        tempfile::Builder::new()
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .expect("a state directory")
+    };
     let state = StateDir::new(state_dir.path());
     let started = Instant::now();
     let mut nodes: Vec<(String, String)> = desired(agents + joins, 0)
@@ -342,15 +349,14 @@ async fn join_all(dial: &Dial, state: &StateDir, nodes: Vec<(String, String)>) {
     for (cluster, _) in &nodes {
         tokens.entry(cluster.clone()).or_insert_with(|| {
             let name = ClusterName::parse(cluster).expect("a cluster name");
-            create_token(
-                state,
-                &name,
-                Duration::from_secs(3600),
-                false,
-                SystemTime::now(),
-            )
-            .expect("a token")
-            .0
+            let rules = TokenRules {
+                ttl: Duration::from_secs(3600),
+                single_use: false,
+                node: None,
+            };
+            create_token(state, &name, rules, SystemTime::now())
+                .expect("a token")
+                .0
         });
     }
     let dirs = tempfile::tempdir().expect("agents' data directories");

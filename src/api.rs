@@ -99,7 +99,7 @@ mod tests {
 
     #[test]
     fn the_operator_token_is_stored_hashed_and_replaced() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::state::private_tempdir();
         let state = StateDir::new(dir.path());
         assert_eq!(check_operator_token(&state, "anything").unwrap(), None);
         let first = create_operator_token(&state).unwrap();

@@ -2,9 +2,10 @@
 //! daemon's state directory and changed under a lock (the daemon and `drover token create` or
 //! `drover node reset` may change them at the same time).
 //!
-//! A token is stored only as a hash, expires, names its cluster, and is single-use unless made
-//! reusable. Presented tokens are compared in constant time, and every refusal says why without
-//! the token. A binding ties `cluster/node` to the key of its credential (see `pki`): a bound
+//! A token is stored only as a hash, expires, names its cluster (and, if made so, the one node
+//! it may join), and is single-use unless made reusable. Presented tokens are compared in
+//! constant time, and every refusal says why without the token. A token is spent only when
+//! the whole join succeeded: the credential issued and the node bound. A binding ties `cluster/node` to the key of its credential (see `pki`): a bound
 //! node accepts no other key until an operator resets it, a renewed key is staged until first
 //! used, and a node that leaves Git has its binding revoked.
 
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::model::ClusterName;
+use crate::model::{ClusterName, NodeName};
 use crate::protocol::{Refusal, TokenRefusal};
 use crate::secret::Secret;
 use crate::state::{StateDir, StateError};
@@ -49,6 +50,21 @@ pub struct TokenRecord {
     pub expires_at: u64,
     pub single_use: bool,
     pub used: bool,
+    /// The only node the token joins; any node of the cluster when `None` (and in files
+    /// written before tokens could be bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeName>,
+}
+
+/// What a new token allows, besides its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRules {
+    /// How long it lives, at most `MAX_TOKEN_TTL`.
+    pub ttl: Duration,
+    /// Spent by the first join that succeeds.
+    pub single_use: bool,
+    /// The only node it joins.
+    pub node: Option<NodeName>,
 }
 
 const TOKENS: &str = "join-tokens.json";
@@ -57,10 +73,14 @@ const TOKENS: &str = "join-tokens.json";
 pub fn create_token(
     state: &StateDir,
     cluster: &ClusterName,
-    ttl: Duration,
-    single_use: bool,
+    rules: TokenRules,
     now: SystemTime,
 ) -> Result<(Secret, TokenRecord), JoinError> {
+    let TokenRules {
+        ttl,
+        single_use,
+        node,
+    } = rules;
     if ttl > MAX_TOKEN_TTL {
         return Err(JoinError::TtlTooLong { asked: ttl });
     }
@@ -75,6 +95,7 @@ pub fn create_token(
         expires_at: secs(now) + ttl.as_secs(),
         single_use,
         used: false,
+        node,
     };
     state.update(TOKENS, |records: &mut Vec<TokenRecord>| {
         // Spent tokens stay until they expire, so presenting one again says "already used".
@@ -88,47 +109,37 @@ pub fn create_token(
     Ok((Secret::new(format!("{id}.{secret}")), record))
 }
 
-/// Checks a presented token; when it is good, runs `admit` on its record (which names the
-/// cluster) and, if that admits the agent too, spends a single-use token. A token is spent
-/// only by a join that succeeds, so a mistyped node name does not burn it.
-pub fn redeem(
+/// Checks a token presented to join `node`; when it is good, runs `join` with its record (which
+/// names the cluster) and spends a single-use token only if `join` succeeds. `join` admits the
+/// node, issues its credential and binds it; all of it runs under the tokens' lock, so a
+/// token is spent exactly once, and never by a join that failed (a mistyped node name, or a
+/// credential that could not be saved).
+pub fn redeem<R>(
     state: &StateDir,
     presented: &Secret,
+    node: &NodeName,
     now: SystemTime,
-    admit: impl FnOnce(&TokenRecord) -> Result<(), Refusal>,
-) -> Result<Result<TokenRecord, Refusal>, JoinError> {
+    join: impl FnOnce(&TokenRecord) -> Result<R, Refusal>,
+) -> Result<Result<R, Refusal>, JoinError> {
     let Some((id, secret)) = presented.expose().split_once('.') else {
-        return Ok(Err(Refusal::Token {
-            problem: TokenRefusal::Malformed,
-        }));
+        return Ok(Err(token_refusal(TokenRefusal::Malformed)));
     };
     let hash = hex::encode(Sha256::digest(secret.as_bytes()));
     let outcome = state.update(TOKENS, |records: &mut Vec<TokenRecord>| {
-        let Some(record) = records.iter_mut().find(|r| r.id == id) else {
-            return Err(Refusal::Token {
-                problem: TokenRefusal::Unknown,
-            });
-        };
-        if !bool::from(hash.as_bytes().ct_eq(record.hash.as_bytes())) {
-            return Err(Refusal::Token {
-                problem: TokenRefusal::Unknown,
-            });
-        }
-        if record.expires_at <= secs(now) {
-            return Err(Refusal::Token {
-                problem: TokenRefusal::Expired,
-            });
-        }
-        if record.single_use && record.used {
-            return Err(Refusal::Token {
-                problem: TokenRefusal::AlreadyUsed,
-            });
-        }
-        admit(record)?;
+        let record = records
+            .iter_mut()
+            .find(|r| r.id == id)
+            .ok_or(token_refusal(TokenRefusal::Unknown))?;
+        record.admits(&hash, node, now).map_err(token_refusal)?;
+        let joined = join(record)?;
         record.used = true;
-        Ok(record.clone())
+        Ok(joined)
     })?;
     Ok(outcome)
+}
+
+fn token_refusal(problem: TokenRefusal) -> Refusal {
+    Refusal::Token { problem }
 }
 
 /// The join tokens the daemon keeps, oldest first (hashes only: a token cannot be recovered).
@@ -149,6 +160,25 @@ pub fn revoke_token(state: &StateDir, id: &str) -> Result<bool, JoinError> {
 }
 
 impl TokenRecord {
+    /// Whether the token whose secret hashes to `hash` may join `node` at `now`.
+    fn admits(&self, hash: &str, node: &NodeName, now: SystemTime) -> Result<(), TokenRefusal> {
+        if !bool::from(hash.as_bytes().ct_eq(self.hash.as_bytes())) {
+            return Err(TokenRefusal::Unknown);
+        }
+        if self.expires_at <= secs(now) {
+            return Err(TokenRefusal::Expired);
+        }
+        if self.single_use && self.used {
+            return Err(TokenRefusal::AlreadyUsed);
+        }
+        match &self.node {
+            Some(own) if own != node => Err(TokenRefusal::OtherNode {
+                node: own.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether a join could still redeem this token at `now`.
     pub fn status(&self, now: SystemTime) -> TokenStatus {
         if self.single_use && self.used {
@@ -330,17 +360,30 @@ mod tests {
         ClusterName::parse("dev").unwrap()
     }
 
+    fn node(name: &str) -> NodeName {
+        NodeName::parse(name).unwrap()
+    }
+
+    fn rules(single_use: bool, bound: Option<&str>) -> TokenRules {
+        TokenRules {
+            ttl: Duration::from_secs(3600),
+            single_use,
+            node: bound.map(node),
+        }
+    }
+
     fn admit_all(_: &TokenRecord) -> Result<(), Refusal> {
         Ok(())
     }
 
     #[test]
     fn tokens_are_stored_hashed_and_refused_with_a_reason() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::state::private_tempdir();
         let state = StateDir::new(dir.path());
         let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let hour = Duration::from_secs(3600);
-        let (token, record) = create_token(&state, &dev(), hour, true, t0).unwrap();
+        let (token, record) = create_token(&state, &dev(), rules(true, None), t0).unwrap();
+        let (bound, _) = create_token(&state, &dev(), rules(true, Some("n4")), t0).unwrap();
         let stored = std::fs::read_to_string(state.path(TOKENS)).unwrap();
         let secret = token.expose().split_once('.').unwrap().1;
         assert!(!stored.contains(secret), "the token's secret is stored");
@@ -351,53 +394,85 @@ mod tests {
         assert_eq!(record.expires_at, 1_800_003_600);
 
         let wrong = Secret::new(format!("{}.{}", record.id, "0".repeat(64)));
+        let other_node = TokenRefusal::OtherNode { node: "n4".into() };
         let cases = [
-            (Secret::new("no-dot"), t0, TokenRefusal::Malformed),
-            (Secret::new("ffffffff.abc"), t0, TokenRefusal::Unknown),
-            (wrong, t0, TokenRefusal::Unknown),
-            (token.clone(), t0 + hour, TokenRefusal::Expired),
+            (Secret::new("no-dot"), "n1", t0, TokenRefusal::Malformed),
+            (Secret::new("ffffffff.abc"), "n1", t0, TokenRefusal::Unknown),
+            (wrong, "n1", t0, TokenRefusal::Unknown),
+            (token.clone(), "n1", t0 + hour, TokenRefusal::Expired),
+            (bound.clone(), "n1", t0, other_node.clone()),
         ];
-        for (presented, now, want) in cases {
-            assert_eq!(
-                redeem(&state, &presented, now, admit_all).unwrap(),
-                Err(Refusal::Token { problem: want })
-            );
+        for (presented, joining, now, want) in cases {
+            let got = redeem(&state, &presented, &node(joining), now, admit_all).unwrap();
+            assert_eq!(got, Err(Refusal::Token { problem: want }));
         }
-        // A join refused for another reason does not spend the token.
+        assert_eq!(other_node.to_string(), "this join token is for node n4");
+        // A join refused for another reason, or failing after the token was checked, does
+        // not spend the token.
         let undeclared = |r: &TokenRecord| {
-            Err(Refusal::UndeclaredNode {
+            Err::<(), _>(Refusal::UndeclaredNode {
                 cluster: r.cluster.clone(),
                 node: "x".into(),
             })
         };
         assert!(matches!(
-            redeem(&state, &token, t0, undeclared).unwrap(),
+            redeem(&state, &token, &node("n1"), t0, undeclared).unwrap(),
             Err(Refusal::UndeclaredNode { .. })
         ));
-        let redeemed = redeem(&state, &token, t0, admit_all).unwrap().unwrap();
-        assert_eq!(redeemed.cluster, "dev");
+        let joined = |r: &TokenRecord| Ok(r.cluster.clone());
+        let redeemed = redeem(&state, &token, &node("n1"), t0, joined).unwrap();
+        assert_eq!(redeemed, Ok("dev".to_string()));
+        let used = Err(Refusal::Token {
+            problem: TokenRefusal::AlreadyUsed,
+        });
         assert_eq!(
-            redeem(&state, &token, t0, admit_all).unwrap(),
-            Err(Refusal::Token {
-                problem: TokenRefusal::AlreadyUsed
-            })
+            redeem(&state, &token, &node("n1"), t0, admit_all).unwrap(),
+            used
         );
-        let (reusable, _) = create_token(&state, &dev(), hour, false, t0).unwrap();
+        // The bound token, refused for n1 above, still joins its own node, once.
         assert_eq!(
-            redeem(&state, &token, t0, admit_all).unwrap(),
-            Err(Refusal::Token {
-                problem: TokenRefusal::AlreadyUsed
-            }),
+            redeem(&state, &bound, &node("n4"), t0, admit_all).unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            redeem(&state, &bound, &node("n4"), t0, admit_all).unwrap(),
+            used
+        );
+        let (reusable, _) = create_token(&state, &dev(), rules(false, None), t0).unwrap();
+        assert_eq!(
+            redeem(&state, &token, &node("n1"), t0, admit_all).unwrap(),
+            used,
             "a spent token is still known after the next one is made"
         );
-        for _ in 0..3 {
-            assert!(redeem(&state, &reusable, t0, admit_all).unwrap().is_ok());
+        for n in ["n1", "n2", "n3"] {
+            assert!(redeem(&state, &reusable, &node(n), t0, admit_all)
+                .unwrap()
+                .is_ok());
         }
-        let week = MAX_TOKEN_TTL + Duration::from_secs(1);
+        let week = TokenRules {
+            ttl: MAX_TOKEN_TTL + Duration::from_secs(1),
+            ..rules(true, None)
+        };
         assert!(matches!(
-            create_token(&state, &dev(), week, true, t0),
+            create_token(&state, &dev(), week, t0),
             Err(JoinError::TtlTooLong { .. })
         ));
+    }
+
+    #[test]
+    fn token_files_from_before_node_binding_still_load() {
+        let dir = crate::state::private_tempdir();
+        let state = StateDir::new(dir.path());
+        let old = r#"[{"id": "0011aabb", "hash": "00", "cluster": "dev",
+            "expiresAt": 1800003600, "singleUse": true, "used": false}]"#;
+        std::fs::write(state.path(TOKENS), old).unwrap();
+        let tokens = list_tokens(&state).unwrap();
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(tokens[0].node, None);
+        // And a stored node name is parsed like any other.
+        let bad = old.replace(r#""used": false"#, r#""used": false, "node": "Not_A_Name""#);
+        std::fs::write(state.path(TOKENS), bad).unwrap();
+        assert!(list_tokens(&state).is_err());
     }
 
     #[test]

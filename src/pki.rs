@@ -35,9 +35,9 @@ use crate::state::{StateDir, StateError};
 /// How long a node credential is valid; the daemon asks for a renewal at half of it.
 pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long the daemon's serving certificate is valid; it is issued anew at every start.
-const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+pub const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Certificates are valid from a little before they are issued, for clocks slightly apart.
-const CLOCK_SKEW: Duration = Duration::from_secs(300);
+pub const CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// Largest signing request or certificate accepted, in PEM bytes.
 pub const MAX_PEM_BYTES: usize = 16 * 1024;
 const CA_FILE: &str = "ca.json";
@@ -97,27 +97,18 @@ pub struct IssuedCert {
 }
 
 impl DaemonCa {
-    /// The CA in `state`, made on first use.
+    /// The CA in `state`, made on first use. Loading and making happen under the document's
+    /// lock, so a daemon and `drover token create` starting at once make one CA, not two
+    /// (the second would replace the first, whose pin an agent may already have).
     pub fn ensure(state: &StateDir) -> Result<DaemonCa, PkiError> {
-        let stored = match state.load::<StoredCa>(CA_FILE)? {
-            Some(ca) => ca,
+        let stored = state.with_lock(CA_FILE, || match state.load::<StoredCa>(CA_FILE)? {
+            Some(ca) => Ok(ca),
             None => {
-                let key = KeyPair::generate()?;
-                let mut params = CertificateParams::new(Vec::<String>::new())?;
-                params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-                params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-                params
-                    .distinguished_name
-                    .push(DnType::CommonName, "drover daemon CA");
-                let cert = params.self_signed(&key)?;
-                let ca = StoredCa {
-                    cert_pem: cert.pem(),
-                    key_pem: key.serialize_pem(),
-                };
+                let ca = new_ca()?;
                 state.save(CA_FILE, &ca)?;
-                ca
+                Ok::<_, PkiError>(ca)
             }
-        };
+        })?;
         let key = KeyPair::from_pem(&stored.key_pem).map_err(|_| PkiError::BadCa)?;
         let pin = pin(&key.subject_public_key_info());
         let cert_der = pem_certificate(&stored.cert_pem).ok_or(PkiError::BadCa)?;
@@ -185,6 +176,22 @@ impl DaemonCa {
             key_pin: pin(&csr.public_key.subject_public_key_info()),
         })
     }
+}
+
+/// A new self-signed CA that may sign end-entity certificates only.
+fn new_ca() -> Result<StoredCa, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "drover daemon CA");
+    let cert = params.self_signed(&key)?;
+    Ok(StoredCa {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// The pin of the key in a signing request whose signature verifies.
@@ -480,7 +487,7 @@ mod tests {
 
     #[test]
     fn the_ca_is_made_once_and_issues_node_credentials_for_the_requesters_key() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::state::private_tempdir();
         let state = StateDir::new(dir.path());
         let ca = DaemonCa::ensure(&state).unwrap();
         let again = DaemonCa::ensure(&state).unwrap();
@@ -523,6 +530,76 @@ mod tests {
             ca.issue_node(&huge, "dev", "n1", now),
             Err(PkiError::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn processes_making_the_ca_at_once_all_get_the_same_one() {
+        const MAKERS: usize = 8;
+        for round in 0..5 {
+            let dir = crate::state::private_tempdir();
+            let start = std::sync::Barrier::new(MAKERS);
+            let pins: Vec<String> = std::thread::scope(|s| {
+                let makers: Vec<_> = (0..MAKERS)
+                    .map(|_| {
+                        s.spawn(|| {
+                            // Each with its own StateDir, as separate processes would be.
+                            let state = StateDir::new(dir.path());
+                            start.wait();
+                            DaemonCa::ensure(&state).unwrap().pin().to_string()
+                        })
+                    })
+                    .collect();
+                makers.into_iter().map(|m| m.join().unwrap()).collect()
+            });
+            let stored = DaemonCa::ensure(&StateDir::new(dir.path())).unwrap();
+            assert!(
+                pins.iter().all(|p| p == stored.pin()),
+                "round {round}: {pins:#?} vs stored {}",
+                stored.pin()
+            );
+        }
+    }
+
+    #[test]
+    fn certificates_are_valid_from_issue_for_their_documented_time() {
+        let dir = crate::state::private_tempdir();
+        let ca = DaemonCa::ensure(&StateDir::new(dir.path())).unwrap();
+        let key = NodeKey::generate().unwrap();
+        let now = SystemTime::now();
+        let node = ca
+            .issue_node(&key.csr_pem("n1").unwrap(), "dev", "n1", now)
+            .unwrap();
+        let server = ca.server_identity(&["127.0.0.1".into()], now).unwrap();
+        let cases = [
+            (
+                "node credential",
+                pem_certificate(&node.cert_pem).unwrap(),
+                NODE_CERT_VALIDITY,
+            ),
+            (
+                "serving certificate",
+                server.chain[0].clone(),
+                SERVER_CERT_VALIDITY,
+            ),
+        ];
+        let secs =
+            |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let tolerance = 60;
+        for (what, der, valid_for) in cases {
+            let (_, cert) = X509Certificate::from_der(&der).unwrap();
+            let not_before = cert.validity().not_before.timestamp();
+            let not_after = cert.validity().not_after.timestamp();
+            let backdated = secs(now) - not_before;
+            assert!(
+                (0..=CLOCK_SKEW.as_secs() as i64 + tolerance).contains(&backdated),
+                "{what}: valid from {backdated} s before issue"
+            );
+            let lifetime = not_after - secs(now);
+            assert!(
+                (lifetime - valid_for.as_secs() as i64).abs() <= tolerance,
+                "{what}: valid for {lifetime} s after issue, not {valid_for:?}"
+            );
+        }
     }
 
     #[test]

@@ -171,6 +171,8 @@ pub enum TokenRefusal {
     Expired,
     #[error("the join token was already used")]
     AlreadyUsed,
+    #[error("this join token is for node {node}")]
+    OtherNode { node: String },
 }
 
 impl Refusal {

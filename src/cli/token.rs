@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use super::Exit;
 use crate::api::create_operator_token;
-use crate::join::{create_token, list_tokens, revoke_token, JoinError, MAX_TOKEN_TTL};
-use crate::model::ClusterName;
+use crate::join::{create_token, list_tokens, revoke_token, JoinError, TokenRules, MAX_TOKEN_TTL};
+use crate::model::{ClusterName, NodeName};
 use crate::pki::DaemonCa;
 use crate::state::StateDir;
 
@@ -71,6 +71,9 @@ struct CreateArgs {
     /// Let the token join several nodes until it expires (default: single use).
     #[arg(long)]
     reusable: bool,
+    /// Let the token join this node only (default: any node of CLUSTER).
+    #[arg(long, env = "DROVER_TOKEN_NODE")]
+    node: Option<String>,
     /// The URL agents dial, e.g. `wss://drover.example.net:7443`.
     #[arg(long, env = "DROVER_SERVER")]
     server: String,
@@ -148,15 +151,17 @@ fn list(args: &StateArgs, out: &mut dyn Write) -> Exit {
         text.push_str("no join tokens\n");
     } else {
         text.push_str(&format!(
-            "{:<8}  {:<20}  {:<10}  {:<20}  STATUS\n",
-            "ID", "CLUSTER", "USE", "EXPIRES"
+            "{:<8}  {:<20}  {:<20}  {:<10}  {:<20}  STATUS\n",
+            "ID", "CLUSTER", "NODE", "USE", "EXPIRES"
         ));
         for t in &tokens {
             let usage = if t.single_use { "single" } else { "reusable" };
+            let node = t.node.as_ref().map_or("any", NodeName::as_str);
             text.push_str(&format!(
-                "{:<8}  {:<20}  {:<10}  {:<20}  {}\n",
+                "{:<8}  {:<20}  {:<20}  {:<10}  {:<20}  {}\n",
                 t.id,
                 t.cluster,
+                node,
                 usage,
                 humantime::format_rfc3339_seconds(t.expires()).to_string(),
                 t.status(now)
@@ -201,6 +206,13 @@ fn create(args: &CreateArgs, out: &mut dyn Write) -> Exit {
             return Exit::Usage;
         }
     };
+    let node = match args.node.as_deref().map(NodeName::parse).transpose() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: --node: {e}");
+            return Exit::Usage;
+        }
+    };
     if let Err(e) = crate::agent::session::Dial::new(&args.server, "") {
         eprintln!("error: --server: {e}");
         return Exit::Usage;
@@ -221,7 +233,12 @@ fn create(args: &CreateArgs, out: &mut dyn Write) -> Exit {
         }
     };
     let now = SystemTime::now();
-    let (token, record) = match create_token(&state, &cluster, args.ttl, !args.reusable, now) {
+    let rules = TokenRules {
+        ttl: args.ttl,
+        single_use: !args.reusable,
+        node: node.clone(),
+    };
+    let (token, record) = match create_token(&state, &cluster, rules, now) {
         Ok(t) => t,
         Err(e @ (JoinError::TooManyTokens | JoinError::TtlTooLong { .. })) => {
             eprintln!("error: {e}");
@@ -248,8 +265,11 @@ fn create(args: &CreateArgs, out: &mut dyn Write) -> Exit {
     } else {
         "single use"
     };
+    let for_node = node
+        .as_ref()
+        .map_or(String::new(), |n| format!(", node {n} only"));
     let mut text = format!(
-        "Join token {} for cluster {cluster}: {usage}, expires {expires}.\n\n",
+        "Join token {} for cluster {cluster}{for_node}: {usage}, expires {expires}.\n\n",
         record.id
     );
     match &args.out {
@@ -262,11 +282,16 @@ fn create(args: &CreateArgs, out: &mut dyn Write) -> Exit {
             token.expose()
         )),
     }
+    let node_arg = node
+        .as_ref()
+        .map_or("<NODE>".to_string(), NodeName::to_string);
     text.push_str(&format!(
-        "    drover agent --server {} --ca-hash {} --token-file {token_file} --node-name <NODE>\n\n\
-         <NODE> must be a node of cluster {cluster} in Git. After joining, the agent no longer needs the token.\n",
+        "    drover agent --server {} --ca-hash {} --token-file {token_file} --node-name {node_arg}\n\n",
         args.server,
         ca.pin()
+    ));
+    text.push_str(&format!(
+        "{node_arg} must be a node of cluster {cluster} in Git. After joining, the agent no longer needs the token.\n"
     ));
     match out.write_all(text.as_bytes()) {
         Ok(()) => Exit::Ok,

@@ -49,6 +49,14 @@ macro_rules! dns_label {
             }
         }
 
+        /// Parsed on the way in, so a stored name is checked like any other.
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(|e| serde::de::Error::custom(format!("{}: {e}", Self::WHAT)))
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

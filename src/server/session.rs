@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::hub::{Hub, Kick, PlanFrame};
 use super::Settings;
 use crate::heartbeat::{Beat, Liveness};
-use crate::join::{redeem, CredentialUse};
+use crate::join::{redeem, CredentialUse, TokenRecord};
 use crate::model::NodeName;
 use crate::pki::{node_identity, DaemonCa, NodeIdentity};
 use crate::protocol::{
@@ -330,63 +330,77 @@ async fn admit(cx: &Arc<Context>, id: &NodeIdentity) -> Result<(), Refusal> {
 
 /// Checks a join: the token, the node declared in the token's cluster, the node not bound to
 /// another key; then issues the credential for the requester's key and binds the node to it.
+/// The token is spent only when all of that succeeded.
 async fn join(
     cx: &Arc<Context>,
     node: &str,
     token: &Secret,
     csr_pem: &str,
 ) -> Result<ServerMessage, Refusal> {
-    if let Err(e) = NodeName::parse(node) {
-        return Err(Refusal::bad_request(format!("node name: {e}")));
-    }
+    let node =
+        NodeName::parse(node).map_err(|e| Refusal::bad_request(format!("node name: {e}")))?;
     let key_pin =
         crate::pki::csr_key_pin(csr_pem).map_err(|e| Refusal::bad_request(e.to_string()))?;
     let cx2 = cx.clone();
-    let node2 = node.to_string();
     let token = token.clone();
     let csr = csr_pem.to_string();
     // Token and binding files are read and written under a file lock: off the async threads.
     let outcome = tokio::task::spawn_blocking(move || {
         let now = SystemTime::now();
-        let hub = &cx2.hub;
         // A `drover node reset` may have just freed the node: decide on the file as it is.
-        hub.refresh_bindings();
-        let redeemed = redeem(hub.state(), &token, now, |record| {
-            if !hub.is_declared(&record.cluster, &node2) {
-                return Err(Refusal::UndeclaredNode {
-                    cluster: record.cluster.clone(),
-                    node: node2.clone(),
-                });
-            }
-            hub.bindings()
-                .admits_join(&record.cluster, &node2, &key_pin)
+        cx2.hub.refresh_bindings();
+        let joined = redeem(cx2.hub.state(), &token, &node, now, |record| {
+            let message = admit_and_bind(&cx2, record, &node, &key_pin, &csr, now)?;
+            Ok((record.clone(), message))
         })
-        .map_err(|e| internal(&e))??;
-        let issued = cx2
-            .ca
-            .issue_node(&csr, &redeemed.cluster, &node2, now)
-            .map_err(|e| Refusal::bad_request(e.to_string()))?;
-        hub.update_bindings(|b| {
-            b.admits_join(&redeemed.cluster, &node2, &issued.key_pin)?;
-            b.bind(&redeemed.cluster, &node2, &issued.key_pin);
-            Ok(())
-        })
-        .map_err(|e| internal(&e))??;
+        .map_err(|e| internal(&e))?;
+        let (record, message) = joined?;
         tracing::info!(
-            cluster = redeemed.cluster,
-            node = node2,
-            key = issued.key_pin,
-            token_id = redeemed.id,
+            cluster = record.cluster,
+            node = %node,
+            key = key_pin,
+            token_id = record.id,
             "node joined"
         );
-        Ok(ServerMessage::Joined {
-            cluster: redeemed.cluster,
-            cert_pem: issued.cert_pem,
-            ca_pem: cx2.ca.cert_pem().to_string(),
-        })
+        Ok(message)
     })
     .await;
     outcome.unwrap_or_else(|e| Err(internal(&e)))
+}
+
+/// Under the tokens' lock, for a good token: admits `node` to the token's cluster, issues its
+/// credential for the key in `csr` and binds the node to that key.
+fn admit_and_bind(
+    cx: &Context,
+    record: &TokenRecord,
+    node: &NodeName,
+    key_pin: &str,
+    csr: &str,
+    now: SystemTime,
+) -> Result<ServerMessage, Refusal> {
+    let (hub, cluster, node) = (&cx.hub, &record.cluster, node.as_str());
+    if !hub.is_declared(cluster, node) {
+        return Err(Refusal::UndeclaredNode {
+            cluster: cluster.clone(),
+            node: node.to_string(),
+        });
+    }
+    hub.bindings().admits_join(cluster, node, key_pin)?;
+    let issued = cx
+        .ca
+        .issue_node(csr, cluster, node, now)
+        .map_err(|e| Refusal::bad_request(e.to_string()))?;
+    hub.update_bindings(|b| {
+        b.admits_join(cluster, node, &issued.key_pin)?;
+        b.bind(cluster, node, &issued.key_pin);
+        Ok(())
+    })
+    .map_err(|e| internal(&e))??;
+    Ok(ServerMessage::Joined {
+        cluster: cluster.clone(),
+        cert_pem: issued.cert_pem,
+        ca_pem: cx.ca.cert_pem().to_string(),
+    })
 }
 
 fn internal(e: &dyn std::error::Error) -> Refusal {

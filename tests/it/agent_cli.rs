@@ -155,7 +155,13 @@ async fn the_agent_checks_its_inputs_before_it_dials() {
     });
     let other_pin = format!("sha256:{}", "ab".repeat(32));
     let missing = work.path().join("missing").display().to_string();
+    // A data directory others may read: the agent's key would be theirs too.
+    let loose = work.path().join("loose");
+    std::fs::create_dir(&loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let loose_hint = format!("run `chmod 700 {}`", loose.display());
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["--data-dir", loose.to_str().unwrap()], 74, &loose_hint),
         (vec!["--ca-hash", "sha256:XYZ"], 64, "--ca-hash must be"),
         (vec!["--server", "http://127.0.0.1:1"], 64, "--server"),
         (vec!["--node-name", "Not_A_Name"], 64, "--node-name"),
@@ -364,6 +370,38 @@ async fn tokens_are_listed_and_revoked_at_once() {
     join("n1", single.clone())
         .await
         .expect("the single-use token joins");
+    // A token for one node: the command line it prints names that node.
+    let out = drover(&[
+        "token",
+        "create",
+        &fleet.cluster,
+        "--node",
+        "w1",
+        "--server",
+        &fleet.url(),
+        "--state-dir",
+        &dir,
+    ])
+    .await;
+    let (made, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(made.contains("node w1 only"), "{made}");
+    assert!(made.contains("--node-name w1\n"), "{made}");
+    let for_w1 = Secret::new(printed_token(&made).expect("the token is printed"));
+    let bad = [
+        "token",
+        "create",
+        "dev",
+        "--node",
+        "Not_A_Name",
+        "--server",
+        "wss://127.0.0.1:7443",
+        "--state-dir",
+        &dir,
+    ];
+    let out = drover(&bad).await;
+    assert_eq!(out.status.code(), Some(64), "{:?}", text(&out));
+    assert!(text(&out).1.contains("--node"), "{:?}", text(&out));
 
     let out = drover(&["token", "list", "--state-dir", &dir]).await;
     let (listed, stderr) = text(&out);
@@ -376,10 +414,14 @@ async fn tokens_are_listed_and_revoked_at_once() {
             .split_whitespace()
             .collect::<Vec<_>>()
     };
-    assert_eq!(row(&reusable)[1..3], [fleet.cluster.as_str(), "reusable"]);
-    assert_eq!(row(&reusable)[4], "valid", "{listed}");
-    assert_eq!(row(&single)[2], "single");
-    assert_eq!(row(&single)[4], "used", "{listed}");
+    assert_eq!(
+        row(&reusable)[1..4],
+        [fleet.cluster.as_str(), "any", "reusable"]
+    );
+    assert_eq!(row(&reusable)[5], "valid", "{listed}");
+    assert_eq!(row(&single)[3], "single");
+    assert_eq!(row(&single)[5], "used", "{listed}");
+    assert_eq!(row(&for_w1)[1..4], [fleet.cluster.as_str(), "w1", "single"]);
 
     let out = drover(&["token", "revoke", &id(&reusable), "--state-dir", &dir]).await;
     assert!(out.status.success(), "{:?}", text(&out));
@@ -405,6 +447,7 @@ async fn tokens_are_listed_and_revoked_at_once() {
     for output in [text(&out).0, text(&out).1, listed] {
         assert!(!output.contains(reusable.expose().split_once('.').unwrap().1));
         assert!(!output.contains(single.expose().split_once('.').unwrap().1));
+        assert!(!output.contains(for_w1.expose().split_once('.').unwrap().1));
     }
 }
 

@@ -1,6 +1,8 @@
 //! Who may join and speak for a node: every refusal reaches the agent with its reason, spends
-//! nothing it should not, and leaks nothing. Wrong, malformed, expired and reused tokens; an
-//! undeclared node; a node bound to another key until `drover node reset`; a credential
+//! nothing it should not, and leaks nothing. Wrong, malformed, expired and reused tokens, and
+//! tokens for another node; an undeclared node; a node bound to another key until `drover node
+//! reset`; a join that fails inside the daemon (its token stays unspent); two agents racing on
+//! one single-use token (one joins); credentials outside their validity; a credential
 //! speaking for another node; no credential at all; a credential revoked when its node leaves
 //! Git; a daemon CA that does not match the pin; clients that connect and stay silent, before
 //! or after their hello; reports over the daemon's limits. The captured logs are searched for
@@ -10,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use drover::agent::credential::{Credential, DataDir};
 use drover::agent::session::{self, Dial, SessionError};
-use drover::join::create_token;
-use drover::model::ClusterName;
+use drover::join::{create_token, list_tokens, Bindings, TokenRules, BINDINGS};
+use drover::model::{ClusterName, NodeName};
 use drover::pki::{self, NodeKey};
 use drover::protocol::TokenRefusal;
 use drover::protocol::{AgentMessage, Refusal, ServerMessage, PROTOCOL_VERSION};
@@ -31,7 +33,7 @@ pub(crate) async fn join_as(
     token: &Secret,
     pin: &str,
 ) -> (Result<Credential, SessionError>, TempDir) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_tempdir();
     let data = DataDir::new(StateDir::new(dir.path()));
     let dial = Dial::new(&fleet.url(), pin).unwrap();
     (session::join(&dial, &data, node, token).await, dir)
@@ -83,12 +85,23 @@ async fn join_refusals_say_why_and_spend_nothing() {
     fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
     let pin = fleet.pin();
     let cluster = ClusterName::parse(&fleet.cluster).unwrap();
+    // n1 joined before, with its own key.
+    let (n1, _d0) = join_as(&fleet, "n1", &fleet.token(true, HOUR), &pin).await;
+    let n1 = n1.expect("n1 joins");
     let single = fleet.token(true, HOUR);
+    let for_n3 = fleet.token_with(TokenRules {
+        ttl: HOUR,
+        single_use: true,
+        node: Some(NodeName::parse("n3").unwrap()),
+    });
     let (expired, _) = create_token(
         &fleet.state_dir(),
         &cluster,
-        HOUR,
-        true,
+        TokenRules {
+            ttl: HOUR,
+            single_use: true,
+            node: None,
+        },
         SystemTime::now() - 2 * HOUR,
     )
     .unwrap();
@@ -98,13 +111,20 @@ async fn join_refusals_say_why_and_spend_nothing() {
         cluster: fleet.cluster.clone(),
         node: "intruder".into(),
     };
+    let bound = Refusal::BoundToAnotherKey {
+        cluster: fleet.cluster.clone(),
+        node: "n1".into(),
+    };
     let malformed = Secret::new("no-dot-here");
     let token = |problem| Refusal::Token { problem };
+    let other_node = token(TokenRefusal::OtherNode { node: "n3".into() });
     let cases: Vec<(&str, &Secret, Refusal)> = vec![
-        ("n1", &wrong, token(TokenRefusal::Unknown)),
-        ("n1", &malformed, token(TokenRefusal::Malformed)),
-        ("n1", &expired, token(TokenRefusal::Expired)),
+        ("n2", &wrong, token(TokenRefusal::Unknown)),
+        ("n2", &malformed, token(TokenRefusal::Malformed)),
+        ("n2", &expired, token(TokenRefusal::Expired)),
         ("intruder", &single, undeclared),
+        ("n1", &single, bound),
+        ("n2", &for_n3, other_node),
     ];
     for (node, presented, want) in cases {
         let (outcome, _dir) = join_as(&fleet, node, presented, &pin).await;
@@ -115,21 +135,112 @@ async fn join_refusals_say_why_and_spend_nothing() {
     let (outcome, _dir) = join_as(&fleet, "Not_A_Name", &single, &pin).await;
     assert!(matches!(refusal(outcome), Refusal::BadRequest { .. }));
 
-    // None of those spent the single-use token; the first good join does.
-    let (first, _d1) = join_as(&fleet, "n1", &single, &pin).await;
+    // None of those spent a single-use token; the first good join does.
+    let (first, _d1) = join_as(&fleet, "n2", &single, &pin).await;
     let first = first.expect("the first good join succeeds");
-    let (again, _d2) = join_as(&fleet, "n2", &single, &pin).await;
+    let (again, _d2) = join_as(&fleet, "n3", &single, &pin).await;
     assert_eq!(refusal(again), token(TokenRefusal::AlreadyUsed));
+    let (n3, _d3) = join_as(&fleet, "n3", &for_n3, &pin).await;
+    let n3 = n3.expect("a token bound to n3 joins n3");
 
     let mut secrets = vec![
         single.expose().to_string(),
+        for_n3.expose().to_string(),
         expired.expose().to_string(),
         wrong.expose().to_string(),
     ];
-    secrets.extend(key_lines(&first));
+    for c in [&n1, &first, &n3] {
+        secrets.extend(key_lines(c));
+    }
     fleet
         .logs
         .assert_free_of(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// Whether the single-use token `token` is spent, as the daemon's state says.
+fn spent(fleet: &Fleet, token: &Secret) -> bool {
+    let (id, _) = token.expose().split_once('.').unwrap();
+    let tokens = list_tokens(&fleet.state_dir()).unwrap();
+    let record = tokens
+        .iter()
+        .find(|t| t.id == id)
+        .expect("the token is kept");
+    record.used
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_whose_binding_cannot_be_saved_spends_no_token() {
+    let fleet = Fleet::start("unsaved", NODES).await;
+    fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
+    let single = fleet.token(true, HOUR);
+    // The token is good, the node declared and its credential issued; then saving the
+    // binding fails, because a directory stands where the bindings document goes.
+    let bindings = fleet.state.path().join(BINDINGS);
+    let _ = std::fs::remove_file(&bindings);
+    std::fs::create_dir(&bindings).unwrap();
+    let (outcome, _d) = join_as(&fleet, "n1", &single, &fleet.pin()).await;
+    match refusal(outcome) {
+        Refusal::BadRequest { detail } => assert!(detail.contains("see its log"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!spent(&fleet, &single), "a failed join spent the token");
+    // Once the daemon can save again, the same token joins.
+    std::fs::remove_dir(&bindings).unwrap();
+    let (outcome, _d) = join_as(&fleet, "n1", &single, &fleet.pin()).await;
+    let n1 = outcome.expect("the unspent token joins");
+    assert!(spent(&fleet, &single));
+    let mut secrets = key_lines(&n1);
+    secrets.push(single.expose().to_string());
+    fleet
+        .logs
+        .assert_free_of(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_single_use_token_joins_one_of_two_racing_agents() {
+    let racers: &[(&str, &str)] = &[
+        ("e1", "etcd"),
+        ("a1", "worker"),
+        ("a2", "worker"),
+        ("b1", "worker"),
+        ("b2", "worker"),
+        ("c1", "worker"),
+        ("c2", "worker"),
+    ];
+    let fleet = Fleet::start("race", racers).await;
+    let names: Vec<&str> = racers.iter().map(|(n, _)| *n).collect();
+    fleet.declare(&names, "    worker: []\n");
+    let pin = fleet.pin();
+    for pair in [["a1", "a2"], ["b1", "b2"], ["c1", "c2"]] {
+        let single = fleet.token(true, HOUR);
+        let ((left, _d1), (right, _d2)) = tokio::join!(
+            join_as(&fleet, pair[0], &single, &pin),
+            join_as(&fleet, pair[1], &single, &pin)
+        );
+        let (winner, loser) = match (left, right) {
+            (Ok(c), Err(e)) | (Err(e), Ok(c)) => (c, e),
+            (l, r) => panic!(
+                "{pair:?}: exactly one join succeeds: {:?} {:?}",
+                l.map(|c| c.node),
+                r.map(|c| c.node)
+            ),
+        };
+        assert_eq!(
+            refusal(Err(loser)),
+            Refusal::Token {
+                problem: TokenRefusal::AlreadyUsed
+            }
+        );
+        assert!(spent(&fleet, &single));
+        // Only the winner is bound.
+        let bound: Bindings = fleet.state_dir().load(BINDINGS).unwrap().unwrap();
+        let joined: Vec<&str> = pair
+            .iter()
+            .copied()
+            .filter(|n| bound.nodes.contains_key(&format!("{}/{n}", fleet.cluster)))
+            .collect();
+        assert_eq!(joined, [winner.node.as_str()], "{pair:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,6 +363,71 @@ async fn a_node_leaving_git_has_its_credential_revoked() {
     assert_eq!(answer, ServerMessage::Refused { reason: revoked });
     let (rejoined, _d2) = join_as(&fleet, "n3", &fleet.token(true, HOUR), &fleet.pin()).await;
     rejoined.expect("a revoked node joins again with a new token");
+}
+
+/// Says hello as `credential`'s node; the answer, or how the connection failed.
+async fn try_hello(fleet: &Fleet, credential: &Credential) -> Result<ServerMessage, String> {
+    let dial = Dial::new(&fleet.url(), &fleet.pin()).unwrap();
+    let identity = DataDir::identity(credential).unwrap();
+    let mut socket = dial
+        .connect(Some(identity))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let m = AgentMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        cluster: credential.cluster.clone(),
+        node: credential.node.clone(),
+        agent_version: "test".into(),
+        applied: None,
+    };
+    session::send(&mut socket, &m)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    session::recv(&mut socket)
+        .await
+        .map_err(|e| format!("recv: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_outside_its_validity_is_refused() {
+    let fleet = Fleet::start("validity", NODES).await;
+    fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
+    let (joined, _d) = join_as(&fleet, "n2", &fleet.token(true, HOUR), &fleet.pin()).await;
+    let n2 = joined.unwrap();
+    // Certificates for n2's own bound key, from the daemon's CA by the path joins take.
+    let ca = pki::DaemonCa::ensure(&fleet.state_dir()).unwrap();
+    let csr = NodeKey::from_pem(&n2.key_pem)
+        .unwrap()
+        .csr_pem("n2")
+        .unwrap();
+    let now = SystemTime::now();
+    let cases = [
+        ("issued now", now, true),
+        ("expired", now - 2 * pki::NODE_CERT_VALIDITY, false),
+        ("not yet valid", now + 24 * HOUR, false),
+    ];
+    for (what, issued, welcome) in cases {
+        let cert_pem = ca
+            .issue_node(&csr, &fleet.cluster, "n2", issued)
+            .unwrap()
+            .cert_pem;
+        let credential = Credential {
+            cert_pem,
+            ..n2.clone()
+        };
+        let answer = try_hello(&fleet, &credential).await;
+        match (welcome, &answer) {
+            (true, Ok(ServerMessage::Welcome { .. })) => {}
+            (false, Err(_) | Ok(ServerMessage::Refused { .. })) => {}
+            _ => panic!("{what}: {answer:?}"),
+        }
+    }
+    fleet.logs.assert_free_of(
+        &key_lines(&n2)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,6 +55,13 @@ fn server_messages() -> Vec<ServerMessage> {
             },
         },
         ServerMessage::Refused {
+            reason: Refusal::Token {
+                problem: TokenRefusal::OtherNode {
+                    node: "node-4".into(),
+                },
+            },
+        },
+        ServerMessage::Refused {
             reason: Refusal::Revoked {
                 cluster: "dev".into(),
                 node: "node-1".into(),

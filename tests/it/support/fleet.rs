@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use drover::agent::executor::ExecutorSettings;
 use drover::agent::session::Dial;
 use drover::agent::{AgentError, AgentSettings};
-use drover::join::create_token;
+use drover::join::{create_token, TokenRules};
 use drover::model::{load_sources, ClusterName, SourceFile};
 use drover::nodeplan::NodeSpec;
 use drover::plan::container::desired_nodes;
@@ -107,7 +107,7 @@ impl Fleet {
             })
             .collect();
         let daemon_ip = unique_loopback(&[]);
-        let state = tempfile::tempdir().expect("a state directory");
+        let state = super::private_tempdir();
         let mut fleet = Fleet {
             _cleanup: ClusterCleanup(cluster.clone()),
             cluster,
@@ -171,16 +171,19 @@ impl Fleet {
 
     /// A join token for the fleet's cluster.
     pub fn token(&self, single_use: bool, ttl: Duration) -> Secret {
-        let cluster = ClusterName::parse(&self.cluster).expect("a valid cluster name");
-        create_token(
-            &self.state_dir(),
-            &cluster,
+        self.token_with(TokenRules {
             ttl,
             single_use,
-            SystemTime::now(),
-        )
-        .expect("a token")
-        .0
+            node: None,
+        })
+    }
+
+    /// A join token for the fleet's cluster with `rules`.
+    pub fn token_with(&self, rules: TokenRules) -> Secret {
+        let cluster = ClusterName::parse(&self.cluster).expect("a valid cluster name");
+        create_token(&self.state_dir(), &cluster, rules, SystemTime::now())
+            .expect("a token")
+            .0
     }
 
     pub fn node(&self, name: &str) -> &SimNode {
@@ -313,7 +316,7 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts the agent of `node` with fresh directories.
     pub async fn start(fleet: &Fleet, node: &str, token: Option<Secret>) -> TestAgent {
-        let data = tempfile::tempdir().expect("a data directory");
+        let data = super::private_tempdir();
         let host_root = tempfile::tempdir().expect("a host root");
         Self::start_with(fleet, node, token, &fleet.pin(), data, host_root).await
     }
@@ -326,7 +329,7 @@ impl TestAgent {
         token: Option<Secret>,
         url: &str,
     ) -> TestAgent {
-        let data = tempfile::tempdir().expect("a data directory");
+        let data = super::private_tempdir();
         let host_root = tempfile::tempdir().expect("a host root");
         Self::launch(url, node, token, &fleet.pin(), data, host_root).await
     }

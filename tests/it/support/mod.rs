@@ -29,6 +29,16 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// A temporary directory that only its owner may use, as drover's state and data
+/// directories must be (`tempfile::tempdir` follows the umask, which usually lets others read).
+pub fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .expect("a temporary directory")
+}
+
 /// Why a component a test needs is not there.
 #[derive(Debug)]
 pub struct Unavailable {

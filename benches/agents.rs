@@ -10,6 +10,12 @@
 //! - the time to connect every agent (TLS with client certificates, hello, welcome);
 //! - per round: the time from a new desired state (every node's plan changed) until the
 //!   server has every agent's acknowledgement of the new generation;
+//! - then the same rounds again during a flood of `DROVER_BENCH_FLOOD` (default 3,000)
+//!   misbehaving clients that redial as soon as they are dropped: a third connect and stay
+//!   silent, a third finish TLS and the WebSocket and never send a first message, a third send
+//!   a malformed first message. It reports the server's RSS and open files during the flood
+//!   and the p50/p99 of each agent's plan delivery (from the new desired state to the agent
+//!   receiving its plan), beside the same figures without the flood;
 //! - then `DROVER_BENCH_JOINS` (default 100) more nodes joining through the real join path
 //!   (token, signing request, credential) while the others stay connected.
 //!
@@ -55,7 +61,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let agents = env("DROVER_BENCH_AGENTS", 10_000);
     let joins = env("DROVER_BENCH_JOINS", 100);
-    raise_fd_limit(agents + joins);
+    let flood = env("DROVER_BENCH_FLOOD", 3_000);
+    raise_fd_limit(agents + joins + flood);
     if let Some(i) = args.iter().position(|a| a == "--serve") {
         let usage = "--serve STATE_DIR DECLARED CONNECTED";
         let state = args.get(i + 1).expect(usage);
@@ -63,7 +70,7 @@ fn main() {
             |k: usize| -> usize { args.get(i + k).and_then(|a| a.parse().ok()).expect(usage) };
         return serve(state, number(2), number(3));
     }
-    drive(agents, joins, env("DROVER_BENCH_ROUNDS", 5));
+    drive(agents, joins, flood, env("DROVER_BENCH_ROUNDS", 5));
 }
 
 fn raise_fd_limit(agents: usize) {
@@ -141,9 +148,10 @@ fn serve(state: &str, declared: usize, agents: usize) {
                     acknowledged(&hub, agents, round as u64 + 1).await;
                     let (rss, peak) = memory_kib();
                     println!(
-                        "done {} {rss} {peak} {}",
+                        "done {} {rss} {peak} {} {}",
                         started.elapsed().as_micros(),
-                        set.as_micros()
+                        set.as_micros(),
+                        open_files()
                     );
                 }
                 _ => panic!("unknown command {line:?}"),
@@ -152,6 +160,11 @@ fn serve(state: &str, declared: usize, agents: usize) {
         }
         server.shutdown().await;
     });
+}
+
+/// How many files this process has open.
+fn open_files() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
 /// Waits until `agents` connected agents acknowledged `generation`.
@@ -202,8 +215,11 @@ impl Drop for ServerChild {
     }
 }
 
-fn drive(agents: usize, joins: usize, rounds: usize) {
-    println!("agent server benchmark: {agents} agents, {rounds} rounds, then {joins} joins");
+/// When each agent received each generation's plan.
+type Receipts = Arc<std::sync::Mutex<Vec<(u64, Instant)>>>;
+
+fn drive(agents: usize, joins: usize, flood: usize, rounds: usize) {
+    println!("agent server benchmark: {agents} agents, {rounds} rounds, {rounds} more during a flood of {flood} clients, then {joins} joins");
     // Owner-only, as the daemon requires of its state directory.
     let state_dir = {
         use std::os::unix::fs::PermissionsExt as _;
@@ -261,17 +277,19 @@ fn drive(agents: usize, joins: usize, rounds: usize) {
         let dials = Arc::new(Semaphore::new(DIAL_CONCURRENCY));
         let started = Instant::now();
         let (connected_tx, mut connected_rx) = tokio::sync::mpsc::channel::<()>(agents);
+        let receipts: Receipts = Arc::default();
         let mut tasks = tokio::task::JoinSet::new();
         for ((cluster, node), identity) in identities {
             let dial = dial.clone();
             let dials = dials.clone();
             let connected = connected_tx.clone();
+            let receipts = receipts.clone();
             tasks.spawn(async move {
                 let permit = dials.acquire_owned().await.expect("the semaphore stays");
                 let socket = hello(&dial, &cluster, &node, identity).await;
                 drop(permit);
                 let _ = connected.send(()).await;
-                agent(socket).await
+                agent(socket, receipts).await
             });
         }
         drop(connected_tx);
@@ -297,36 +315,28 @@ fn drive(agents: usize, joins: usize, rounds: usize) {
             mib(loaded_rss),
             mib(first[1])
         );
-        let mut times = Vec::new();
         let mut peak = first[2];
-        for round in 1..=rounds {
-            let (s, answer) = tokio::task::spawn_blocking(move || {
-                let a = server.ask(&format!("round {round}"));
-                (server, a)
-            })
-            .await
-            .expect("the driver thread");
-            server = s;
-            let total = Duration::from_micros(answer[0]);
-            let set = Duration::from_micros(answer[3]);
-            peak = peak.max(answer[2]);
+        let calm = run_rounds(&mut server, 1..=rounds, agents, &receipts, &mut peak).await;
+        let mut flooding = start_flood(&dial, addr.parse().expect("an address"), flood);
+        let busy = run_rounds(&mut server, rounds + 1..=2 * rounds, agents, &receipts, &mut peak).await;
+        flooding.abort_all();
+        println!("\n| {agents} agents | plan delivery p50 | p99 | max | server RSS | server open files |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (what, r) in [("calm", &calm), (&*format!("flood of {flood}"), &busy)] {
             println!(
-                "round {round}: new plan for {agents} nodes delivered and acknowledged in {:.0} ms (set_desired {:.0} ms), RSS {}",
-                total.as_secs_f64() * 1e3,
-                set.as_secs_f64() * 1e3,
-                mib(answer[1])
-            );
-            times.push(total);
-        }
-        times.sort();
-        if let (Some(min), Some(median)) = (times.first(), times.get(times.len() / 2)) {
-            println!(
-                "delivery to {agents} agents: median {:.0} ms, min {:.0} ms (target < 5 s); server peak RSS {} (target < 1 GiB)",
-                median.as_secs_f64() * 1e3,
-                min.as_secs_f64() * 1e3,
-                mib(peak)
+                "| {what} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {} |",
+                r.p50.as_secs_f64() * 1e3,
+                r.p99.as_secs_f64() * 1e3,
+                r.max.as_secs_f64() * 1e3,
+                mib(r.rss),
+                r.files
             );
         }
+        println!(
+            "delivery to {agents} agents, all acknowledged: median round {:.0} ms (target < 5 s); server peak RSS {} (target < 1 GiB)",
+            calm.round_median.as_secs_f64() * 1e3,
+            mib(peak)
+        );
         if joins > 0 {
             let started = Instant::now();
             join_all(&dial, &state, joiners).await;
@@ -340,6 +350,100 @@ fn drive(agents: usize, joins: usize, rounds: usize) {
         drop(server);
         tasks.abort_all();
     });
+}
+
+/// What a series of rounds measured.
+struct Rounds {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    round_median: Duration,
+    /// The server's largest RSS (KiB) and open files seen after a round.
+    rss: u64,
+    files: u64,
+}
+
+/// Runs `rounds` (each a new plan for every node, until all acknowledged) and measures each
+/// agent's delivery from the receipts.
+async fn run_rounds(
+    server: &mut ServerChild,
+    rounds: std::ops::RangeInclusive<usize>,
+    agents: usize,
+    receipts: &Receipts,
+    peak: &mut u64,
+) -> Rounds {
+    let mut delivery = Vec::new();
+    let mut totals = Vec::new();
+    let (mut rss, mut files) = (0, 0);
+    for round in rounds {
+        let started = Instant::now();
+        let answer = tokio::task::block_in_place(|| server.ask(&format!("round {round}")));
+        let total = Duration::from_micros(answer[0]);
+        *peak = (*peak).max(answer[2]);
+        rss = rss.max(answer[1]);
+        files = files.max(answer[4]);
+        println!(
+            "round {round}: new plan for {agents} nodes delivered and acknowledged in {:.0} ms (set_desired {:.0} ms), RSS {}, {} open files",
+            total.as_secs_f64() * 1e3,
+            answer[3] as f64 / 1e3,
+            mib(answer[1]),
+            answer[4]
+        );
+        totals.push(total);
+        let generation = round as u64 + 1;
+        let got = receipts.lock().expect("receipts");
+        delivery.extend(
+            got.iter()
+                .filter(|(g, _)| *g == generation)
+                .map(|(_, at)| at.saturating_duration_since(started)),
+        );
+    }
+    delivery.sort();
+    totals.sort();
+    let at = |q: f64| delivery[((delivery.len() - 1) as f64 * q) as usize];
+    Rounds {
+        p50: at(0.5),
+        p99: at(0.99),
+        max: at(1.0),
+        round_median: totals[totals.len() / 2],
+        rss,
+        files,
+    }
+}
+
+/// `clients` misbehaving clients that redial as soon as the server drops them: silent TCP,
+/// TLS and WebSocket without a first message, and a malformed first message, a third each.
+fn start_flood(dial: &Dial, addr: SocketAddr, clients: usize) -> tokio::task::JoinSet<()> {
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..clients {
+        let dial = dial.clone();
+        flood.spawn(async move {
+            loop {
+                match i % 3 {
+                    0 => {
+                        use tokio::io::AsyncReadExt as _;
+                        if let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await {
+                            let _ = tcp.read(&mut [0u8; 64]).await;
+                        }
+                    }
+                    1 => {
+                        if let Ok(mut s) = dial.connect(None).await {
+                            while s.next().await.is_some_and(|f| f.is_ok()) {}
+                        }
+                    }
+                    _ => {
+                        if let Ok(mut s) = dial.connect(None).await {
+                            let garbage = Message::Text(r#"{"type":"nonsense"}"#.into());
+                            let _ = futures::SinkExt::send(&mut s, garbage).await;
+                            while s.next().await.is_some_and(|f| f.is_ok()) {}
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    }
+    flood
 }
 
 /// Joins `nodes` through the daemon, `DIAL_CONCURRENCY` at a time, with one reusable token
@@ -424,7 +528,7 @@ async fn hello(dial: &Dial, cluster: &str, node: &str, identity: Identity) -> So
 
 /// A light agent: verifies each plan's checksum, acknowledges it with a step per container,
 /// and keeps the heartbeat the server expects.
-async fn agent(mut socket: Socket) {
+async fn agent(mut socket: Socket, receipts: Receipts) {
     let mut ticker = tokio::time::interval(Duration::from_secs(5));
     let mut seq = 0;
     loop {
@@ -433,6 +537,7 @@ async fn agent(mut socket: Socket) {
                 let Some(Ok(Message::Text(text))) = frame else { return };
                 let Ok(ServerMessage::Plan { generation, checksum, spec }) =
                     drover::protocol::decode::<ServerMessage>(text.as_str()) else { continue };
+                receipts.lock().expect("receipts").push((generation, Instant::now()));
                 assert_eq!(spec.checksum(), checksum, "the plan arrived intact");
                 let steps = spec
                     .containers

@@ -53,6 +53,8 @@ pub enum DataError {
     Pki(#[from] PkiError),
     #[error("the renewed certificate is not for the key this agent made")]
     WrongRenewal,
+    #[error("a data directory task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// The agent's data directory.
@@ -64,6 +66,18 @@ pub struct DataDir {
 impl DataDir {
     pub fn new(state: StateDir) -> DataDir {
         DataDir { state }
+    }
+
+    /// Runs `work` on this directory on a blocking thread: async code never reads, writes or
+    /// fsyncs the agent's files on its worker threads.
+    pub async fn off_thread<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&DataDir) -> Result<R, DataError> + Send + 'static,
+    ) -> Result<R, DataError> {
+        let data = self.clone();
+        tokio::task::spawn_blocking(move || work(&data))
+            .await
+            .map_err(DataError::Task)?
     }
 
     pub fn credential(&self) -> Result<Option<Credential>, DataError> {

@@ -141,8 +141,13 @@ struct Run {
 }
 
 impl Run {
+    async fn save_plan(&self, plan: &PlanRecord) -> Result<(), super::credential::DataError> {
+        let plan = plan.clone();
+        self.data.off_thread(move |d| d.save_plan(&plan)).await
+    }
+
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
-        let mut plan = match self.data.plan() {
+        let mut plan = match self.data.off_thread(DataDir::plan).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %crate::error_chain(&e), "cannot read the saved plan; waiting for the daemon's");
@@ -181,7 +186,7 @@ impl Run {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Plan(p)) => {
-                        if let Err(e) = self.data.save_plan(&p) {
+                        if let Err(e) = self.save_plan(&p).await {
                             tracing::error!(error = %crate::error_chain(&e), "cannot save the plan; applying it anyway");
                         }
                         if plan.as_ref().is_some_and(|old| old.generation > p.generation) {
@@ -203,7 +208,7 @@ impl Run {
             while let Ok(c) = commands.try_recv() {
                 match c {
                     Command::Plan(p) => {
-                        if let Err(e) = self.data.save_plan(&p) {
+                        if let Err(e) = self.save_plan(&p).await {
                             tracing::error!(error = %crate::error_chain(&e), "cannot save the plan; applying it anyway");
                         }
                         plan = Some(p);
@@ -255,7 +260,8 @@ impl Run {
             );
         }
         if !failed {
-            if let Err(e) = self.data.save_applied(&mark) {
+            let saved = mark.clone();
+            if let Err(e) = self.data.off_thread(move |d| d.save_applied(&saved)).await {
                 tracing::error!(error = %crate::error_chain(&e), "cannot save the applied generation");
             }
         }

@@ -87,7 +87,7 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
     let data = DataDir::new(StateDir::new(&settings.data_dir));
     let mut backoff = Backoff::new(settings.reconnect_base, settings.reconnect_cap);
     let credential = loop {
-        if let Some(c) = data.credential()? {
+        if let Some(c) = data.off_thread(DataDir::credential).await? {
             if c.node != settings.node {
                 return Err(AgentError::OtherNode {
                     have: c.node,
@@ -143,7 +143,7 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
     );
 
     let outcome = loop {
-        let credential = match data.credential()? {
+        let credential = match data.off_thread(DataDir::credential).await? {
             Some(c) => c,
             None => break Err(AgentError::NoToken),
         };

@@ -233,7 +233,8 @@ pub async fn join(
                 key_pem: key.to_pem(),
                 cert_pem,
             };
-            data.save_credential(&credential)?;
+            let saved = credential.clone();
+            data.off_thread(move |d| d.save_credential(&saved)).await?;
             Ok(credential)
         }
         ServerMessage::Refused { reason } => Err(SessionError::Refused(reason)),
@@ -265,7 +266,7 @@ pub async fn session(
         cluster: credential.cluster.clone(),
         node: credential.node.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        applied: data.applied()?,
+        applied: data.off_thread(DataDir::applied).await?,
     };
     send(&mut socket, &hello).await?;
     let interval = match recv(&mut socket).await? {
@@ -380,11 +381,13 @@ async fn handle(
         }
         ServerMessage::Heartbeat { .. } => {}
         ServerMessage::RenewCredential {} => {
-            let csr_pem = data.begin_renewal(&credential.node)?;
+            let node = credential.node.clone();
+            let csr_pem = data.off_thread(move |d| d.begin_renewal(&node)).await?;
             send(socket, &AgentMessage::Renew { csr_pem }).await?;
         }
         ServerMessage::Credential { cert_pem } => {
-            data.finish_renewal(&cert_pem)?;
+            data.off_thread(move |d| d.finish_renewal(&cert_pem))
+                .await?;
             tracing::info!("node credential renewed; the next connection uses it");
         }
         ServerMessage::RetryAfter { seconds, reason } => {

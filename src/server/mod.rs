@@ -74,6 +74,8 @@ pub struct Settings {
     pub send_timeout: Duration,
     /// How often the node bindings are checked for changes by another process.
     pub bindings_refresh: Duration,
+    /// Most refusals logged a second; the others are counted in the next line logged.
+    pub refusal_logs_per_second: u32,
 }
 
 impl Settings {
@@ -90,6 +92,7 @@ impl Settings {
             handshake_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
             bindings_refresh: Duration::from_secs(1),
+            refusal_logs_per_second: 20,
         }
     }
 }
@@ -154,6 +157,7 @@ impl AgentServer {
             shutdown: shutdown.clone(),
             sessions: sessions.clone(),
             unadmitted: Arc::new(Semaphore::new(settings.max_unadmitted)),
+            refusal_log: session::LogBudget::new(settings.refusal_logs_per_second),
         });
         sessions.spawn(refresh_bindings(
             hub.clone(),

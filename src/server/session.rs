@@ -62,6 +62,50 @@ pub(super) struct Context {
     pub sessions: tokio_util::task::TaskTracker,
     /// Slots for sessions not admitted yet (no first message handled).
     pub unadmitted: Arc<Semaphore>,
+    /// How many refusals a second are logged; a flood of bad peers costs little log volume.
+    pub refusal_log: LogBudget,
+}
+
+/// At most `per_second` log lines a second; the rest are counted, and the count is logged with
+/// the next line let through.
+pub(super) struct LogBudget {
+    per_second: u32,
+    window: std::sync::Mutex<Window>,
+}
+
+struct Window {
+    started: tokio::time::Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    pub fn new(per_second: u32) -> LogBudget {
+        let window = Window {
+            started: tokio::time::Instant::now(),
+            used: 0,
+            suppressed: 0,
+        };
+        LogBudget {
+            per_second,
+            window: std::sync::Mutex::new(window),
+        }
+    }
+
+    /// Whether a line may be logged now, and how many were suppressed before it.
+    fn admit(&self) -> Option<u64> {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if w.started.elapsed() >= Duration::from_secs(1) {
+            w.started = tokio::time::Instant::now();
+            w.used = 0;
+        }
+        if w.used >= self.per_second {
+            w.suppressed += 1;
+            return None;
+        }
+        w.used += 1;
+        Some(std::mem::take(&mut w.suppressed))
+    }
 }
 
 /// A WebSocket with every send bounded in time: a peer that stops reading cannot hold a session.
@@ -100,9 +144,15 @@ impl Conn {
         let _ = tokio::time::timeout(self.send_timeout, closing).await;
     }
 
-    async fn refuse(&mut self, peer: &Peer, reason: Refusal) {
+    async fn refuse(&mut self, peer: &Peer, reason: Refusal, budget: &LogBudget) {
         let reason = reason.bounded();
-        tracing::warn!(peer = %peer.addr, reason = %reason, "agent refused");
+        match budget.admit() {
+            Some(0) => tracing::warn!(peer = %peer.addr, reason = %reason, "agent refused"),
+            Some(suppressed) => {
+                tracing::warn!(peer = %peer.addr, reason = %reason, suppressed, "agent refused (and more refusals not logged)")
+            }
+            None => {}
+        }
         let _ = self.send(&ServerMessage::Refused { reason }).await;
         self.close().await;
     }
@@ -146,11 +196,11 @@ pub(super) async fn run(cx: Arc<Context>, peer: Peer, socket: WebSocket) {
     let first = match first {
         Ok(Ok(Some(m))) => m,
         Ok(Ok(None)) => return,
-        Ok(Err(r)) => return conn.refuse(&peer, r).await,
+        Ok(Err(r)) => return conn.refuse(&peer, r, &cx.refusal_log).await,
         Err(_) => {
             let r =
                 Refusal::bad_request(format!("no first message within {FIRST_MESSAGE_TIMEOUT:?}"));
-            return conn.refuse(&peer, r).await;
+            return conn.refuse(&peer, r, &cx.refusal_log).await;
         }
     };
     if !cx.hub.is_ready() {
@@ -189,7 +239,8 @@ pub(super) async fn run(cx: Arc<Context>, peer: Peer, socket: WebSocket) {
                 "the first message must be join or hello, not {}",
                 kind(&other)
             );
-            conn.refuse(&peer, Refusal::bad_request(detail)).await;
+            conn.refuse(&peer, Refusal::bad_request(detail), &cx.refusal_log)
+                .await;
         }
     }
 }
@@ -214,14 +265,14 @@ async fn on_join(
     csr_pem: &str,
 ) {
     if let Err(r) = check_protocol(protocol) {
-        return conn.refuse(peer, r).await;
+        return conn.refuse(peer, r, &cx.refusal_log).await;
     }
     match join(cx, node, token, csr_pem).await {
         Ok(joined) => {
             let _ = conn.send(&joined).await;
             conn.close().await;
         }
-        Err(r) => conn.refuse(peer, r).await,
+        Err(r) => conn.refuse(peer, r, &cx.refusal_log).await,
     }
 }
 
@@ -244,12 +295,16 @@ async fn on_hello(
 ) {
     let id = match admit_hello(cx, peer, &hello).await {
         Ok(id) => id,
-        Err(r) => return conn.refuse(peer, r).await,
+        Err(r) => return conn.refuse(peer, r, &cx.refusal_log).await,
     };
     let (cluster, node) = (hello.cluster, hello.node);
     let Some((session, plans, kick)) = cx.hub.attach(&cluster, &node) else {
         return conn
-            .refuse(peer, Refusal::UndeclaredNode { cluster, node })
+            .refuse(
+                peer,
+                Refusal::UndeclaredNode { cluster, node },
+                &cx.refusal_log,
+            )
             .await;
     };
     drop(slot);
@@ -267,7 +322,7 @@ async fn on_hello(
             tracing::info!(cluster, node, why, "agent disconnected");
             conn.close().await;
         }
-        End::Refused(r) => conn.refuse(peer, r).await,
+        End::Refused(r) => conn.refuse(peer, r, &cx.refusal_log).await,
     }
 }
 

@@ -21,6 +21,7 @@ use crate::support::wait::eventually;
 
 const LIMIT: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+const REFUSAL_LOGS: u32 = 5;
 
 async fn joined(fleet: &Fleet, node: &str) -> (Credential, tempfile::TempDir) {
     let (outcome, dir) = join_as(fleet, node, &fleet.token(true, HOUR), &fleet.pin()).await;
@@ -141,7 +142,10 @@ async fn a_flood_of_silent_and_slow_clients_leaves_connected_agents_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_first_messages_get_short_answers() {
-    let fleet = Fleet::start("firstmsg", NODES).await;
+    let fleet = Fleet::start_configured("firstmsg", NODES, |s| {
+        s.refusal_logs_per_second = REFUSAL_LOGS;
+    })
+    .await;
     fleet.declare(&["n1", "n2", "n3"], "    worker: []\n");
     let dial = Dial::new(&fleet.url(), &fleet.pin()).unwrap();
     let marker = "q".repeat(20 * 1024);
@@ -186,6 +190,42 @@ async fn oversized_and_malformed_first_messages_get_short_answers() {
         ),
         "{answer:?}"
     );
+    // A burst of malformed first messages costs a bounded number of log lines.
+    let started = std::time::Instant::now();
+    for _ in 0..60 {
+        let mut s = dial.connect(None).await.unwrap();
+        s.send(Message::Text(r#"{"type":"nonsense"}"#.into()))
+            .await
+            .unwrap();
+        let answer = session::recv(&mut s).await;
+        assert!(
+            matches!(answer, Ok(ServerMessage::Refused { .. })),
+            "{answer:?}"
+        );
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let refused = |logs: &str| logs.lines().filter(|l| l.contains("agent refused")).count();
+    let logged = refused(&fleet.logs.text());
+    // Three refusals before the burst, then at most the budget per second it lasted.
+    let most = 3 + REFUSAL_LOGS as usize * (seconds as usize + 1);
+    assert!(logged <= most, "{logged} refusals logged in {seconds} s");
+    assert!(logged < 63, "some refusals were not logged");
+    // The next refusal logged says how many were not.
+    eventually(
+        "a refusal logged with the count of those that were not",
+        LIMIT,
+        || async {
+            let mut s = dial.connect(None).await.unwrap();
+            let _ = s.send(Message::Text(r#"{"type":"nonsense"}"#.into())).await;
+            let _ = session::recv(&mut s).await;
+            if fleet.logs.text().contains("more refusals not logged") {
+                Ok(())
+            } else {
+                Err("not yet")
+            }
+        },
+    )
+    .await;
     let logs = fleet.logs.text();
     let longest = logs.lines().map(str::len).max().unwrap_or(0);
     assert!(longest < 2048, "a log line of {longest} bytes");

@@ -93,6 +93,10 @@ pub enum Lost {
     Message(#[source] crate::protocol::ProtocolError),
     #[error("the daemon was silent for three heartbeat intervals")]
     Silent,
+    #[error("a send to the daemon took longer than {SEND_TIMEOUT:?}")]
+    SendTimeout,
+    #[error("the daemon did not answer within {0:?}")]
+    NoAnswer(Duration),
     #[error("expected {expected}, got {got}")]
     Unexpected {
         expected: &'static str,
@@ -217,7 +221,7 @@ pub async fn join(
         csr_pem,
     };
     send(&mut socket, &join).await?;
-    let answer = recv(&mut socket).await?;
+    let answer = recv_within(&mut socket, dial.timeout).await?;
     let _ = socket.close(None).await;
     match answer {
         ServerMessage::Joined {
@@ -269,7 +273,7 @@ pub async fn session(
         applied: data.off_thread(DataDir::applied).await?,
     };
     send(&mut socket, &hello).await?;
-    let interval = match recv(&mut socket).await? {
+    let interval = match recv_within(&mut socket, dial.timeout).await? {
         ServerMessage::Welcome {
             heartbeat_interval_ms,
             ..
@@ -418,13 +422,16 @@ fn server_kind(m: &ServerMessage) -> &'static str {
     }
 }
 
-/// Sends one protocol message.
+/// How long one send to the daemon may take: a daemon that stops reading ends the session.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends one protocol message, within `SEND_TIMEOUT`.
 pub async fn send(socket: &mut Socket, message: &AgentMessage) -> Result<(), SessionError> {
     let text = encode(message).map_err(Lost::Message)?;
-    socket
-        .send(Message::Text(text.into()))
-        .await
-        .map_err(|e| Lost::Connection(e).into())
+    match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await {
+        Ok(sent) => sent.map_err(|e| Lost::Connection(e).into()),
+        Err(_) => Err(Lost::SendTimeout.into()),
+    }
 }
 
 /// The next protocol message from the daemon.
@@ -434,4 +441,14 @@ pub async fn recv(socket: &mut Socket) -> Result<ServerMessage, SessionError> {
             return Ok(message);
         }
     }
+}
+
+/// The next protocol message from the daemon, within `limit`.
+pub async fn recv_within(
+    socket: &mut Socket,
+    limit: Duration,
+) -> Result<ServerMessage, SessionError> {
+    tokio::time::timeout(limit, recv(socket))
+        .await
+        .unwrap_or(Err(Lost::NoAnswer(limit).into()))
 }

@@ -5,14 +5,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::diagnostic::{Diagnostic, Location, NameError, Problem, Severity};
+use super::diagnostic::Problem;
+use super::document::Checker;
 use super::names::{
     ClusterName, ComponentName, FileMode, ImageRef, NodeAddress, NodeName, RequestId, SnapshotId,
     StoreName,
 };
 use super::spec::{self, ClusterFile, IntOrPercent, Role};
 use super::template::{RenderedComponent, Renderer, Scope};
-use super::yaml::{DocIndex, Mark};
 use super::{
     Cluster, Component, ComponentFile, Etcd, MaxUnavailable, Node, RestoreRequest, Retention,
     Rollout, Schedule, SnapshotPolicy, SourceRef, ETCD_CLIENT_PORT, ETCD_PEER_PORT, MAX_NODE_ITEMS,
@@ -32,71 +32,6 @@ const RESERVED_ETCD_FLAGS: &[&str] = &[
     "initial-cluster-state",
     "initial-cluster-token",
 ];
-
-/// Where findings go while one document is checked.
-pub(crate) struct Checker<'a> {
-    file: &'a str,
-    index: &'a DocIndex,
-    diagnostics: &'a mut Vec<Diagnostic>,
-    /// Errors (not warnings) reported so far.
-    pub errors: usize,
-}
-
-impl<'a> Checker<'a> {
-    pub fn new(file: &'a str, index: &'a DocIndex, diagnostics: &'a mut Vec<Diagnostic>) -> Self {
-        Checker {
-            file,
-            index,
-            diagnostics,
-            errors: 0,
-        }
-    }
-
-    fn report(&mut self, mark: Mark, problem: Problem) {
-        if problem.severity() == Severity::Error {
-            self.errors += 1;
-        }
-        let location = Location {
-            file: self.file.to_string(),
-            pos: Some(mark.pos),
-            len: mark.len,
-        };
-        self.diagnostics.push(Diagnostic::new(location, problem));
-    }
-
-    /// A problem with the value at `path`.
-    pub fn at(&mut self, path: &str, problem: Problem) {
-        let mark = self.index.value(path);
-        self.report(mark, problem);
-    }
-
-    /// A problem with the key of the entry at `path`.
-    pub fn at_key(&mut self, path: &str, problem: Problem) {
-        let mark = self.index.key(path);
-        self.report(mark, problem);
-    }
-
-    pub fn name<T>(
-        &mut self,
-        path: &str,
-        value: &str,
-        what: &'static str,
-        parse: fn(&str) -> Result<T, NameError>,
-    ) -> Option<T> {
-        match parse(value) {
-            Ok(v) => Some(v),
-            Err(reason) => {
-                let problem = Problem::InvalidName {
-                    what,
-                    value: value.to_string(),
-                    reason,
-                };
-                self.at(path, problem);
-                None
-            }
-        }
-    }
-}
 
 /// Checks one parsed document; the cluster comes back only if no error was found in it.
 pub(super) fn check(file: &ClusterFile, c: &mut Checker<'_>) -> Option<Cluster> {

@@ -9,9 +9,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::model::diagnostic::{Diagnostic, Severity};
-use crate::model::load::{parse_documents, LoadError, SourceFile, MAX_FILE_BYTES};
+use crate::model::document::{
+    parse_documents, read_limited, Checker, LoadError, SourceFile, MAX_FILE_BYTES,
+};
 use crate::model::names::StoreName;
-use crate::model::validate::Checker;
 
 /// `kind` of a daemon configuration file.
 pub const KIND: &str = "DaemonConfig";
@@ -121,7 +122,7 @@ impl ConfigError {
 
 /// Reads and checks a daemon configuration file.
 pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
-    let bytes = crate::model::load::read_limited(path).map_err(|source| LoadError::Io {
+    let bytes = read_limited(path).map_err(|source| LoadError::Io {
         path: path.to_path_buf(),
         source,
     })?;

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::Exit;
 use crate::model::diagnostic::{DiagnosticJson, Severity};
-use crate::model::load::{LoadError, DEFAULT_CLUSTERS_DIR};
+use crate::model::document::LoadError;
+use crate::model::load::DEFAULT_CLUSTERS_DIR;
 use crate::model::{load_dir, load_file, Repository, Role};
 
 #[derive(Debug, clap::Args)]

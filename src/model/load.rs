@@ -3,30 +3,21 @@
 //! `load_dir` and `load_file` are the IO edge that reads them from disk.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::de::DeserializeOwned;
-
-use super::diagnostic::{Diagnostic, Location, Pos, Problem, Severity};
+use super::diagnostic::{Diagnostic, Location, Problem, Severity};
+use super::document::{
+    parse_documents, read_limited, Checker, LoadError, SourceFile, MAX_FILE_BYTES,
+};
 use super::spec::ClusterFile;
-use super::validate::{check, Checker};
-use super::yaml::{self, DocIndex, Mark};
+use super::validate::check;
+use super::yaml::Mark;
 use super::Cluster;
 
-/// Largest cluster file read.
-pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// Most cluster files read from one repository.
 pub const MAX_FILES: usize = 10_000;
 /// Where cluster files live in a repository, unless configured otherwise.
 pub const DEFAULT_CLUSTERS_DIR: &str = "clusters";
-
-/// One file's bytes, named by its path relative to the repository root (with `/`).
-#[derive(Debug, Clone)]
-pub struct SourceFile {
-    pub path: String,
-    pub bytes: Vec<u8>,
-}
 
 /// The clusters a repository defines, and what is wrong with it.
 #[derive(Debug, Default)]
@@ -115,117 +106,6 @@ fn load_one(
     parsed.text
 }
 
-/// A file's documents, each deserialized and with the index of where its values are.
-pub(crate) struct Parsed<T> {
-    /// The file's text, when it could be read as text.
-    pub text: Option<String>,
-    pub documents: Vec<(T, DocIndex)>,
-}
-
-/// Reads a YAML file within the limits: size, UTF-8, the bounded first pass, then serde.
-/// Every problem becomes a diagnostic; documents that parse are returned.
-pub(crate) fn parse_documents<T: DeserializeOwned>(
-    file: &SourceFile,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Parsed<T> {
-    let at = |mark: Option<Mark>, problem| {
-        let location = Location {
-            file: file.path.clone(),
-            pos: mark.map(|m| m.pos),
-            len: mark.map_or(1, |m| m.len),
-        };
-        Diagnostic::new(location, problem)
-    };
-    let mut parsed = Parsed {
-        text: None,
-        documents: Vec::new(),
-    };
-    let size = file.bytes.len() as u64;
-    if size > MAX_FILE_BYTES {
-        let limit = MAX_FILE_BYTES;
-        diagnostics.push(at(None, Problem::FileTooLarge { size, limit }));
-        return parsed;
-    }
-    let text = match std::str::from_utf8(&file.bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            let valid = std::str::from_utf8(&file.bytes[..e.valid_up_to()]).unwrap_or_default();
-            let mark = Mark {
-                pos: end_of(valid),
-                len: 1,
-            };
-            diagnostics.push(at(Some(mark), Problem::NotUtf8));
-            parsed.text = Some(String::from_utf8_lossy(&file.bytes).into_owned());
-            return parsed;
-        }
-    };
-    parsed.text = Some(text.to_string());
-    let docs = match yaml::index(text) {
-        Ok(docs) => docs,
-        Err(e) => {
-            diagnostics.push(at(Some(e.mark), e.problem));
-            return parsed;
-        }
-    };
-    if docs.iter().all(|d| d.empty) {
-        diagnostics.push(at(Some(Mark::START), Problem::EmptyFile));
-        return parsed;
-    }
-    // serde_yaml's document iterator can repeat a syntax error forever where its parser (libyaml)
-    // is stricter than the first pass's: read no more documents than the first pass counted, and
-    // stop at an error that does not move.
-    let count = docs.len();
-    let mut last_error: Option<Mark> = None;
-    let documents = serde_yaml::Deserializer::from_str(text).take(count);
-    for (document, index) in documents.zip(docs) {
-        if index.empty {
-            continue;
-        }
-        match T::deserialize(document) {
-            Ok(value) => parsed.documents.push((value, index)),
-            Err(e) => {
-                let (mark, reason) = schema_error(&e, &index);
-                if last_error == Some(mark) {
-                    break;
-                }
-                last_error = Some(mark);
-                diagnostics.push(at(Some(mark), Problem::Schema { reason }));
-            }
-        }
-    }
-    parsed
-}
-
-/// Where a serde error points, and its message without serde_yaml's "at line L column C".
-fn schema_error(e: &serde_yaml::Error, index: &DocIndex) -> (Mark, String) {
-    let text = e.to_string();
-    let reason = match text.rfind(" at line ") {
-        Some(i) if text[i..].contains(" column ") => text[..i].to_string(),
-        _ => text.clone(),
-    };
-    let mark = match e.location() {
-        Some(l) => {
-            let pos = Pos {
-                line: l.line() as u32,
-                column: l.column() as u32,
-            };
-            index.at_pos(pos).unwrap_or(Mark { pos, len: 1 })
-        }
-        None => index.start.unwrap_or(Mark::START),
-    };
-    (mark, reason)
-}
-
-/// The position just past `text`.
-fn end_of(text: &str) -> Pos {
-    let line = text.matches('\n').count() as u32 + 1;
-    let last = text.rsplit('\n').next().unwrap_or("");
-    Pos {
-        line,
-        column: last.chars().count() as u32 + 1,
-    }
-}
-
 /// Cluster names are unique across the repository. A name defined twice loads neither
 /// definition, so adding a file can never take over a running cluster.
 fn unique_names(candidates: Vec<Candidate>, diagnostics: &mut Vec<Diagnostic>) -> Vec<Cluster> {
@@ -269,19 +149,6 @@ fn unique_names(candidates: Vec<Candidate>, diagnostics: &mut Vec<Diagnostic>) -
         .filter(|(_, d)| !d)
         .map(|(c, _)| c.cluster)
         .collect()
-}
-
-/// Why a path could not be loaded at all.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("{path}: no such file or directory")]
-    NotFound { path: PathBuf },
-    #[error("{path}: cannot read")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Reads every `*.yaml` / `*.yml` under `root/clusters_dir` (recursively, in path order, hidden
@@ -382,12 +249,4 @@ fn relative(root: &Path, path: &Path) -> String {
         .map(|c| c.as_os_str().to_string_lossy())
         .collect::<Vec<_>>()
         .join("/")
-}
-
-/// Reads at most one byte past the limit, so a huge file costs no more than a small one.
-pub(crate) fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
-    Ok(bytes)
 }

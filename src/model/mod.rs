@@ -3,6 +3,7 @@
 //! clusters of the other files.
 
 pub mod diagnostic;
+pub mod document;
 pub mod load;
 pub mod names;
 pub mod spec;
@@ -15,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-pub use load::{load_dir, load_file, load_sources, Repository, SourceFile};
+pub use document::SourceFile;
+pub use load::{load_dir, load_file, load_sources, Repository};
 pub use names::{
     ClusterName, ComponentName, FileMode, ImageRef, NodeAddress, NodeName, RequestId, SnapshotId,
     StoreName,

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use super::diagnostic::{Diagnostic, Location, Problem};
-use super::load::{SourceFile, MAX_FILES, MAX_FILE_BYTES};
+use super::document::{SourceFile, MAX_FILE_BYTES};
+use super::load::MAX_FILES;
 
 /// Why a tree could not be read.
 #[derive(Debug, thiserror::Error)]

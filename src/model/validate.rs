@@ -5,14 +5,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::diagnostic::{Diagnostic, Location, NameError, Problem, Severity};
+use super::diagnostic::Problem;
+use super::document::Checker;
 use super::names::{
     ClusterName, ComponentName, FileMode, ImageRef, NodeAddress, NodeName, RequestId, SnapshotId,
     StoreName,
 };
 use super::spec::{self, ClusterFile, IntOrPercent, Role};
-use super::template::{Renderer, Scope};
-use super::yaml::{DocIndex, Mark};
+use super::template::{RenderedComponent, Renderer, Scope};
 use super::{
     Cluster, Component, ComponentFile, Etcd, MaxUnavailable, Node, RestoreRequest, Retention,
     Rollout, Schedule, SnapshotPolicy, SourceRef, ETCD_CLIENT_PORT, ETCD_PEER_PORT, MAX_NODE_ITEMS,
@@ -32,71 +32,6 @@ const RESERVED_ETCD_FLAGS: &[&str] = &[
     "initial-cluster-state",
     "initial-cluster-token",
 ];
-
-/// Where findings go while one document is checked.
-pub(crate) struct Checker<'a> {
-    file: &'a str,
-    index: &'a DocIndex,
-    diagnostics: &'a mut Vec<Diagnostic>,
-    /// Errors (not warnings) reported so far.
-    pub errors: usize,
-}
-
-impl<'a> Checker<'a> {
-    pub fn new(file: &'a str, index: &'a DocIndex, diagnostics: &'a mut Vec<Diagnostic>) -> Self {
-        Checker {
-            file,
-            index,
-            diagnostics,
-            errors: 0,
-        }
-    }
-
-    fn report(&mut self, mark: Mark, problem: Problem) {
-        if problem.severity() == Severity::Error {
-            self.errors += 1;
-        }
-        let location = Location {
-            file: self.file.to_string(),
-            pos: Some(mark.pos),
-            len: mark.len,
-        };
-        self.diagnostics.push(Diagnostic::new(location, problem));
-    }
-
-    /// A problem with the value at `path`.
-    pub fn at(&mut self, path: &str, problem: Problem) {
-        let mark = self.index.value(path);
-        self.report(mark, problem);
-    }
-
-    /// A problem with the key of the entry at `path`.
-    pub fn at_key(&mut self, path: &str, problem: Problem) {
-        let mark = self.index.key(path);
-        self.report(mark, problem);
-    }
-
-    pub fn name<T>(
-        &mut self,
-        path: &str,
-        value: &str,
-        what: &'static str,
-        parse: fn(&str) -> Result<T, NameError>,
-    ) -> Option<T> {
-        match parse(value) {
-            Ok(v) => Some(v),
-            Err(reason) => {
-                let problem = Problem::InvalidName {
-                    what,
-                    value: value.to_string(),
-                    reason,
-                };
-                self.at(path, problem);
-                None
-            }
-        }
-    }
-}
 
 /// Checks one parsed document; the cluster comes back only if no error was found in it.
 pub(super) fn check(file: &ClusterFile, c: &mut Checker<'_>) -> Option<Cluster> {
@@ -149,6 +84,7 @@ fn content_digest(file: &ClusterFile) -> String {
     hex::encode(Sha256::digest(json))
 }
 
+/// Checks every node, and that there is an odd number of etcd nodes; returns the valid ones.
 fn check_nodes(nodes: &[spec::NodeSpec], c: &mut Checker<'_>) -> Vec<Node> {
     let mut out = Vec::new();
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -156,77 +92,14 @@ fn check_nodes(nodes: &[spec::NodeSpec], c: &mut Checker<'_>) -> Vec<Node> {
     let mut etcd = 0;
     for (i, n) in nodes.iter().enumerate() {
         let at = format!("spec.nodes[{i}]");
-        let name = c.name(
-            &format!("{at}.name"),
-            &n.name,
-            NodeName::WHAT,
-            NodeName::parse,
-        );
-        let first = *names.entry(&n.name).or_insert(i);
-        if first != i {
-            let first_line = c.index.value(&format!("spec.nodes[{first}].name")).pos.line;
-            let name = n.name.clone();
-            c.at(
-                &format!("{at}.name"),
-                Problem::DuplicateNodeName { name, first_line },
-            );
-        }
-        let address = check_address(&format!("{at}.address"), &n.address, c);
-        let internal = match &n.internal_address {
-            Some(a) => check_address(&format!("{at}.internalAddress"), a, c),
-            None => address.clone(),
-        };
-        // A node may use one address for both purposes, but never another node's.
-        let mine: BTreeSet<String> = [&address, &internal]
-            .into_iter()
-            .flatten()
-            .map(NodeAddress::canonical)
-            .collect();
-        for canon in mine {
-            if let Some(other) = addresses.insert(canon.clone(), &n.name) {
-                let field = if address.as_ref().map(NodeAddress::canonical) == Some(canon.clone()) {
-                    "address"
-                } else {
-                    "internalAddress"
-                };
-                let problem = Problem::DuplicateAddress {
-                    address: canon,
-                    other: other.to_string(),
-                };
-                c.at(&format!("{at}.{field}"), problem);
-            }
-        }
-        let mut roles = BTreeSet::new();
-        if n.roles.is_empty() {
-            let node = n.name.clone();
-            c.at(&format!("{at}.roles"), Problem::NoRoles { node });
-        }
-        for (j, role) in n.roles.iter().enumerate() {
-            if !roles.insert(*role) {
-                c.at(
-                    &format!("{at}.roles[{j}]"),
-                    Problem::DuplicateRole { role: *role },
-                );
-            }
-        }
+        let name = check_node_name(&at, i, n, &mut names, c);
+        let (address, internal) = check_node_addresses(&at, n, &mut addresses, c);
+        let roles = check_roles(&at, n, c);
         if roles.contains(&Role::Etcd) {
             etcd += 1;
         }
         check_labels(&format!("{at}.labels"), &n.labels, c);
-        for (j, t) in n.taints.iter().enumerate() {
-            let tp = format!("{at}.taints[{j}]");
-            if let Err(reason) = check_label_key(&t.key) {
-                let key = t.key.clone();
-                c.at(&format!("{tp}.key"), Problem::InvalidLabel { key, reason });
-            }
-            if let Some(Err(reason)) = t.value.as_deref().map(check_label_value) {
-                let key = t.key.clone();
-                c.at(
-                    &format!("{tp}.value"),
-                    Problem::InvalidLabel { key, reason },
-                );
-            }
-        }
+        check_taints(&at, &n.taints, c);
         if let (Some(name), Some(address), Some(internal_address)) = (name, address, internal) {
             out.push(Node {
                 name,
@@ -238,6 +111,110 @@ fn check_nodes(nodes: &[spec::NodeSpec], c: &mut Checker<'_>) -> Vec<Node> {
             });
         }
     }
+    check_etcd_count(etcd, c);
+    out
+}
+
+/// Parses node `i`'s name and reports it if an earlier node (in `names`) has it already.
+fn check_node_name<'n>(
+    at: &str,
+    i: usize,
+    n: &'n spec::NodeSpec,
+    names: &mut HashMap<&'n str, usize>,
+    c: &mut Checker<'_>,
+) -> Option<NodeName> {
+    let name = c.name(
+        &format!("{at}.name"),
+        &n.name,
+        NodeName::WHAT,
+        NodeName::parse,
+    );
+    let first = *names.entry(&n.name).or_insert(i);
+    if first != i {
+        let first_line = c.index.value(&format!("spec.nodes[{first}].name")).pos.line;
+        let name = n.name.clone();
+        c.at(
+            &format!("{at}.name"),
+            Problem::DuplicateNodeName { name, first_line },
+        );
+    }
+    name
+}
+
+/// Parses a node's address and internal address (which defaults to the address), and reports
+/// one another node (in `addresses`, by canonical form) uses already.
+fn check_node_addresses<'n>(
+    at: &str,
+    n: &'n spec::NodeSpec,
+    addresses: &mut HashMap<String, &'n str>,
+    c: &mut Checker<'_>,
+) -> (Option<NodeAddress>, Option<NodeAddress>) {
+    let address = check_address(&format!("{at}.address"), &n.address, c);
+    let internal = match &n.internal_address {
+        Some(a) => check_address(&format!("{at}.internalAddress"), a, c),
+        None => address.clone(),
+    };
+    // A node may use one address for both purposes, but never another node's.
+    let mine: BTreeSet<String> = [&address, &internal]
+        .into_iter()
+        .flatten()
+        .map(NodeAddress::canonical)
+        .collect();
+    for canon in mine {
+        if let Some(other) = addresses.insert(canon.clone(), &n.name) {
+            let field = if address.as_ref().map(NodeAddress::canonical) == Some(canon.clone()) {
+                "address"
+            } else {
+                "internalAddress"
+            };
+            let problem = Problem::DuplicateAddress {
+                address: canon,
+                other: other.to_string(),
+            };
+            c.at(&format!("{at}.{field}"), problem);
+        }
+    }
+    (address, internal)
+}
+
+/// A node's roles as a set; reports a node without roles and a role listed twice.
+fn check_roles(at: &str, n: &spec::NodeSpec, c: &mut Checker<'_>) -> BTreeSet<Role> {
+    let mut roles = BTreeSet::new();
+    if n.roles.is_empty() {
+        let node = n.name.clone();
+        c.at(&format!("{at}.roles"), Problem::NoRoles { node });
+    }
+    for (j, role) in n.roles.iter().enumerate() {
+        if !roles.insert(*role) {
+            c.at(
+                &format!("{at}.roles[{j}]"),
+                Problem::DuplicateRole { role: *role },
+            );
+        }
+    }
+    roles
+}
+
+/// Checks each taint's key and value with the label rules.
+fn check_taints(at: &str, taints: &[spec::TaintSpec], c: &mut Checker<'_>) {
+    for (j, t) in taints.iter().enumerate() {
+        let tp = format!("{at}.taints[{j}]");
+        if let Err(reason) = check_label_key(&t.key) {
+            let key = t.key.clone();
+            c.at(&format!("{tp}.key"), Problem::InvalidLabel { key, reason });
+        }
+        if let Some(Err(reason)) = t.value.as_deref().map(check_label_value) {
+            let key = t.key.clone();
+            c.at(
+                &format!("{tp}.value"),
+                Problem::InvalidLabel { key, reason },
+            );
+        }
+    }
+}
+
+/// etcd needs at least one member, and an even count tolerates no more failures than one fewer.
+fn check_etcd_count(etcd: usize, c: &mut Checker<'_>) {
     match etcd {
         0 => c.at_key("spec.nodes", Problem::NoEtcdNode),
         n if n % 2 == 0 => c.at_key(
@@ -249,7 +226,6 @@ fn check_nodes(nodes: &[spec::NodeSpec], c: &mut Checker<'_>) -> Vec<Node> {
         ),
         _ => {}
     }
-    out
 }
 
 fn check_address(path: &str, value: &str, c: &mut Checker<'_>) -> Option<NodeAddress> {
@@ -613,89 +589,115 @@ fn check_files(
 /// `drover validate` and not on a node. One diagnostic per field, naming the first failing node.
 fn check_templates(cluster: &Cluster, c: &mut Checker<'_>) {
     let renderer = Renderer::default();
-    let mut reported: BTreeSet<String> = BTreeSet::new();
-    let index_of = |role: Role, name: &ComponentName| {
-        cluster.components[&role]
-            .iter()
-            .position(|x| &x.name == name)
-            .expect("component comes from this cluster")
-    };
+    let mut once = ReportOnce::default();
     let scope = Scope::new(cluster);
     for (n, node) in cluster.nodes.iter().enumerate() {
         let ctx = scope.node(node);
         let mut files: BTreeSet<String> = BTreeSet::new();
-        // An agent reports one step per container and file, within `MAX_NODE_ITEMS`.
-        let count = cluster.components_of(node).count()
-            + usize::from(node.roles.contains(&Role::Etcd))
-            + cluster
-                .components_of(node)
-                .map(|(_, comp)| comp.files.len())
-                .sum::<usize>();
-        if count > MAX_NODE_ITEMS {
-            let problem = Problem::TooManySteps {
-                node: node.name.to_string(),
-                count,
-                limit: MAX_NODE_ITEMS,
-            };
-            c.at(&format!("spec.nodes[{n}].name"), problem);
-        }
+        check_node_items(cluster, n, node, c);
         for (role, comp) in cluster.components_of(node) {
-            let at = format!("spec.components.{role}[{}]", index_of(role, &comp.name));
-            let rendered = match renderer.component(comp, &ctx) {
-                Ok(r) => r,
-                Err(e) => {
-                    let path = format!("{at}.{}", e.field);
-                    if reported.insert(path.clone()) {
-                        let problem = Problem::Template {
-                            node: node.name.to_string(),
-                            reason: e.error.to_string(),
-                        };
-                        c.at(&path, problem);
-                    }
-                    continue;
-                }
-            };
-            for (i, f) in rendered.files.iter().enumerate() {
-                if !files.insert(f.path.clone()) {
-                    let path = format!("{at}.files[{i}].path");
-                    if reported.insert(path.clone()) {
-                        let problem = Problem::DuplicateFile {
-                            path: f.path.clone(),
-                            node: node.name.to_string(),
-                        };
-                        c.at(&path, problem);
-                    }
-                }
-            }
-            for (i, b) in rendered.spec.binds.iter().enumerate() {
-                let path = format!("{at}.binds[{i}]");
-                if let Err(reason) = check_bind(b) {
-                    if reported.insert(path.clone()) {
-                        let value = b.clone();
-                        c.at(&path, Problem::InvalidBind { value, reason });
-                    }
-                }
-            }
-            if let Some(h) = &rendered.spec.health {
-                let bad = h
-                    .http
-                    .as_deref()
-                    .and_then(|u| check_http_probe(u).err().map(|r| ("http", u, r)))
-                    .or_else(|| {
-                        h.tcp
-                            .as_deref()
-                            .and_then(|t| check_tcp_probe(t).err().map(|r| ("tcp", t, r)))
-                    });
-                if let Some((field, value, reason)) = bad {
-                    let path = format!("{at}.health.{field}");
-                    if reported.insert(path.clone()) {
-                        let value = value.to_string();
-                        c.at(&path, Problem::InvalidProbe { value, reason });
-                    }
-                }
+            let at = component_path(cluster, role, comp);
+            match renderer.component(comp, &ctx) {
+                Ok(rendered) => check_rendered(&at, node, &rendered, &mut files, &mut once, c),
+                Err(e) => once.at(c, format!("{at}.{}", e.field), || Problem::Template {
+                    node: node.name.to_string(),
+                    reason: e.error.to_string(),
+                }),
             }
         }
     }
+}
+
+/// Reports at most one problem per path: the first node that fails a field names it.
+#[derive(Default)]
+struct ReportOnce {
+    reported: BTreeSet<String>,
+}
+
+impl ReportOnce {
+    /// Reports the problem `problem` makes at `path`, unless one was reported there already.
+    fn at(&mut self, c: &mut Checker<'_>, path: String, problem: impl FnOnce() -> Problem) {
+        if self.reported.insert(path.clone()) {
+            c.at(&path, problem());
+        }
+    }
+}
+
+/// The path of a component in the file: `spec.components.<role>[<index>]`.
+fn component_path(cluster: &Cluster, role: Role, comp: &Component) -> String {
+    let index = cluster.components[&role]
+        .iter()
+        .position(|x| x.name == comp.name)
+        .expect("component comes from this cluster");
+    format!("spec.components.{role}[{index}]")
+}
+
+/// An agent reports one step per container and file; reports node `n` if it would need more
+/// than `MAX_NODE_ITEMS`.
+fn check_node_items(cluster: &Cluster, n: usize, node: &Node, c: &mut Checker<'_>) {
+    let count = cluster.components_of(node).count()
+        + usize::from(node.roles.contains(&Role::Etcd))
+        + cluster
+            .components_of(node)
+            .map(|(_, comp)| comp.files.len())
+            .sum::<usize>();
+    if count > MAX_NODE_ITEMS {
+        let problem = Problem::TooManySteps {
+            node: node.name.to_string(),
+            count,
+            limit: MAX_NODE_ITEMS,
+        };
+        c.at(&format!("spec.nodes[{n}].name"), problem);
+    }
+}
+
+/// Checks one component as rendered for `node`: file paths unique on the node (`files` holds
+/// those seen so far), binds and health probes well formed.
+fn check_rendered(
+    at: &str,
+    node: &Node,
+    rendered: &RenderedComponent,
+    files: &mut BTreeSet<String>,
+    once: &mut ReportOnce,
+    c: &mut Checker<'_>,
+) {
+    for (i, f) in rendered.files.iter().enumerate() {
+        if !files.insert(f.path.clone()) {
+            once.at(c, format!("{at}.files[{i}].path"), || {
+                Problem::DuplicateFile {
+                    path: f.path.clone(),
+                    node: node.name.to_string(),
+                }
+            });
+        }
+    }
+    for (i, b) in rendered.spec.binds.iter().enumerate() {
+        if let Err(reason) = check_bind(b) {
+            let value = b.clone();
+            once.at(c, format!("{at}.binds[{i}]"), || Problem::InvalidBind {
+                value,
+                reason,
+            });
+        }
+    }
+    if let Some((field, value, reason)) = rendered.spec.health.as_ref().and_then(bad_probe) {
+        let value = value.to_string();
+        once.at(c, format!("{at}.health.{field}"), || {
+            Problem::InvalidProbe { value, reason }
+        });
+    }
+}
+
+/// The first malformed probe of a health check: its field, its value and why.
+fn bad_probe(h: &spec::HealthSpec) -> Option<(&'static str, &str, &'static str)> {
+    h.http
+        .as_deref()
+        .and_then(|u| check_http_probe(u).err().map(|r| ("http", u, r)))
+        .or_else(|| {
+            h.tcp
+                .as_deref()
+                .and_then(|t| check_tcp_probe(t).err().map(|r| ("tcp", t, r)))
+        })
 }
 
 fn check_rollout(r: Option<&spec::RolloutSpec>, c: &mut Checker<'_>) -> Rollout {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::container::{desired_nodes, peer_url};
 use super::{ClusterPlan, Step};
 use crate::model::{Cluster, Retention, Role, Schedule, SnapshotPolicy};
-use crate::nodeplan::{ContainerSpec, ETCD_COMPONENT};
+use crate::nodeplan::{ContainerSpec, NodeSpec, ETCD_COMPONENT};
 
 /// Everything observed, by cluster name.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -179,89 +179,7 @@ pub fn simulate(
     let specs = desired_nodes(desired);
     let mut state = observed.clone();
     for step in plan.steps() {
-        let node_of = |state: &mut ObservedCluster, node: &str| {
-            state.nodes.entry(node.to_string()).or_default();
-        };
-        match step {
-            Step::RestoreSnapshot { request_id, .. } => {
-                state.restores_done.insert(request_id.clone());
-            }
-            Step::AddEtcdMember { node, peer_url } => {
-                let member = Member {
-                    peer_url: peer_url.clone(),
-                    healthy: false,
-                };
-                state.etcd_members.insert(node.clone(), member);
-            }
-            Step::StartEtcdMember { node, .. } => {
-                node_of(&mut state, node);
-                let spec = specs[node.as_str()].containers[ETCD_COMPONENT].clone();
-                let n = state.nodes.get_mut(node.as_str()).expect("inserted above");
-                let c = ObservedContainer {
-                    spec,
-                    running: true,
-                };
-                n.containers.insert(ETCD_COMPONENT.into(), c);
-                let peer_url = peer_url(desired, &desired.nodes[node_index(desired, node)]);
-                let member = Member {
-                    peer_url,
-                    healthy: true,
-                };
-                state.etcd_members.insert(node.clone(), member);
-            }
-            Step::UpdateEtcdMember { node, peer_url } => {
-                if let Some(m) = state.etcd_members.get_mut(node.as_str()) {
-                    m.peer_url = peer_url.clone();
-                }
-            }
-            Step::RemoveEtcdMember { node } => {
-                state.etcd_members.remove(node.as_str());
-            }
-            Step::CreateContainer {
-                node, component, ..
-            }
-            | Step::RecreateContainer {
-                node, component, ..
-            }
-            | Step::StartContainer {
-                node, component, ..
-            } => {
-                node_of(&mut state, node);
-                let spec = specs[node.as_str()].containers[component.as_str()].clone();
-                let n = state.nodes.get_mut(node.as_str()).expect("inserted above");
-                let c = ObservedContainer {
-                    spec,
-                    running: true,
-                };
-                n.containers.insert(component.clone(), c);
-            }
-            Step::RemoveContainer {
-                node, component, ..
-            } => {
-                if let Some(n) = state.nodes.get_mut(node.as_str()) {
-                    n.containers.remove(component.as_str());
-                }
-            }
-            Step::WriteFile {
-                node, path, digest, ..
-            } => {
-                node_of(&mut state, node);
-                let n = state.nodes.get_mut(node.as_str()).expect("inserted above");
-                n.files.insert(path.clone(), digest.clone());
-            }
-            Step::RemoveFile { node, path } => {
-                if let Some(n) = state.nodes.get_mut(node.as_str()) {
-                    n.files.remove(path.as_str());
-                }
-            }
-            Step::DecommissionNode { node } => {
-                state.nodes.remove(node.as_str());
-            }
-            Step::UpdateSnapshotPolicy { to, .. } => {
-                state.snapshot_policy = to.clone();
-            }
-            Step::AwaitHealthy { .. } => {}
-        }
+        apply(&mut state, step, desired, &specs);
     }
     // The daemon records every node it planned, with the address and roles it planned it with.
     for node in &desired.nodes {
@@ -272,6 +190,95 @@ pub fn simulate(
     state
 }
 
+/// The effect of one step that succeeded on `state`.
+fn apply(
+    state: &mut ObservedCluster,
+    step: &Step,
+    desired: &Cluster,
+    specs: &BTreeMap<String, NodeSpec>,
+) {
+    match step {
+        Step::RestoreSnapshot { request_id, .. } => {
+            state.restores_done.insert(request_id.clone());
+        }
+        Step::AddEtcdMember { node, peer_url } => {
+            let member = Member {
+                peer_url: peer_url.clone(),
+                healthy: false,
+            };
+            state.etcd_members.insert(node.clone(), member);
+        }
+        Step::StartEtcdMember { node, .. } => {
+            run_container(state, specs, node, ETCD_COMPONENT);
+            let peer_url = peer_url(desired, &desired.nodes[node_index(desired, node)]);
+            let member = Member {
+                peer_url,
+                healthy: true,
+            };
+            state.etcd_members.insert(node.clone(), member);
+        }
+        Step::UpdateEtcdMember { node, peer_url } => {
+            if let Some(m) = state.etcd_members.get_mut(node.as_str()) {
+                m.peer_url = peer_url.clone();
+            }
+        }
+        Step::RemoveEtcdMember { node } => {
+            state.etcd_members.remove(node.as_str());
+        }
+        Step::CreateContainer {
+            node, component, ..
+        }
+        | Step::RecreateContainer {
+            node, component, ..
+        }
+        | Step::StartContainer {
+            node, component, ..
+        } => run_container(state, specs, node, component),
+        Step::RemoveContainer {
+            node, component, ..
+        } => {
+            if let Some(n) = state.nodes.get_mut(node.as_str()) {
+                n.containers.remove(component.as_str());
+            }
+        }
+        Step::WriteFile {
+            node, path, digest, ..
+        } => {
+            let n = state.nodes.entry(node.to_string()).or_default();
+            n.files.insert(path.clone(), digest.clone());
+        }
+        Step::RemoveFile { node, path } => {
+            if let Some(n) = state.nodes.get_mut(node.as_str()) {
+                n.files.remove(path.as_str());
+            }
+        }
+        Step::DecommissionNode { node } => {
+            state.nodes.remove(node.as_str());
+        }
+        Step::UpdateSnapshotPolicy { to, .. } => {
+            state.snapshot_policy = to.clone();
+        }
+        Step::AwaitHealthy { .. } => {}
+    }
+}
+
+/// A node's component container now runs with its desired spec.
+fn run_container(
+    state: &mut ObservedCluster,
+    specs: &BTreeMap<String, NodeSpec>,
+    node: &str,
+    component: &str,
+) {
+    let spec = specs[node].containers[component].clone();
+    let n = state.nodes.entry(node.to_string()).or_default();
+    let c = ObservedContainer {
+        spec,
+        running: true,
+    };
+    n.containers.insert(component.to_string(), c);
+}
+
+/// The index of the node named `name` in the cluster's nodes.
 fn node_index(cluster: &Cluster, name: &str) -> usize {
     cluster
         .nodes

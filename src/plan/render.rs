@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style};
 
-use super::{ClusterPlan, Gate, InitialState, Phase, PhaseKind, Plan, Step};
+use super::{ClusterPlan, Gate, InitialState, Phase, PhaseKind, Plan, PolicyState, Step};
 
 /// One step as a line: the node it concerns (if any) and what happens.
 pub fn describe(step: &Step) -> (Option<&str>, String) {
@@ -26,23 +26,7 @@ pub fn describe(step: &Step) -> (Option<&str>, String) {
             initial_cluster,
             initial_state,
             ..
-        } => {
-            let state = match initial_state {
-                InitialState::New => "new cluster",
-                InitialState::Existing => "joining",
-            };
-            let members: Vec<&str> = initial_cluster
-                .iter()
-                .map(|m| m.split('=').next().unwrap_or(m))
-                .collect();
-            (
-                Some(node),
-                format!(
-                    "start etcd member ({state}; members {})",
-                    members.join(", ")
-                ),
-            )
-        }
+        } => (Some(node), start_member(initial_cluster, *initial_state)),
         Step::UpdateEtcdMember { node, peer_url } => (
             Some(node),
             format!("update etcd member's peer URL to {peer_url}"),
@@ -83,25 +67,43 @@ pub fn describe(step: &Step) -> (Option<&str>, String) {
             Some(node),
             "decommission: forget the node and revoke its credential".into(),
         ),
-        Step::AwaitHealthy { gate, nodes } => {
-            let what = match gate {
-                Gate::EtcdHealthy => "etcd members",
-                Gate::NodesHealthy => "nodes",
-            };
-            (
-                None,
-                format!("wait until {what} {} are healthy", nodes.join(", ")),
-            )
-        }
-        Step::UpdateSnapshotPolicy { from, to } => {
-            let text = match (from, to) {
-                (None, Some(to)) => format!("start snapshots: {to}"),
-                (Some(from), None) => format!("stop snapshots (were: {from})"),
-                (Some(from), Some(to)) => format!("snapshots: {from} -> {to}"),
-                (None, None) => "no snapshot policy".into(),
-            };
-            (None, text)
-        }
+        Step::AwaitHealthy { gate, nodes } => (None, await_healthy(*gate, nodes)),
+        Step::UpdateSnapshotPolicy { from, to } => (None, snapshot_policy(from, to)),
+    }
+}
+
+/// Starting an etcd member: new cluster or joining, and the members it starts with.
+fn start_member(initial_cluster: &[String], initial_state: InitialState) -> String {
+    let state = match initial_state {
+        InitialState::New => "new cluster",
+        InitialState::Existing => "joining",
+    };
+    let members: Vec<&str> = initial_cluster
+        .iter()
+        .map(|m| m.split('=').next().unwrap_or(m))
+        .collect();
+    format!(
+        "start etcd member ({state}; members {})",
+        members.join(", ")
+    )
+}
+
+/// A health gate: what must be healthy before the plan goes on.
+fn await_healthy(gate: Gate, nodes: &[String]) -> String {
+    let what = match gate {
+        Gate::EtcdHealthy => "etcd members",
+        Gate::NodesHealthy => "nodes",
+    };
+    format!("wait until {what} {} are healthy", nodes.join(", "))
+}
+
+/// A snapshot policy change, from what was to what will be.
+fn snapshot_policy(from: &Option<PolicyState>, to: &Option<PolicyState>) -> String {
+    match (from, to) {
+        (None, Some(to)) => format!("start snapshots: {to}"),
+        (Some(from), None) => format!("stop snapshots (were: {from})"),
+        (Some(from), Some(to)) => format!("snapshots: {from} -> {to}"),
+        (None, None) => "no snapshot policy".into(),
     }
 }
 
@@ -251,37 +253,7 @@ pub fn markdown(plan: &Plan) -> String {
     );
     out.push_str("|---|---|---|---|---|---:|---:|---:|\n");
     for c in &plan.clusters {
-        let steps = count_steps(c);
-        let change = match (steps, c.new_cluster, c.errors.is_empty()) {
-            (_, _, false) => "unsafe",
-            (0, _, true) => "none",
-            (_, true, true) => "new cluster",
-            _ => "changes",
-        };
-        let nodes_in = |kinds: &[PhaseKind]| {
-            let n: usize = c
-                .phases
-                .iter()
-                .filter(|p| kinds.contains(&p.kind))
-                .flat_map(|p| &p.batches)
-                .map(|b| b.nodes.len())
-                .sum();
-            if n == 0 {
-                "-".to_string()
-            } else {
-                count(n, "node")
-            }
-        };
-        let _ = writeln!(
-            out,
-            "| `{}` | {change} | {} | {} | {} | {steps} | {} | {} |",
-            c.cluster,
-            nodes_in(&[PhaseKind::Etcd]),
-            nodes_in(&[PhaseKind::Controlplane]),
-            nodes_in(&[PhaseKind::Workers]),
-            c.errors.len(),
-            c.warnings.len()
-        );
+        summary_row(&mut out, c);
     }
     let findings: Vec<String> = plan
         .clusters
@@ -304,30 +276,7 @@ pub fn markdown(plan: &Plan) -> String {
         out.push('\n');
     }
     for c in plan.clusters.iter().filter(|c| count_steps(c) > 0) {
-        let _ = write!(
-            out,
-            "\n<details><summary><code>{}</code>: {} in {}</summary>\n\n",
-            c.cluster,
-            count(count_steps(c), "step"),
-            count(c.phases.len(), "phase")
-        );
-        for (i, phase) in c.phases.iter().enumerate() {
-            let _ = writeln!(out, "{}. **{}**", i + 1, phase.kind.title());
-            for (j, batch) in phase.batches.iter().enumerate() {
-                if phase.batches.len() > 1 {
-                    let _ = writeln!(out, "   - batch {} of {}", j + 1, phase.batches.len());
-                }
-                let pad = if phase.batches.len() > 1 {
-                    "     "
-                } else {
-                    "   "
-                };
-                for step in &batch.steps {
-                    let _ = writeln!(out, "{pad}- {}", step_line(step));
-                }
-            }
-        }
-        out.push_str("\n</details>\n");
+        details(&mut out, c);
     }
     for name in &plan.held_back {
         let _ = writeln!(
@@ -348,4 +297,67 @@ pub fn markdown(plan: &Plan) -> String {
         plan.digest
     );
     out
+}
+
+/// A cluster's row in the summary table: what changes, nodes touched per phase, counts.
+fn summary_row(out: &mut String, c: &ClusterPlan) {
+    let steps = count_steps(c);
+    let change = match (steps, c.new_cluster, c.errors.is_empty()) {
+        (_, _, false) => "unsafe",
+        (0, _, true) => "none",
+        (_, true, true) => "new cluster",
+        _ => "changes",
+    };
+    let nodes_in = |kinds: &[PhaseKind]| {
+        let n: usize = c
+            .phases
+            .iter()
+            .filter(|p| kinds.contains(&p.kind))
+            .flat_map(|p| &p.batches)
+            .map(|b| b.nodes.len())
+            .sum();
+        if n == 0 {
+            "-".to_string()
+        } else {
+            count(n, "node")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "| `{}` | {change} | {} | {} | {} | {steps} | {} | {} |",
+        c.cluster,
+        nodes_in(&[PhaseKind::Etcd]),
+        nodes_in(&[PhaseKind::Controlplane]),
+        nodes_in(&[PhaseKind::Workers]),
+        c.errors.len(),
+        c.warnings.len()
+    );
+}
+
+/// A cluster's steps, phase by phase and batch by batch, folded in a `<details>` block.
+fn details(out: &mut String, c: &ClusterPlan) {
+    let _ = write!(
+        out,
+        "\n<details><summary><code>{}</code>: {} in {}</summary>\n\n",
+        c.cluster,
+        count(count_steps(c), "step"),
+        count(c.phases.len(), "phase")
+    );
+    for (i, phase) in c.phases.iter().enumerate() {
+        let _ = writeln!(out, "{}. **{}**", i + 1, phase.kind.title());
+        for (j, batch) in phase.batches.iter().enumerate() {
+            if phase.batches.len() > 1 {
+                let _ = writeln!(out, "   - batch {} of {}", j + 1, phase.batches.len());
+            }
+            let pad = if phase.batches.len() > 1 {
+                "     "
+            } else {
+                "   "
+            };
+            for step in &batch.steps {
+                let _ = writeln!(out, "{pad}- {}", step_line(step));
+            }
+        }
+    }
+    out.push_str("\n</details>\n");
 }

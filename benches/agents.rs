@@ -14,8 +14,9 @@
 //!   misbehaving clients that redial as soon as they are dropped: a third connect and stay
 //!   silent, a third finish TLS and the WebSocket and never send a first message, a third send
 //!   a malformed first message. It reports the server's RSS and open files during the flood
-//!   and the p50/p99 of each agent's plan delivery (from the new desired state to the agent
-//!   receiving its plan), beside the same figures without the flood;
+//!   and the p50/p99 of each agent's plan delivery (from the moment the server starts to set
+//!   the new desired state to the agent receiving its plan), beside the same figures without
+//!   the flood;
 //! - then `DROVER_BENCH_JOINS` (default 100) more nodes joining through the real join path
 //!   (token, signing request, credential) while the others stay connected.
 //!
@@ -143,15 +144,20 @@ fn serve(state: &str, declared: usize, agents: usize) {
                     // Built before the clock starts: Git and the planner deliver it.
                     let next = desired(declared, round);
                     let started = Instant::now();
+                    let wall = SystemTime::now();
                     hub.set_desired(&next).expect("the desired state is set");
                     let set = started.elapsed();
                     acknowledged(&hub, agents, round as u64 + 1).await;
                     let (rss, peak) = memory_kib();
+                    let since_epoch = wall
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default();
                     println!(
-                        "done {} {rss} {peak} {} {}",
+                        "done {} {rss} {peak} {} {} {}",
                         started.elapsed().as_micros(),
                         set.as_micros(),
-                        open_files()
+                        open_files(),
+                        since_epoch.as_micros()
                     );
                 }
                 _ => panic!("unknown command {line:?}"),
@@ -215,8 +221,9 @@ impl Drop for ServerChild {
     }
 }
 
-/// When each agent received each generation's plan.
-type Receipts = Arc<std::sync::Mutex<Vec<(u64, Instant)>>>;
+/// When each agent received each generation's plan (wall clock: the server, on the same
+/// machine, says when it started to set the desired state).
+type Receipts = Arc<std::sync::Mutex<Vec<(u64, SystemTime)>>>;
 
 fn drive(agents: usize, joins: usize, flood: usize, rounds: usize) {
     println!("agent server benchmark: {agents} agents, {rounds} rounds, {rounds} more during a flood of {flood} clients, then {joins} joins");
@@ -376,8 +383,8 @@ async fn run_rounds(
     let mut totals = Vec::new();
     let (mut rss, mut files) = (0, 0);
     for round in rounds {
-        let started = Instant::now();
         let answer = tokio::task::block_in_place(|| server.ask(&format!("round {round}")));
+        let started = SystemTime::UNIX_EPOCH + Duration::from_micros(answer[5]);
         let total = Duration::from_micros(answer[0]);
         *peak = (*peak).max(answer[2]);
         rss = rss.max(answer[1]);
@@ -395,7 +402,7 @@ async fn run_rounds(
         delivery.extend(
             got.iter()
                 .filter(|(g, _)| *g == generation)
-                .map(|(_, at)| at.saturating_duration_since(started)),
+                .map(|(_, at)| at.duration_since(started).unwrap_or_default()),
         );
     }
     delivery.sort();
@@ -537,7 +544,7 @@ async fn agent(mut socket: Socket, receipts: Receipts) {
                 let Some(Ok(Message::Text(text))) = frame else { return };
                 let Ok(ServerMessage::Plan { generation, checksum, spec }) =
                     drover::protocol::decode::<ServerMessage>(text.as_str()) else { continue };
-                receipts.lock().expect("receipts").push((generation, Instant::now()));
+                receipts.lock().expect("receipts").push((generation, SystemTime::now()));
                 assert_eq!(spec.checksum(), checksum, "the plan arrived intact");
                 let steps = spec
                     .containers

@@ -157,10 +157,13 @@ impl Nodes {
     }
 }
 
-/// The bindings as last read, and how the file looked just before (`None`: re-read it).
+/// The bindings as last read or written, and how the file looked then (`None`: re-read it).
 struct BindingCache {
     bindings: Arc<Bindings>,
     stamp: Option<FileStamp>,
+    /// Bumped by every change of the cache, so a refresh that read the file while this
+    /// process wrote it drops what it read instead of going back to it.
+    version: u64,
 }
 
 /// Shared by the accept loop and every session.
@@ -193,6 +196,7 @@ impl Hub {
             bindings: Mutex::new(BindingCache {
                 stamp: None,
                 bindings: Arc::new(bindings),
+                version: 0,
             }),
             saving: Mutex::new(()),
             state,
@@ -415,23 +419,25 @@ impl Hub {
 
     /// Re-reads the bindings if the file changed since they were read (another process, such
     /// as `drover node reset`, wrote it). Blocking: one `stat`, and a parse after a change.
-    /// The file's stamp is taken before it is read, so a write racing the read is seen on
-    /// the next call, never lost.
+    /// The file's stamp is taken before it is read (and, after this process's own writes,
+    /// under the lock), so a write racing the read is seen on the next call, never lost.
     pub fn refresh_bindings(&self) {
         let now = FileStamp::of(&self.state.path(BINDINGS));
-        let known = self
-            .bindings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .stamp;
+        let (known, version) = {
+            let cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+            (cache.stamp, cache.version)
+        };
         if known.is_some() && now == known {
             return;
         }
         match self.state.load::<Bindings>(BINDINGS) {
             Ok(b) => {
                 let mut cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
-                cache.bindings = Arc::new(b.unwrap_or_default());
-                cache.stamp = now;
+                if cache.version == version {
+                    cache.bindings = Arc::new(b.unwrap_or_default());
+                    cache.stamp = now;
+                    cache.version += 1;
+                }
             }
             Err(e) => {
                 tracing::error!(error = %crate::error_chain(&e), "cannot re-read node credentials; keeping the last read")
@@ -444,24 +450,27 @@ impl Hub {
         &self,
         change: impl FnOnce(&mut Bindings) -> Result<R, Refusal>,
     ) -> Result<Result<R, Refusal>, StateError> {
-        let mut kept = None;
-        let outcome = self.state.update(BINDINGS, |b: &mut Bindings| {
-            let r = change(b)?;
-            kept = Some(b.clone());
-            Ok(r)
-        })?;
-        if let Some(b) = kept {
-            self.replace_bindings(b);
-        }
-        Ok(outcome)
+        let path = self.state.path(BINDINGS);
+        self.state.with_lock(BINDINGS, || {
+            let mut bindings: Bindings = self.state.load(BINDINGS)?.unwrap_or_default();
+            let r = match change(&mut bindings) {
+                Ok(r) => r,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            self.state.save(BINDINGS, &bindings)?;
+            // Still under the lock: the stamp is of exactly what this process wrote.
+            self.keep_bindings(bindings, FileStamp::of(&path));
+            Ok(Ok(r))
+        })
     }
 
-    /// Keeps what this process wrote. The stamp is cleared: another process may have written
-    /// after this one released the lock, so the next refresh re-reads the file.
-    fn replace_bindings(&self, bindings: Bindings) {
+    /// Keeps the bindings this process wrote, with the stamp of the file it wrote, taken
+    /// before anyone else could write; a later write by another process changes the stamp.
+    fn keep_bindings(&self, bindings: Bindings, stamp: Option<FileStamp>) {
         let mut cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
         cache.bindings = Arc::new(bindings);
-        cache.stamp = None;
+        cache.stamp = stamp;
+        cache.version += 1;
     }
 }
 

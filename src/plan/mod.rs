@@ -224,11 +224,18 @@ pub enum Step {
     rename_all_fields = "camelCase"
 )]
 pub enum Finding {
-    #[error("etcd quorum would be lost: {kept} of {current} current members remain, fewer than the {quorum} a quorum needs; restore from a snapshot instead")]
-    QuorumLoss {
-        current: usize,
-        kept: usize,
+    #[error("etcd quorum is lost: {healthy} of {members} members are healthy, fewer than the {quorum} a membership change needs; restore from a snapshot instead")]
+    EtcdQuorumLost {
+        members: usize,
+        healthy: usize,
         quorum: usize,
+    },
+    #[error("etcd shrinks from {from} to {to} members, one removal at a time: it then tolerates {tolerated} failures instead of {before}")]
+    EtcdFaultToleranceLost {
+        from: usize,
+        to: usize,
+        before: usize,
+        tolerated: usize,
     },
     #[error("every control-plane node would be removed")]
     NoControlPlaneLeft,
@@ -252,6 +259,49 @@ pub enum Finding {
     EtcdAddLosesQuorum { node: String, members: usize },
     #[error("recreating etcd member {node} of {members} loses quorum while it restarts")]
     EtcdRestartLosesQuorum { node: String, members: usize },
+}
+
+/// A membership change commits only through a quorum of the current members: removing a
+/// member shrinks the quorum with it, losing members does not. So a change is refused while
+/// fewer than a quorum are healthy (the quorum is lost: restore); removals that leave fewer
+/// failures tolerated are named. (Removing every member is refused by validation: a cluster
+/// has at least one etcd node.)
+fn check_membership(
+    desired: &BTreeSet<&str>,
+    observed: &ObservedCluster,
+    errors: &mut Vec<Finding>,
+    warnings: &mut Vec<Finding>,
+) {
+    let members = observed.etcd_members.len();
+    let changes = desired.len() != members
+        || observed
+            .etcd_members
+            .keys()
+            .any(|m| !desired.contains(m.as_str()));
+    if members == 0 || desired.is_empty() || !changes {
+        return;
+    }
+    let healthy = observed.etcd_members.values().filter(|m| m.healthy).count();
+    if healthy < quorum(members) {
+        let quorum = quorum(members);
+        errors.push(Finding::EtcdQuorumLost {
+            members,
+            healthy,
+            quorum,
+        });
+    } else if tolerated(desired.len()) < tolerated(members) {
+        warnings.push(Finding::EtcdFaultToleranceLost {
+            from: members,
+            to: desired.len(),
+            before: tolerated(members),
+            tolerated: tolerated(desired.len()),
+        });
+    }
+}
+
+/// How many of `n` members may fail with the cluster still serving.
+fn tolerated(n: usize) -> usize {
+    n - quorum(n)
 }
 
 /// The smallest majority of `n` members.
@@ -427,22 +477,7 @@ fn check_safety(
         .nodes_with(Role::Etcd)
         .map(|n| n.name.as_str())
         .collect();
-    let current = observed.etcd_members.len();
-    if current > 0 {
-        let kept = observed
-            .etcd_members
-            .keys()
-            .filter(|m| desired_members.contains(m.as_str()))
-            .count();
-        if kept < quorum(current) {
-            let quorum = quorum(current);
-            errors.push(Finding::QuorumLoss {
-                current,
-                kept,
-                quorum,
-            });
-        }
-    }
+    check_membership(&desired_members, observed, errors, warnings);
     let had_controlplane = observed
         .nodes
         .values()

@@ -11,6 +11,7 @@ mod agents;
 mod bench_apply;
 mod cli;
 mod config;
+mod etcd_quorum;
 mod fuzz;
 mod image;
 mod plan;

@@ -51,6 +51,22 @@ fn render_plan(head: &Repository, observed: &Observed, known: Option<&[&str]>) -
         .collect()
 }
 
+/// Plans `head` as if `base` were running, with the etcd members of `unhealthy` reported
+/// unhealthy.
+fn check_unhealthy(base: &str, unhealthy: &[&str], head: &str, expect: Expect) {
+    let mut observed = observed_from(&load(base));
+    for cluster in observed.clusters.values_mut() {
+        for name in unhealthy {
+            cluster
+                .etcd_members
+                .get_mut(*name)
+                .expect("a member")
+                .healthy = false;
+        }
+    }
+    expect.assert_eq(&render_plan(&load(head), &observed, None));
+}
+
 /// Plans `head` as if `base` were running (`None`: nothing runs yet).
 fn check(base: Option<&str>, head: &str, expect: Expect) {
     let observed = base.map(|b| observed_from(&load(b))).unwrap_or_default();
@@ -413,35 +429,36 @@ fn shrinking_etcd_from_five_to_three_keeps_quorum() {
         Some(&cluster(&refs, &std_rest())),
         &standard(0, &std_rest()),
         expect![[r#"
-        cluster dev: 8 steps in 2 phases
-          1. etcd
-             batch 1 of 2
-             - cp-4: remove etcd member
-             - cp-4: remove etcd container
-             - wait until etcd members cp-1, cp-2, cp-3, cp-5 are healthy
-             batch 2 of 2
-             - cp-5: remove etcd member
-             - cp-5: remove etcd container
-             - wait until etcd members cp-1, cp-2, cp-3 are healthy
-          2. decommission
-             batch 1 of 2
-             - cp-4: remove api container
-             - cp-4: decommission: forget the node and revoke its credential
-             batch 2 of 2
-             - cp-5: remove api container
-             - cp-5: decommission: forget the node and revoke its credential
-    "#]],
+            cluster dev: 8 steps in 2 phases
+              warning: etcd shrinks from 5 to 3 members, one removal at a time: it then tolerates 1 failures instead of 2
+              1. etcd
+                 batch 1 of 2
+                 - cp-4: remove etcd member
+                 - cp-4: remove etcd container
+                 - wait until etcd members cp-1, cp-2, cp-3, cp-5 are healthy
+                 batch 2 of 2
+                 - cp-5: remove etcd member
+                 - cp-5: remove etcd container
+                 - wait until etcd members cp-1, cp-2, cp-3 are healthy
+              2. decommission
+                 batch 1 of 2
+                 - cp-4: remove api container
+                 - cp-4: decommission: forget the node and revoke its credential
+                 batch 2 of 2
+                 - cp-5: remove api container
+                 - cp-5: decommission: forget the node and revoke its credential
+        "#]],
     );
 }
 
 #[test]
-fn removing_two_of_three_etcd_members_is_refused() {
+fn removing_two_of_three_healthy_etcd_members_goes_one_at_a_time_with_a_warning() {
     check(
         Some(&standard(0, &std_rest())),
         &cluster(&[&etcd_cp(1)], &std_rest()),
         expect![[r#"
             cluster dev: 8 steps in 2 phases
-              error: etcd quorum would be lost: 1 of 3 current members remain, fewer than the 2 a quorum needs; restore from a snapshot instead
+              warning: etcd shrinks from 3 to 1 members, one removal at a time: it then tolerates 0 failures instead of 1
               warning: a single etcd member: losing it loses the cluster, and adding a second loses quorum until it starts
               1. etcd
                  batch 1 of 2
@@ -464,14 +481,13 @@ fn removing_two_of_three_etcd_members_is_refused() {
 }
 
 #[test]
-fn replacing_every_etcd_member_is_refused() {
+fn replacing_every_etcd_member_adds_the_new_ones_before_it_removes_the_old() {
     let head = cluster(&[&etcd_cp(4), &etcd_cp(5), &etcd_cp(6)], &std_rest());
     check(
         Some(&standard(0, &std_rest())),
         &head,
         expect![[r#"
             cluster dev: 21 steps in 3 phases
-              error: etcd quorum would be lost: 0 of 3 current members remain, fewer than the 2 a quorum needs; restore from a snapshot instead
               1. etcd
                  batch 1 of 6
                  - cp-4: add etcd member at http://127.0.0.5:2380
@@ -569,13 +585,14 @@ fn a_node_that_leaves_etcd_stops_its_member_first() {
         Some(&base),
         &head,
         expect![[r#"
-        cluster dev: 2 steps in 1 phase
-          warning: 4 etcd members tolerate no more failures than 3; prefer an odd count
-          1. etcd
-             - cp-5: remove etcd member
-             - cp-5: remove etcd container
-             - wait until etcd members cp-1, cp-2, cp-3, cp-4 are healthy
-    "#]],
+            cluster dev: 2 steps in 1 phase
+              warning: etcd shrinks from 5 to 4 members, one removal at a time: it then tolerates 1 failures instead of 2
+              warning: 4 etcd members tolerate no more failures than 3; prefer an odd count
+              1. etcd
+                 - cp-5: remove etcd member
+                 - cp-5: remove etcd container
+                 - wait until etcd members cp-1, cp-2, cp-3, cp-4 are healthy
+        "#]],
     );
 }
 
@@ -1040,5 +1057,96 @@ fn an_etcd_member_that_moves_updates_its_peer_url_before_restarting() {
              - cp-2: recreate api container: command changed
              - wait until nodes cp-2 are healthy
     "#]],
+    );
+}
+
+/// Scaling a healthy two-member etcd down to one removes a member: the quorum shrinks with it.
+#[test]
+fn scaling_a_healthy_two_member_etcd_down_to_one_is_a_removal_not_a_loss() {
+    let two = cluster(&[&etcd_cp(1), &etcd_cp(2)], &std_rest());
+    check(
+        Some(&two),
+        &cluster(&[&etcd_cp(1)], &std_rest()),
+        expect![[r#"
+            cluster dev: 4 steps in 2 phases
+              warning: a single etcd member: losing it loses the cluster, and adding a second loses quorum until it starts
+              1. etcd
+                 - cp-2: remove etcd member
+                 - cp-2: remove etcd container
+                 - wait until etcd members cp-1 are healthy
+              2. decommission
+                 - cp-2: remove api container
+                 - cp-2: decommission: forget the node and revoke its credential
+        "#]],
+    );
+}
+
+/// With one of two members down, nothing can commit a removal: the quorum is lost.
+#[test]
+fn removing_a_member_while_the_quorum_is_lost_is_refused() {
+    let two = cluster(&[&etcd_cp(1), &etcd_cp(2)], &std_rest());
+    check_unhealthy(
+        &two,
+        &["cp-2"],
+        &cluster(&[&etcd_cp(1)], &std_rest()),
+        expect![[r#"
+            cluster dev: 4 steps in 2 phases
+              error: etcd quorum is lost: 1 of 2 members are healthy, fewer than the 2 a membership change needs; restore from a snapshot instead
+              warning: a single etcd member: losing it loses the cluster, and adding a second loses quorum until it starts
+              1. etcd
+                 - cp-2: remove etcd member
+                 - cp-2: remove etcd container
+                 - wait until etcd members cp-1 are healthy
+              2. decommission
+                 - cp-2: remove api container
+                 - cp-2: decommission: forget the node and revoke its credential
+        "#]],
+    );
+}
+
+/// One unhealthy member of three leaves a quorum: removing it is the repair.
+#[test]
+fn removing_the_unhealthy_member_of_three_is_allowed() {
+    check_unhealthy(
+        &standard(0, &std_rest()),
+        &["cp-3"],
+        &cluster(&[&etcd_cp(1), &etcd_cp(2)], &std_rest()),
+        expect![[r#"
+            cluster dev: 4 steps in 2 phases
+              warning: etcd shrinks from 3 to 2 members, one removal at a time: it then tolerates 0 failures instead of 1
+              warning: 2 etcd members tolerate no more failures than 1; prefer an odd count
+              1. etcd
+                 - cp-3: remove etcd member
+                 - cp-3: remove etcd container
+                 - wait until etcd members cp-1, cp-2 are healthy
+              2. decommission
+                 - cp-3: remove api container
+                 - cp-3: decommission: forget the node and revoke its credential
+        "#]],
+    );
+}
+
+/// Adding a member also needs a quorum to commit.
+#[test]
+fn adding_a_member_while_the_quorum_is_lost_is_refused() {
+    check_unhealthy(
+        &standard(0, &std_rest()),
+        &["cp-2", "cp-3"],
+        &cluster(
+            &[&etcd_cp(1), &etcd_cp(2), &etcd_cp(3), &etcd_cp(4)],
+            &std_rest(),
+        ),
+        expect![[r#"
+            cluster dev: 3 steps in 2 phases
+              error: etcd quorum is lost: 1 of 3 members are healthy, fewer than the 2 a membership change needs; restore from a snapshot instead
+              warning: 4 etcd members tolerate no more failures than 3; prefer an odd count
+              1. etcd
+                 - cp-4: add etcd member at http://127.0.0.5:2380
+                 - cp-4: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4)
+                 - wait until etcd members cp-1, cp-2, cp-3, cp-4 are healthy
+              2. control plane
+                 - cp-4: create api container (drover-test/busybox:1)
+                 - wait until nodes cp-4 are healthy
+        "#]],
     );
 }

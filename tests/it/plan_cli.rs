@@ -112,22 +112,15 @@ fn an_invalid_head_exits_1_and_holds_the_cluster_back() {
 
 #[test]
 fn an_unsafe_plan_exits_1() {
-    let head = DEV
-        .replace(
-            "roles: [etcd, controlplane]\n      labels: {zone: b}",
-            "roles: [controlplane]\n      labels: {zone: b}",
-        )
-        .replace(
-            "roles: [etcd, controlplane]\n      labels: {zone: c}",
-            "roles: [controlplane]\n      labels: {zone: c}",
-        );
+    // Every control-plane node leaves its role: the plan refuses to run.
+    let head = DEV.replace("roles: [etcd, controlplane]", "roles: [etcd]");
     let repo = repo_with_branch(&head);
     let out = drover(&["plan", "--format", "markdown"], repo.path());
     let md = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{md}");
     assert!(md.contains("| `dev` | unsafe |"), "{md}");
     assert!(
-        md.contains(":x: **dev**: etcd quorum would be lost: 1 of 3 current members remain"),
+        md.contains(":x: **dev**: every control-plane node would be removed"),
         "{md}"
     );
 }

@@ -218,7 +218,9 @@ proptest! {
         let (base, head) = (load(&base), load(&head));
         let start = as_if_running(&base);
         let plan = plan_cluster(&head, &start, None);
-        let refused = plan.errors.iter().any(|e| matches!(e, Finding::QuorumLoss { .. }));
+        let refused = plan.errors.iter().any(|e| {
+            matches!(e, Finding::EtcdQuorumLost { .. })
+        });
         let steps: Vec<&Step> = plan.steps().collect();
         let violations = quorum_violations(&start, &steps);
         if refused || violations.is_empty() {

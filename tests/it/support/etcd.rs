@@ -31,42 +31,8 @@ impl EtcdMember {
     /// read. `Unavailable` when Docker or the etcd image is missing; a member
     /// that does not come up panics with its logs.
     pub async fn start(docker: &Docker, test: &str) -> Result<EtcdMember, Unavailable> {
-        let ip = net::unique_loopback(&[CLIENT_PORT, PEER_PORT]);
-        let endpoint = format!("http://{ip}:{CLIENT_PORT}");
-        let peer = format!("http://{ip}:{PEER_PORT}");
-        let name = "member-1";
-        let cluster_token = format!("drover-test-{}", slug(test));
-        let initial_cluster = format!("{name}={peer}");
-        let cmd = [
-            "etcd",
-            "--name",
-            name,
-            "--data-dir",
-            "/var/lib/etcd",
-            "--listen-client-urls",
-            &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &initial_cluster,
-            "--initial-cluster-token",
-            &cluster_token,
-            "--initial-cluster-state",
-            "new",
-        ];
-        let spec = ContainerSpec::new(ETCD_IMAGE, &cmd).tmpfs("/var/lib/etcd");
-        let container = Container::start(docker, test, spec).await?;
-        let member = EtcdMember {
-            ip,
-            endpoint,
-            container,
-        };
-        member.await_ready().await;
-        Ok(member)
+        let mut members = start_members(docker, test, 1).await?;
+        Ok(members.remove(0))
     }
 
     /// A client with bounded connect and request timeouts.
@@ -100,6 +66,72 @@ impl EtcdMember {
             })
             .await;
     }
+}
+
+/// A real etcd cluster of `n` members, each on its own loopback address, started together and
+/// each ready (serving a linearizable read, so with a leader).
+pub async fn start_cluster(
+    docker: &Docker,
+    test: &str,
+    n: usize,
+) -> Result<Vec<EtcdMember>, Unavailable> {
+    start_members(docker, test, n).await
+}
+
+/// Each member's name is `member-<i>`, from 1.
+async fn start_members(
+    docker: &Docker,
+    test: &str,
+    n: usize,
+) -> Result<Vec<EtcdMember>, Unavailable> {
+    let ips: Vec<Ipv4Addr> = (0..n)
+        .map(|_| net::unique_loopback(&[CLIENT_PORT, PEER_PORT]))
+        .collect();
+    let initial_cluster = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| format!("member-{}=http://{ip}:{PEER_PORT}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let cluster_token = format!("drover-test-{}", slug(test));
+    let mut members = Vec::with_capacity(n);
+    for (i, ip) in ips.into_iter().enumerate() {
+        let endpoint = format!("http://{ip}:{CLIENT_PORT}");
+        let peer = format!("http://{ip}:{PEER_PORT}");
+        let name = format!("member-{}", i + 1);
+        let cmd = [
+            "etcd",
+            "--name",
+            &name,
+            "--data-dir",
+            "/var/lib/etcd",
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &initial_cluster,
+            "--initial-cluster-token",
+            &cluster_token,
+            "--initial-cluster-state",
+            "new",
+        ];
+        let spec = ContainerSpec::new(ETCD_IMAGE, &cmd).tmpfs("/var/lib/etcd");
+        let container = Container::start(docker, test, spec).await?;
+        members.push(EtcdMember {
+            ip,
+            endpoint,
+            container,
+        });
+    }
+    for member in &members {
+        member.await_ready().await;
+    }
+    Ok(members)
 }
 
 async fn connect(endpoint: &str) -> Result<Client, etcd_client::Error> {

@@ -26,6 +26,122 @@ pub const MAX_NODES_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
 
 const OPERATOR_TOKEN: &str = "operator-token.json";
 
+/// The version of `ClustersDocument`.
+pub const CLUSTERS_FORMAT_VERSION: u32 = 1;
+/// The path of the clusters document; `/v1/clusters/{name}` is one cluster, and a `POST` to
+/// `/v1/clusters/{name}/reconcile` asks for a reconcile now.
+pub const CLUSTERS_PATH: &str = "/v1/clusters";
+/// Most bytes a client reads of a clusters document.
+pub const MAX_CLUSTERS_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Every cluster the daemon reconciles, and its source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClustersDocument {
+    pub format_version: u32,
+    pub source: SourceView,
+    pub clusters: Vec<ClusterStatus>,
+}
+
+/// Where the desired state comes from, and how the last checks went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceView {
+    /// The remote URL or the watched directory.
+    pub location: String,
+    /// The revision last loaded.
+    pub revision: Option<String>,
+    pub last_check: Option<String>,
+    /// The last error, while checks fail.
+    pub error: Option<String>,
+    /// Invalid cluster files of `revision`, rendered as `drover validate` prints them.
+    pub diagnostics: Vec<String>,
+}
+
+/// One cluster as its reconciler sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    pub name: String,
+    /// The revision of the definition being applied.
+    pub desired_revision: Option<String>,
+    /// The revision whose plan last completed, with every node converged and healthy.
+    pub applied_revision: Option<String>,
+    /// True when the current revision's file is invalid and its last good definition stays.
+    pub held_back: bool,
+    /// `Ready`, `Reconciling` and `Stalled`, each true or false with its reason.
+    pub conditions: Vec<Condition>,
+    /// The plan's phases and where the rollout stands, while there is one.
+    pub plan: Option<PlanProgress>,
+    /// The plan's warnings and errors, as sentences.
+    pub findings: Vec<String>,
+    pub nodes: Vec<ClusterNode>,
+}
+
+impl ClusterStatus {
+    /// The condition of that type.
+    pub fn condition(&self, kind: ConditionType) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.kind == kind)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConditionType {
+    Ready,
+    Reconciling,
+    Stalled,
+}
+
+/// A condition: its type, whether it holds, a reason code and a sentence a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: ConditionType,
+    pub status: bool,
+    /// A stable code, e.g. `WaitingForAgent`, `StepFailed`, `UnsafePlan`.
+    pub reason: String,
+    pub message: String,
+    /// When the condition last changed status (RFC 3339).
+    pub since: String,
+}
+
+/// The plan in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanProgress {
+    pub digest: String,
+    /// The phases still to run, each with its number of batches and steps.
+    pub phases: Vec<PhaseProgress>,
+    /// What the rollout waits on now, if anything.
+    pub waiting_on: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseProgress {
+    pub phase: String,
+    pub batches: usize,
+    pub steps: usize,
+}
+
+/// One node of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNode {
+    pub name: String,
+    pub address: String,
+    pub connected: bool,
+    /// The generation the daemon wants it to run, and the one it applied.
+    pub generation: Option<u64>,
+    pub applied_generation: Option<u64>,
+    /// The revision of the definition its plan comes from.
+    pub revision: Option<String>,
+    pub ready: bool,
+    /// Why it is not ready.
+    pub reason: Option<String>,
+}
+
 /// Every declared node and its agent's latest report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -1,9 +1,13 @@
-//! The daemon's own configuration, which never lives in Git: the snapshot stores that cluster
-//! files name. It holds no secret: S3 credentials are read from files or the environment, and
-//! the configuration says only where.
+//! The daemon's own configuration, which never lives in Git: where the cluster definitions come
+//! from, where the daemon listens, its state directory, the names agents dial, webhook secrets
+//! and the snapshot stores that cluster files name. It holds no secret: credentials and webhook
+//! secrets are read from files or the environment, and the configuration says only where.
+//! Every field has a default that serves a local trial.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -23,10 +27,118 @@ pub const KIND: &str = "DaemonConfig";
 pub struct DaemonConfigFile {
     pub api_version: String,
     pub kind: String,
+    /// Where cluster definitions come from: a Git remote, or a local directory to watch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+    #[serde(default)]
+    pub listen: ListenSpec,
+    /// The daemon's state: its CA, node credentials, tokens and rollout records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// The names (DNS or IP) agents and operators dial; the serving certificate carries them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_names: Vec<String>,
+    #[serde(default)]
+    pub webhooks: WebhooksSpec,
     /// Snapshot stores by name; cluster files refer to them by that name.
     #[serde(default)]
     pub stores: BTreeMap<String, StoreSpec>,
 }
+
+/// Exactly one of `git` and `local`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GitSpec {
+    /// `https://`, `ssh://`, `user@host:path` or a local path; never with credentials.
+    pub url: String,
+    /// What to follow: one of `branch` (default `main`), `tag` and `commit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The repository directory holding the clusters directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdir: Option<String>,
+    /// Default `clusters`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters_dir: Option<String>,
+    /// Default `60s`; webhooks make checks sooner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<GitAuthSpec>,
+}
+
+/// Credentials for the remote, from files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GitAuthSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// An HTTP access token (GitHub, GitLab, Gitea) or password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key_file: Option<PathBuf>,
+    /// With `sshKeyFile`: the known_hosts the server's key must be in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalSpec {
+    /// A directory (a working tree); edits roll out at once.
+    pub path: PathBuf,
+    /// Default `clusters`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenSpec {
+    /// Agents and the operator API, over TLS. Default `127.0.0.1:7443`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<String>,
+    /// Webhooks, `/healthz`, `/readyz` and `/metrics`, plain HTTP. Default `127.0.0.1:7080`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+}
+
+/// Webhook secrets, each a file; a provider without one has no route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhooksSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_secret_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitlab_secret_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitea_secret_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generic_secret_file: Option<PathBuf>,
+}
+
+/// The defaults: a local trial on loopback.
+pub const DEFAULT_AGENTS_LISTEN: &str = "127.0.0.1:7443";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7080";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/drover";
+pub const DEFAULT_CLUSTERS_DIR: &str = "clusters";
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
+/// The shortest poll interval accepted: webhooks are for sooner.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -64,7 +176,65 @@ pub struct CredentialsSpec {
 /// The checked configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
+    pub source: Option<SourceConfig>,
+    pub listen_agents: SocketAddr,
+    pub listen_http: SocketAddr,
+    pub state_dir: PathBuf,
+    pub tls_names: Vec<String>,
+    pub webhooks: WebhooksSpec,
     pub stores: BTreeMap<StoreName, Store>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> DaemonConfig {
+        DaemonConfig {
+            source: None,
+            listen_agents: DEFAULT_AGENTS_LISTEN.parse().expect("a socket address"),
+            listen_http: DEFAULT_HTTP_LISTEN.parse().expect("a socket address"),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            tls_names: vec!["localhost".into(), "127.0.0.1".into()],
+            webhooks: WebhooksSpec::default(),
+            stores: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where the desired state comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    Git(GitSource),
+    Local { path: PathBuf, clusters_dir: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitSource {
+    pub url: String,
+    pub reference: GitReference,
+    pub subdir: Option<String>,
+    pub clusters_dir: String,
+    pub poll_interval: Duration,
+    pub auth: GitCredentials,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GitReference {
+    Branch(String),
+    Tag(String),
+    Commit(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GitCredentials {
+    None,
+    Token {
+        username: String,
+        file: PathBuf,
+    },
+    SshKey {
+        username: String,
+        key_file: PathBuf,
+        known_hosts: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +366,136 @@ fn check(doc: &DaemonConfigFile, c: &mut Checker<'_>) -> Option<DaemonConfig> {
             stores.insert(n, s);
         }
     }
-    (c.errors == 0).then_some(DaemonConfig { stores })
+    let source = doc.source.as_ref().and_then(|s| check_source(s, c));
+    let listen = |at: &str, value: &Option<String>, default: &str, c: &mut Checker<'_>| {
+        let text = value.as_deref().unwrap_or(default);
+        text.parse::<SocketAddr>().ok().or_else(|| {
+            let reason = "a listen address is ip:port, e.g. 127.0.0.1:7443 or [::1]:7443";
+            c.at(at, Problem::InvalidDaemonSetting { reason });
+            None
+        })
+    };
+    let listen_agents = listen(
+        "listen.agents",
+        &doc.listen.agents,
+        DEFAULT_AGENTS_LISTEN,
+        c,
+    );
+    let listen_http = listen("listen.http", &doc.listen.http, DEFAULT_HTTP_LISTEN, c);
+    let defaults = DaemonConfig::default();
+    let state_dir = doc.state_dir.clone().unwrap_or(defaults.state_dir);
+    if !state_dir.is_absolute() {
+        let reason = "stateDir must be an absolute path";
+        c.at("stateDir", Problem::InvalidDaemonSetting { reason });
+    }
+    let tls_names = if doc.tls_names.is_empty() {
+        defaults.tls_names
+    } else {
+        doc.tls_names.clone()
+    };
+    (c.errors == 0).then(|| DaemonConfig {
+        source: doc.source.as_ref().and(source),
+        listen_agents: listen_agents.expect("checked"),
+        listen_http: listen_http.expect("checked"),
+        state_dir,
+        tls_names,
+        webhooks: doc.webhooks.clone(),
+        stores,
+    })
+}
+
+fn check_source(s: &SourceSpec, c: &mut Checker<'_>) -> Option<SourceConfig> {
+    use crate::model::diagnostic::Problem;
+    let bad = |reason| Problem::InvalidDaemonSetting { reason };
+    match (&s.git, &s.local) {
+        (Some(git), None) => check_git(git, c).map(SourceConfig::Git),
+        (None, Some(local)) => Some(SourceConfig::Local {
+            path: local.path.clone(),
+            clusters_dir: local
+                .clusters_dir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CLUSTERS_DIR.into()),
+        }),
+        _ => {
+            c.at_key(
+                "source",
+                bad("give exactly one of source.git and source.local"),
+            );
+            None
+        }
+    }
+}
+
+fn check_git(g: &GitSpec, c: &mut Checker<'_>) -> Option<GitSource> {
+    use crate::model::diagnostic::Problem;
+    let bad = |reason| Problem::InvalidDaemonSetting { reason };
+    let reference = match (&g.branch, &g.tag, &g.commit) {
+        (None, None, None) => Some(GitReference::Branch("main".into())),
+        (Some(b), None, None) => Some(GitReference::Branch(b.clone())),
+        (None, Some(t), None) => Some(GitReference::Tag(t.clone())),
+        (None, None, Some(id)) if id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(GitReference::Commit(id.to_ascii_lowercase()))
+        }
+        (None, None, Some(_)) => {
+            c.at(
+                "source.git.commit",
+                bad("a commit is its full 40-digit hex id"),
+            );
+            None
+        }
+        _ => {
+            c.at_key(
+                "source.git",
+                bad("give at most one of branch, tag and commit"),
+            );
+            None
+        }
+    };
+    let poll_interval = match g.poll_interval.as_deref().map(humantime::parse_duration) {
+        None => Some(DEFAULT_POLL_INTERVAL),
+        Some(Ok(d)) if d >= MIN_POLL_INTERVAL => Some(d),
+        Some(_) => {
+            let reason = "pollInterval is a duration of at least 5s, e.g. 60s or 5m";
+            c.at("source.git.pollInterval", bad(reason));
+            None
+        }
+    };
+    let auth = match &g.auth {
+        None => Some(GitCredentials::None),
+        Some(a) => check_git_auth(a, c),
+    };
+    Some(GitSource {
+        url: g.url.clone(),
+        reference: reference?,
+        subdir: g.subdir.clone(),
+        clusters_dir: g
+            .clusters_dir
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CLUSTERS_DIR.into()),
+        poll_interval: poll_interval?,
+        auth: auth?,
+    })
+}
+
+fn check_git_auth(a: &GitAuthSpec, c: &mut Checker<'_>) -> Option<GitCredentials> {
+    use crate::model::diagnostic::Problem;
+    let bad = |reason| Problem::InvalidDaemonSetting { reason };
+    match (&a.token_file, &a.ssh_key_file, &a.known_hosts_file) {
+        (Some(file), None, None) => Some(GitCredentials::Token {
+            username: a.username.clone().unwrap_or_else(|| "drover".into()),
+            file: file.clone(),
+        }),
+        (None, Some(key), Some(known)) => Some(GitCredentials::SshKey {
+            username: a.username.clone().unwrap_or_else(|| "git".into()),
+            key_file: key.clone(),
+            known_hosts: known.clone(),
+        }),
+        _ => {
+            let reason = "give tokenFile, or sshKeyFile with knownHostsFile";
+            c.at_key("source.git.auth", bad(reason));
+            None
+        }
+    }
 }
 
 fn check_store(at: &str, s: &StoreSpec, c: &mut Checker<'_>) -> Option<Store> {

@@ -173,6 +173,32 @@ pub struct NodeSpec {
     /// Which role each container comes from.
     pub roles: BTreeMap<String, NodeRole>,
     pub files: BTreeMap<String, FileSpec>,
+    /// How the etcd member joins when its data directory is empty. etcd reads these flags only
+    /// then, so they are not part of the container spec: a membership change elsewhere never
+    /// recreates this member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_bootstrap: Option<EtcdBootstrap>,
+}
+
+/// `--initial-cluster` and `--initial-cluster-state` of a member that starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdBootstrap {
+    /// `name=peer-url` of every member, this one included.
+    pub initial_cluster: Vec<String>,
+    /// True to join members that run already (`existing`), false to start a new cluster.
+    pub existing: bool,
+}
+
+impl EtcdBootstrap {
+    /// The flags etcd takes them as.
+    pub fn args(&self) -> [String; 2] {
+        let state = if self.existing { "existing" } else { "new" };
+        [
+            format!("--initial-cluster={}", self.initial_cluster.join(",")),
+            format!("--initial-cluster-state={state}"),
+        ]
+    }
 }
 
 impl NodeSpec {

@@ -174,6 +174,33 @@ impl StateDir {
         write_atomically(&path, &json, 0o600).map_err(|source| StateError::Write { path, source })
     }
 
+    /// The names of the documents whose name starts with `prefix`, sorted; none when the
+    /// directory does not exist yet.
+    pub fn names(&self, prefix: &str) -> Result<Vec<String>, StateError> {
+        self.check_existing_root()?;
+        let read = |source| StateError::Read {
+            path: self.root.clone(),
+            source,
+        };
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(read(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry.map_err(read)?.file_name();
+            match name.to_str() {
+                Some(n) if n.starts_with(prefix) && n.ends_with(".json") => {
+                    names.push(n.to_string())
+                }
+                _ => {}
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// Loads document `name`; `None` when it was never saved.
     pub fn load<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
         self.check_existing_root()?;

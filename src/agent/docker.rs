@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::{AuthError, RegistryAuth};
 use crate::model::names::ImageRef;
 use crate::nodeplan::{
-    container_name, ContainerSpec, FileSpec, NetworkMode, NodeSpec, PidMode, RestartPolicy,
+    container_name, FileSpec, NetworkMode, NodeSpec, PidMode, RestartPolicy, ETCD_COMPONENT,
 };
 use crate::state::write_atomically;
 
@@ -207,7 +207,7 @@ impl Driver {
             let result = match running.get(component) {
                 None => {
                     let error = match self.ensure_image(&want.image).await {
-                        Ok(()) => self.create(component, want, &hash, generation).await.err(),
+                        Ok(()) => self.create(spec, component, &hash, generation).await.err(),
                         Err(e) => Some(e),
                     };
                     step(component, Action::Created, error)
@@ -217,7 +217,7 @@ impl Driver {
                     let error = match self.ensure_image(&want.image).await {
                         Err(e) => Some(e),
                         Ok(()) => match self.remove(&have.id).await {
-                            Ok(()) => self.create(component, want, &hash, generation).await.err(),
+                            Ok(()) => self.create(spec, component, &hash, generation).await.err(),
                             Err(e) => Some(e),
                         },
                     };
@@ -238,13 +238,20 @@ impl Driver {
         Ok(results)
     }
 
+    /// Creates and starts one container of `plan`. The etcd member gets its bootstrap flags
+    /// (outside its spec hash: etcd ignores them once its data directory holds a member).
     async fn create(
         &self,
+        plan: &NodeSpec,
         component: &str,
-        spec: &ContainerSpec,
         hash: &str,
         generation: u64,
     ) -> Result<(), StepError> {
+        let spec = &plan.containers[component];
+        let mut args = spec.args.clone();
+        if let (ETCD_COMPONENT, Some(bootstrap)) = (component, &plan.etcd_bootstrap) {
+            args.extend(bootstrap.args());
+        }
         let name = container_name(&self.cluster, &self.node, component);
         let mut labels: HashMap<String, String> = spec
             .labels
@@ -262,7 +269,7 @@ impl Driver {
         let body = ContainerCreateBody {
             image: Some(spec.image.to_string()),
             entrypoint: spec.command.clone(),
-            cmd: Some(spec.args.clone()),
+            cmd: Some(args),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             user: spec.user.clone(),
             labels: Some(labels),

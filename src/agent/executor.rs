@@ -230,6 +230,16 @@ impl Run {
         let (steps, failed) = match self.driver.apply(&plan.spec, plan.generation).await {
             Ok(results) => {
                 let failed = results.iter().any(|r| r.error.is_some());
+                // A container that was just (re)started has not been probed yet: its old
+                // probe result must not vouch for it.
+                for r in &results {
+                    if matches!(
+                        r.action,
+                        Action::Created | Action::Recreated | Action::Started
+                    ) {
+                        self.health.remove(&r.subject);
+                    }
+                }
                 (results.iter().map(report).collect::<Vec<_>>(), failed)
             }
             Err(e) => {

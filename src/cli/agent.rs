@@ -186,7 +186,7 @@ async fn preflight(args: &Args) -> Result<AgentSettings, (Exit, String)> {
     Ok(settings)
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+pub(super) async fn stop_on_signal(shutdown: CancellationToken) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return,

@@ -1,10 +1,13 @@
 //! The command line: clap definitions, dispatch, and the one place errors become exit codes.
 
 mod agent;
+mod client;
 mod logging;
 mod node;
 mod plan;
 mod schema;
+mod serve;
+mod status;
 mod token;
 mod validate;
 
@@ -68,6 +71,12 @@ enum Command {
     Node(node::Args),
     /// Run the node agent: join, then apply this node's plan with Docker and report.
     Agent(agent::Args),
+    /// Run the daemon: follow the source and drive every declared cluster to it.
+    Serve(serve::Args),
+    /// Show what the daemon is doing: clusters, their conditions, plans and nodes.
+    Status(status::Args),
+    /// Ask the daemon to reconcile a cluster now.
+    Reconcile(status::ReconcileArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -92,6 +101,9 @@ pub fn main() -> ExitCode {
         Command::Token(args) => token::run(&args, &mut out),
         Command::Node(args) => node::run(&args, &mut out),
         Command::Agent(args) => agent::run(&args, &mut out),
+        Command::Serve(args) => serve::run(&args, &mut out),
+        Command::Status(args) => status::run(&args, &mut out),
+        Command::Reconcile(args) => status::reconcile(&args, &mut out),
     };
     let _ = out.flush();
     exit.into()

@@ -184,6 +184,8 @@ pub enum Problem {
     ConfigDocuments,
     #[error("invalid store: {reason}")]
     InvalidStore { reason: &'static str },
+    #[error("invalid daemon setting: {reason}")]
+    InvalidDaemonSetting { reason: &'static str },
 
     // Rollout.
     #[error("invalid maxUnavailable `{value}`: expected a count of at least 1 or a percentage from 1% to 100%")]
@@ -273,6 +275,7 @@ impl Problem {
             Problem::UnsupportedConfigKind { .. } => "unsupported-config-kind",
             Problem::ConfigDocuments => "config-documents",
             Problem::InvalidStore { .. } => "invalid-store",
+            Problem::InvalidDaemonSetting { .. } => "invalid-daemon-setting",
             Problem::InvalidMaxUnavailable { .. } => "invalid-max-unavailable",
             Problem::EtcdMaxUnavailable => "etcd-max-unavailable",
         }

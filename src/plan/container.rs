@@ -38,6 +38,9 @@ fn node_spec(cluster: &Cluster, node: &Node, renderer: &Renderer, scope: &Scope)
         spec.containers
             .insert(ETCD_COMPONENT.into(), etcd_member(cluster, node));
         spec.roles.insert(ETCD_COMPONENT.into(), NodeRole::Etcd);
+        if let Some(check) = etcd_health(cluster, node) {
+            spec.health.insert(ETCD_COMPONENT.into(), check);
+        }
     }
     let ctx = scope.node(node);
     for (role, component) in cluster.components_of(node) {
@@ -135,6 +138,30 @@ fn scheme(cluster: &Cluster, cert_flag: &str) -> &'static str {
     }
 }
 
+/// How often a member's health is probed.
+pub const ETCD_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The client URL of an etcd member.
+fn client_url(cluster: &Cluster, node: &Node) -> String {
+    format!(
+        "{}://{}:{}",
+        scheme(cluster, "cert-file"),
+        node.address,
+        cluster.etcd.client_port
+    )
+}
+
+/// etcd's `/health` (200 once the member has a leader) on a plain-HTTP client listener. A TLS
+/// listener wants a client certificate, which probes do not carry: its health is not probed.
+fn etcd_health(cluster: &Cluster, node: &Node) -> Option<HealthCheck> {
+    let url = client_url(cluster, node);
+    url.starts_with("http:").then(|| HealthCheck {
+        probe: Probe::Http(format!("{url}/health")),
+        interval: ETCD_PROBE_INTERVAL,
+        timeout: DEFAULT_PROBE_TIMEOUT,
+    })
+}
+
 /// The peer URL of an etcd member, as `--initial-cluster` lists it.
 pub fn peer_url(cluster: &Cluster, node: &Node) -> String {
     format!(
@@ -149,12 +176,7 @@ pub fn peer_url(cluster: &Cluster, node: &Node) -> String {
 /// `--initial-cluster-state`) are not part of the spec: they travel on the step that starts the
 /// member, so a membership change never recreates the other members.
 fn etcd_member(cluster: &Cluster, node: &Node) -> ContainerSpec {
-    let client = format!(
-        "{}://{}:{}",
-        scheme(cluster, "cert-file"),
-        node.address,
-        cluster.etcd.client_port
-    );
+    let client = client_url(cluster, node);
     let peer = peer_url(cluster, node);
     let mut args = vec![
         format!("--name={}", node.name),

@@ -69,9 +69,47 @@ struct Nodes {
     nodes: HashMap<(String, String), NodeEntry>,
     generations: BTreeMap<String, AppliedMark>,
     next_session: u64,
+    /// Bumped whenever a node of the cluster connects, leaves or reports.
+    changes: HashMap<String, watch::Sender<u64>>,
 }
 
 impl Nodes {
+    /// Tells whoever watches `cluster` that something of it changed.
+    fn touch(&mut self, cluster: &str) {
+        if let Some(tx) = self.changes.get(cluster) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Declares exactly `nodes` in `cluster`, each with its plan when it has one (a node
+    /// without one is admitted and waits). Returns whether any generation changed.
+    fn publish_cluster(
+        &mut self,
+        cluster: &str,
+        nodes: &BTreeMap<String, Option<NodeSpec>>,
+        revoked: &mut BTreeMap<(String, String), String>,
+    ) -> bool {
+        let mut changed = false;
+        for (node, spec) in nodes {
+            match spec {
+                Some(spec) => changed |= self.publish_node(cluster, node, spec),
+                None => {
+                    let key = (cluster.to_string(), node.clone());
+                    self.nodes.entry(key).or_insert_with(NodeEntry::new);
+                }
+            }
+        }
+        let gone: Vec<(String, String)> = self
+            .nodes
+            .keys()
+            .filter(|(c, n)| c == cluster && !nodes.contains_key(n))
+            .cloned()
+            .collect();
+        self.drop_nodes(gone, revoked);
+        self.touch(cluster);
+        changed
+    }
+
     /// Gives every declared node its plan; a changed plan gets the next generation. Returns
     /// whether any generation changed.
     fn publish(&mut self, desired: &BTreeMap<String, BTreeMap<String, NodeSpec>>) -> bool {
@@ -141,6 +179,16 @@ impl Nodes {
             .filter(|k| !declared(k))
             .cloned()
             .collect();
+        self.drop_nodes(gone, revoked);
+    }
+
+    /// Forgets `gone` and ends their sessions with the reason: revoked (`revoked` says why)
+    /// or undeclared.
+    fn drop_nodes(
+        &mut self,
+        gone: Vec<(String, String)>,
+        revoked: &mut BTreeMap<(String, String), String>,
+    ) {
         for key in gone {
             let Some(mut entry) = self.nodes.remove(&key) else {
                 continue;
@@ -192,6 +240,7 @@ impl Hub {
                 nodes: HashMap::new(),
                 generations,
                 next_session: 1,
+                changes: HashMap::new(),
             }),
             bindings: Mutex::new(BindingCache {
                 stamp: None,
@@ -235,10 +284,58 @@ impl Hub {
         Ok(())
     }
 
+    /// Declares exactly `nodes` in `cluster`, each with its plan when it has one; a node with
+    /// `None` is admitted and waits for its plan. A changed plan gets the next generation. Nodes
+    /// of the cluster not listed lose their plan, their credential is revoked and their session
+    /// ends with the reason; an empty map forgets the cluster.
+    ///
+    /// Blocking (it writes the state directory), like `set_desired`.
+    pub fn set_cluster(
+        &self,
+        cluster: &str,
+        nodes: &BTreeMap<String, Option<NodeSpec>>,
+    ) -> Result<(), HubError> {
+        let declared: BTreeSet<String> = nodes.keys().cloned().collect();
+        let mut revoked = self.revoke(|c| (c == cluster).then_some(Some(&declared)))?;
+        let generations_changed = self.lock().publish_cluster(cluster, nodes, &mut revoked);
+        if generations_changed {
+            self.save_generations()?;
+        }
+        Ok(())
+    }
+
+    /// Lets agents in: until now they were told to retry, as the desired state was not known.
+    pub fn mark_ready(&self) {
+        self.lock().ready = true;
+    }
+
+    /// A channel whose value changes whenever a node of `cluster` connects, leaves, reports or
+    /// gets a new plan.
+    pub fn watch_cluster(&self, cluster: &str) -> watch::Receiver<u64> {
+        self.lock()
+            .changes
+            .entry(cluster.to_string())
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
+    }
+
     /// Revokes the credentials of nodes Git no longer declares; returns why, by node.
     fn revoke_undeclared(
         &self,
         desired: &BTreeMap<String, BTreeMap<String, NodeSpec>>,
+    ) -> Result<BTreeMap<(String, String), String>, HubError> {
+        let declared: BTreeMap<&String, BTreeSet<String>> = desired
+            .iter()
+            .map(|(c, nodes)| (c, nodes.keys().cloned().collect()))
+            .collect();
+        self.revoke(|cluster| Some(declared.get(&cluster.to_string())))
+    }
+
+    /// Revokes, in every cluster for which `scope` answers, the nodes the answer does not list
+    /// (`Some(None)`: the cluster left Git); returns why, by node.
+    fn revoke<'d>(
+        &self,
+        scope: impl Fn(&str) -> Option<Option<&'d BTreeSet<String>>>,
     ) -> Result<BTreeMap<(String, String), String>, HubError> {
         let mut revoked = BTreeMap::new();
         let outcome = self.update_bindings(|b| {
@@ -248,8 +345,10 @@ impl Hub {
                 .filter_map(|k| k.split_once('/').map(|(c, _)| c.to_string()))
                 .collect();
             for cluster in clusters {
-                let declared = desired.get(&cluster).map(|n| n.keys().cloned().collect());
-                for node in b.revoke_undeclared(&cluster, declared.as_ref()) {
+                let Some(declared) = scope(&cluster) else {
+                    continue;
+                };
+                for node in b.revoke_undeclared(&cluster, declared) {
                     let why = b.nodes[&format!("{cluster}/{node}")]
                         .revoked
                         .clone()
@@ -257,7 +356,7 @@ impl Hub {
                     revoked.insert((cluster.clone(), node), why);
                 }
             }
-            Ok(())
+            Ok::<(), Refusal>(())
         })?;
         if let Err(r) = outcome {
             unreachable!("revoking undeclared nodes refuses nothing: {r}");
@@ -309,7 +408,9 @@ impl Hub {
         }
         entry.report.connected = true;
         entry.report.last_seen = Some(SystemTime::now());
-        Some((id, entry.plan.subscribe(), rx))
+        let plan = entry.plan.subscribe();
+        nodes.touch(cluster);
+        Some((id, plan, rx))
     }
 
     /// Ends session `id` of a node, unless a newer one replaced it.
@@ -322,6 +423,7 @@ impl Hub {
             if entry.session.as_ref().is_some_and(|(s, _)| *s == id) {
                 entry.session = None;
                 entry.report.connected = false;
+                nodes.touch(cluster);
             }
         }
     }
@@ -335,7 +437,30 @@ impl Hub {
         {
             change(&mut entry.report);
             entry.report.last_seen = Some(SystemTime::now());
+            nodes.touch(cluster);
         }
+    }
+
+    /// Notes that a node was heard from (a heartbeat): nothing it reports changed, so no
+    /// watcher of its cluster is woken.
+    pub fn seen(&self, cluster: &str, node: &str) {
+        let mut nodes = self.lock();
+        if let Some(entry) = nodes
+            .nodes
+            .get_mut(&(cluster.to_string(), node.to_string()))
+        {
+            entry.report.last_seen = Some(SystemTime::now());
+        }
+    }
+
+    /// The latest reports of one cluster's declared nodes, by node.
+    pub fn cluster_reports(&self, cluster: &str) -> BTreeMap<String, NodeReport> {
+        self.lock()
+            .nodes
+            .iter()
+            .filter(|((c, _), _)| c == cluster)
+            .map(|((_, n), e)| (n.clone(), e.report.clone()))
+            .collect()
     }
 
     /// The latest report of one node.

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::{State, WebSocketUpgrade};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -125,6 +125,16 @@ pub struct AgentServer {
 impl AgentServer {
     /// Loads (or makes) the CA and the state in `state`, and listens.
     pub async fn start(state: StateDir, settings: Settings) -> Result<AgentServer, ServerError> {
+        Self::start_with(state, settings, Router::new()).await
+    }
+
+    /// Like `start`, also serving `operator`'s routes (already given their state) behind the
+    /// operator token, beside `/v1/nodes`.
+    pub async fn start_with(
+        state: StateDir,
+        settings: Settings,
+        operator: Router,
+    ) -> Result<AgentServer, ServerError> {
         let (ca, hub) = tokio::task::spawn_blocking({
             let state = state.clone();
             move || -> Result<_, ServerError> { Ok((DaemonCa::ensure(&state)?, Hub::new(state)?)) }
@@ -164,10 +174,18 @@ impl AgentServer {
             settings.bindings_refresh,
             shutdown.clone(),
         ));
+        let operator = Router::new()
+            .route(crate::api::NODES_PATH, get(nodes))
+            .with_state(cx.clone())
+            .merge(operator)
+            .layer(axum::middleware::from_fn_with_state(
+                cx.clone(),
+                require_operator,
+            ));
         let router = Router::new()
             .route("/v1/agent", get(upgrade))
-            .route(crate::api::NODES_PATH, get(nodes))
-            .with_state(cx.clone());
+            .with_state(cx.clone())
+            .merge(operator);
         let accept = tokio::spawn(accept_loop(
             listener,
             tls,
@@ -228,12 +246,20 @@ async fn upgrade(
         .on_upgrade(move |socket| tracker.track_future(session::run(cx, peer, socket)))
 }
 
-/// `GET /v1/nodes`: the nodes document, for a request bearing the operator token.
-async fn nodes(
-    Extension(peer): Extension<Peer>,
+/// `GET /v1/nodes`: the nodes document (behind `require_operator`).
+async fn nodes(State(cx): State<Arc<Context>>) -> Response {
+    let body = serde_json::to_vec(&cx.hub.nodes_document()).expect("the nodes document is JSON");
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Lets a request through to the operator API only when it bears the operator token.
+async fn require_operator(
     State(cx): State<Arc<Context>>,
-    headers: HeaderMap,
+    Extension(peer): Extension<Peer>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
 ) -> Response {
+    let headers = request.headers();
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -268,11 +294,12 @@ async fn nodes(
         }
         Err(_) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     }
-    let body = serde_json::to_vec(&cx.hub.nodes_document()).expect("the nodes document is JSON");
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    next.run(request).await
 }
 
-fn api_error(status: StatusCode, message: &str) -> Response {
+/// A JSON error body, `{"error": message}`, with its status: the operator API's one shape of
+/// error.
+pub fn api_error(status: StatusCode, message: &str) -> Response {
     let body = serde_json::json!({ "error": message }).to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

@@ -592,7 +592,7 @@ async fn handle(
 ) -> Result<(), End> {
     let (cluster, node) = (id.cluster.as_str(), id.node.as_str());
     match message {
-        AgentMessage::Heartbeat { .. } => cx.hub.record(cluster, node, |_| {}),
+        AgentMessage::Heartbeat { .. } => cx.hub.seen(cluster, node),
         AgentMessage::Applied {
             generation,
             checksum,

@@ -42,6 +42,8 @@ pub struct LocalSource {
     rescan: Duration,
     last_good: LastGood,
     generation: u64,
+    /// What the last load read: its diagnostics and each cluster's definition digest.
+    last_read: Option<Fingerprint>,
     desired: watch::Sender<Arc<DesiredState>>,
     status: watch::Sender<SourceStatus>,
 }
@@ -57,6 +59,7 @@ impl LocalSource {
             rescan,
             last_good: LastGood::default(),
             generation: 0,
+            last_read: None,
             desired,
             status,
         }
@@ -123,13 +126,15 @@ impl LocalSource {
         .await;
         match result {
             Ok(Ok((loaded, present))) => {
-                if self.unchanged(&loaded) {
+                let read = fingerprint(&loaded);
+                if self.last_read.as_ref() == Some(&read) {
                     self.status.send_modify(|s| {
                         s.checks += 1;
                         s.last_check = Some(started);
                     });
                     return;
                 }
+                self.last_read = Some(read);
                 self.generation += 1;
                 let revision = Revision::WorkTree(self.generation);
                 let state = self.last_good.advance(revision.clone(), loaded, &present);
@@ -150,22 +155,6 @@ impl LocalSource {
         }
     }
 
-    /// True when the tree loads to exactly what is published (an event that changed nothing
-    /// the loader sees, such as a write to `.git/`).
-    fn unchanged(&self, loaded: &crate::model::Repository) -> bool {
-        let current = self.last_good.current();
-        current.revision.is_some()
-            && current.diagnostics == loaded.diagnostics
-            && current.held_back().next().is_none()
-            && current.clusters.len() == loaded.clusters.len()
-            && loaded.clusters.iter().all(|c| {
-                current
-                    .clusters
-                    .get(&c.name)
-                    .is_some_and(|e| *e.cluster == *c)
-            })
-    }
-
     fn fail(&self, at: SystemTime, error: &dyn std::error::Error) {
         let message = error_chain(error);
         tracing::warn!(root = %self.root.display(), error = %message, "cannot read the working tree; desired state unchanged");
@@ -180,6 +169,22 @@ impl LocalSource {
             });
         });
     }
+}
+
+/// What a load read, to tell a change from an event that changed nothing the loader sees
+/// (a write to `.git/`, a rescan).
+type Fingerprint = (
+    Vec<crate::model::diagnostic::Diagnostic>,
+    Vec<(String, String)>,
+);
+
+fn fingerprint(loaded: &crate::model::Repository) -> Fingerprint {
+    let clusters = loaded
+        .clusters
+        .iter()
+        .map(|c| (c.name.to_string(), c.source.digest.clone()))
+        .collect();
+    (loaded.diagnostics.clone(), clusters)
 }
 
 /// Waits until events stop for [`DEBOUNCE`] (at most [`DEBOUNCE_MAX`]). False if cancelled.

@@ -67,10 +67,6 @@ pub struct LastGood {
 }
 
 impl LastGood {
-    pub fn current(&self) -> &DesiredState {
-        &self.state
-    }
-
     /// Applies a loaded revision and returns the new desired state:
     /// - a cluster that loaded takes its new definition;
     /// - a cluster that did not load, but whose file (or any file with errors) may still define

@@ -1,0 +1,319 @@
+//! `drover status [CLUSTER]`: what the daemon is doing, as tables (`--format json`: the API's
+//! documents). `--watch` redraws it every second until interrupted.
+
+use std::io::{IsTerminal as _, Write};
+use std::time::Duration;
+
+use super::client::{Client, ClientError, Target};
+use super::Exit;
+use crate::api::{
+    ClusterStatus, ClustersDocument, ConditionType, CLUSTERS_FORMAT_VERSION, CLUSTERS_PATH,
+    MAX_CLUSTERS_DOCUMENT_BYTES,
+};
+
+/// How often `--watch` redraws.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// One cluster, in detail: its conditions, plan and nodes.
+    cluster: Option<String>,
+    /// Redraw every second until interrupted.
+    #[arg(long)]
+    watch: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
+    let client = match Client::new(&args.target) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Io;
+        }
+    };
+    runtime.block_on(async {
+        let clear = args.watch && std::io::stdout().is_terminal();
+        loop {
+            let text = match fetch(&client, args).await {
+                Ok(text) => text,
+                Err(e) if args.watch => format!("error: {}\n", super::error_chain(&e)),
+                Err(e) => return fail(&e),
+            };
+            if clear {
+                let _ = write!(out, "\x1b[H\x1b[2J");
+            }
+            let _ = write!(out, "{text}");
+            let _ = out.flush();
+            if !args.watch {
+                return Exit::Ok;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(WATCH_INTERVAL) => {}
+                _ = tokio::signal::ctrl_c() => return Exit::Ok,
+            }
+        }
+    })
+}
+
+fn fail(e: &ClientError) -> Exit {
+    eprintln!("error: {}", super::error_chain(e));
+    match e {
+        ClientError::NoEndpoint { .. }
+        | ClientError::Server(_)
+        | ClientError::CaHash
+        | ClientError::Token(_) => Exit::Usage,
+        ClientError::PinMismatch { .. } | ClientError::Refused { .. } => Exit::Refused,
+        ClientError::Unreachable { .. } => Exit::Unavailable,
+        ClientError::TooLarge { .. } | ClientError::Document(_) => Exit::Io,
+    }
+}
+
+/// The rendered answer.
+async fn fetch(client: &Client, args: &Args) -> Result<String, ClientError> {
+    let limit = MAX_CLUSTERS_DOCUMENT_BYTES;
+    match &args.cluster {
+        Some(name) => {
+            let path = format!("{CLUSTERS_PATH}/{name}");
+            let status: ClusterStatus = client.get(&path, limit).await?;
+            Ok(match args.format {
+                Format::Json => json(&status),
+                Format::Text => cluster_text(&status),
+            })
+        }
+        None => {
+            let doc: ClustersDocument = client.get(CLUSTERS_PATH, limit).await?;
+            if doc.format_version != CLUSTERS_FORMAT_VERSION {
+                let message = format!(
+                    "the daemon speaks clusters document version {}, this drover {}",
+                    doc.format_version, CLUSTERS_FORMAT_VERSION
+                );
+                return Err(ClientError::Refused {
+                    status: 200,
+                    message,
+                });
+            }
+            Ok(match args.format {
+                Format::Json => json(&doc),
+                Format::Text => clusters_text(&doc),
+            })
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("documents are JSON");
+    text.push('\n');
+    text
+}
+
+/// A revision as people read it: commits cut to 12 digits.
+fn short(revision: Option<&str>) -> String {
+    match revision {
+        None => "-".into(),
+        Some(r) if r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()) => r[..12].into(),
+        Some(r) => r.into(),
+    }
+}
+
+/// Rows as columns padded to their widest cell.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let pad = widths[i] - cell.chars().count();
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The one-line state of a cluster: the condition that holds, and its reason and message.
+fn state(status: &ClusterStatus) -> (String, String) {
+    for kind in [
+        ConditionType::Stalled,
+        ConditionType::Reconciling,
+        ConditionType::Ready,
+    ] {
+        if let Some(c) = status.condition(kind).filter(|c| c.status) {
+            let word = match kind {
+                ConditionType::Ready => "Ready",
+                ConditionType::Reconciling => "Reconciling",
+                ConditionType::Stalled => "Stalled",
+            };
+            return (word.into(), c.message.clone());
+        }
+    }
+    ("Unknown".into(), "no pass yet".into())
+}
+
+fn clusters_text(doc: &ClustersDocument) -> String {
+    let s = &doc.source;
+    let mut out = format!(
+        "source {}  revision {}  checked {}\n",
+        s.location,
+        short(s.revision.as_deref()),
+        s.last_check.as_deref().unwrap_or("never")
+    );
+    if let Some(e) = &s.error {
+        out.push_str(&format!("source error: {e}\n"));
+    }
+    for d in &s.diagnostics {
+        out.push_str(d);
+    }
+    out.push('\n');
+    let mut rows = vec![
+        ["CLUSTER", "STATE", "NODES", "DESIRED", "APPLIED", "MESSAGE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for c in &doc.clusters {
+        let (word, message) = state(c);
+        let ready = c.nodes.iter().filter(|n| n.ready).count();
+        rows.push(vec![
+            c.name.clone(),
+            if c.held_back {
+                format!("{word} (held back)")
+            } else {
+                word
+            },
+            format!("{ready}/{}", c.nodes.len()),
+            short(c.desired_revision.as_deref()),
+            short(c.applied_revision.as_deref()),
+            message,
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+fn cluster_text(c: &ClusterStatus) -> String {
+    let (word, _) = state(c);
+    let mut out = format!(
+        "cluster {}  {word}{}  desired {}  applied {}\n\n",
+        c.name,
+        if c.held_back {
+            " (held back: its file is invalid)"
+        } else {
+            ""
+        },
+        short(c.desired_revision.as_deref()),
+        short(c.applied_revision.as_deref()),
+    );
+    let mut rows = vec![["CONDITION", "STATUS", "REASON", "SINCE", "MESSAGE"]
+        .map(String::from)
+        .to_vec()];
+    for k in &c.conditions {
+        rows.push(vec![
+            format!("{:?}", k.kind),
+            if k.status { "True" } else { "False" }.into(),
+            k.reason.clone(),
+            k.since.clone(),
+            k.message.clone(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    if let Some(plan) = &c.plan {
+        out.push_str(&format!("\nplan {}\n", plan.digest));
+        for p in &plan.phases {
+            out.push_str(&format!(
+                "  {}: {} batches, {} steps\n",
+                p.phase, p.batches, p.steps
+            ));
+        }
+        if let Some(w) = &plan.waiting_on {
+            out.push_str(&format!("  now: {w}\n"));
+        }
+    }
+    for f in &c.findings {
+        out.push_str(&format!("{f}\n"));
+    }
+    out.push('\n');
+    let mut rows = vec![[
+        "NODE", "ADDRESS", "AGENT", "GEN", "APPLIED", "REVISION", "READY", "REASON",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for n in &c.nodes {
+        let gen = |g: Option<u64>| g.map_or("-".to_string(), |g| g.to_string());
+        rows.push(vec![
+            n.name.clone(),
+            n.address.clone(),
+            if n.connected { "connected" } else { "away" }.into(),
+            gen(n.generation),
+            gen(n.applied_generation),
+            short(n.revision.as_deref()),
+            if n.ready { "yes" } else { "no" }.into(),
+            n.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+/// `drover reconcile CLUSTER`: asks the daemon for a pass of the cluster now.
+#[derive(Debug, clap::Args)]
+pub struct ReconcileArgs {
+    cluster: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+pub fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Exit {
+    let client = match Client::new(&args.target) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Io;
+        }
+    };
+    let path = format!("{CLUSTERS_PATH}/{}/reconcile", args.cluster);
+    match runtime.block_on(client.post(&path)) {
+        Ok(()) => {
+            let _ = writeln!(out, "asked for a reconcile of {}", args.cluster);
+            Exit::Ok
+        }
+        Err(e) => fail(&e),
+    }
+}

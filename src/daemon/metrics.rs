@@ -1,0 +1,124 @@
+//! The daemon's Prometheus metrics (prometheus-client), served at `/metrics`: reconcile passes
+//! and their durations, the source's state and revision, agents connected, and per cluster the
+//! nodes whose applied generation lags the one they should run.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::reconcile::task::Observer;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionLabel {
+    pub revision: String,
+}
+
+/// Every metric, and the registry that encodes them.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub reconcile_seconds: Family<ClusterLabel, Histogram>,
+    pub reconcile_errors: Family<ClusterLabel, Counter>,
+    pub source_up: Gauge,
+    pub source_revision: Family<RevisionLabel, Gauge>,
+    pub source_failures: Gauge,
+    pub agents_connected: Gauge,
+    pub generation_lag: Family<ClusterLabel, Gauge>,
+    pub webhooks_accepted: Counter<u64, AtomicU64>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("drover");
+        let reconcile_seconds = Family::<ClusterLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 4.0, 10))
+        });
+        let m = Metrics {
+            reconcile_seconds,
+            reconcile_errors: Family::default(),
+            source_up: Gauge::default(),
+            source_revision: Family::default(),
+            source_failures: Gauge::default(),
+            agents_connected: Gauge::default(),
+            generation_lag: Family::default(),
+            webhooks_accepted: Counter::default(),
+            registry: Mutex::new(Registry::default()),
+        };
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time of one reconcile pass of a cluster",
+            m.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconcile passes that could not save or publish",
+            m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "source_up",
+            "1 when the last check of the source succeeded",
+            m.source_up.clone(),
+        );
+        registry.register(
+            "source_revision",
+            "1 for the revision last loaded from the source",
+            m.source_revision.clone(),
+        );
+        registry.register(
+            "source_consecutive_failures",
+            "Checks of the source that failed in a row",
+            m.source_failures.clone(),
+        );
+        registry.register(
+            "agents_connected",
+            "Agents holding a session",
+            m.agents_connected.clone(),
+        );
+        registry.register(
+            "generation_lag_nodes",
+            "Nodes of a cluster that have not applied the plan generation they should run",
+            m.generation_lag.clone(),
+        );
+        registry.register(
+            "webhooks_accepted",
+            "Webhook deliveries verified",
+            m.webhooks_accepted.clone(),
+        );
+        *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
+        Arc::new(m)
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String does not fail");
+        out
+    }
+}
+
+impl Observer for Metrics {
+    fn pass(&self, cluster: &str, elapsed: Duration, failed: bool) {
+        let label = ClusterLabel {
+            cluster: cluster.to_string(),
+        };
+        self.reconcile_seconds
+            .get_or_create(&label)
+            .observe(elapsed.as_secs_f64());
+        if failed {
+            self.reconcile_errors.get_or_create(&label).inc();
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! `drover serve`: the daemon that runs everything else. It reads the source (a Git remote or a
+//! watched directory), runs one reconciler per declared cluster (`reconcile`), serves agents
+//! and the operator API over TLS (`server`, with `operator`'s routes), and webhooks, health and
+//! metrics over plain HTTP (`http`).
+//!
+//! Start-up checks everything it can before a port is bound (the state directory, secret files,
+//! the source's settings), so a mistake is one clear error and nothing half-started. It then
+//! publishes every saved rollout record (agents get their plans back while the source loads),
+//! and lets agents in once the source's first state is followed.
+
+pub mod http;
+pub mod metrics;
+pub mod operator;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::metrics::Metrics;
+use crate::config::{DaemonConfig, GitCredentials, GitReference, SourceConfig};
+use crate::reconcile::task::Controller;
+use crate::secret::{Secret, SecretError};
+use crate::server::{AgentServer, Hub, ServerError, Settings};
+use crate::source::webhook::{self, WebhookSecrets, WebhookStats};
+use crate::source::{
+    Auth, DesiredState, GitError, GitRef, GitSource, GitSourceConfig, LocalSource, PollPolicy,
+    RemoteUrl, SourceStatus, Trigger,
+};
+use crate::state::{StateDir, StateError};
+
+/// How long a stopping daemon waits for its tasks before it exits anyway.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a watched directory is re-read when no change event arrives.
+pub const LOCAL_RESCAN: Duration = Duration::from_secs(30);
+/// The file, in the state directory, where `drover status` finds the daemon.
+pub const ENDPOINT_FILE: &str = "endpoint.json";
+/// The operator token the daemon made for local use, in the state directory (mode 0600).
+pub const LOCAL_TOKEN_FILE: &str = "operator-token";
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A setting is wrong: the operator must change it (exit 64).
+    #[error("{0}")]
+    Usage(String),
+    #[error("the state directory")]
+    State(#[source] StateError),
+    #[error("{what}")]
+    Secret {
+        what: String,
+        #[source]
+        source: SecretError,
+    },
+    #[error("the Git source")]
+    Git(#[source] GitError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make the local operator token")]
+    Token(#[source] crate::api::ApiError),
+}
+
+/// Where `drover status` on this machine finds the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// `https://host:port` of the operator API.
+    pub url: String,
+    /// The daemon CA's pin.
+    pub ca_pin: String,
+}
+
+/// The desired state's source, ready to run.
+enum Source {
+    Git(GitSource),
+    Local(LocalSource),
+}
+
+impl Source {
+    fn desired(&self) -> watch::Receiver<Arc<DesiredState>> {
+        match self {
+            Source::Git(s) => s.desired(),
+            Source::Local(s) => s.desired(),
+        }
+    }
+
+    fn status(&self) -> watch::Receiver<SourceStatus> {
+        match self {
+            Source::Git(s) => s.status(),
+            Source::Local(s) => s.status(),
+        }
+    }
+
+    async fn run(self, cancel: CancellationToken) {
+        match self {
+            Source::Git(s) => s.run(cancel).await,
+            Source::Local(s) => {
+                if let Err(e) = s.run(cancel).await {
+                    tracing::error!(error = %crate::error_chain(&e), "the local source stopped");
+                }
+            }
+        }
+    }
+}
+
+/// Everything checked and read before a port is bound.
+struct Prepared {
+    state: StateDir,
+    source: Source,
+    location: String,
+    trigger: Trigger,
+    hooks: WebhookSecrets,
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub agents_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub ca_pin: String,
+    server: AgentServer,
+    controller: Arc<Controller>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Daemon {
+    /// Checks the configuration, binds, and starts every task.
+    pub async fn start(config: &DaemonConfig) -> Result<Daemon, DaemonError> {
+        let prepared = prepare(config).await?;
+        let Prepared {
+            state,
+            source,
+            location,
+            trigger,
+            hooks,
+        } = prepared;
+        let shutdown = CancellationToken::new();
+        let metrics = Metrics::new();
+        let stats = Arc::new(WebhookStats::default());
+        let http_listener =
+            http::bind(config.listen_http)
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    addr: config.listen_http,
+                    source,
+                })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| DaemonError::Listen {
+                addr: config.listen_http,
+                source,
+            })?;
+
+        let controller_cell = Arc::new(std::sync::OnceLock::<Arc<Controller>>::new());
+        let source_status = source.status();
+        let operator = operator::router(operator::Operator {
+            controller: controller_cell.clone(),
+            source: source_status.clone(),
+            location: location.clone(),
+            desired: source.desired(),
+        });
+        let mut settings = Settings::new(config.listen_agents);
+        settings.names = config.tls_names.clone();
+        let server = AgentServer::start_with(state.clone(), settings, operator).await?;
+        let hub = server.hub().clone();
+        let controller = Controller::new(
+            hub.clone(),
+            state.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let _ = controller_cell.set(controller.clone());
+        let resumed = {
+            let controller = controller.clone();
+            tokio::task::spawn_blocking(move || controller.resume())
+                .await
+                .expect("resuming does not panic")
+                .map_err(DaemonError::State)?
+        };
+        let endpoint = Endpoint {
+            url: format!("https://{}", server.local_addr()),
+            ca_pin: server.ca_pin().to_string(),
+        };
+        write_local_access(&state, &endpoint).await?;
+
+        let tasks = TaskTracker::new();
+        let desired = source.desired();
+        tasks.spawn(source.run(shutdown.clone()));
+        tasks.spawn(controller.clone().run(desired.clone()));
+        tasks.spawn(admit_when_loaded(hub.clone(), desired, shutdown.clone()));
+        let probe = Arc::new(DaemonProbe {
+            hub: hub.clone(),
+            controller: controller.clone(),
+            source: source_status,
+            metrics: metrics.clone(),
+            stats: stats.clone(),
+        });
+        let hooks = webhook::router(hooks, webhook::DEFAULT_MAX_BODY_BYTES, trigger, stats);
+        tasks.spawn(http::serve(
+            http_listener,
+            http::router(probe, hooks),
+            shutdown.clone(),
+        ));
+        tracing::info!(
+            agents = %server.local_addr(),
+            http = %http_addr,
+            source = location,
+            resumed,
+            "drover is serving"
+        );
+        Ok(Daemon {
+            agents_addr: server.local_addr(),
+            http_addr,
+            ca_pin: server.ca_pin().to_string(),
+            server,
+            controller,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        self.server.hub()
+    }
+
+    /// Stops every task and the listeners, within `DRAIN_TIMEOUT`; true when all stopped in
+    /// time.
+    pub async fn stop(self) -> bool {
+        self.shutdown.cancel();
+        self.tasks.close();
+        let drained = async {
+            self.tasks.wait().await;
+            self.server.shutdown().await;
+        };
+        tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_ok()
+    }
+}
+
+/// Lets agents in once the source's first state was loaded (and so followed): until then a
+/// node a new definition declares would be refused as undeclared.
+async fn admit_when_loaded(
+    hub: Arc<Hub>,
+    mut desired: watch::Receiver<Arc<DesiredState>>,
+    shutdown: CancellationToken,
+) {
+    let loaded = tokio::select! {
+        r = desired.wait_for(|d| d.revision.is_some()) => r.is_ok(),
+        () = shutdown.cancelled() => false,
+    };
+    if loaded {
+        // The controller follows the same channel; give its tasks a moment to declare.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        hub.mark_ready();
+        tracing::info!("the source loaded; agents are admitted");
+    }
+}
+
+/// Checks and reads everything that needs no port.
+async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
+    let state = StateDir::new(&config.state_dir);
+    {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || state.names(""))
+            .await
+            .expect("listing does not panic")
+            .map_err(DaemonError::State)?;
+    }
+    let hooks = read_hooks(config)?;
+    let Some(source) = &config.source else {
+        return Err(DaemonError::Usage(
+            "no source: give --source (a directory or a Git URL) or `source:` in the configuration"
+                .into(),
+        ));
+    };
+    let trigger;
+    let (source, location) = match source {
+        SourceConfig::Local { path, clusters_dir } => {
+            if !path.join(clusters_dir).is_dir() {
+                return Err(DaemonError::Usage(format!(
+                    "the source directory {} has no {clusters_dir}/ directory",
+                    path.display()
+                )));
+            }
+            trigger = Trigger::default();
+            let local = LocalSource::new(path.clone(), clusters_dir.clone(), LOCAL_RESCAN);
+            (Source::Local(local), path.display().to_string())
+        }
+        SourceConfig::Git(g) => {
+            let url = RemoteUrl::parse(&g.url)
+                .map_err(|e| DaemonError::Usage(format!("source.git.url: {e}")))?;
+            let auth = git_auth(&g.auth)?;
+            let reference = match &g.reference {
+                GitReference::Branch(b) => GitRef::Branch(b.clone()),
+                GitReference::Tag(t) => GitRef::Tag(t.clone()),
+                GitReference::Commit(c) => GitRef::Commit(c.clone()),
+            };
+            let source = GitSource::new(GitSourceConfig {
+                url,
+                auth,
+                reference,
+                subdir: g.subdir.clone(),
+                clusters_dir: g.clusters_dir.clone(),
+                state_dir: config.state_dir.join("git"),
+                poll: PollPolicy {
+                    interval: g.poll_interval,
+                    ..PollPolicy::default()
+                },
+            })
+            .map_err(DaemonError::Git)?;
+            trigger = source.trigger();
+            (Source::Git(source), g.url.clone())
+        }
+    };
+    Ok(Prepared {
+        state,
+        source,
+        location,
+        trigger,
+        hooks,
+    })
+}
+
+fn git_auth(auth: &GitCredentials) -> Result<Auth, DaemonError> {
+    Ok(match auth {
+        GitCredentials::None => Auth::None,
+        GitCredentials::Token { username, file } => Auth::Token {
+            username: username.clone(),
+            token: read_secret("source.git.auth.tokenFile", file)?,
+        },
+        GitCredentials::SshKey {
+            username,
+            key_file,
+            known_hosts,
+        } => Auth::SshKey {
+            username: username.clone(),
+            private_key: key_file.clone(),
+            passphrase: None,
+            known_hosts: known_hosts.clone(),
+        },
+    })
+}
+
+fn read_hooks(config: &DaemonConfig) -> Result<WebhookSecrets, DaemonError> {
+    let w = &config.webhooks;
+    let read = |what: &str, path: &Option<PathBuf>| {
+        path.as_deref().map(|p| read_secret(what, p)).transpose()
+    };
+    Ok(WebhookSecrets {
+        github: read("webhooks.githubSecretFile", &w.github_secret_file)?,
+        gitlab: read("webhooks.gitlabSecretFile", &w.gitlab_secret_file)?,
+        gitea: read("webhooks.giteaSecretFile", &w.gitea_secret_file)?,
+        generic: read("webhooks.genericSecretFile", &w.generic_secret_file)?,
+    })
+}
+
+fn read_secret(what: &str, path: &Path) -> Result<Secret, DaemonError> {
+    Secret::from_file(path).map_err(|source| DaemonError::Secret {
+        what: what.to_string(),
+        source,
+    })
+}
+
+/// Writes where the operator API is (and, the first time, an operator token for this
+/// machine's root), so `drover status` here needs no flags.
+async fn write_local_access(state: &StateDir, endpoint: &Endpoint) -> Result<(), DaemonError> {
+    let state = state.clone();
+    let endpoint = endpoint.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), DaemonError> {
+        state
+            .save(ENDPOINT_FILE, &endpoint)
+            .map_err(DaemonError::State)?;
+        let token_file = state.path(LOCAL_TOKEN_FILE);
+        if !token_file.exists() {
+            let token = crate::api::create_operator_token(&state).map_err(DaemonError::Token)?;
+            crate::state::write_atomically(&token_file, token.expose().as_bytes(), 0o600).map_err(
+                |source| {
+                    DaemonError::State(StateError::Write {
+                        path: token_file.clone(),
+                        source,
+                    })
+                },
+            )?;
+        }
+        Ok(())
+    })
+    .await
+    .expect("writing does not panic")
+}
+
+/// Answers `/readyz` and `/metrics`.
+struct DaemonProbe {
+    hub: Arc<Hub>,
+    controller: Arc<Controller>,
+    source: watch::Receiver<SourceStatus>,
+    metrics: Arc<Metrics>,
+    stats: Arc<WebhookStats>,
+}
+
+impl http::Probe for DaemonProbe {
+    fn ready(&self) -> Result<(), String> {
+        if !self.hub.is_ready() {
+            return Err("not ready: the source has not loaded yet".into());
+        }
+        Ok(())
+    }
+
+    fn metrics(&self) -> String {
+        use std::sync::atomic::Ordering;
+        let m = &self.metrics;
+        let source = self.source.borrow().clone();
+        m.source_up.set(i64::from(
+            source.last_error.is_none() && source.revision.is_some(),
+        ));
+        m.source_revision.clear();
+        if let Some(revision) = &source.revision {
+            m.source_revision
+                .get_or_create(&metrics::RevisionLabel {
+                    revision: revision.to_string(),
+                })
+                .set(1);
+        }
+        m.source_failures
+            .set(i64::from(source.consecutive_failures));
+        m.agents_connected
+            .set(self.hub.count_reports(|r| r.connected) as i64);
+        for status in self.controller.statuses() {
+            let lag = status
+                .nodes
+                .iter()
+                .filter(|n| n.generation.is_some() && n.generation != n.applied_generation)
+                .count();
+            m.generation_lag
+                .get_or_create(&metrics::ClusterLabel {
+                    cluster: status.name.clone(),
+                })
+                .set(lag as i64);
+        }
+        let accepted = self.stats.accepted.load(Ordering::Relaxed);
+        let seen = m.webhooks_accepted.get();
+        m.webhooks_accepted.inc_by(accepted.saturating_sub(seen));
+        m.encode()
+    }
+}

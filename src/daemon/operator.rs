@@ -1,0 +1,110 @@
+//! The operator API's cluster routes, served by the agent server behind the operator token:
+//!
+//! - `GET /v1/clusters`: the `ClustersDocument`, every cluster's status and the source's;
+//! - `GET /v1/clusters/{name}`: one cluster's `ClusterStatus`;
+//! - `POST /v1/clusters/{name}/reconcile`: a pass now (202), 404 for an unknown cluster.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::watch;
+
+use crate::api::{ClustersDocument, SourceView, CLUSTERS_FORMAT_VERSION, CLUSTERS_PATH};
+use crate::reconcile::task::Controller;
+use crate::server::api_error;
+use crate::source::{DesiredState, SourceStatus};
+
+/// What the routes read.
+#[derive(Clone)]
+pub struct Operator {
+    /// Set once the controller exists (it needs the server's hub, so it comes after).
+    pub controller: Arc<OnceLock<Arc<Controller>>>,
+    pub source: watch::Receiver<SourceStatus>,
+    pub location: String,
+    pub desired: watch::Receiver<Arc<DesiredState>>,
+}
+
+pub fn router(operator: Operator) -> Router {
+    Router::new()
+        .route(CLUSTERS_PATH, get(clusters))
+        .route(&format!("{CLUSTERS_PATH}/{{name}}"), get(cluster))
+        .route(
+            &format!("{CLUSTERS_PATH}/{{name}}/reconcile"),
+            post(reconcile),
+        )
+        .with_state(Arc::new(operator))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response {
+    let body = serde_json::to_vec(value).expect("API documents are JSON");
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn starting() -> Response {
+    api_error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is starting")
+}
+
+async fn clusters(State(op): State<Arc<Operator>>) -> Response {
+    let Some(controller) = op.controller.get() else {
+        return starting();
+    };
+    json(&ClustersDocument {
+        format_version: CLUSTERS_FORMAT_VERSION,
+        source: source_view(&op),
+        clusters: controller.statuses(),
+    })
+}
+
+async fn cluster(State(op): State<Arc<Operator>>, Path(name): Path<String>) -> Response {
+    let Some(controller) = op.controller.get() else {
+        return starting();
+    };
+    match controller.status(&name) {
+        Some(status) => json(&status),
+        None => not_found(&name),
+    }
+}
+
+async fn reconcile(State(op): State<Arc<Operator>>, Path(name): Path<String>) -> Response {
+    let Some(controller) = op.controller.get() else {
+        return starting();
+    };
+    if controller.reconcile_now(&name) {
+        (
+            StatusCode::ACCEPTED,
+            json(&serde_json::json!({"cluster": name})),
+        )
+            .into_response()
+    } else {
+        not_found(&name)
+    }
+}
+
+fn not_found(name: &str) -> Response {
+    let name = crate::protocol::cut_text(name, crate::protocol::MAX_REFUSAL_TEXT_BYTES);
+    api_error(
+        StatusCode::NOT_FOUND,
+        &format!("no cluster named {name} is declared in Git"),
+    )
+}
+
+fn source_view(op: &Operator) -> SourceView {
+    let status = op.source.borrow().clone();
+    let desired = op.desired.borrow().clone();
+    let at = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    SourceView {
+        location: op.location.clone(),
+        revision: status.revision.as_ref().map(ToString::to_string),
+        last_check: status.last_check.map(at),
+        error: status.last_error.as_ref().map(|e| e.message.clone()),
+        diagnostics: desired
+            .diagnostics
+            .iter()
+            .map(|d| d.render(desired.sources.get(&d.location.file).map(String::as_str)))
+            .collect(),
+    }
+}

@@ -1,0 +1,79 @@
+//! Whether a node runs what it was told to, healthy: the gate every batch waits on, judged from
+//! its agent's latest report. A reason is always a sentence an operator can act on.
+
+use crate::nodeplan::NodeSpec;
+use crate::server::NodeReport;
+
+/// A node's state against its plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeHealth {
+    /// It applied its plan; every container runs and passes its probe.
+    Ready,
+    /// Not yet, and why: it may still get there on its own.
+    Waiting(String),
+    /// A step of its plan failed, with the engine's reason: it needs a change.
+    Failed(String),
+}
+
+impl NodeHealth {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, NodeHealth::Ready)
+    }
+
+    /// The reason it is not ready.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            NodeHealth::Ready => None,
+            NodeHealth::Waiting(r) | NodeHealth::Failed(r) => Some(r),
+        }
+    }
+}
+
+/// Judges `node` against the plan it was told to run (`spec`, with its checksum).
+pub fn judge(
+    node: &str,
+    spec: &NodeSpec,
+    checksum: &str,
+    report: Option<&NodeReport>,
+) -> NodeHealth {
+    let Some(report) = report.filter(|r| r.connected) else {
+        return NodeHealth::Waiting(format!("waiting for {node}'s agent to connect"));
+    };
+    if report.applied.as_ref().map(|a| a.checksum.as_str()) != Some(checksum) {
+        return NodeHealth::Waiting(format!("waiting for {node} to apply its new plan"));
+    }
+    if let Some(failed) = report.steps.iter().find(|s| s.error.is_some()) {
+        let error = failed.error.as_deref().unwrap_or_default();
+        return NodeHealth::Failed(format!(
+            "{} {} failed on {node}: {error}",
+            failed.action, failed.subject
+        ));
+    }
+    for (component, want) in &spec.containers {
+        let Some(have) = report.containers.get(component) else {
+            return NodeHealth::Waiting(format!("{component} on {node} is not running yet"));
+        };
+        if have.spec_hash != want.hash() {
+            return NodeHealth::Waiting(format!("{component} on {node} is not replaced yet"));
+        }
+        if !have.running {
+            return NodeHealth::Waiting(format!("{component} on {node} is not running"));
+        }
+        if spec.health.contains_key(component) && have.healthy != Some(true) {
+            let why = match (&have.healthy, &have.reason) {
+                (None, _) => "not probed yet".to_string(),
+                (_, Some(reason)) => reason.clone(),
+                (_, None) => "unhealthy".to_string(),
+            };
+            return NodeHealth::Waiting(format!("{component} on {node} is not healthy: {why}"));
+        }
+    }
+    if let Some(extra) = report
+        .containers
+        .keys()
+        .find(|c| !spec.containers.contains_key(*c))
+    {
+        return NodeHealth::Waiting(format!("{extra} on {node} is not removed yet"));
+    }
+    NodeHealth::Ready
+}

@@ -1,0 +1,293 @@
+//! A cluster's rollout record: what the daemon has told each node to run, the etcd members it
+//! started, the snapshot policy in effect and the restores done. It is durable (saved before a
+//! plan reaches an agent, so a restarted daemon resumes from it) and it is what the planner
+//! plans from: the agents own converging to their plan, the daemon owns which plan each runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Cluster, Role};
+use crate::nodeplan::{EtcdBootstrap, NodeSpec, ETCD_COMPONENT};
+use crate::plan::container::peer_url;
+use crate::plan::observed::{Member, ObservedContainer, ObservedNode};
+use crate::plan::{Batch, InitialState, ObservedCluster, PolicyState, Step};
+
+/// The rollout record of one cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Intent {
+    pub nodes: BTreeMap<String, NodeIntent>,
+    /// etcd members by node name: their peer URL.
+    pub members: BTreeMap<String, String>,
+    pub snapshot_policy: Option<PolicyState>,
+    pub restores_done: BTreeSet<String>,
+    /// The revision whose plan last completed with every node converged and healthy.
+    pub applied_revision: Option<String>,
+}
+
+/// What one node was told to run, and from which definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeIntent {
+    pub address: String,
+    pub roles: BTreeSet<Role>,
+    pub spec: NodeSpec,
+    /// The revision of the definition its spec last changed from.
+    pub revision: String,
+}
+
+/// A step this daemon cannot run yet: the cluster stalls on it rather than skip it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{action} on {subject} is not supported by this daemon yet")]
+pub struct Unsupported {
+    pub action: &'static str,
+    pub subject: String,
+}
+
+impl Intent {
+    /// What runs, as the planner sees it: every node as it was told to run, members with the
+    /// health `healthy` gives (by node name).
+    pub fn observed(&self, healthy: impl Fn(&str) -> bool) -> ObservedCluster {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(name, n)| (name.clone(), n.observed()))
+            .collect();
+        let etcd_members = self
+            .members
+            .iter()
+            .map(|(name, url)| {
+                let member = Member {
+                    peer_url: url.clone(),
+                    healthy: healthy(name),
+                };
+                (name.clone(), member)
+            })
+            .collect();
+        ObservedCluster {
+            nodes,
+            etcd_members,
+            snapshot_policy: self.snapshot_policy.clone(),
+            restores_done: self.restores_done.clone(),
+        }
+    }
+
+    /// Takes the record through one batch of `cluster`'s plan: each step changes what its node
+    /// is told to run, toward `desired` (every node's full plan). Gates are the caller's.
+    /// Returns the nodes whose plan changed, and the nodes to decommission.
+    pub fn advance(
+        &mut self,
+        cluster: &Cluster,
+        desired: &BTreeMap<String, NodeSpec>,
+        batch: &Batch,
+        revision: &str,
+    ) -> Result<Advanced, Unsupported> {
+        let mut out = Advanced::default();
+        for step in &batch.steps {
+            if let Some(node) = self.step(cluster, desired, step, &mut out)? {
+                let n = self.node_mut(cluster, &node);
+                n.revision = revision.to_string();
+                out.changed.insert(node);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes every node's probes those of `desired` for the containers it runs (probes live
+    /// outside container specs, so no step changes them). Returns the nodes that changed.
+    pub fn sync_probes(&mut self, desired: &BTreeMap<String, NodeSpec>) -> BTreeSet<String> {
+        let mut changed = BTreeSet::new();
+        for (name, node) in &mut self.nodes {
+            let Some(want) = desired.get(name) else {
+                continue;
+            };
+            let health = want
+                .health
+                .iter()
+                .filter(|(c, _)| node.spec.containers.contains_key(*c))
+                .map(|(c, h)| (c.clone(), h.clone()))
+                .collect();
+            if node.spec.health != health {
+                node.spec.health = health;
+                changed.insert(name.clone());
+            }
+        }
+        changed
+    }
+
+    /// Runs one step on the record; returns the node whose plan it changed.
+    fn step(
+        &mut self,
+        cluster: &Cluster,
+        desired: &BTreeMap<String, NodeSpec>,
+        step: &Step,
+        out: &mut Advanced,
+    ) -> Result<Option<String>, Unsupported> {
+        let unsupported = |action, subject: &str| Unsupported {
+            action,
+            subject: subject.to_string(),
+        };
+        let changed = match step {
+            Step::RestoreSnapshot { snapshot, .. } => {
+                return Err(unsupported("restoring a snapshot", snapshot))
+            }
+            Step::AddEtcdMember { node, .. } => {
+                return Err(unsupported("adding an etcd member to running ones", node))
+            }
+            Step::UpdateEtcdMember { node, .. } => {
+                return Err(unsupported("moving an etcd member's peer URL", node))
+            }
+            Step::RemoveEtcdMember { node } => {
+                return Err(unsupported("removing an etcd member", node))
+            }
+            Step::StartEtcdMember {
+                node,
+                initial_cluster,
+                initial_state,
+                ..
+            } => {
+                let bootstrap = EtcdBootstrap {
+                    initial_cluster: initial_cluster.clone(),
+                    existing: *initial_state == InitialState::Existing,
+                };
+                self.copy_container(cluster, desired, node, ETCD_COMPONENT);
+                self.node_mut(cluster, node).spec.etcd_bootstrap = Some(bootstrap);
+                if let Some(def) = cluster.nodes.iter().find(|n| n.name.as_str() == node) {
+                    self.members.insert(node.clone(), peer_url(cluster, def));
+                }
+                Some(node.clone())
+            }
+            Step::CreateContainer {
+                node, component, ..
+            }
+            | Step::RecreateContainer {
+                node, component, ..
+            }
+            | Step::StartContainer {
+                node, component, ..
+            } => {
+                self.copy_container(cluster, desired, node, component);
+                Some(node.clone())
+            }
+            Step::RemoveContainer {
+                node, component, ..
+            } => {
+                let spec = &mut self.node_mut(cluster, node).spec;
+                spec.containers.remove(component);
+                spec.health.remove(component);
+                spec.roles.remove(component);
+                Some(node.clone())
+            }
+            Step::WriteFile { node, path, .. } => {
+                let file = desired.get(node).and_then(|s| s.files.get(path)).cloned();
+                let spec = &mut self.node_mut(cluster, node).spec;
+                match file {
+                    Some(file) => spec.files.insert(path.clone(), file),
+                    None => spec.files.remove(path),
+                };
+                Some(node.clone())
+            }
+            Step::RemoveFile { node, path } => {
+                self.node_mut(cluster, node).spec.files.remove(path);
+                Some(node.clone())
+            }
+            Step::DecommissionNode { node } => {
+                out.decommission.insert(node.clone());
+                None
+            }
+            Step::AwaitHealthy { .. } => None,
+            Step::UpdateSnapshotPolicy { to, .. } => {
+                self.snapshot_policy = to.clone();
+                None
+            }
+        };
+        Ok(changed)
+    }
+
+    /// Copies one container of a node's desired plan, with its probe and role, to its record.
+    fn copy_container(
+        &mut self,
+        cluster: &Cluster,
+        desired: &BTreeMap<String, NodeSpec>,
+        node: &str,
+        component: &str,
+    ) {
+        let Some(want) = desired.get(node) else {
+            return;
+        };
+        let spec = &mut self.node_mut(cluster, node).spec;
+        if let Some(c) = want.containers.get(component) {
+            spec.containers.insert(component.to_string(), c.clone());
+        }
+        match want.health.get(component) {
+            Some(h) => spec.health.insert(component.to_string(), h.clone()),
+            None => spec.health.remove(component),
+        };
+        if let Some(r) = want.roles.get(component) {
+            spec.roles.insert(component.to_string(), *r);
+        }
+    }
+
+    /// The record of `node`, made (with the address and roles `cluster` gives it) if new, and
+    /// brought to them if they changed.
+    fn node_mut(&mut self, cluster: &Cluster, node: &str) -> &mut NodeIntent {
+        let def = cluster.nodes.iter().find(|n| n.name.as_str() == node);
+        let entry = self
+            .nodes
+            .entry(node.to_string())
+            .or_insert_with(|| NodeIntent {
+                address: String::new(),
+                roles: BTreeSet::new(),
+                spec: NodeSpec::default(),
+                revision: String::new(),
+            });
+        if let Some(def) = def {
+            entry.address = def.address.to_string();
+            entry.roles = def.roles.clone();
+        }
+        entry
+    }
+
+    /// Forgets a decommissioned node.
+    pub fn forget(&mut self, node: &str) {
+        self.nodes.remove(node);
+        self.members.remove(node);
+    }
+}
+
+impl NodeIntent {
+    fn observed(&self) -> ObservedNode {
+        ObservedNode {
+            address: self.address.clone(),
+            roles: self.roles.clone(),
+            containers: self
+                .spec
+                .containers
+                .iter()
+                .map(|(c, spec)| {
+                    let seen = ObservedContainer {
+                        spec: spec.clone(),
+                        running: true,
+                    };
+                    (c.clone(), seen)
+                })
+                .collect(),
+            files: self
+                .spec
+                .files
+                .iter()
+                .map(|(p, f)| (p.clone(), f.digest.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// What one batch changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Advanced {
+    /// Nodes whose plan changed.
+    pub changed: BTreeSet<String>,
+    /// Nodes to forget, their credential revoked, once their empty plan is applied.
+    pub decommission: BTreeSet<String>,
+}

@@ -1,0 +1,333 @@
+//! The loops around the reconcilers: `Controller` starts one task per cluster the source
+//! declares and ends it when the cluster leaves Git; each task runs one pass at a time, saves
+//! the rollout record before the hub publishes a plan from it, and sleeps until its definition
+//! changes, one of its agents reports, an operator asks, or its requeue time comes. Errors
+//! (the state directory cannot be written) back off exponentially.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::intent::Intent;
+use super::Reconciler;
+use crate::api::{ClusterStatus, Condition, ConditionType};
+use crate::backoff::Backoff;
+use crate::server::Hub;
+use crate::source::{ClusterEntry, DesiredState};
+use crate::state::{StateDir, StateError};
+
+/// Reports that arrive together are taken in one pass: a pass waits this long after the first.
+pub const COALESCE: Duration = Duration::from_millis(20);
+/// The first delay after a pass failed; it doubles up to `ERROR_BACKOFF_MAX`.
+pub const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+pub const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+const RECORD_PREFIX: &str = "rollout-";
+
+/// The state document of a cluster's rollout record.
+pub fn record_name(cluster: &str) -> String {
+    format!("{RECORD_PREFIX}{cluster}.json")
+}
+
+/// Metrics the reconcilers feed; the daemon registers them.
+pub trait Observer: Send + Sync {
+    /// A pass of `cluster` took `elapsed`; `failed` when it could not save or publish.
+    fn pass(&self, cluster: &str, elapsed: Duration, failed: bool);
+}
+
+/// One cluster's task, as the controller holds it.
+struct Handle {
+    entry: watch::Sender<Option<ClusterEntry>>,
+    wake: Arc<Notify>,
+    status: watch::Receiver<ClusterStatus>,
+}
+
+/// Starts and ends the per-cluster tasks, and answers for their status.
+pub struct Controller {
+    hub: Arc<Hub>,
+    state: StateDir,
+    observer: Arc<dyn Observer>,
+    clusters: Mutex<HashMap<String, Handle>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Controller {
+    pub fn new(
+        hub: Arc<Hub>,
+        state: StateDir,
+        observer: Arc<dyn Observer>,
+        cancel: CancellationToken,
+    ) -> Arc<Controller> {
+        Arc::new(Controller {
+            hub,
+            state,
+            observer,
+            clusters: Mutex::new(HashMap::new()),
+            cancel,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Publishes every saved rollout record to the hub, so agents get the plans they were
+    /// given before a restart while the source loads. Blocking.
+    pub fn resume(&self) -> Result<usize, StateError> {
+        let names = self.state.names(RECORD_PREFIX)?;
+        for name in &names {
+            let cluster = &name[RECORD_PREFIX.len()..name.len() - ".json".len()];
+            let Some(intent) = self.state.load::<Intent>(name)? else {
+                continue;
+            };
+            let nodes = intent
+                .nodes
+                .iter()
+                .map(|(n, i)| (n.clone(), Some(i.spec.clone())))
+                .collect();
+            if let Err(e) = self.hub.set_cluster(cluster, &nodes) {
+                tracing::error!(cluster, error = %crate::error_chain(&e), "cannot publish a saved rollout");
+            }
+        }
+        Ok(names.len())
+    }
+
+    /// Follows the source: a task per declared cluster, ended when the cluster leaves Git.
+    pub async fn run(self: Arc<Self>, mut desired: watch::Receiver<Arc<DesiredState>>) {
+        loop {
+            let state = desired.borrow_and_update().clone();
+            if state.revision.is_some() {
+                self.follow(&state);
+            }
+            tokio::select! {
+                changed = desired.changed() => if changed.is_err() { break },
+                () = self.cancel.cancelled() => break,
+            }
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    fn follow(self: &Arc<Self>, state: &DesiredState) {
+        let mut clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, entry) in &state.clusters {
+            let name = name.to_string();
+            match clusters.get(&name) {
+                Some(handle) => {
+                    handle.entry.send_if_modified(|old| {
+                        let changed = old.as_ref() != Some(entry);
+                        *old = Some(entry.clone());
+                        changed
+                    });
+                }
+                None => {
+                    let handle = self.spawn(&name, entry.clone());
+                    clusters.insert(name, handle);
+                }
+            }
+        }
+        clusters.retain(|name, handle| {
+            let declared = state.clusters.keys().any(|n| n.as_str() == name);
+            if !declared {
+                handle.entry.send_replace(None);
+            }
+            declared
+        });
+    }
+
+    fn spawn(self: &Arc<Self>, name: &str, entry: ClusterEntry) -> Handle {
+        let (entry_tx, entry_rx) = watch::channel(Some(entry));
+        let wake = Arc::new(Notify::new());
+        let (status_tx, status_rx) =
+            watch::channel(Reconciler::new(name, Intent::default()).status().clone());
+        let task = ClusterTask {
+            name: name.to_string(),
+            controller: self.clone(),
+            entry: entry_rx,
+            wake: wake.clone(),
+            status: status_tx,
+            declared: None,
+        };
+        self.tasks.spawn(task.run());
+        Handle {
+            entry: entry_tx,
+            wake,
+            status: status_rx,
+        }
+    }
+
+    /// Every cluster's status, by name.
+    pub fn statuses(&self) -> Vec<ClusterStatus> {
+        let clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<ClusterStatus> = clusters
+            .values()
+            .map(|h| h.status.borrow().clone())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn status(&self, cluster: &str) -> Option<ClusterStatus> {
+        let clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        clusters.get(cluster).map(|h| h.status.borrow().clone())
+    }
+
+    /// Asks for a pass of `cluster` now; false when no such cluster is reconciled.
+    pub fn reconcile_now(&self, cluster: &str) -> bool {
+        let clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        clusters.get(cluster).map(|h| h.wake.notify_one()).is_some()
+    }
+}
+
+struct ClusterTask {
+    name: String,
+    controller: Arc<Controller>,
+    entry: watch::Receiver<Option<ClusterEntry>>,
+    wake: Arc<Notify>,
+    status: watch::Sender<ClusterStatus>,
+    /// The nodes last declared to the hub.
+    declared: Option<BTreeSet<String>>,
+}
+
+impl ClusterTask {
+    async fn run(mut self) {
+        let cx = self.controller.clone();
+        let mut reports = cx.hub.watch_cluster(&self.name);
+        let mut reconciler = match self.load().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail_forever(&e);
+                return;
+            }
+        };
+        let mut backoff = Backoff::new(ERROR_BACKOFF, ERROR_BACKOFF_MAX);
+        loop {
+            let Some(entry) = self.entry.borrow_and_update().clone() else {
+                self.forget().await;
+                return;
+            };
+            let started = std::time::Instant::now();
+            let outcome = self.pass(&mut reconciler, &entry).await;
+            cx.observer
+                .pass(&self.name, started.elapsed(), outcome.is_err());
+            let delay = match outcome {
+                Ok(requeue) => {
+                    backoff.reset();
+                    requeue
+                }
+                Err(e) => {
+                    tracing::error!(cluster = self.name, error = %e, "reconcile failed; retrying");
+                    self.status.send_modify(|s| failed(s, &e));
+                    backoff.next_delay()
+                }
+            };
+            tokio::select! {
+                changed = self.entry.changed() => if changed.is_err() { return },
+                changed = reports.changed() => {
+                    if changed.is_err() { return }
+                    tokio::time::sleep(COALESCE).await;
+                }
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(delay) => {}
+                () = cx.cancel.cancelled() => return,
+            }
+            reports.borrow_and_update();
+        }
+    }
+
+    /// The reconciler, resumed from the saved record.
+    async fn load(&self) -> Result<Reconciler, String> {
+        let state = self.controller.state.clone();
+        let name = record_name(&self.name);
+        let intent = tokio::task::spawn_blocking(move || state.load::<Intent>(&name))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| crate::error_chain(&e))?;
+        Ok(Reconciler::new(&self.name, intent.unwrap_or_default()))
+    }
+
+    /// One pass: reconcile, then save the record and publish the plans when it changed (or
+    /// when the definition's list of nodes did).
+    async fn pass(
+        &mut self,
+        reconciler: &mut Reconciler,
+        entry: &ClusterEntry,
+    ) -> Result<Duration, String> {
+        let cx = self.controller.clone();
+        let reports = cx.hub.cluster_reports(&self.name);
+        let action = reconciler.reconcile(entry, &reports, SystemTime::now());
+        let declared = reconciler.declared(&entry.cluster);
+        let names: BTreeSet<String> = declared.keys().cloned().collect();
+        if action.save || self.declared.as_ref() != Some(&names) {
+            let state = cx.state.clone();
+            let hub = cx.hub.clone();
+            let name = self.name.clone();
+            let intent = action.save.then(|| reconciler.intent().clone());
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                if let Some(intent) = intent {
+                    state
+                        .save(&record_name(&name), &intent)
+                        .map_err(|e| crate::error_chain(&e))?;
+                }
+                hub.set_cluster(&name, &declared)
+                    .map_err(|e| crate::error_chain(&e))
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            self.declared = Some(names);
+        }
+        let mut status = reconciler.status().clone();
+        for node in &mut status.nodes {
+            node.generation = cx.hub.generation(&self.name, &node.name);
+        }
+        self.status.send_replace(status);
+        Ok(if action.save {
+            Duration::ZERO
+        } else {
+            action.requeue
+        })
+    }
+
+    /// The cluster left Git: its nodes are refused from now on. What runs stays.
+    async fn forget(&self) {
+        let hub = self.controller.hub.clone();
+        let name = self.name.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || hub.set_cluster(&name, &BTreeMap::new())).await;
+        if let Ok(Err(e)) = outcome {
+            tracing::error!(cluster = self.name, error = %crate::error_chain(&e), "cannot forget a cluster's nodes");
+        }
+        tracing::info!(
+            cluster = self.name,
+            "the cluster left Git; its nodes are no longer managed"
+        );
+    }
+
+    /// The record cannot be read: nothing is safe to do for this cluster until an operator
+    /// fixes it; say so and stay stalled.
+    fn fail_forever(&self, error: &str) {
+        tracing::error!(
+            cluster = self.name,
+            error,
+            "cannot read the cluster's rollout record"
+        );
+        self.status.send_modify(|s| failed(s, error));
+    }
+}
+
+/// Marks a status stalled by an error of the daemon's own.
+fn failed(status: &mut ClusterStatus, error: &str) {
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    status
+        .conditions
+        .retain(|c| c.kind != ConditionType::Stalled);
+    status.conditions.push(Condition {
+        kind: ConditionType::Stalled,
+        status: true,
+        reason: "DaemonError".into(),
+        message: error.to_string(),
+        since: now,
+    });
+}

@@ -132,6 +132,12 @@ impl StateDir {
     }
 
     /// Creates the directory, owner-only, if it does not exist; refuses one that is not the
+    /// owner's alone. Blocking.
+    pub fn ensure(&self) -> Result<(), StateError> {
+        self.ensure_root()
+    }
+
+    /// Creates the directory, owner-only, if it does not exist; refuses one that is not the
     /// owner's alone.
     fn ensure_root(&self) -> Result<(), StateError> {
         use std::os::unix::fs::DirBuilderExt as _;

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::metrics::Metrics;
-use crate::config::{DaemonConfig, GitCredentials, GitReference, SourceConfig};
+use crate::config::{self, DaemonConfig, GitCredentials, GitReference, SourceConfig};
 use crate::reconcile::task::Controller;
 use crate::secret::{Secret, SecretError};
 use crate::server::{AgentServer, Hub, ServerError, Settings};
@@ -269,16 +269,9 @@ async fn admit_when_loaded(
     }
 }
 
-/// Checks and reads everything that needs no port.
+/// Checks and reads everything that needs no port. Nothing is written before every setting
+/// was checked; then the state directory is made (owner-only) before anything goes in it.
 async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
-    let state = StateDir::new(&config.state_dir);
-    {
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || state.names(""))
-            .await
-            .expect("listing does not panic")
-            .map_err(DaemonError::State)?;
-    }
     let hooks = read_hooks(config)?;
     let Some(source) = &config.source else {
         return Err(DaemonError::Usage(
@@ -286,8 +279,7 @@ async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
                 .into(),
         ));
     };
-    let trigger;
-    let (source, location) = match source {
+    let git = match source {
         SourceConfig::Local { path, clusters_dir } => {
             if !path.join(clusters_dir).is_dir() {
                 return Err(DaemonError::Usage(format!(
@@ -295,35 +287,33 @@ async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
                     path.display()
                 )));
             }
-            trigger = Trigger::default();
+            None
+        }
+        SourceConfig::Git(g) => Some(git_config(config, g)?),
+    };
+    let state = StateDir::new(&config.state_dir);
+    {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || state.ensure())
+            .await
+            .expect("making a directory does not panic")
+            .map_err(DaemonError::State)?;
+    }
+    let (source, location, trigger) = match (source, git) {
+        (SourceConfig::Git(g), Some(git)) => {
+            let source = GitSource::new(git).map_err(DaemonError::Git)?;
+            let trigger = source.trigger();
+            (Source::Git(source), g.url.clone(), trigger)
+        }
+        (SourceConfig::Local { path, clusters_dir }, _) => {
             let local = LocalSource::new(path.clone(), clusters_dir.clone(), LOCAL_RESCAN);
-            (Source::Local(local), path.display().to_string())
+            (
+                Source::Local(local),
+                path.display().to_string(),
+                Trigger::default(),
+            )
         }
-        SourceConfig::Git(g) => {
-            let url = RemoteUrl::parse(&g.url)
-                .map_err(|e| DaemonError::Usage(format!("source.git.url: {e}")))?;
-            let auth = git_auth(&g.auth)?;
-            let reference = match &g.reference {
-                GitReference::Branch(b) => GitRef::Branch(b.clone()),
-                GitReference::Tag(t) => GitRef::Tag(t.clone()),
-                GitReference::Commit(c) => GitRef::Commit(c.clone()),
-            };
-            let source = GitSource::new(GitSourceConfig {
-                url,
-                auth,
-                reference,
-                subdir: g.subdir.clone(),
-                clusters_dir: g.clusters_dir.clone(),
-                state_dir: config.state_dir.join("git"),
-                poll: PollPolicy {
-                    interval: g.poll_interval,
-                    ..PollPolicy::default()
-                },
-            })
-            .map_err(DaemonError::Git)?;
-            trigger = source.trigger();
-            (Source::Git(source), g.url.clone())
-        }
+        (SourceConfig::Git(_), None) => unreachable!("a Git source was checked above"),
     };
     Ok(Prepared {
         state,
@@ -331,6 +321,32 @@ async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
         location,
         trigger,
         hooks,
+    })
+}
+
+/// The Git source's settings, its credentials read.
+fn git_config(
+    config: &DaemonConfig,
+    g: &config::GitSource,
+) -> Result<GitSourceConfig, DaemonError> {
+    let url =
+        RemoteUrl::parse(&g.url).map_err(|e| DaemonError::Usage(format!("source.git.url: {e}")))?;
+    let reference = match &g.reference {
+        GitReference::Branch(b) => GitRef::Branch(b.clone()),
+        GitReference::Tag(t) => GitRef::Tag(t.clone()),
+        GitReference::Commit(c) => GitRef::Commit(c.clone()),
+    };
+    Ok(GitSourceConfig {
+        url,
+        auth: git_auth(&g.auth)?,
+        reference,
+        subdir: g.subdir.clone(),
+        clusters_dir: g.clusters_dir.clone(),
+        state_dir: config.state_dir.join("git"),
+        poll: PollPolicy {
+            interval: g.poll_interval,
+            ..PollPolicy::default()
+        },
     })
 }
 

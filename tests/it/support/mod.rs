@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod daemon;
 pub mod docker;
 pub mod etcd;
 pub mod fleet;

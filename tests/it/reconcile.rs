@@ -1,0 +1,375 @@
+//! The reconciler's decisions, pass by pass, against simulated agents: each agent applies the
+//! plan it was declared (or not: it is away, or its steps fail) and reports as a real one
+//! would. The loop around the reconciler (saving, the hub) is covered by `serve.rs` with real
+//! processes; here every rule of the rollout is checked on its own.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use drover::api::{ClusterStatus, ConditionType};
+use drover::model::{load_sources, Cluster, SourceFile};
+use drover::nodeplan::{NodeSpec, ETCD_COMPONENT};
+use drover::protocol::{AppliedMark, ContainerState, StepReport};
+use drover::reconcile::intent::Intent;
+use drover::reconcile::Reconciler;
+use drover::server::NodeReport;
+use drover::source::{ClusterEntry, Revision};
+
+fn load(text: &str) -> Arc<Cluster> {
+    let file = SourceFile {
+        path: "clusters/dev.yaml".into(),
+        bytes: text.as_bytes().to_vec(),
+    };
+    let repo = load_sources(vec![file], Vec::new());
+    assert!(!repo.has_errors(), "{}", repo.render_diagnostics());
+    Arc::new(repo.clusters.into_iter().next().expect("one cluster"))
+}
+
+/// Three etcd + control-plane nodes (their api probed), `workers` workers, `api` the api image.
+fn definition(workers: usize, api: &str, extra_etcd: bool) -> String {
+    let mut nodes = String::new();
+    for i in 1..=3 {
+        nodes.push_str(&format!(
+            "    - {{name: node-{i}, address: 127.0.0.{}, roles: [etcd, controlplane]}}\n",
+            i + 1
+        ));
+    }
+    for i in 1..=workers {
+        nodes.push_str(&format!(
+            "    - {{name: w-{i}, address: 127.0.1.{i}, roles: [worker]}}\n"
+        ));
+    }
+    if extra_etcd {
+        nodes.push_str("    - {name: node-9, address: 127.0.0.9, roles: [etcd]}\n");
+    }
+    format!(
+        "apiVersion: drover.dev/v1alpha1
+kind: Cluster
+metadata: {{name: dev}}
+spec:
+  nodes:
+{nodes}  etcd: {{image: drover-test/etcd:3.4.23}}
+  components:
+    controlplane:
+      - name: api
+        image: {api}
+        command: [httpd, -f, -p, '{{{{ node.address }}}}:8080']
+        health: {{http: 'http://{{{{ node.address }}}}:8080/'}}
+    worker:
+      - name: app
+        image: drover-test/busybox:1
+        command: [httpd, -f, -p, '{{{{ node.address }}}}:9090']
+  rollout:
+    maxUnavailable: {{controlplane: 1, worker: 1}}
+"
+    )
+}
+
+fn entry(text: &str, revision: u64) -> ClusterEntry {
+    ClusterEntry {
+        cluster: load(text),
+        revision: Revision::WorkTree(revision),
+        held_back: false,
+    }
+}
+
+/// How a simulated agent behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Agent {
+    /// Applies its plan and reports it running and healthy.
+    Good,
+    /// Holds no session.
+    Away,
+    /// Reports a failed pull for every container step.
+    BadPull,
+}
+
+/// Simulated agents: what each was declared and how it behaves.
+struct Fleet {
+    agents: BTreeMap<String, Agent>,
+    reports: BTreeMap<String, NodeReport>,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        Fleet {
+            agents: BTreeMap::new(),
+            reports: BTreeMap::new(),
+        }
+    }
+
+    fn set(&mut self, node: &str, agent: Agent) {
+        self.agents.insert(node.to_string(), agent);
+    }
+
+    /// Every agent takes the plan it is declared and reports.
+    fn apply(&mut self, declared: &BTreeMap<String, Option<NodeSpec>>) {
+        self.reports.clear();
+        for (node, spec) in declared {
+            let agent = self.agents.get(node).copied().unwrap_or(Agent::Good);
+            let report = match (agent, spec) {
+                (Agent::Away, _) => NodeReport::default(),
+                (_, None) => NodeReport {
+                    connected: true,
+                    ..NodeReport::default()
+                },
+                (Agent::Good, Some(spec)) => running(spec),
+                (Agent::BadPull, Some(spec)) => NodeReport {
+                    steps: spec
+                        .containers
+                        .keys()
+                        .map(|c| StepReport {
+                            subject: c.clone(),
+                            action: "created".into(),
+                            error: Some("pull access denied for nope".into()),
+                        })
+                        .collect(),
+                    containers: BTreeMap::new(),
+                    ..running(spec)
+                },
+            };
+            self.reports.insert(node.clone(), report);
+        }
+    }
+}
+
+/// The report of an agent that runs `spec`, every probe passing.
+fn running(spec: &NodeSpec) -> NodeReport {
+    NodeReport {
+        connected: true,
+        applied: Some(AppliedMark {
+            generation: 1,
+            checksum: spec.checksum(),
+        }),
+        steps: Vec::new(),
+        containers: spec
+            .containers
+            .iter()
+            .map(|(name, c)| {
+                let state = ContainerState {
+                    running: true,
+                    spec_hash: c.hash(),
+                    healthy: spec.health.contains_key(name).then_some(true),
+                    reason: None,
+                };
+                (name.clone(), state)
+            })
+            .collect(),
+        last_seen: None,
+    }
+}
+
+/// What one pass changed: the nodes whose declared plan is new.
+fn changed(
+    before: &BTreeMap<String, Option<NodeSpec>>,
+    after: &BTreeMap<String, Option<NodeSpec>>,
+) -> BTreeSet<String> {
+    after
+        .iter()
+        .filter(|(n, s)| before.get(*n) != Some(*s))
+        .map(|(n, _)| n.clone())
+        .chain(before.keys().filter(|n| !after.contains_key(*n)).cloned())
+        .collect()
+}
+
+/// Runs passes until one changes nothing; returns each pass's changed nodes (the rollout's
+/// batches, in order) and the reconciler's status.
+fn converge(
+    r: &mut Reconciler,
+    entry: &ClusterEntry,
+    fleet: &mut Fleet,
+) -> (Vec<BTreeSet<String>>, ClusterStatus) {
+    let mut batches = Vec::new();
+    for _ in 0..50 {
+        let before = r.declared(&entry.cluster);
+        fleet.apply(&before);
+        r.reconcile(entry, &fleet.reports, SystemTime::UNIX_EPOCH);
+        let after = r.declared(&entry.cluster);
+        let c = changed(&before, &after);
+        if c.is_empty() {
+            fleet.apply(&after);
+            r.reconcile(entry, &fleet.reports, SystemTime::UNIX_EPOCH);
+            return (batches, r.status().clone());
+        }
+        batches.push(c);
+    }
+    panic!("no fixed point after 50 passes: {batches:?}");
+}
+
+fn set(nodes: &[&str]) -> BTreeSet<String> {
+    nodes.iter().map(|n| n.to_string()).collect()
+}
+
+/// The condition that holds, with its reason and message.
+fn state(status: &ClusterStatus) -> (ConditionType, String, String) {
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.status)
+        .expect("one condition holds");
+    (c.kind, c.reason.clone(), c.message.clone())
+}
+
+/// A reconciler that took `text` to Ready with good agents.
+fn converged(text: &str) -> (Reconciler, Fleet) {
+    let mut r = Reconciler::new("dev", Intent::default());
+    let mut fleet = Fleet::new();
+    let (_, status) = converge(&mut r, &entry(text, 1), &mut fleet);
+    assert_eq!(state(&status).0, ConditionType::Ready, "{status:#?}");
+    (r, fleet)
+}
+
+#[test]
+fn a_new_cluster_starts_etcd_together_then_one_control_plane_node_at_a_time() {
+    let mut r = Reconciler::new("dev", Intent::default());
+    let mut fleet = Fleet::new();
+    let e = entry(&definition(2, "drover-test/busybox:1", false), 1);
+    let (batches, status) = converge(&mut r, &e, &mut fleet);
+    assert_eq!(
+        batches,
+        vec![
+            set(&["node-1", "node-2", "node-3"]),
+            set(&["node-1"]),
+            set(&["node-2"]),
+            set(&["node-3"]),
+            set(&["w-1", "w-2"]),
+        ]
+    );
+    let (kind, reason, _) = state(&status);
+    assert_eq!((kind, reason.as_str()), (ConditionType::Ready, "Converged"));
+    assert_eq!(status.applied_revision.as_deref(), Some("worktree#1"));
+    // The members bootstrapped together, as a new cluster.
+    let declared = r.declared(&e.cluster);
+    let node1 = declared["node-1"].as_ref().unwrap();
+    let bootstrap = node1.etcd_bootstrap.as_ref().expect("bootstrap flags");
+    assert!(!bootstrap.existing);
+    assert_eq!(bootstrap.initial_cluster.len(), 3);
+    assert!(node1.containers.contains_key(ETCD_COMPONENT));
+    assert!(node1.containers.contains_key("api"));
+}
+
+#[test]
+fn the_first_batch_waits_for_every_member_healthy_before_any_component() {
+    let mut r = Reconciler::new("dev", Intent::default());
+    let mut fleet = Fleet::new();
+    fleet.set("node-3", Agent::Away);
+    let e = entry(&definition(1, "drover-test/busybox:1", false), 1);
+    let (batches, status) = converge(&mut r, &e, &mut fleet);
+    assert_eq!(batches, vec![set(&["node-1", "node-2", "node-3"])]);
+    let (kind, reason, message) = state(&status);
+    assert_eq!(kind, ConditionType::Reconciling);
+    assert_eq!(reason, "Waiting");
+    assert_eq!(message, "waiting for node-3's agent to connect");
+    assert_eq!(status.applied_revision, None);
+    // The agent comes back: the rollout goes on from where it waited.
+    fleet.set("node-3", Agent::Good);
+    let (batches, status) = converge(&mut r, &e, &mut fleet);
+    assert_eq!(batches.len(), 4, "{batches:?}");
+    assert_eq!(state(&status).0, ConditionType::Ready);
+}
+
+#[test]
+fn an_image_change_rolls_one_node_at_a_time_and_an_away_agent_holds_it() {
+    let text = definition(0, "drover-test/busybox:1", false);
+    let (mut r, mut fleet) = converged(&text);
+    fleet.set("node-2", Agent::Away);
+    let next = entry(&definition(0, "drover-test/busybox:2", false), 2);
+    let (batches, status) = converge(&mut r, &next, &mut fleet);
+    // node-2 is away: nothing may go while it is down (it would be a second node down).
+    assert_eq!(batches, Vec::<BTreeSet<String>>::new());
+    assert_eq!(state(&status).2, "waiting for node-2's agent to connect");
+    assert_eq!(status.applied_revision.as_deref(), Some("worktree#1"));
+    fleet.set("node-2", Agent::Good);
+    let (batches, status) = converge(&mut r, &next, &mut fleet);
+    assert_eq!(
+        batches,
+        vec![set(&["node-1"]), set(&["node-2"]), set(&["node-3"])]
+    );
+    assert_eq!(status.applied_revision.as_deref(), Some("worktree#2"));
+}
+
+#[test]
+fn a_failed_step_stalls_with_its_reason_and_the_fix_rolls_out() {
+    let text = definition(0, "drover-test/busybox:1", false);
+    let (mut r, mut fleet) = converged(&text);
+    fleet.set("node-1", Agent::BadPull);
+    let bad = entry(&definition(0, "127.0.0.1:1/nope:1", false), 2);
+    let (batches, status) = converge(&mut r, &bad, &mut fleet);
+    assert_eq!(batches, vec![set(&["node-1"])], "only the first batch goes");
+    let (kind, reason, message) = state(&status);
+    assert_eq!(kind, ConditionType::Stalled);
+    assert_eq!(reason, "StepFailed");
+    assert_eq!(
+        message,
+        "created api failed on node-1: pull access denied for nope"
+    );
+    // The fix replaces node-1's plan first: its failed node is in the batch, so it may go.
+    fleet.set("node-1", Agent::Good);
+    let fixed = entry(&definition(0, "drover-test/busybox:3", false), 3);
+    let (batches, status) = converge(&mut r, &fixed, &mut fleet);
+    assert_eq!(
+        batches,
+        vec![set(&["node-1"]), set(&["node-2"]), set(&["node-3"])]
+    );
+    assert_eq!(state(&status).0, ConditionType::Ready);
+}
+
+#[test]
+fn an_unsafe_plan_never_runs() {
+    let text = definition(0, "drover-test/busybox:1", false);
+    let (mut r, mut fleet) = converged(&text);
+    // Two of three members away (unhealthy), and the definition removes a member.
+    fleet.set("node-2", Agent::Away);
+    fleet.set("node-3", Agent::Away);
+    let two = definition(0, "drover-test/busybox:1", false).replace(
+        "    - {name: node-3, address: 127.0.0.4, roles: [etcd, controlplane]}\n",
+        "",
+    );
+    let (batches, status) = converge(&mut r, &entry(&two, 2), &mut fleet);
+    assert!(batches.is_empty(), "{batches:?}");
+    let (kind, reason, message) = state(&status);
+    assert_eq!(
+        (kind, reason.as_str()),
+        (ConditionType::Stalled, "UnsafePlan")
+    );
+    assert!(message.contains("etcd quorum is lost"), "{message}");
+    assert_eq!(status.applied_revision.as_deref(), Some("worktree#1"));
+}
+
+#[test]
+fn a_step_this_daemon_cannot_run_stalls_instead_of_being_skipped() {
+    let text = definition(0, "drover-test/busybox:1", false);
+    let (mut r, mut fleet) = converged(&text);
+    let (batches, status) = converge(
+        &mut r,
+        &entry(&definition(0, "drover-test/busybox:1", true), 2),
+        &mut fleet,
+    );
+    assert!(batches.is_empty(), "{batches:?}");
+    let (kind, reason, message) = state(&status);
+    assert_eq!(
+        (kind, reason.as_str()),
+        (ConditionType::Stalled, "Unsupported")
+    );
+    assert!(message.contains("adding an etcd member"), "{message}");
+}
+
+#[test]
+fn a_removed_node_is_cleaned_then_forgotten() {
+    let text = definition(2, "drover-test/busybox:1", false);
+    let (mut r, mut fleet) = converged(&text);
+    let e = entry(&definition(1, "drover-test/busybox:1", false), 2);
+    // w-2 is away: it is not forgotten before it applied its empty plan.
+    fleet.set("w-2", Agent::Away);
+    let (batches, status) = converge(&mut r, &e, &mut fleet);
+    assert_eq!(batches, vec![set(&["w-2"])]);
+    let declared = r.declared(&e.cluster);
+    assert_eq!(declared["w-2"], Some(NodeSpec::default()));
+    assert_eq!(state(&status).2, "waiting for w-2's agent to connect");
+    fleet.set("w-2", Agent::Good);
+    let (batches, status) = converge(&mut r, &e, &mut fleet);
+    assert_eq!(batches, vec![set(&["w-2"])]);
+    assert!(!r.declared(&e.cluster).contains_key("w-2"));
+    assert_eq!(state(&status).0, ConditionType::Ready);
+}

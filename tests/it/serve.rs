@@ -1,0 +1,375 @@
+//! `drover serve` end to end, as an operator runs it: the daemon as a process on a real Git
+//! repository, agents as processes (one per node, each its own loopback address and host
+//! root, one Docker engine), real etcd. Commits are announced with a signed webhook.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use drover::api::{ClusterStatus, ConditionType};
+
+use crate::support::daemon::{tail, AgentProcess, TestDaemon};
+use crate::support::docker::{self, BUSYBOX_IMAGE, ETCD_IMAGE};
+use crate::support::fleet::{unique_cluster, ClusterCleanup};
+use crate::support::git::TestRepo;
+use crate::support::net::unique_loopback;
+use crate::support::require;
+
+/// A rollout of the whole cluster, images present, is seconds; this bounds a hang.
+const CONVERGE: Duration = Duration::from_secs(120);
+
+/// The test cluster: three etcd + control-plane nodes and one worker, each on its own address.
+struct Layout {
+    cluster: String,
+    nodes: Vec<(String, Ipv4Addr, &'static str)>,
+}
+
+impl Layout {
+    fn new(prefix: &str) -> Layout {
+        let ports = [2379, 2380, 8080, 9090];
+        let mut nodes = Vec::new();
+        for i in 1..=3 {
+            nodes.push((
+                format!("n{i}"),
+                unique_loopback(&ports),
+                "[etcd, controlplane]",
+            ));
+        }
+        nodes.push(("w1".to_string(), unique_loopback(&ports), "[worker]"));
+        Layout {
+            cluster: unique_cluster(prefix),
+            nodes,
+        }
+    }
+
+    /// The cluster file; `api_text` is what each api serves, `worker_image` the worker's image.
+    fn yaml(&self, api_text: &str, worker_image: &str) -> String {
+        let labels = docker::test_labels();
+        let nodes: String = self
+            .nodes
+            .iter()
+            .map(|(name, ip, roles)| {
+                format!("    - {{name: {name}, address: {ip}, roles: {roles}}}\n")
+            })
+            .collect();
+        format!(
+            "apiVersion: drover.dev/v1alpha1
+kind: Cluster
+metadata: {{name: {cluster}}}
+spec:
+  nodes:
+{nodes}  etcd:
+    image: {ETCD_IMAGE}
+    extraArgs: {{heartbeat-interval: '100', election-timeout: '1000'}}
+  components:
+    controlplane:
+      - name: api
+        image: {BUSYBOX_IMAGE}
+        command: [sh, -c]
+        args:
+          - mkdir -p /www && echo '{{{{ node.name }}}} {api_text}' > /www/index.html && exec httpd -f -p {{{{ node.address }}}}:8080 -h /www
+        health: {{http: 'http://{{{{ node.address }}}}:8080/', interval: 1s}}
+        labels: {labels}
+    worker:
+      - name: app
+        image: {worker_image}
+        command: [httpd, -f, -p, '{{{{ node.address }}}}:9090']
+        health: {{tcp: '{{{{ node.address }}}}:9090', interval: 1s}}
+        labels: {labels}
+  rollout:
+    maxUnavailable: {{controlplane: 1, worker: 1}}
+",
+            cluster = self.cluster,
+        )
+    }
+
+    fn path(&self) -> String {
+        format!("clusters/{}.yaml", self.cluster)
+    }
+
+    fn ip(&self, node: &str) -> Ipv4Addr {
+        self.nodes.iter().find(|(n, _, _)| n == node).unwrap().1
+    }
+}
+
+fn condition(status: &ClusterStatus) -> (ConditionType, String) {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.status)
+        .map(|c| (c.kind, c.message.clone()))
+        .unwrap_or((ConditionType::Ready, "no condition yet".into()))
+}
+
+/// Ready at `revision`: every node ready, the revision applied.
+fn ready_at(revision: String) -> impl Fn(&ClusterStatus) -> Result<(), String> {
+    move |s| {
+        let (kind, message) = condition(s);
+        if kind != ConditionType::Ready {
+            return Err(format!("{kind:?}: {message}"));
+        }
+        if s.applied_revision.as_deref() != Some(revision.as_str()) {
+            return Err(format!("applied {:?}", s.applied_revision));
+        }
+        Ok(())
+    }
+}
+
+async fn http_get(url: &str) -> Result<String, String> {
+    let response = reqwest::get(url).await.map_err(|e| e.to_string())?;
+    response.text().await.map_err(|e| e.to_string())
+}
+
+/// When each container of `names` last started, as Docker says.
+fn started_at(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .map(|name| {
+            let out = std::process::Command::new("docker")
+                .args(["inspect", "-f", "{{.State.StartedAt}}", name])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_out() {
+    let engine = require!(docker::connect().await);
+    require!(docker::require_image(&engine, ETCD_IMAGE).await);
+    require!(docker::require_image(&engine, BUSYBOX_IMAGE).await);
+    let layout = Layout::new("serve");
+    let _cleanup = ClusterCleanup(layout.cluster.clone());
+    let repo = TestRepo::init();
+    let first = repo.commit_files(
+        &[(&layout.path(), &layout.yaml("v1", BUSYBOX_IMAGE))],
+        "dev",
+    );
+    let mut daemon = TestDaemon::start(&repo.url()).await;
+    let token = daemon.token_file(&layout.cluster).await;
+    let mut agents: Vec<AgentProcess> = layout
+        .nodes
+        .iter()
+        .map(|(n, _, _)| AgentProcess::start(&daemon, n, &token))
+        .collect();
+    let cluster = layout.cluster.as_str();
+
+    // The first commit: etcd bootstraps, then each node's components, gated.
+    daemon
+        .await_status(
+            "the cluster to converge",
+            cluster,
+            CONVERGE,
+            ready_at(first.to_string()),
+        )
+        .await;
+    let endpoints: Vec<String> = (1..=3)
+        .map(|i| format!("http://{}:2379", layout.ip(&format!("n{i}"))))
+        .collect();
+    let mut etcd = etcd_client::Client::connect(&endpoints, None)
+        .await
+        .unwrap();
+    let members = etcd.member_list().await.unwrap();
+    let mut names: Vec<&str> = members.members().iter().map(|m| m.name()).collect();
+    names.sort();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+    etcd.put("drover-test", "written", None).await.unwrap();
+    for i in 1..=3 {
+        let page = http_get(&format!("http://{}:8080/", layout.ip(&format!("n{i}")))).await;
+        assert_eq!(page.unwrap().trim(), format!("n{i} v1"));
+    }
+
+    // A change of the api: one control-plane node at a time, in order.
+    let second = repo.commit_files(&[(&layout.path(), &layout.yaml("v2", BUSYBOX_IMAGE))], "v2");
+    daemon.hook().await;
+    daemon
+        .await_status(
+            "v2 to roll out",
+            cluster,
+            CONVERGE,
+            ready_at(second.to_string()),
+        )
+        .await;
+    let apis: Vec<String> = (1..=3)
+        .map(|i| format!("drover.{cluster}.n{i}.api"))
+        .collect();
+    let v2_started = started_at(&apis);
+    assert!(
+        v2_started[0] < v2_started[1] && v2_started[1] < v2_started[2],
+        "replaced one after another: {v2_started:?}"
+    );
+    for i in 1..=3 {
+        let page = http_get(&format!("http://{}:8080/", layout.ip(&format!("n{i}")))).await;
+        assert_eq!(page.unwrap().trim(), format!("n{i} v2"));
+    }
+
+    // An invalid file: nothing changes, and status says why.
+    let broken = repo.commit_files(&[(&layout.path(), "spec: [\n")], "broken");
+    daemon.hook().await;
+    let status = daemon
+        .await_status("the broken file to be held back", cluster, CONVERGE, |s| {
+            if s.held_back && s.desired_revision.as_deref() != Some(broken.to_string().as_str()) {
+                Ok(())
+            } else {
+                Err(format!("held back: {}", s.held_back))
+            }
+        })
+        .await;
+    assert_eq!(
+        status.applied_revision.as_deref(),
+        Some(second.to_string().as_str())
+    );
+    let clusters = crate::support::cli::command()
+        .args(["status", "--state-dir"])
+        .arg(daemon.state_dir())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&clusters.stdout);
+    assert!(
+        text.contains(&format!("{}:2:1: error", layout.path())),
+        "{text}"
+    );
+    assert!(text.contains("held back"), "{text}");
+    assert_eq!(started_at(&apis), v2_started, "nothing restarted");
+
+    // A bad image: Stalled with the engine's reason, and the fix recovers.
+    let bad = repo.commit_files(
+        &[(
+            &layout.path(),
+            &layout.yaml("v2", "127.0.0.1:1/drover-test/nope:1"),
+        )],
+        "bad image",
+    );
+    daemon.hook().await;
+    let status = daemon
+        .await_status(
+            "the bad image to stall",
+            cluster,
+            CONVERGE,
+            |s| match condition(s) {
+                (ConditionType::Stalled, m) if m.contains("nope") => Ok(()),
+                (kind, m) => Err(format!("{kind:?}: {m}")),
+            },
+        )
+        .await;
+    assert_eq!(
+        status.desired_revision.as_deref(),
+        Some(bad.to_string().as_str())
+    );
+    assert!(
+        condition(&status).1.contains("failed on w1"),
+        "{:?}",
+        condition(&status)
+    );
+    let fixed = repo.commit_files(
+        &[(&layout.path(), &layout.yaml("v2", BUSYBOX_IMAGE))],
+        "fix",
+    );
+    daemon.hook().await;
+    let before = daemon
+        .await_status(
+            "the fix to roll out",
+            cluster,
+            CONVERGE,
+            ready_at(fixed.to_string()),
+        )
+        .await;
+
+    // SIGTERM: the daemon drains and exits 0; started again, it resumes with nothing redone.
+    let apis_started = started_at(&apis);
+    let exit = daemon.terminate();
+    assert!(exit.success(), "{exit}\n{}", tail(&daemon.log(), 30));
+    daemon.spawn().await;
+    let after = daemon
+        .await_status("the restarted daemon to resume", cluster, CONVERGE, |s| {
+            ready_at(fixed.to_string())(s)?;
+            if s.nodes.iter().all(|n| n.connected) {
+                Ok(())
+            } else {
+                Err("agents reconnecting".into())
+            }
+        })
+        .await;
+    let generations =
+        |s: &ClusterStatus| -> Vec<Option<u64>> { s.nodes.iter().map(|n| n.generation).collect() };
+    assert_eq!(
+        generations(&after),
+        generations(&before),
+        "no generation reused or bumped"
+    );
+    assert_eq!(started_at(&apis), apis_started, "nothing restarted");
+    let value = etcd.get("drover-test", None).await.unwrap();
+    assert_eq!(value.kvs()[0].value_str().unwrap(), "written");
+
+    // Nothing secret in any log.
+    let operator_token =
+        std::fs::read_to_string(daemon.state_dir().join("operator-token")).unwrap();
+    let join_token = std::fs::read_to_string(&token).unwrap();
+    let mut logs = vec![daemon.log()];
+    for agent in &mut agents {
+        agent.stop();
+        logs.push(agent.log());
+    }
+    for log in &logs {
+        assert!(
+            !log.contains(operator_token.trim()),
+            "the operator token leaked"
+        );
+        assert!(!log.contains(join_token.trim()), "a join token leaked");
+        assert!(!log.contains("PRIVATE KEY"), "a key leaked");
+        assert!(
+            !log.contains(&daemon.hook_secret),
+            "the webhook secret leaked"
+        );
+    }
+}
+
+#[tokio::test]
+async fn serve_refuses_bad_settings_before_it_binds() {
+    let dir = crate::support::private_tempdir();
+    let state = dir.path().join("state");
+    let config = dir.path().join("daemon.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: drover.dev/v1alpha1\nkind: DaemonConfig\nlisten: {http: 'nowhere'}\n",
+    )
+    .unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--config".into(), config.display().to_string()],
+            "invalid daemon setting: a listen address is ip:port",
+        ),
+        (
+            vec!["--state-dir".into(), state.display().to_string()],
+            "no source",
+        ),
+        (
+            vec![
+                "--source".into(),
+                dir.path().display().to_string(),
+                "--state-dir".into(),
+                state.display().to_string(),
+                "--listen-http".into(),
+                "127.0.0.1".into(),
+            ],
+            "--listen-http `127.0.0.1` is not ip:port",
+        ),
+        (
+            vec!["--state-dir".into(), "relative/state".into()],
+            "--state-dir must be an absolute path",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec!["serve".to_string()];
+        all.extend(args.iter().cloned());
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = tokio::time::timeout(Duration::from_secs(30), crate::support::cli::drover(&refs))
+            .await
+            .expect("a refused start exits at once");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert!(!state.exists(), "nothing was written for a refused start");
+}

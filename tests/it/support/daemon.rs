@@ -1,0 +1,315 @@
+//! `drover serve` and `drover agent` as processes, the way an operator runs them: a daemon on
+//! a Git repository with a generic webhook (so a commit is picked up at once), and one agent
+//! per node, each with its own data directory and host root. Everything is stopped on drop.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use drover::api::ClusterStatus;
+use drover::secret::Secret;
+use tempfile::TempDir;
+
+use super::cli::BIN;
+use super::net::{free_port, unique_loopback};
+use super::process::Process;
+use super::{private_tempdir, unique_token};
+
+/// How long a daemon may take to answer on its HTTP listener.
+pub const START: Duration = Duration::from_secs(20);
+
+/// A running `drover serve`.
+pub struct TestDaemon {
+    process: Option<Process>,
+    pub work: TempDir,
+    pub ip: Ipv4Addr,
+    pub agents_port: u16,
+    pub http_port: u16,
+    pub hook_secret: String,
+    source: String,
+}
+
+impl TestDaemon {
+    /// Starts a daemon following `source` (a Git URL or a directory) with a generic webhook.
+    pub async fn start(source: &str) -> TestDaemon {
+        let ip = unique_loopback(&[]);
+        let (agents_port, http_port) = (free_port(ip), free_port(ip));
+        let work = private_tempdir();
+        let hook_secret = format!("hook-{}", unique_token());
+        std::fs::write(work.path().join("hook-secret"), &hook_secret).unwrap();
+        let mut daemon = TestDaemon {
+            process: None,
+            work,
+            ip,
+            agents_port,
+            http_port,
+            hook_secret,
+            source: source.to_string(),
+        };
+        daemon.spawn().await;
+        daemon
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.work.path().join("state")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.work.path().join("daemon.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn agents_url(&self) -> String {
+        format!("wss://{}:{}", self.ip, self.agents_port)
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.http_port))
+    }
+
+    /// Writes the configuration and starts the process; returns once `/healthz` answers.
+    pub async fn spawn(&mut self) {
+        let config = self.work.path().join("daemon.yaml");
+        let text = format!(
+            "apiVersion: drover.dev/v1alpha1
+kind: DaemonConfig
+source:
+  git: {{url: '{}', branch: main, pollInterval: 5m}}
+listen: {{agents: '{}:{}', http: '{}:{}'}}
+stateDir: {}
+tlsNames: ['{}']
+webhooks: {{genericSecretFile: {}}}
+",
+            self.source,
+            self.ip,
+            self.agents_port,
+            self.ip,
+            self.http_port,
+            self.state_dir().display(),
+            self.ip,
+            self.work.path().join("hook-secret").display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut command = Command::new(BIN);
+        clear_drover_env(&mut command);
+        command
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("DROVER_LOG", "info,drover=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.process = Some(Process::spawn("drover serve", &mut command).expect("drover serve"));
+        let url = format!("http://{}/healthz", self.http());
+        let deadline = std::time::Instant::now() + START;
+        loop {
+            let process = self.process.as_mut().expect("just spawned");
+            if let Some(status) = process.child.try_wait().unwrap() {
+                panic!("drover serve exited ({status}):\n{}", self.log());
+            }
+            if reqwest::get(&url).await.is_ok() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "drover serve did not answer /healthz within {START:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns its status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut process = self.process.take().expect("a running daemon");
+        let pid = process.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = process.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "drover serve did not stop within 30 s of SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the daemon with SIGKILL (a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+        }
+    }
+
+    /// Signs and posts a generic webhook: the daemon checks its source at once.
+    pub async fn hook(&self) {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let signature = drover::source::webhook::sign(&Secret::new(&self.hook_secret), body);
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/hooks/generic", self.http()))
+            .header("x-drover-signature-256", format!("sha256={signature}"))
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("the webhook is delivered");
+        assert_eq!(response.status().as_u16(), 202, "the webhook is accepted");
+    }
+
+    /// `drover status CLUSTER --format json`, through the operator API as an operator runs it.
+    pub async fn status(&self, cluster: &str) -> Result<ClusterStatus, String> {
+        let out = super::cli::command()
+            .args(["status", cluster, "--format", "json", "--state-dir"])
+            .arg(self.state_dir())
+            .output()
+            .await
+            .expect("drover status runs");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// Waits until `cluster`'s status satisfies `check` (which says what is missing).
+    pub async fn await_status(
+        &self,
+        what: &str,
+        cluster: &str,
+        limit: Duration,
+        check: impl Fn(&ClusterStatus) -> Result<(), String>,
+    ) -> ClusterStatus {
+        let outcome = super::wait::poll_until(limit, || async {
+            let status = self.status(cluster).await?;
+            check(&status).map_err(|e| format!("{e}; status: {status:#?}"))?;
+            Ok::<_, String>(status)
+        })
+        .await;
+        match outcome {
+            Ok(status) => status,
+            Err(timed_out) => panic!(
+                "timed out after {:.1?} waiting for {what}; last: {}\ndaemon log:\n{}",
+                timed_out.after,
+                timed_out.last_error.unwrap_or_default(),
+                tail(&self.log(), 60)
+            ),
+        }
+    }
+
+    /// A reusable join token for `cluster`, in a file.
+    pub async fn token_file(&self, cluster: &str) -> PathBuf {
+        let file = self.work.path().join(format!("token-{cluster}"));
+        let out = super::cli::command()
+            .args(["token", "create", cluster, "--reusable", "--server"])
+            .arg(self.agents_url())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--out")
+            .arg(&file)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        file
+    }
+
+    /// The daemon CA's pin, from the file the daemon wrote for local tools.
+    pub fn pin(&self) -> String {
+        let endpoint: drover::daemon::Endpoint =
+            serde_json::from_slice(&std::fs::read(self.state_dir().join("endpoint.json")).unwrap())
+                .unwrap();
+        endpoint.ca_pin
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn clear_drover_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("DROVER_") {
+            command.env_remove(name);
+        }
+    }
+}
+
+/// A running `drover agent` for one node, with its own data directory and host root.
+pub struct AgentProcess {
+    process: Option<Process>,
+    pub node: String,
+    pub dir: PathBuf,
+}
+
+impl AgentProcess {
+    pub fn start(daemon: &TestDaemon, node: &str, token: &Path) -> AgentProcess {
+        let dir = daemon.work.path().join(format!("node-{node}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .unwrap();
+        let mut command = Command::new(BIN);
+        clear_drover_env(&mut command);
+        command
+            .args([
+                "agent",
+                "--server",
+                &daemon.agents_url(),
+                "--ca-hash",
+                &daemon.pin(),
+            ])
+            .args(["--node-name", node, "--token-file"])
+            .arg(token)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--host-root")
+            .arg(dir.join("root"))
+            .env("DROVER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        let process = Process::spawn("drover agent", &mut command).expect("drover agent");
+        AgentProcess {
+            process: Some(process),
+            node: node.to_string(),
+            dir,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop();
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

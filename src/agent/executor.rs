@@ -55,7 +55,7 @@ pub struct Applied {
 }
 
 enum Command {
-    Plan(PlanRecord),
+    Plan(Box<PlanRecord>),
     Reconcile,
 }
 
@@ -104,7 +104,7 @@ impl Executor {
 
     /// Hands over a new plan.
     pub async fn set_plan(&self, plan: PlanRecord) {
-        let _ = self.commands.send(Command::Plan(plan)).await;
+        let _ = self.commands.send(Command::Plan(Box::new(plan))).await;
     }
 
     /// Asks for a reconcile (something may have changed on the node); coalesced.
@@ -186,6 +186,7 @@ impl Run {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Plan(p)) => {
+                        let p = *p;
                         if let Err(e) = self.save_plan(&p).await {
                             tracing::error!(error = %crate::error_chain(&e), "cannot save the plan; applying it anyway");
                         }
@@ -208,6 +209,7 @@ impl Run {
             while let Ok(c) = commands.try_recv() {
                 match c {
                     Command::Plan(p) => {
+                        let p = *p;
                         if let Err(e) = self.save_plan(&p).await {
                             tracing::error!(error = %crate::error_chain(&e), "cannot save the plan; applying it anyway");
                         }

@@ -3,6 +3,7 @@
 //!
 //! - `docker`: the driver that takes a node to a plan (containers, files, labels, spec hashes);
 //! - `probe`: components' health checks;
+//! - `etcd`: tasks against the node's own etcd member (health, membership), over TLS;
 //! - `events`: the Docker events stream, re-subscribed when Docker restarts;
 //! - `executor`: the task that applies the plan on every trigger and publishes results;
 //! - `session`: TLS with the pinned CA, the join, and the protocol session;
@@ -14,6 +15,7 @@
 
 pub mod credential;
 pub mod docker;
+pub mod etcd;
 pub mod events;
 pub mod executor;
 pub mod probe;
@@ -125,7 +127,8 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         Some(auth) => driver.with_registry_auth(auth),
         None => driver,
     };
-    let prober = probe::Prober::new(settings.docker.clone())?;
+    let pki_dir = driver.etcd_pki_path();
+    let prober = probe::Prober::new(settings.docker.clone())?.with_etcd_pki(pki_dir.clone());
     let executor = Executor::spawn(
         driver,
         prober,
@@ -149,7 +152,7 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         };
         let mut established = false;
         let ended = tokio::select! {
-            r = session::session(&settings.dial, &data, &credential, &executor, &mut established, &shutdown) => r,
+            r = session::session(&settings.dial, &data, &credential, &executor, &pki_dir, &mut established, &shutdown) => r,
             () = forward_events(&mut notices, &executor) => Ok(()),
         };
         match ended {

@@ -82,8 +82,8 @@ pub struct Endpoint {
 
 /// The desired state's source, ready to run.
 enum Source {
-    Git(GitSource),
-    Local(LocalSource),
+    Git(Box<GitSource>),
+    Local(Box<LocalSource>),
 }
 
 impl Source {
@@ -303,12 +303,12 @@ async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
         (SourceConfig::Git(g), Some(git)) => {
             let source = GitSource::new(git).map_err(DaemonError::Git)?;
             let trigger = source.trigger();
-            (Source::Git(source), g.url.clone(), trigger)
+            (Source::Git(Box::new(source)), g.url.clone(), trigger)
         }
         (SourceConfig::Local { path, clusters_dir }, _) => {
             let local = LocalSource::new(path.clone(), clusters_dir.clone(), LOCAL_RESCAN);
             (
-                Source::Local(local),
+                Source::Local(Box::new(local)),
                 path.display().to_string(),
                 Trigger::default(),
             )

@@ -2,94 +2,20 @@
 //! repository, agents as processes (one per node, each its own loopback address and host
 //! root, one Docker engine), real etcd. Commits are announced with a signed webhook.
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use drover::api::{ClusterStatus, ConditionType};
 
-use crate::support::daemon::{tail, AgentProcess, TestDaemon};
+use crate::support::daemon::{
+    etcd_client, etcd_client_with, tail, AgentProcess, Layout, TestDaemon,
+};
 use crate::support::docker::{self, BUSYBOX_IMAGE, ETCD_IMAGE};
-use crate::support::fleet::{unique_cluster, ClusterCleanup};
+use crate::support::fleet::ClusterCleanup;
 use crate::support::git::TestRepo;
-use crate::support::net::unique_loopback;
 use crate::support::require;
 
 /// A rollout of the whole cluster, images present, is seconds; this bounds a hang.
 const CONVERGE: Duration = Duration::from_secs(120);
-
-/// The test cluster: three etcd + control-plane nodes and one worker, each on its own address.
-struct Layout {
-    cluster: String,
-    nodes: Vec<(String, Ipv4Addr, &'static str)>,
-}
-
-impl Layout {
-    fn new(prefix: &str) -> Layout {
-        let ports = [2379, 2380, 8080, 9090];
-        let mut nodes = Vec::new();
-        for i in 1..=3 {
-            nodes.push((
-                format!("n{i}"),
-                unique_loopback(&ports),
-                "[etcd, controlplane]",
-            ));
-        }
-        nodes.push(("w1".to_string(), unique_loopback(&ports), "[worker]"));
-        Layout {
-            cluster: unique_cluster(prefix),
-            nodes,
-        }
-    }
-
-    /// The cluster file; `api_text` is what each api serves, `worker_image` the worker's image.
-    fn yaml(&self, api_text: &str, worker_image: &str) -> String {
-        let labels = docker::test_labels();
-        let nodes: String = self
-            .nodes
-            .iter()
-            .map(|(name, ip, roles)| {
-                format!("    - {{name: {name}, address: {ip}, roles: {roles}}}\n")
-            })
-            .collect();
-        format!(
-            "apiVersion: drover.dev/v1alpha1
-kind: Cluster
-metadata: {{name: {cluster}}}
-spec:
-  nodes:
-{nodes}  etcd:
-    image: {ETCD_IMAGE}
-    extraArgs: {{heartbeat-interval: '100', election-timeout: '1000'}}
-  components:
-    controlplane:
-      - name: api
-        image: {BUSYBOX_IMAGE}
-        command: [sh, -c]
-        args:
-          - mkdir -p /www && echo '{{{{ node.name }}}} {api_text}' > /www/index.html && exec httpd -f -p {{{{ node.address }}}}:8080 -h /www
-        health: {{http: 'http://{{{{ node.address }}}}:8080/', interval: 1s}}
-        labels: {labels}
-    worker:
-      - name: app
-        image: {worker_image}
-        command: [httpd, -f, -p, '{{{{ node.address }}}}:9090']
-        health: {{tcp: '{{{{ node.address }}}}:9090', interval: 1s}}
-        labels: {labels}
-  rollout:
-    maxUnavailable: {{controlplane: 1, worker: 1}}
-",
-            cluster = self.cluster,
-        )
-    }
-
-    fn path(&self) -> String {
-        format!("clusters/{}.yaml", self.cluster)
-    }
-
-    fn ip(&self, node: &str) -> Ipv4Addr {
-        self.nodes.iter().find(|(n, _, _)| n == node).unwrap().1
-    }
-}
 
 fn condition(status: &ClusterStatus) -> (ConditionType, String) {
     status
@@ -163,21 +89,61 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
             ready_at(first.to_string()),
         )
         .await;
-    let endpoints: Vec<String> = (1..=3)
-        .map(|i| format!("http://{}:2379", layout.ip(&format!("n{i}"))))
-        .collect();
-    let mut etcd = etcd_client::Client::connect(&endpoints, None)
-        .await
-        .unwrap();
+    let mut etcd = etcd_client(&layout, &agents[0]).await;
     let members = etcd.member_list().await.unwrap();
     let mut names: Vec<&str> = members.members().iter().map(|m| m.name()).collect();
     names.sort();
     assert_eq!(names, ["n1", "n2", "n3"]);
+    for m in members.members() {
+        assert!(
+            m.peer_urls().iter().all(|u| u.starts_with("https://")),
+            "{m:?}"
+        );
+        assert!(
+            m.client_urls().iter().all(|u| u.starts_with("https://")),
+            "{m:?}"
+        );
+    }
+    // TLS only: without a client certificate of the cluster's CA, etcd serves nothing.
+    let anonymous = async {
+        let mut c = etcd_client_with(&layout, &agents[0], false).await?;
+        c.get("drover-test", None).await
+    };
+    assert!(
+        anonymous.await.is_err(),
+        "etcd served a client without a certificate"
+    );
     etcd.put("drover-test", "written", None).await.unwrap();
     for i in 1..=3 {
         let page = http_get(&format!("http://{}:8080/", layout.ip(&format!("n{i}")))).await;
         assert_eq!(page.unwrap().trim(), format!("n{i} v1"));
     }
+
+    // What n1's agent receives, as an operator sees it: certificates, never a key.
+    let show = crate::support::cli::command()
+        .args(["node", "show", cluster, "n1", "--state-dir"])
+        .arg(daemon.state_dir())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    for expected in [
+        "etcd certificates:",
+        "server.pem",
+        "peer.pem",
+        "client.pem",
+        "expires",
+        "keys (not shown)",
+        "probe: etcd https://",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    assert!(!text.contains("PRIVATE KEY"), "a key was shown:\n{text}");
 
     // A change of the api: one control-plane node at a time, in order.
     let second = repo.commit_files(&[(&layout.path(), &layout.yaml("v2", BUSYBOX_IMAGE))], "v2");

@@ -12,9 +12,107 @@ use drover::secret::Secret;
 use tempfile::TempDir;
 
 use super::cli::BIN;
+use super::docker::{self, BUSYBOX_IMAGE, ETCD_IMAGE};
+use super::fleet::unique_cluster;
 use super::net::{free_port, unique_loopback};
 use super::process::Process;
 use super::{private_tempdir, unique_token};
+
+/// Ports each test node's components use on its own address.
+const NODE_PORTS: [u16; 4] = [2379, 2380, 8080, 9090];
+
+/// The test cluster: three etcd + control-plane nodes and one worker, each on its own address.
+pub struct Layout {
+    pub cluster: String,
+    pub nodes: Vec<(String, Ipv4Addr, &'static str)>,
+}
+
+impl Layout {
+    pub fn new(prefix: &str) -> Layout {
+        let ports = [2379, 2380, 8080, 9090];
+        let mut nodes = Vec::new();
+        for i in 1..=3 {
+            nodes.push((
+                format!("n{i}"),
+                unique_loopback(&ports),
+                "[etcd, controlplane]",
+            ));
+        }
+        nodes.push(("w1".to_string(), unique_loopback(&ports), "[worker]"));
+        Layout {
+            cluster: unique_cluster(prefix),
+            nodes,
+        }
+    }
+
+    /// The cluster file; `api_text` is what each api serves, `worker_image` the worker's image.
+    pub fn yaml(&self, api_text: &str, worker_image: &str) -> String {
+        let labels = docker::test_labels();
+        let nodes: String = self
+            .nodes
+            .iter()
+            .map(|(name, ip, roles)| {
+                format!("    - {{name: {name}, address: {ip}, roles: {roles}}}\n")
+            })
+            .collect();
+        format!(
+            "apiVersion: drover.dev/v1alpha1
+kind: Cluster
+metadata: {{name: {cluster}}}
+spec:
+  nodes:
+{nodes}  etcd:
+    image: {ETCD_IMAGE}
+    extraArgs: {{heartbeat-interval: '100', election-timeout: '1000'}}
+  components:
+    controlplane:
+      - name: api
+        image: {BUSYBOX_IMAGE}
+        command: [sh, -c]
+        args:
+          - mkdir -p /www && echo '{{{{ node.name }}}} {api_text}' > /www/index.html && exec httpd -f -p {{{{ node.address }}}}:8080 -h /www
+        health: {{http: 'http://{{{{ node.address }}}}:8080/', interval: 1s}}
+        labels: {labels}
+    worker:
+      - name: app
+        image: {worker_image}
+        command: [httpd, -f, -p, '{{{{ node.address }}}}:9090']
+        health: {{tcp: '{{{{ node.address }}}}:9090', interval: 1s}}
+        labels: {labels}
+  rollout:
+    maxUnavailable: {{controlplane: 1, worker: 1}}
+",
+            cluster = self.cluster,
+        )
+    }
+
+    pub fn path(&self) -> String {
+        format!("clusters/{}.yaml", self.cluster)
+    }
+
+    /// Adds a node with `roles` (e.g. `[etcd]`) on a fresh address.
+    pub fn add(&mut self, name: &str, roles: &'static str) {
+        self.nodes
+            .push((name.to_string(), unique_loopback(&NODE_PORTS), roles));
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.nodes.retain(|(n, _, _)| n != name);
+    }
+
+    /// The client URLs of the etcd members.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, _, roles)| roles.contains("etcd"))
+            .map(|(_, ip, _)| format!("https://{ip}:2379"))
+            .collect()
+    }
+
+    pub fn ip(&self, node: &str) -> Ipv4Addr {
+        self.nodes.iter().find(|(n, _, _)| n == node).unwrap().1
+    }
+}
 
 /// How long a daemon may take to answer on its HTTP listener.
 pub const START: Duration = Duration::from_secs(20);
@@ -312,4 +410,45 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Where an agent wrote its node's etcd certificates (under its host root).
+pub fn pki_dir(layout: &Layout, agent: &AgentProcess) -> PathBuf {
+    let dir = drover::nodeplan::etcd_pki_dir(&layout.cluster);
+    agent.dir.join("root").join(dir.trim_start_matches('/'))
+}
+
+/// An etcd client of the cluster's members, with the client certificate drover issued to
+/// `agent`'s node (`identity: false`: with the CA only, as a client without a certificate).
+pub async fn etcd_client_with(
+    layout: &Layout,
+    agent: &AgentProcess,
+    identity: bool,
+) -> Result<etcd_client::Client, etcd_client::Error> {
+    use drover::nodeplan::{PKI_CA, PKI_CLIENT_CERT, PKI_CLIENT_KEY};
+    use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+    let dir = pki_dir(layout, agent);
+    let read = |file: &str| {
+        std::fs::read_to_string(dir.join(file))
+            .unwrap_or_else(|e| panic!("reading {file} in {}: {e}", dir.display()))
+    };
+    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(PKI_CA)));
+    if identity {
+        tls = tls.identity(Identity::from_pem(
+            read(PKI_CLIENT_CERT),
+            read(PKI_CLIENT_KEY),
+        ));
+    }
+    let options = ConnectOptions::new()
+        .with_tls(tls)
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(10));
+    etcd_client::Client::connect(layout.etcd_endpoints(), Some(options)).await
+}
+
+/// `etcd_client_with` the node's certificate; panics when it cannot connect.
+pub async fn etcd_client(layout: &Layout, agent: &AgentProcess) -> etcd_client::Client {
+    etcd_client_with(layout, agent, true)
+        .await
+        .expect("an etcd client with the node's certificate")
 }

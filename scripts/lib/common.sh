@@ -1,11 +1,15 @@
 # shellcheck shell=bash
-# Shared helpers for scripts/test: logging, bounded waiting and phase timing.
-# Sourced, never executed; expects `set -euo pipefail` from the caller.
+# Shared helpers for scripts/test and scripts/try: logging, bounded waiting and
+# phase timing. Sourced, never executed; expects `set -euo pipefail` from the
+# caller.
+
+# How messages name the script: scripts/test, scripts/try.
+SCRIPT_NAME=scripts/${0##*/}
 
 log() { printf '==> %s\n' "$*" >&2; }
 
 die() {
-    printf 'scripts/test: error: %s\n' "$*" >&2
+    printf '%s: error: %s\n' "$SCRIPT_NAME" "$*" >&2
     exit 1
 }
 
@@ -18,7 +22,7 @@ wait_until() {
     local deadline=$((SECONDS + timeout))
     until "$@" >/dev/null 2>&1; do
         if ((SECONDS >= deadline)); then
-            printf 'scripts/test: timed out after %ss waiting for %s\n' "$timeout" "$what" >&2
+            printf '%s: timed out after %ss waiting for %s\n' "$SCRIPT_NAME" "$timeout" "$what" >&2
             return 1
         fi
         sleep 0.2

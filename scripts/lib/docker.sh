@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Docker engine and test images for scripts/test.
-# Sourced; uses BUSYBOX_IMAGE, ETCD_IMAGE, DOCKERD_LOG from scripts/test.
+# Docker engine and test images for scripts/test and scripts/try.
+# Sourced; uses BUSYBOX_IMAGE, ETCD_IMAGE, DOCKERD_LOG from scripts/test or scripts/try.
 
 docker_server_up() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 

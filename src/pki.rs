@@ -59,10 +59,22 @@ pub enum PkiError {
     BadCa,
 }
 
+/// A CA as a state document keeps it: its certificate and its key.
 #[derive(Serialize, Deserialize)]
-struct StoredCa {
-    cert_pem: String,
-    key_pem: String,
+pub(crate) struct StoredCa {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: Secret,
+}
+
+impl StoredCa {
+    /// The CA's certificate and an issuer that signs with its key; `None` when either does
+    /// not parse or they do not belong together.
+    pub(crate) fn issuer(&self) -> Option<(CertificateDer<'static>, Issuer<'static, KeyPair>)> {
+        let key = KeyPair::from_pem(self.key_pem.expose()).ok()?;
+        let cert_der = pem_certificate(&self.cert_pem)?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key).ok()?;
+        Some((cert_der, issuer))
+    }
 }
 
 /// The daemon's CA.
@@ -104,15 +116,13 @@ impl DaemonCa {
         let stored = state.with_lock(CA_FILE, || match state.load::<StoredCa>(CA_FILE)? {
             Some(ca) => Ok(ca),
             None => {
-                let ca = new_ca()?;
+                let ca = new_ca("drover daemon CA", None)?;
                 state.save(CA_FILE, &ca)?;
                 Ok::<_, PkiError>(ca)
             }
         })?;
-        let key = KeyPair::from_pem(&stored.key_pem).map_err(|_| PkiError::BadCa)?;
-        let pin = pin(&key.subject_public_key_info());
-        let cert_der = pem_certificate(&stored.cert_pem).ok_or(PkiError::BadCa)?;
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|_| PkiError::BadCa)?;
+        let (cert_der, issuer) = stored.issuer().ok_or(PkiError::BadCa)?;
+        let pin = pin(&issuer.key().subject_public_key_info());
         Ok(DaemonCa {
             cert_pem: stored.cert_pem,
             cert_der,
@@ -134,13 +144,7 @@ impl DaemonCa {
     pub fn server_identity(&self, names: &[String], now: SystemTime) -> Result<Identity, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.subject_alt_names = names
-            .iter()
-            .map(|n| match n.parse::<IpAddr>() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => n.clone().try_into().map(SanType::DnsName),
-            })
-            .collect::<Result<_, _>>()?;
+        params.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_, _>>()?;
         params
             .distinguished_name
             .push(DnType::CommonName, "drover daemon");
@@ -178,20 +182,35 @@ impl DaemonCa {
     }
 }
 
-/// A new self-signed CA that may sign end-entity certificates only.
-fn new_ca() -> Result<StoredCa, PkiError> {
+/// A new self-signed CA named `common_name` that may sign end-entity certificates only. Valid
+/// from `now` (less `CLOCK_SKEW`) for the given time, or without practical limit when `None`.
+pub(crate) fn new_ca(
+    common_name: &str,
+    valid: Option<(SystemTime, Duration)>,
+) -> Result<StoredCa, rcgen::Error> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params
         .distinguished_name
-        .push(DnType::CommonName, "drover daemon CA");
+        .push(DnType::CommonName, common_name);
+    if let Some((now, valid_for)) = valid {
+        validity(&mut params, now, valid_for);
+    }
     let cert = params.self_signed(&key)?;
     Ok(StoredCa {
         cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        key_pem: Secret::new(key.serialize_pem()),
     })
+}
+
+/// A subject alternative name: an IP address, or else a DNS name.
+pub(crate) fn san(name: &str) -> Result<SanType, rcgen::Error> {
+    match name.parse::<IpAddr>() {
+        Ok(ip) => Ok(SanType::IpAddress(ip)),
+        Err(_) => name.to_string().try_into().map(SanType::DnsName),
+    }
 }
 
 /// The pin of the key in a signing request whose signature verifies.
@@ -212,7 +231,8 @@ fn parse_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams, PkiError>
         .map_err(|e| PkiError::BadRequest(e.to_string()))
 }
 
-fn validity(params: &mut CertificateParams, now: SystemTime, valid_for: Duration) {
+/// Valid from `now` less `CLOCK_SKEW` until `now + valid_for`, with a random serial number.
+pub(crate) fn validity(params: &mut CertificateParams, now: SystemTime, valid_for: Duration) {
     params.not_before = (now - CLOCK_SKEW).into();
     params.not_after = (now + valid_for).into();
     let mut serial = [0u8; 16];
@@ -260,14 +280,23 @@ pub fn node_identity(der: &[u8]) -> Option<NodeIdentity> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
     let (cluster, node) = cn.split_once('/')?;
-    let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    let (not_before, not_after) = cert_validity(&cert);
     Some(NodeIdentity {
         cluster: cluster.to_string(),
         node: node.to_string(),
         key_pin: pin(cert.public_key().raw),
-        not_before: at(cert.validity().not_before.timestamp()),
-        not_after: at(cert.validity().not_after.timestamp()),
+        not_before,
+        not_after,
     })
+}
+
+/// A certificate's validity period (a time before 1970 reads as 1970).
+pub(crate) fn cert_validity(cert: &X509Certificate<'_>) -> (SystemTime, SystemTime) {
+    let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    (
+        at(cert.validity().not_before.timestamp()),
+        at(cert.validity().not_after.timestamp()),
+    )
 }
 
 /// An agent's own key. Its PEM is a secret: kept in the agent's data directory, mode 0600.

@@ -3,6 +3,7 @@
 //!
 //! - `docker`: the driver that takes a node to a plan (containers, files, labels, spec hashes);
 //! - `probe`: components' health checks;
+//! - `etcd`: tasks against the node's own etcd member (health, membership), over TLS;
 //! - `events`: the Docker events stream, re-subscribed when Docker restarts;
 //! - `executor`: the task that applies the plan on every trigger and publishes results;
 //! - `session`: TLS with the pinned CA, the join, and the protocol session;
@@ -14,6 +15,7 @@
 
 pub mod credential;
 pub mod docker;
+pub mod etcd;
 pub mod events;
 pub mod executor;
 pub mod probe;

@@ -12,6 +12,7 @@ mod bench_apply;
 mod cli;
 mod config;
 mod etcd_quorum;
+mod etcd_tasks;
 mod fuzz;
 mod image;
 mod plan;

@@ -77,6 +77,8 @@ pub struct ContainerSpec {
     /// Paths mounted as tmpfs, e.g. a data directory that should not outlive
     /// the container or touch the image's layer.
     pub tmpfs: Vec<String>,
+    /// Host directories mounted read-only: `(host, container)`.
+    pub binds: Vec<(String, String)>,
 }
 
 impl ContainerSpec {
@@ -85,7 +87,15 @@ impl ContainerSpec {
             image: image.to_owned(),
             cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
             tmpfs: Vec::new(),
+            binds: Vec::new(),
         }
+    }
+
+    /// Mounts the host directory `host` read-only at `container`.
+    pub fn bind_ro(mut self, host: &std::path::Path, container: &str) -> Self {
+        self.binds
+            .push((host.display().to_string(), container.to_owned()));
+        self
     }
 
     pub fn tmpfs(mut self, path: &str) -> Self {
@@ -123,6 +133,11 @@ impl Container {
             .iter()
             .map(|path| (path.clone(), String::new()))
             .collect::<HashMap<_, _>>();
+        let binds = spec
+            .binds
+            .iter()
+            .map(|(host, container)| format!("{host}:{container}:ro"))
+            .collect::<Vec<_>>();
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: Some(spec.cmd.clone()),
@@ -130,6 +145,7 @@ impl Container {
             host_config: Some(HostConfig {
                 network_mode: Some("host".to_owned()),
                 tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
+                binds: (!binds.is_empty()).then_some(binds),
                 ..Default::default()
             }),
             ..Default::default()

@@ -125,6 +125,153 @@ pub struct PhaseProgress {
     pub steps: usize,
 }
 
+/// What one node's agent receives, safe to show: its plan with every file's content left out
+/// (only path, mode, digest and size), its certificates by subject, names and expiry (keys by
+/// name only), and its last report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    pub cluster: String,
+    pub node: String,
+    pub generation: Option<u64>,
+    pub checksum: Option<String>,
+    pub containers: BTreeMap<String, crate::nodeplan::ContainerSpec>,
+    pub probes: BTreeMap<String, String>,
+    pub files: Vec<FileView>,
+    pub certificates: Vec<CertificateView>,
+    /// Key files by name; their content never leaves the daemon but to the node.
+    pub keys: Vec<String>,
+    pub report: Option<NodeStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileView {
+    pub path: String,
+    pub mode: String,
+    pub digest: String,
+    pub bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateView {
+    pub file: String,
+    pub subject: String,
+    pub names: Vec<String>,
+    /// RFC 3339.
+    pub not_after: String,
+}
+
+impl NodeView {
+    /// The view of `spec` as sent to `cluster/node`.
+    pub fn of(
+        cluster: &str,
+        node: &str,
+        plan: Option<(u64, String, crate::nodeplan::NodeSpec)>,
+        report: Option<NodeStatus>,
+    ) -> NodeView {
+        let (generation, checksum, spec) = match plan {
+            Some((g, c, s)) => (Some(g), Some(c), s),
+            None => (None, None, crate::nodeplan::NodeSpec::default()),
+        };
+        let files = spec
+            .files
+            .iter()
+            .map(|(path, f)| FileView {
+                path: path.clone(),
+                mode: f.mode.to_string(),
+                digest: f.digest.clone(),
+                bytes: f.content.len(),
+            })
+            .collect();
+        let (certificates, keys) = certificates(&spec.pki);
+        NodeView {
+            cluster: cluster.to_string(),
+            node: node.to_string(),
+            generation,
+            checksum,
+            probes: spec
+                .health
+                .iter()
+                .map(|(c, h)| (c.clone(), probe_text(&h.probe)))
+                .collect(),
+            containers: spec.containers,
+            files,
+            certificates,
+            keys,
+            report,
+        }
+    }
+}
+
+fn probe_text(probe: &crate::nodeplan::Probe) -> String {
+    use crate::nodeplan::Probe;
+    match probe {
+        Probe::Http(url) => format!("http {url}"),
+        Probe::Tcp(addr) => format!("tcp {addr}"),
+        Probe::Exec(cmd) => format!("exec {}", cmd.join(" ")),
+        Probe::Etcd(url) => format!("etcd {url}"),
+    }
+}
+
+/// The certificates of a node's PKI files, and the names of its keys.
+fn certificates(
+    pki: &BTreeMap<String, crate::nodeplan::FileSpec>,
+) -> (Vec<CertificateView>, Vec<String>) {
+    use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+    let mut certs = Vec::new();
+    let mut keys = Vec::new();
+    for (name, file) in pki {
+        if file.content.contains("PRIVATE KEY") {
+            keys.push(name.clone());
+            continue;
+        }
+        let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(file.content.as_bytes()) else {
+            continue;
+        };
+        let Ok((_, cert)) = X509Certificate::from_der(&pem.contents) else {
+            continue;
+        };
+        let names = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .map(|n| match n {
+                        GeneralName::DNSName(d) => d.to_string(),
+                        GeneralName::IPAddress(ip) => ip_text(ip),
+                        other => other.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let not_after = cert.validity().not_after.to_rfc2822().unwrap_or_default();
+        certs.push(CertificateView {
+            file: name.clone(),
+            subject: cert.subject().to_string(),
+            names,
+            not_after,
+        });
+    }
+    (certs, keys)
+}
+
+fn ip_text(bytes: &[u8]) -> String {
+    match bytes.len() {
+        4 => std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string(),
+        16 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(bytes);
+            std::net::Ipv6Addr::from(a).to_string()
+        }
+        _ => hex::encode(bytes),
+    }
+}
+
 /// One node of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod drift;
+pub mod etcd_pki;
 pub mod heartbeat;
 pub mod join;
 pub mod model;

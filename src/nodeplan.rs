@@ -161,6 +161,9 @@ pub enum Probe {
     Tcp(String),
     /// A command in the container exiting 0.
     Exec(Vec<String>),
+    /// The node's etcd member at this client URL serving (an etcd-client status request over
+    /// TLS with the node's client certificate).
+    Etcd(String),
 }
 
 /// Everything one node should run.
@@ -178,7 +181,27 @@ pub struct NodeSpec {
     /// recreates this member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_bootstrap: Option<EtcdBootstrap>,
+    /// The client URL of the node's etcd member, which the agent's etcd tasks dial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_client_url: Option<String>,
+    /// The node's etcd certificates and keys by file name (`ca.pem`, `server.pem`, ...),
+    /// written to `etcd_pki_dir` under the host root. The daemon issues them; the planner never
+    /// sees them, so a plan's digest never depends on a key. A change restarts the etcd member
+    /// (its container hash includes them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pki: BTreeMap<String, FileSpec>,
 }
+
+pub use crate::model::etcd_pki_dir;
+
+/// The certificate files every node of a cluster receives, by name.
+pub const PKI_CA: &str = "ca.pem";
+pub const PKI_SERVER_CERT: &str = "server.pem";
+pub const PKI_SERVER_KEY: &str = "server-key.pem";
+pub const PKI_PEER_CERT: &str = "peer.pem";
+pub const PKI_PEER_KEY: &str = "peer-key.pem";
+pub const PKI_CLIENT_CERT: &str = "client.pem";
+pub const PKI_CLIENT_KEY: &str = "client-key.pem";
 
 /// `--initial-cluster` and `--initial-cluster-state` of a member that starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +225,22 @@ impl EtcdBootstrap {
 }
 
 impl NodeSpec {
+    /// The hash a container of this plan runs with: its spec's, and for the etcd member also
+    /// its certificates', so a renewal restarts it. The agent labels containers with it and the
+    /// daemon compares agents' reports against it.
+    pub fn container_hash(&self, component: &str) -> Option<String> {
+        let spec = self.containers.get(component)?;
+        if component != ETCD_COMPONENT || self.pki.is_empty() {
+            return Some(spec.hash());
+        }
+        let mut h = Sha256::new();
+        h.update(spec.hash());
+        for (name, file) in &self.pki {
+            h.update(format!("\n{name}:{}", file.digest));
+        }
+        Some(hex::encode(&h.finalize()[..8]))
+    }
+
     /// The checksum a plan travels with: sha256 over its canonical JSON.
     pub fn checksum(&self) -> String {
         let json = serde_json::to_vec(self).expect("a node plan is always JSON");

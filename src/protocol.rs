@@ -72,6 +72,74 @@ pub enum AgentMessage {
     Observed {
         containers: BTreeMap<String, ContainerState>,
     },
+    /// The outcome of the etcd task `id`.
+    EtcdTaskResult {
+        id: u64,
+        outcome: EtcdTaskOutcome,
+    },
+}
+
+/// Etcd tasks one session may have in flight: the daemon queues no more, and the agent runs no
+/// more at once.
+pub const MAX_ETCD_TASKS: usize = 16;
+
+/// A task an agent runs against its own node's etcd member (etcd-client over TLS with the
+/// node's client certificate, a single endpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "task",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum EtcdTask {
+    /// Whether the member serves: it answers a status request and knows a leader.
+    Health,
+    MemberList,
+    /// Adds a member that will start on `peer_url` (it joins with `existing` state).
+    MemberAdd {
+        peer_url: String,
+    },
+    /// Removes the member `id` (hex, as etcdctl prints it).
+    MemberRemove {
+        id: String,
+    },
+    /// Moves member `id` to `peer_url`.
+    MemberUpdate {
+        id: String,
+        peer_url: String,
+    },
+}
+
+/// One etcd member as the membership lists it. An added member that never started has no
+/// name yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdMemberInfo {
+    /// Hex, as etcdctl prints it.
+    pub id: String,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// What an etcd task came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "outcome",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum EtcdTaskOutcome {
+    /// The member serves (`Health`).
+    Healthy,
+    /// The membership after the task (`MemberList`, `MemberAdd`).
+    Members { members: Vec<EtcdMemberInfo> },
+    /// The change committed (`MemberRemove`, `MemberUpdate`).
+    Done,
+    /// The task failed, with etcd's or the agent's reason (cut to `MAX_REPORT_TEXT_BYTES`).
+    Failed { error: String },
 }
 
 /// From the daemon to an agent.
@@ -102,6 +170,11 @@ pub enum ServerMessage {
     },
     Heartbeat {
         seq: u64,
+    },
+    /// Run an etcd task; the agent answers `EtcdTaskResult` with the same `id`.
+    EtcdTask {
+        id: u64,
+        task: EtcdTask,
     },
     /// The node's plan. `generation` only ever grows; `checksum` is `spec.checksum()`.
     Plan {

@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::registry::{AuthError, RegistryAuth};
 use crate::model::names::ImageRef;
 use crate::nodeplan::{
-    container_name, FileSpec, NetworkMode, NodeSpec, PidMode, RestartPolicy, ETCD_COMPONENT,
+    container_name, etcd_pki_dir, FileSpec, NetworkMode, NodeSpec, PidMode, RestartPolicy,
+    ETCD_COMPONENT,
 };
 use crate::state::write_atomically;
 
@@ -187,8 +188,13 @@ impl Driver {
         generation: u64,
     ) -> Result<Vec<StepResult>, ObserveError> {
         let mut results = Vec::new();
-        for (path, file) in &spec.files {
-            if let Some(r) = self.write_file(path, file).await {
+        let pki_dir = etcd_pki_dir(&self.cluster);
+        let pki = spec
+            .pki
+            .iter()
+            .map(|(name, file)| (format!("{pki_dir}/{name}"), file));
+        for (path, file) in spec.files.iter().map(|(p, f)| (p.clone(), f)).chain(pki) {
+            if let Some(r) = self.write_file(&path, file).await {
                 results.push(r);
             }
         }
@@ -203,7 +209,9 @@ impl Driver {
             if self.stop.is_cancelled() {
                 break;
             }
-            let hash = want.hash();
+            let hash = spec
+                .container_hash(component)
+                .unwrap_or_else(|| want.hash());
             let result = match running.get(component) {
                 None => {
                     let error = match self.ensure_image(&want.image).await {
@@ -359,6 +367,11 @@ impl Driver {
             Some((host, rest)) => format!("{}:{rest}", self.host_path(host).display()),
             None => bind.to_string(),
         }
+    }
+
+    /// Where the node's etcd certificates are written.
+    pub fn etcd_pki_path(&self) -> PathBuf {
+        self.host_path(&etcd_pki_dir(&self.cluster))
     }
 
     fn host_path(&self, path: &str) -> PathBuf {

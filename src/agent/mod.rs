@@ -14,6 +14,7 @@
 
 pub mod credential;
 pub mod docker;
+pub mod etcd;
 pub mod events;
 pub mod executor;
 pub mod probe;
@@ -125,7 +126,8 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         Some(auth) => driver.with_registry_auth(auth),
         None => driver,
     };
-    let prober = probe::Prober::new(settings.docker.clone())?;
+    let pki_dir = driver.etcd_pki_path();
+    let prober = probe::Prober::new(settings.docker.clone())?.with_etcd_pki(pki_dir.clone());
     let executor = Executor::spawn(
         driver,
         prober,
@@ -149,7 +151,7 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         };
         let mut established = false;
         let ended = tokio::select! {
-            r = session::session(&settings.dial, &data, &credential, &executor, &mut established, &shutdown) => r,
+            r = session::session(&settings.dial, &data, &credential, &executor, &pki_dir, &mut established, &shutdown) => r,
             () = forward_events(&mut notices, &executor) => Ok(()),
         };
         match ended {

@@ -26,6 +26,8 @@ pub enum Health {
 pub struct Prober {
     docker: Docker,
     http: reqwest::Client,
+    /// Where the node's etcd certificates are, for `Probe::Etcd`.
+    etcd_pki: Option<std::path::PathBuf>,
 }
 
 /// Why a prober could not be built.
@@ -39,7 +41,17 @@ impl Prober {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(ProberError)?;
-        Ok(Prober { docker, http })
+        Ok(Prober {
+            docker,
+            http,
+            etcd_pki: None,
+        })
+    }
+
+    /// Lets the prober check the node's etcd member with the certificates in `dir`.
+    pub fn with_etcd_pki(mut self, dir: std::path::PathBuf) -> Prober {
+        self.etcd_pki = Some(dir);
+        self
     }
 
     /// Runs `probe` for the component in `container`, for at most `timeout`.
@@ -49,6 +61,13 @@ impl Prober {
                 Probe::Http(url) => self.http_get(url).await,
                 Probe::Tcp(addr) => tcp_connect(addr).await,
                 Probe::Exec(cmd) => self.exec(container, cmd).await,
+                Probe::Etcd(url) => match &self.etcd_pki {
+                    Some(dir) => match super::etcd::health(url, dir).await {
+                        Ok(()) => Health::Healthy,
+                        Err(why) => Health::Unhealthy(short(&why)),
+                    },
+                    None => Health::Unhealthy("no etcd certificates on this agent".into()),
+                },
             }
         };
         match tokio::time::timeout(timeout, run).await {

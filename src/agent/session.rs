@@ -21,7 +21,10 @@ use super::credential::{Credential, DataDir, PlanRecord};
 use super::executor::Executor;
 use crate::heartbeat::{Beat, Liveness};
 use crate::pki::{self, Identity, NodeKey};
-use crate::protocol::{decode, encode, AgentMessage, Refusal, ServerMessage, PROTOCOL_VERSION};
+use crate::protocol::{
+    decode, encode, AgentMessage, EtcdTaskOutcome, Refusal, ServerMessage, MAX_ETCD_TASKS,
+    PROTOCOL_VERSION,
+};
 use crate::secret::Secret;
 
 /// An agent's WebSocket to the daemon.
@@ -260,6 +263,7 @@ pub async fn session(
     data: &DataDir,
     credential: &Credential,
     executor: &Executor,
+    pki_dir: &std::path::Path,
     established: &mut bool,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
@@ -297,12 +301,37 @@ pub async fn session(
     applied.mark_changed();
     observed.mark_changed();
     let mut liveness = Liveness::new(interval);
+    // The etcd member tasks dial: the client URL of the plan last received (or saved).
+    let saved = data.off_thread(DataDir::plan).await.ok().flatten();
+    let mut etcd_url = saved.and_then(|p| p.spec.etcd_client_url);
+    let (results_tx, mut results) = tokio::sync::mpsc::channel(MAX_ETCD_TASKS);
     loop {
         tokio::select! {
             frame = socket.next() => {
                 liveness.heard();
                 let Some(message) = read_frame(frame)? else { continue };
-                handle(message, &mut socket, data, credential, executor).await?;
+                match message {
+                    ServerMessage::EtcdTask { id, task } => {
+                        let (url, dir, done) = (etcd_url.clone(), pki_dir.to_path_buf(), results_tx.clone());
+                        // Off the session's loop: heartbeats and plans go on while it runs;
+                        // it ends within `etcd::TASK_TIMEOUT`.
+                        tokio::spawn(async move {
+                            let outcome = match url {
+                                Some(url) => super::etcd::run(&task, &url, &dir).await,
+                                None => EtcdTaskOutcome::Failed { error: "this node runs no etcd member".into() },
+                            };
+                            let _ = done.send((id, outcome)).await;
+                        });
+                    }
+                    ServerMessage::Plan { ref spec, .. } => {
+                        etcd_url = spec.etcd_client_url.clone();
+                        handle(message, &mut socket, data, credential, executor).await?;
+                    }
+                    message => handle(message, &mut socket, data, credential, executor).await?,
+                }
+            }
+            Some((id, outcome)) = results.recv() => {
+                send(&mut socket, &AgentMessage::EtcdTaskResult { id, outcome }).await?;
             }
             changed = applied.changed() => {
                 if changed.is_err() { return Ok(()); }
@@ -398,7 +427,9 @@ async fn handle(
             return Err(SessionError::RetryAfter { seconds, reason })
         }
         ServerMessage::Refused { reason } => return Err(SessionError::Refused(reason)),
-        other @ (ServerMessage::Welcome { .. } | ServerMessage::Joined { .. }) => {
+        other @ (ServerMessage::Welcome { .. }
+        | ServerMessage::Joined { .. }
+        | ServerMessage::EtcdTask { .. }) => {
             return Err(Lost::Unexpected {
                 expected: "a session message",
                 got: server_kind(&other),
@@ -417,6 +448,7 @@ fn server_kind(m: &ServerMessage) -> &'static str {
         ServerMessage::Credential { .. } => "credential",
         ServerMessage::Heartbeat { .. } => "heartbeat",
         ServerMessage::Plan { .. } => "plan",
+        ServerMessage::EtcdTask { .. } => "etcd-task",
         ServerMessage::RetryAfter { .. } => "retry-after",
         ServerMessage::Refused { .. } => "refused",
     }

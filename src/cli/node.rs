@@ -2,7 +2,8 @@
 //! again with a new key (a reinstalled machine). Its current credential stops working at once:
 //! the daemon re-reads bindings and ends the session within a heartbeat.
 //! `drover node list`: every node that joined, the key it is bound to, and whether its
-//! credential is revoked.
+//! credential is revoked. `drover node show CLUSTER NODE`: what the node's agent receives, asked
+//! of the daemon (see `status`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +25,9 @@ enum Command {
     Reset(ResetArgs),
     /// List the nodes that joined: cluster, node, the key they are bound to, and their status.
     List(ListArgs),
+    /// Show what NODE's agent receives from the daemon (its plan, file contents and keys left
+    /// out; its certificates' subjects and expiry) and its last report.
+    Show(super::status::NodeShowArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,6 +50,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
     match &args.command {
         Command::Reset(args) => reset(args, out),
         Command::List(args) => list(args, out),
+        Command::Show(args) => super::status::node_show(args, out),
     }
 }
 

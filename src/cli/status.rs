@@ -317,3 +317,124 @@ pub fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Exit {
         Err(e) => fail(&e),
     }
 }
+
+/// `drover node show CLUSTER NODE`: what that node's agent receives and its last report.
+#[derive(Debug, clap::Args)]
+pub struct NodeShowArgs {
+    cluster: String,
+    node: String,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    #[command(flatten)]
+    target: Target,
+}
+
+pub fn node_show(args: &NodeShowArgs, out: &mut dyn Write) -> Exit {
+    let client = match Client::new(&args.target) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Io;
+        }
+    };
+    let path = format!("{CLUSTERS_PATH}/{}/nodes/{}", args.cluster, args.node);
+    let view: crate::api::NodeView =
+        match runtime.block_on(client.get(&path, MAX_CLUSTERS_DOCUMENT_BYTES)) {
+            Ok(v) => v,
+            Err(e) => return fail(&e),
+        };
+    let text = match args.format {
+        Format::Json => json(&view),
+        Format::Text => node_text(&view),
+    };
+    match out.write_all(text.as_bytes()) {
+        Ok(()) => Exit::Ok,
+        Err(_) => Exit::Io,
+    }
+}
+
+fn node_text(v: &crate::api::NodeView) -> String {
+    let gen = |g: Option<u64>| g.map_or("-".to_string(), |g| g.to_string());
+    let mut out = format!(
+        "node {} of cluster {}  generation {}  checksum {}\n",
+        v.node,
+        v.cluster,
+        gen(v.generation),
+        v.checksum.as_deref().unwrap_or("-")
+    );
+    if let Some(r) = &v.report {
+        out.push_str(&format!(
+            "agent {}  last seen {}  applied {}\n",
+            if r.connected { "connected" } else { "away" },
+            r.last_seen.as_deref().unwrap_or("never"),
+            gen(r.applied.as_ref().map(|a| a.generation)),
+        ));
+    }
+    out.push_str("\ncontainers:\n");
+    for (name, c) in &v.containers {
+        let state = v
+            .report
+            .as_ref()
+            .and_then(|r| r.containers.get(name))
+            .map(|s| match (s.running, s.healthy, &s.reason) {
+                (false, _, _) => "stopped".to_string(),
+                (true, Some(false), Some(why)) => format!("unhealthy: {why}"),
+                (true, Some(true), _) => "running, healthy".to_string(),
+                (true, _, _) => "running".to_string(),
+            })
+            .unwrap_or_else(|| "not reported".into());
+        out.push_str(&format!("  {name}: {}  [{state}]\n", c.image));
+        if let Some(cmd) = &c.command {
+            out.push_str(&format!("    command: {}\n", cmd.join(" ")));
+        }
+        if !c.args.is_empty() {
+            out.push_str(&format!("    args: {}\n", c.args.join(" ")));
+        }
+        for b in &c.binds {
+            out.push_str(&format!("    bind: {b}\n"));
+        }
+        if let Some(p) = v.probes.get(name) {
+            out.push_str(&format!("    probe: {p}\n"));
+        }
+    }
+    if !v.files.is_empty() {
+        out.push_str("\nfiles (contents not shown):\n");
+        for f in &v.files {
+            out.push_str(&format!(
+                "  {} {} {} bytes, sha256 {}\n",
+                f.mode, f.path, f.bytes, f.digest
+            ));
+        }
+    }
+    if !v.certificates.is_empty() {
+        out.push_str("\netcd certificates:\n");
+        for c in &v.certificates {
+            out.push_str(&format!(
+                "  {}: {}  names {}  expires {}\n",
+                c.file,
+                c.subject,
+                c.names.join(","),
+                c.not_after
+            ));
+        }
+        out.push_str(&format!("  keys (not shown): {}\n", v.keys.join(", ")));
+    }
+    if let Some(r) = &v.report {
+        for s in &r.failed_steps {
+            out.push_str(&format!(
+                "failed: {} {}: {}\n",
+                s.action,
+                s.subject,
+                s.error.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    out
+}

@@ -2,7 +2,9 @@
 //!
 //! - `GET /v1/clusters`: the `ClustersDocument`, every cluster's status and the source's;
 //! - `GET /v1/clusters/{name}`: one cluster's `ClusterStatus`;
-//! - `POST /v1/clusters/{name}/reconcile`: a pass now (202), 404 for an unknown cluster.
+//! - `POST /v1/clusters/{name}/reconcile`: a pass now (202), 404 for an unknown cluster;
+//! - `GET /v1/clusters/{name}/nodes/{node}`: what that node's agent receives (`NodeView`:
+//!   file contents and keys left out) and its last report.
 
 use std::sync::{Arc, OnceLock};
 
@@ -13,7 +15,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 
-use crate::api::{ClustersDocument, SourceView, CLUSTERS_FORMAT_VERSION, CLUSTERS_PATH};
+use crate::api::{ClustersDocument, NodeView, SourceView, CLUSTERS_FORMAT_VERSION, CLUSTERS_PATH};
 use crate::reconcile::task::Controller;
 use crate::server::api_error;
 use crate::source::{DesiredState, SourceStatus};
@@ -35,6 +37,10 @@ pub fn router(operator: Operator) -> Router {
         .route(
             &format!("{CLUSTERS_PATH}/{{name}}/reconcile"),
             post(reconcile),
+        )
+        .route(
+            &format!("{CLUSTERS_PATH}/{{name}}/nodes/{{node}}"),
+            get(node),
         )
         .with_state(Arc::new(operator))
 }
@@ -82,6 +88,26 @@ async fn reconcile(State(op): State<Arc<Operator>>, Path(name): Path<String>) ->
     } else {
         not_found(&name)
     }
+}
+
+async fn node(
+    State(op): State<Arc<Operator>>,
+    Path((name, node)): Path<(String, String)>,
+) -> Response {
+    let Some(controller) = op.controller.get() else {
+        return starting();
+    };
+    let hub = controller.hub();
+    let Some(report) = hub.node_status(&name, &node) else {
+        let node = crate::protocol::cut_text(&node, crate::protocol::MAX_REFUSAL_TEXT_BYTES);
+        let name = crate::protocol::cut_text(&name, crate::protocol::MAX_REFUSAL_TEXT_BYTES);
+        return api_error(
+            StatusCode::NOT_FOUND,
+            &format!("no node {node} is declared in cluster {name}"),
+        );
+    };
+    let plan = hub.plan_of(&name, &node);
+    json(&NodeView::of(&name, &node, plan, Some(report)))
 }
 
 fn not_found(name: &str) -> Response {

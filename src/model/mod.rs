@@ -207,3 +207,9 @@ mod tests {
         }
     }
 }
+
+/// Where a cluster's etcd certificates live on each of its nodes: the CA, the member's server
+/// and peer certificates, and the node's client certificate for components.
+pub fn etcd_pki_dir(cluster: &str) -> String {
+    format!("/var/lib/drover/{cluster}/etcd-pki")
+}

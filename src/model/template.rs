@@ -15,7 +15,7 @@ use super::{Cluster, Component, ComponentFile, Node};
 const FUEL: u64 = 20_000;
 /// What an undefined-name error tells the author.
 const KNOWN_NAMES: &str = "templates can use node.{name, address, internalAddress, roles, labels} \
-    and cluster.{name, etcd, controlplane, etcdClientPort, etcdPeerPort}";
+    and cluster.{name, etcd, controlplane, etcdClientPort, etcdPeerPort, etcdPki}";
 /// Characters one rendered field may hold.
 pub const MAX_RENDERED: usize = 64 * 1024;
 
@@ -46,6 +46,9 @@ pub struct ClusterFacts {
     pub controlplane: Vec<NodeFacts>,
     pub etcd_client_port: u16,
     pub etcd_peer_port: u16,
+    /// The directory on every node holding the cluster's etcd CA (`ca.pem`) and the node's
+    /// client certificate (`client.pem`, `client-key.pem`), for components that talk to etcd.
+    pub etcd_pki: String,
 }
 
 impl Facts {
@@ -65,6 +68,7 @@ fn cluster_facts(cluster: &Cluster) -> ClusterFacts {
         controlplane: of(super::Role::Controlplane),
         etcd_client_port: cluster.etcd.client_port,
         etcd_peer_port: cluster.etcd.peer_port,
+        etcd_pki: super::etcd_pki_dir(cluster.name.as_str()),
     }
 }
 
@@ -268,6 +272,7 @@ mod tests {
                 controlplane: vec![],
                 etcd_client_port: 2379,
                 etcd_peer_port: 2380,
+                etcd_pki: "/var/lib/drover/dev/etcd-pki".into(),
             },
         }
     }

@@ -31,6 +31,17 @@ const RESERVED_ETCD_FLAGS: &[&str] = &[
     "initial-cluster",
     "initial-cluster-state",
     "initial-cluster-token",
+    // etcd serves clients and peers over TLS only, with certificates drover issues.
+    "cert-file",
+    "key-file",
+    "client-cert-auth",
+    "trusted-ca-file",
+    "peer-cert-file",
+    "peer-key-file",
+    "peer-client-cert-auth",
+    "peer-trusted-ca-file",
+    "auto-tls",
+    "peer-auto-tls",
 ];
 
 /// Checks one parsed document; the cluster comes back only if no error was found in it.

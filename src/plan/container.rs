@@ -38,9 +38,9 @@ fn node_spec(cluster: &Cluster, node: &Node, renderer: &Renderer, scope: &Scope)
         spec.containers
             .insert(ETCD_COMPONENT.into(), etcd_member(cluster, node));
         spec.roles.insert(ETCD_COMPONENT.into(), NodeRole::Etcd);
-        if let Some(check) = etcd_health(cluster, node) {
-            spec.health.insert(ETCD_COMPONENT.into(), check);
-        }
+        spec.health
+            .insert(ETCD_COMPONENT.into(), etcd_health(cluster, node));
+        spec.etcd_client_url = Some(client_url(cluster, node));
     }
     let ctx = scope.node(node);
     for (role, component) in cluster.components_of(node) {
@@ -129,47 +129,47 @@ fn node_role(r: Role) -> NodeRole {
     }
 }
 
-/// The URL scheme of etcd's client or peer listener: https when its certificate is configured.
-fn scheme(cluster: &Cluster, cert_flag: &str) -> &'static str {
-    if cluster.etcd.extra_args.contains_key(cert_flag) {
-        "https"
-    } else {
-        "http"
+/// How often a member's health is probed.
+pub const ETCD_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Where the member's certificates are mounted inside its container.
+const ETCD_PKI_MOUNT: &str = "/etc/etcd/pki";
+
+/// The client URL of an etcd member: TLS only.
+pub fn client_url(cluster: &Cluster, node: &Node) -> String {
+    format!("https://{}:{}", node.address, cluster.etcd.client_port)
+}
+
+/// A member's health: the agent asks it over TLS with the node's client certificate.
+fn etcd_health(cluster: &Cluster, node: &Node) -> HealthCheck {
+    HealthCheck {
+        probe: Probe::Etcd(client_url(cluster, node)),
+        interval: ETCD_PROBE_INTERVAL,
+        timeout: DEFAULT_PROBE_TIMEOUT,
     }
 }
 
-/// How often a member's health is probed.
-pub const ETCD_PROBE_INTERVAL: Duration = Duration::from_secs(2);
-
-/// The client URL of an etcd member.
-fn client_url(cluster: &Cluster, node: &Node) -> String {
-    format!(
-        "{}://{}:{}",
-        scheme(cluster, "cert-file"),
-        node.address,
-        cluster.etcd.client_port
-    )
-}
-
-/// etcd's `/health` (200 once the member has a leader) on a plain-HTTP client listener. A TLS
-/// listener wants a client certificate, which probes do not carry: its health is not probed.
-fn etcd_health(cluster: &Cluster, node: &Node) -> Option<HealthCheck> {
-    let url = client_url(cluster, node);
-    url.starts_with("http:").then(|| HealthCheck {
-        probe: Probe::Http(format!("{url}/health")),
-        interval: ETCD_PROBE_INTERVAL,
-        timeout: DEFAULT_PROBE_TIMEOUT,
-    })
-}
-
-/// The peer URL of an etcd member, as `--initial-cluster` lists it.
+/// The peer URL of an etcd member, as `--initial-cluster` lists it: TLS only.
 pub fn peer_url(cluster: &Cluster, node: &Node) -> String {
     format!(
-        "{}://{}:{}",
-        scheme(cluster, "peer-cert-file"),
-        node.internal_address,
-        cluster.etcd.peer_port
+        "https://{}:{}",
+        node.internal_address, cluster.etcd.peer_port
     )
+}
+
+/// etcd's TLS flags: clients and peers present certificates of the cluster's CA.
+fn tls_args() -> Vec<String> {
+    use crate::nodeplan::{PKI_CA, PKI_PEER_CERT, PKI_PEER_KEY, PKI_SERVER_CERT, PKI_SERVER_KEY};
+    let at = |file: &str| format!("{ETCD_PKI_MOUNT}/{file}");
+    vec![
+        format!("--cert-file={}", at(PKI_SERVER_CERT)),
+        format!("--key-file={}", at(PKI_SERVER_KEY)),
+        "--client-cert-auth=true".into(),
+        format!("--trusted-ca-file={}", at(PKI_CA)),
+        format!("--peer-cert-file={}", at(PKI_PEER_CERT)),
+        format!("--peer-key-file={}", at(PKI_PEER_KEY)),
+        "--peer-client-cert-auth=true".into(),
+        format!("--peer-trusted-ca-file={}", at(PKI_CA)),
+    ]
 }
 
 /// The etcd member container. Flags read only when a member bootstraps (`--initial-cluster`,
@@ -187,6 +187,7 @@ fn etcd_member(cluster: &Cluster, node: &Node) -> ContainerSpec {
         format!("--initial-advertise-peer-urls={peer}"),
         format!("--initial-cluster-token={}", cluster.name),
     ];
+    args.extend(tls_args());
     args.extend(
         cluster
             .etcd
@@ -199,10 +200,13 @@ fn etcd_member(cluster: &Cluster, node: &Node) -> ContainerSpec {
         command: Some(vec!["etcd".into()]),
         args,
         env: BTreeMap::new(),
-        binds: vec![format!(
-            "/var/lib/drover/{}/etcd:/var/lib/etcd",
-            cluster.name
-        )],
+        binds: vec![
+            format!("/var/lib/drover/{}/etcd:/var/lib/etcd", cluster.name),
+            format!(
+                "{}:{ETCD_PKI_MOUNT}:ro",
+                crate::nodeplan::etcd_pki_dir(cluster.name.as_str())
+            ),
+        ],
         network_mode: NetworkMode::Host,
         pid_mode: None,
         privileged: false,

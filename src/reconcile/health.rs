@@ -49,11 +49,11 @@ pub fn judge(
             failed.action, failed.subject
         ));
     }
-    for (component, want) in &spec.containers {
+    for component in spec.containers.keys() {
         let Some(have) = report.containers.get(component) else {
             return NodeHealth::Waiting(format!("{component} on {node} is not running yet"));
         };
-        if have.spec_hash != want.hash() {
+        if Some(&have.spec_hash) != spec.container_hash(component).as_ref() {
             return NodeHealth::Waiting(format!("{component} on {node} is not replaced yet"));
         }
         if !have.running {

@@ -11,7 +11,7 @@ use crate::model::{Cluster, Role};
 use crate::nodeplan::{EtcdBootstrap, NodeSpec, ETCD_COMPONENT};
 use crate::plan::container::peer_url;
 use crate::plan::observed::{Member, ObservedContainer, ObservedNode};
-use crate::plan::{Batch, InitialState, ObservedCluster, PolicyState, Step};
+use crate::plan::{InitialState, ObservedCluster, PolicyState, Step};
 
 /// The rollout record of one cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,24 +46,13 @@ pub struct Unsupported {
 }
 
 impl Intent {
-    /// What runs, as the planner sees it: every node as it was told to run, members with the
-    /// health `healthy` gives (by node name).
-    pub fn observed(&self, healthy: impl Fn(&str) -> bool) -> ObservedCluster {
+    /// What runs, as the planner sees it: every node as it was told to run, and `etcd_members`
+    /// (see `membership::observed`).
+    pub fn observed(&self, etcd_members: BTreeMap<String, Member>) -> ObservedCluster {
         let nodes = self
             .nodes
             .iter()
             .map(|(name, n)| (name.clone(), n.observed()))
-            .collect();
-        let etcd_members = self
-            .members
-            .iter()
-            .map(|(name, url)| {
-                let member = Member {
-                    peer_url: url.clone(),
-                    healthy: healthy(name),
-                };
-                (name.clone(), member)
-            })
             .collect();
         ObservedCluster {
             nodes,
@@ -73,18 +62,19 @@ impl Intent {
         }
     }
 
-    /// Takes the record through one batch of `cluster`'s plan: each step changes what its node
-    /// is told to run, toward `desired` (every node's full plan). Gates are the caller's.
-    /// Returns the nodes whose plan changed, and the nodes to decommission.
+    /// Takes the record through steps of `cluster`'s plan: each step changes what its node is
+    /// told to run, toward `desired` (every node's full plan). Gates, and the etcd membership
+    /// changes (agent tasks), are the caller's. Returns the nodes whose plan changed, and the
+    /// nodes to decommission.
     pub fn advance(
         &mut self,
         cluster: &Cluster,
         desired: &BTreeMap<String, NodeSpec>,
-        batch: &Batch,
+        steps: &[Step],
         revision: &str,
     ) -> Result<Advanced, Unsupported> {
         let mut out = Advanced::default();
-        for step in &batch.steps {
+        for step in steps {
             if let Some(node) = self.step(cluster, desired, step, &mut out)? {
                 let n = self.node_mut(cluster, &node);
                 n.revision = revision.to_string();
@@ -132,14 +122,14 @@ impl Intent {
             Step::RestoreSnapshot { snapshot, .. } => {
                 return Err(unsupported("restoring a snapshot", snapshot))
             }
-            Step::AddEtcdMember { node, .. } => {
-                return Err(unsupported("adding an etcd member to running ones", node))
-            }
-            Step::UpdateEtcdMember { node, .. } => {
-                return Err(unsupported("moving an etcd member's peer URL", node))
+            // Membership changes ran as agent tasks before these steps; the record follows.
+            Step::AddEtcdMember { node, peer_url } | Step::UpdateEtcdMember { node, peer_url } => {
+                self.members.insert(node.clone(), peer_url.clone());
+                None
             }
             Step::RemoveEtcdMember { node } => {
-                return Err(unsupported("removing an etcd member", node))
+                self.members.remove(node);
+                None
             }
             Step::StartEtcdMember {
                 node,
@@ -194,7 +184,15 @@ impl Intent {
             }
             Step::DecommissionNode { node } => {
                 out.decommission.insert(node.clone());
-                None
+                // Its certificates go with the rest of what it ran.
+                let spec = self.nodes.get_mut(node).map(|n| &mut n.spec);
+                match spec {
+                    Some(spec) if !spec.pki.is_empty() => {
+                        spec.pki.clear();
+                        Some(node.clone())
+                    }
+                    _ => None,
+                }
             }
             Step::AwaitHealthy { .. } => None,
             Step::UpdateSnapshotPolicy { to, .. } => {
@@ -247,6 +245,20 @@ impl Intent {
             entry.roles = def.roles.clone();
         }
         entry
+    }
+
+    /// Gives `node` its certificates (made if the node is new to the record); whether they
+    /// changed.
+    pub fn set_pki(
+        &mut self,
+        cluster: &Cluster,
+        node: &str,
+        pki: BTreeMap<String, crate::nodeplan::FileSpec>,
+    ) -> bool {
+        let spec = &mut self.node_mut(cluster, node).spec;
+        let changed = spec.pki != pki;
+        spec.pki = pki;
+        changed
     }
 
     /// Forgets a decommissioned node.

@@ -13,8 +13,10 @@
 //! `Reconciler::reconcile` is the synchronous core (no IO); `task::run` is the loop around it
 //! that saves, publishes to the hub, and waits for the next reason to look again.
 
+pub mod certs;
 pub mod health;
 pub mod intent;
+pub mod membership;
 pub mod task;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,13 +25,16 @@ use std::time::{Duration, SystemTime};
 
 use self::health::{judge, NodeHealth};
 use self::intent::Intent;
+pub use self::membership::TaskCall;
 use crate::api::{
     ClusterNode, ClusterStatus, Condition, ConditionType, PhaseProgress, PlanProgress,
 };
+use crate::etcd_pki::ClusterCa;
 use crate::model::Cluster;
 use crate::nodeplan::NodeSpec;
 use crate::plan::container::desired_nodes;
 use crate::plan::{ClusterPlan, Desired, Observed, Planner};
+use crate::protocol::{EtcdMemberInfo, EtcdTaskOutcome};
 use crate::server::NodeReport;
 use crate::source::ClusterEntry;
 
@@ -38,6 +43,18 @@ pub const REQUEUE_BUSY: Duration = Duration::from_secs(5);
 /// How soon to look again when the cluster is converged or stalled.
 pub const REQUEUE_IDLE: Duration = Duration::from_secs(60);
 
+/// What a pass reads.
+pub struct Inputs<'a> {
+    pub entry: &'a ClusterEntry,
+    /// The cluster's nodes' latest reports, by node name.
+    pub reports: &'a BTreeMap<String, NodeReport>,
+    /// The membership as etcd lists it, when a healthy member could be asked.
+    pub members: Option<&'a [EtcdMemberInfo]>,
+    /// The cluster's etcd CA, which issues and renews node certificates.
+    pub ca: Option<&'a ClusterCa>,
+    pub now: SystemTime,
+}
+
 /// What the loop around `reconcile` must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Action {
@@ -45,6 +62,16 @@ pub struct Action {
     pub save: bool,
     /// Look again after this long at the latest.
     pub requeue: Duration,
+    /// Run this etcd task, then hand its outcome to `Reconciler::task_done`.
+    pub task: Option<TaskCall>,
+}
+
+/// The rest of a batch, waiting for its membership task.
+#[derive(Debug, Clone)]
+struct Pending {
+    steps: Vec<crate::plan::Step>,
+    revision: String,
+    what: String,
 }
 
 /// Where a pass left the cluster.
@@ -73,6 +100,9 @@ pub struct Reconciler {
     specs: Option<(String, BTreeMap<String, NodeSpec>)>,
     conditions: Vec<Condition>,
     status: ClusterStatus,
+    pending: Option<Pending>,
+    /// The last plan, for the status of a pass that only finished a task.
+    last_plan: Option<ClusterPlan>,
 }
 
 impl Reconciler {
@@ -84,6 +114,8 @@ impl Reconciler {
             version: 0,
             planner: Planner::default(),
             specs: None,
+            pending: None,
+            last_plan: None,
             conditions: Vec::new(),
             status: ClusterStatus {
                 name: name.to_string(),
@@ -121,21 +153,86 @@ impl Reconciler {
         out
     }
 
-    /// One pass. `reports` are the cluster's nodes' latest, by node name.
-    pub fn reconcile(
-        &mut self,
-        entry: &ClusterEntry,
-        reports: &BTreeMap<String, NodeReport>,
-        now: SystemTime,
-    ) -> Action {
-        let cluster = &entry.cluster;
-        let revision = entry.revision.to_string();
+    /// One pass.
+    pub fn reconcile(&mut self, inputs: &Inputs<'_>) -> Action {
+        let cluster = &inputs.entry.cluster;
+        let revision = inputs.entry.revision.to_string();
         let before = self.intent.clone();
         let desired = self.desired_specs(cluster);
         self.intent.sync_probes(&desired);
-        let health = self.judge(reports);
-        let plan = self.plan(cluster, &health);
-        let verdict = self.decide(cluster, &desired, &plan, &health, &revision);
+        let health = self.judge(inputs.reports);
+        let renewal = inputs
+            .ca
+            .and_then(|ca| certs::issue(&mut self.intent, cluster, ca, &health, inputs.now));
+        let plan = self.plan(cluster, &health, inputs.members);
+        self.pending = None;
+        let mut task = None;
+        let verdict = match renewal {
+            Some(verdict) => verdict,
+            None => self.decide(
+                cluster, &desired, &plan, &health, inputs, &revision, &mut task,
+            ),
+        };
+        self.finish(inputs, &plan, &verdict, &health, before, task)
+    }
+
+    /// Hands the outcome of the task the last pass asked for to the rest of its batch.
+    pub fn task_done(
+        &mut self,
+        inputs: &Inputs<'_>,
+        outcome: Result<EtcdTaskOutcome, String>,
+    ) -> Action {
+        let cluster = &inputs.entry.cluster;
+        let before = self.intent.clone();
+        let health = self.judge(inputs.reports);
+        let plan = self
+            .last_plan
+            .clone()
+            .unwrap_or_else(|| self.plan(cluster, &health, inputs.members));
+        let Some(pending) = self.pending.take() else {
+            // Nothing waited for it (a pass ran in between): look afresh.
+            return self.reconcile(inputs);
+        };
+        let failed = match outcome {
+            Ok(EtcdTaskOutcome::Failed { error }) => Some(error),
+            Err(error) => Some(error),
+            Ok(_) => None,
+        };
+        let verdict = match failed {
+            Some(error) => Verdict::Stalled {
+                reason: "EtcdTaskFailed",
+                message: format!("{} failed: {error}", pending.what),
+            },
+            None => {
+                let desired = self.desired_specs(cluster);
+                match self
+                    .intent
+                    .advance(cluster, &desired, &pending.steps, &pending.revision)
+                {
+                    Ok(_) => Verdict::Progressing {
+                        reason: "RollingOut",
+                        message: format!("{}: done", pending.what),
+                    },
+                    Err(e) => Verdict::Stalled {
+                        reason: "Unsupported",
+                        message: e.to_string(),
+                    },
+                }
+            }
+        };
+        self.finish(inputs, &plan, &verdict, &health, before, None)
+    }
+
+    /// Saves when the record changed, updates the status, and says when to look again.
+    fn finish(
+        &mut self,
+        inputs: &Inputs<'_>,
+        plan: &ClusterPlan,
+        verdict: &Verdict,
+        health: &BTreeMap<String, NodeHealth>,
+        before: Intent,
+        task: Option<TaskCall>,
+    ) -> Action {
         let save = self.intent != before;
         if save {
             self.version += 1;
@@ -144,8 +241,35 @@ impl Reconciler {
             Verdict::Progressing { .. } => REQUEUE_BUSY,
             Verdict::Ready | Verdict::Stalled { .. } => REQUEUE_IDLE,
         };
-        self.update_status(entry, &plan, &verdict, &health, reports, now);
-        Action { save, requeue }
+        self.update_status(
+            inputs.entry,
+            plan,
+            verdict,
+            health,
+            inputs.reports,
+            inputs.now,
+        );
+        self.last_plan = Some(plan.clone());
+        Action {
+            save,
+            requeue,
+            task,
+        }
+    }
+
+    /// A healthy etcd member's node to ask (the membership, tasks), other than `except`.
+    pub fn member_agent(
+        &self,
+        reports: &BTreeMap<String, NodeReport>,
+        except: Option<&str>,
+    ) -> Option<String> {
+        let health = self.judge(reports);
+        self.intent
+            .members
+            .keys()
+            .filter(|m| Some(m.as_str()) != except)
+            .find(|m| health.get(*m).is_some_and(NodeHealth::is_ready))
+            .cloned()
     }
 
     /// Every node's full plan for this definition, rebuilt only when the definition changed.
@@ -178,9 +302,15 @@ impl Reconciler {
 
     /// The plan from the record, cached while neither the definition, the record nor the
     /// members' health changed.
-    fn plan(&mut self, cluster: &Cluster, health: &BTreeMap<String, NodeHealth>) -> ClusterPlan {
+    fn plan(
+        &mut self,
+        cluster: &Cluster,
+        health: &BTreeMap<String, NodeHealth>,
+        listed: Option<&[EtcdMemberInfo]>,
+    ) -> ClusterPlan {
         let healthy = |node: &str| health.get(node).is_some_and(NodeHealth::is_ready);
-        let observed = self.intent.observed(healthy);
+        let members = membership::observed(listed, &self.intent, cluster, healthy);
+        let observed = self.intent.observed(members);
         let mut key = DefaultHasher::new();
         self.version.hash(&mut key);
         for (name, member) in &observed.etcd_members {
@@ -202,13 +332,18 @@ impl Reconciler {
     }
 
     /// Runs the plan's first batch when its gate allows, and says where that leaves the cluster.
+    /// A batch that starts with a membership change asks for its task (`task`) and keeps the
+    /// rest for `task_done`.
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         &mut self,
         cluster: &Cluster,
         desired: &BTreeMap<String, NodeSpec>,
         plan: &ClusterPlan,
         health: &BTreeMap<String, NodeHealth>,
+        inputs: &Inputs<'_>,
         revision: &str,
+        task: &mut Option<TaskCall>,
     ) -> Verdict {
         if !plan.errors.is_empty() {
             let message = plan
@@ -234,7 +369,47 @@ impl Reconciler {
         if let Some((_, h)) = unready.find(|(n, _)| !batch.nodes.contains(n)) {
             return waiting(h);
         }
-        let advanced = match self.intent.advance(cluster, desired, batch, revision) {
+        if let Some(first) = batch.steps.first() {
+            let target = batch.nodes.first().map(String::as_str);
+            let agent = self.member_agent(inputs.reports, target);
+            let call = match (
+                membership::task_for(first, inputs.members, cluster, ""),
+                agent,
+            ) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Verdict::Progressing {
+                        reason: "Waiting",
+                        message: "waiting for a healthy etcd member to run the membership change"
+                            .into(),
+                    }
+                }
+                (Some(Err(why)), _) => {
+                    return Verdict::Stalled {
+                        reason: "EtcdMembership",
+                        message: why,
+                    }
+                }
+                (Some(Ok(call)), Some(agent)) => Some(TaskCall { agent, ..call }),
+            };
+            if let Some(call) = call {
+                let message = call.what.clone();
+                self.pending = Some(Pending {
+                    steps: batch.steps.clone(),
+                    revision: revision.to_string(),
+                    what: call.what.clone(),
+                });
+                *task = Some(call);
+                return Verdict::Progressing {
+                    reason: "EtcdMembership",
+                    message,
+                };
+            }
+        }
+        let advanced = match self
+            .intent
+            .advance(cluster, desired, &batch.steps, revision)
+        {
             Ok(a) => a,
             Err(e) => {
                 return Verdict::Stalled {

@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::intent::Intent;
-use super::Reconciler;
+use super::{Action, Inputs, Reconciler};
 use crate::api::{ClusterStatus, Condition, ConditionType};
 use crate::backoff::Backoff;
+use crate::etcd_pki::ClusterCa;
+use crate::protocol::{EtcdMemberInfo, EtcdTask, EtcdTaskOutcome};
 use crate::server::Hub;
 use crate::source::{ClusterEntry, DesiredState};
 use crate::state::{StateDir, StateError};
@@ -27,6 +29,8 @@ pub const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 pub const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 const RECORD_PREFIX: &str = "rollout-";
+/// How long an etcd task may take, the agent's own bound included.
+pub const TASK_LIMIT: Duration = Duration::from_secs(20);
 
 /// The state document of a cluster's rollout record.
 pub fn record_name(cluster: &str) -> String {
@@ -149,6 +153,7 @@ impl Controller {
             wake: wake.clone(),
             status: status_tx,
             declared: None,
+            ca: None,
         };
         self.tasks.spawn(task.run());
         Handle {
@@ -156,6 +161,10 @@ impl Controller {
             wake,
             status: status_rx,
         }
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 
     /// Every cluster's status, by name.
@@ -189,6 +198,7 @@ struct ClusterTask {
     status: watch::Sender<ClusterStatus>,
     /// The nodes last declared to the hub.
     declared: Option<BTreeSet<String>>,
+    ca: Option<Arc<ClusterCa>>,
 }
 
 impl ClusterTask {
@@ -248,23 +258,112 @@ impl ClusterTask {
         Ok(Reconciler::new(&self.name, intent.unwrap_or_default()))
     }
 
-    /// One pass: reconcile, then save the record and publish the plans when it changed (or
-    /// when the definition's list of nodes did).
+    /// One pass: ask etcd for its membership, reconcile, run the membership task the pass asks
+    /// for (and finish its batch), then save the record and publish the plans when it changed
+    /// (or when the definition's list of nodes did).
     async fn pass(
         &mut self,
         reconciler: &mut Reconciler,
         entry: &ClusterEntry,
     ) -> Result<Duration, String> {
         let cx = self.controller.clone();
+        let ca = self.ca().await?;
         let reports = cx.hub.cluster_reports(&self.name);
-        let action = reconciler.reconcile(entry, &reports, SystemTime::now());
+        let members = self.members(reconciler, &reports).await;
+        let inputs = Inputs {
+            entry,
+            reports: &reports,
+            members: members.as_deref(),
+            ca: Some(&ca),
+            now: SystemTime::now(),
+        };
+        let mut action = reconciler.reconcile(&inputs);
+        if let Some(call) = action.task.take() {
+            tracing::info!(
+                cluster = self.name,
+                agent = call.agent,
+                task = call.what,
+                "etcd membership change"
+            );
+            let outcome = cx
+                .hub
+                .etcd_task(&self.name, &call.agent, call.task.clone(), TASK_LIMIT)
+                .await
+                .map_err(|e| e.to_string());
+            let after = reconciler.task_done(&inputs, outcome);
+            action = Action {
+                save: action.save || after.save,
+                ..after
+            };
+        }
+        self.publish(reconciler, entry, action.save).await?;
+        Ok(if action.save {
+            Duration::ZERO
+        } else {
+            action.requeue
+        })
+    }
+
+    /// The cluster's etcd CA, made the first time.
+    async fn ca(&mut self) -> Result<Arc<ClusterCa>, String> {
+        if let Some(ca) = &self.ca {
+            return Ok(ca.clone());
+        }
+        let state = self.controller.state.clone();
+        let name = self.name.clone();
+        let ca = tokio::task::spawn_blocking(move || ClusterCa::ensure(&state, &name))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| crate::error_chain(&e))?;
+        let ca = Arc::new(ca);
+        self.ca = Some(ca.clone());
+        Ok(ca)
+    }
+
+    /// The membership as a healthy member's agent lists it; `None` when none could be asked.
+    async fn members(
+        &self,
+        reconciler: &Reconciler,
+        reports: &BTreeMap<String, crate::server::NodeReport>,
+    ) -> Option<Vec<EtcdMemberInfo>> {
+        let agent = reconciler.member_agent(reports, None)?;
+        let hub = &self.controller.hub;
+        match hub
+            .etcd_task(&self.name, &agent, EtcdTask::MemberList, TASK_LIMIT)
+            .await
+        {
+            Ok(EtcdTaskOutcome::Members { members }) => Some(members),
+            Ok(other) => {
+                tracing::debug!(
+                    cluster = self.name,
+                    agent,
+                    ?other,
+                    "cannot list etcd members"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::debug!(cluster = self.name, agent, error = %e, "cannot list etcd members");
+                None
+            }
+        }
+    }
+
+    /// Saves the record (when it changed) and publishes the nodes' plans, then the status.
+    async fn publish(
+        &mut self,
+        reconciler: &Reconciler,
+        entry: &ClusterEntry,
+        save: bool,
+    ) -> Result<(), String> {
+        let cx = self.controller.clone();
         let declared = reconciler.declared(&entry.cluster);
         let names: BTreeSet<String> = declared.keys().cloned().collect();
-        if action.save || self.declared.as_ref() != Some(&names) {
+        if save || self.declared.as_ref() != Some(&names) {
             let state = cx.state.clone();
             let hub = cx.hub.clone();
             let name = self.name.clone();
-            let intent = action.save.then(|| reconciler.intent().clone());
+            let intent = save.then(|| reconciler.intent().clone());
             tokio::task::spawn_blocking(move || -> Result<(), String> {
                 if let Some(intent) = intent {
                     state
@@ -283,11 +382,7 @@ impl ClusterTask {
             node.generation = cx.hub.generation(&self.name, &node.name);
         }
         self.status.send_replace(status);
-        Ok(if action.save {
-            Duration::ZERO
-        } else {
-            action.requeue
-        })
+        Ok(())
     }
 
     /// The cluster left Git: its nodes are refused from now on. What runs stays.

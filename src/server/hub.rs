@@ -9,11 +9,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::join::{Bindings, BINDINGS};
 use crate::nodeplan::NodeSpec;
-use crate::protocol::{encode, AppliedMark, ContainerState, Refusal, ServerMessage, StepReport};
+use crate::protocol::{
+    encode, AppliedMark, ContainerState, EtcdTask, EtcdTaskOutcome, Refusal, ServerMessage,
+    StepReport,
+};
 use crate::state::{StateDir, StateError};
 
 const GENERATIONS: &str = "node-generations.json";
@@ -46,10 +49,50 @@ pub enum Kick {
     Refused(Refusal),
 }
 
+/// An etcd task on its way to a session, which sends it to its agent.
+#[derive(Debug)]
+pub struct TaskRequest {
+    pub id: u64,
+    pub task: EtcdTask,
+}
+
+/// Why an etcd task got no outcome from its agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    #[error("node {node} is not declared")]
+    Undeclared { node: String },
+    #[error("{node}'s agent is not connected")]
+    NotConnected { node: String },
+    #[error("{node}'s agent has too many etcd tasks queued")]
+    Busy { node: String },
+    #[error("{node}'s agent disconnected before it answered")]
+    SessionEnded { node: String },
+    #[error("{node}'s agent did not answer within {limit:?}")]
+    TimedOut {
+        node: String,
+        limit: std::time::Duration,
+    },
+}
+
+/// A node's live session, as the hub holds it.
+struct Live {
+    id: u64,
+    kick: oneshot::Sender<Kick>,
+    tasks: mpsc::Sender<TaskRequest>,
+}
+
+/// What `Hub::attach` gives a new session.
+pub struct Attached {
+    pub id: u64,
+    pub plans: watch::Receiver<Option<PlanFrame>>,
+    pub kick: oneshot::Receiver<Kick>,
+    pub tasks: mpsc::Receiver<TaskRequest>,
+}
+
 struct NodeEntry {
     plan: watch::Sender<Option<PlanFrame>>,
     report: NodeReport,
-    session: Option<(u64, oneshot::Sender<Kick>)>,
+    session: Option<Live>,
 }
 
 impl NodeEntry {
@@ -71,6 +114,9 @@ struct Nodes {
     next_session: u64,
     /// Bumped whenever a node of the cluster connects, leaves or reports.
     changes: HashMap<String, watch::Sender<u64>>,
+    next_task: u64,
+    /// Etcd tasks sent and not answered: the node they went to, and who waits.
+    pending: HashMap<u64, ((String, String), oneshot::Sender<EtcdTaskOutcome>)>,
 }
 
 impl Nodes {
@@ -198,8 +244,8 @@ impl Nodes {
                 Some(why) => Refusal::Revoked { cluster, node, why },
                 None => Refusal::UndeclaredNode { cluster, node },
             };
-            if let Some((_, kick)) = entry.session.take() {
-                let _ = kick.send(Kick::Refused(refusal));
+            if let Some(live) = entry.session.take() {
+                let _ = live.kick.send(Kick::Refused(refusal));
             }
         }
     }
@@ -241,6 +287,8 @@ impl Hub {
                 generations,
                 next_session: 1,
                 changes: HashMap::new(),
+                next_task: 1,
+                pending: HashMap::new(),
             }),
             bindings: Mutex::new(BindingCache {
                 stamp: None,
@@ -385,47 +433,119 @@ impl Hub {
             .contains_key(&(cluster.to_string(), node.to_string()))
     }
 
-    /// Registers the session of a declared node, ending the one it replaces. Returns the
-    /// session id, the node's plan channel and the session's kick receiver.
-    pub fn attach(
-        &self,
-        cluster: &str,
-        node: &str,
-    ) -> Option<(
-        u64,
-        watch::Receiver<Option<PlanFrame>>,
-        oneshot::Receiver<Kick>,
-    )> {
+    /// Registers the session of a declared node, ending the one it replaces. Returns what the
+    /// session needs: its id, the node's plan channel, its kick receiver and its task queue.
+    pub fn attach(&self, cluster: &str, node: &str) -> Option<Attached> {
         let mut nodes = self.lock();
         let id = nodes.next_session;
         nodes.next_session += 1;
         let entry = nodes
             .nodes
             .get_mut(&(cluster.to_string(), node.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        if let Some((_, old)) = entry.session.replace((id, tx)) {
-            let _ = old.send(Kick::Replaced);
+        let (kick_tx, kick) = oneshot::channel();
+        let (task_tx, tasks) = mpsc::channel(crate::protocol::MAX_ETCD_TASKS);
+        let live = Live {
+            id,
+            kick: kick_tx,
+            tasks: task_tx,
+        };
+        if let Some(old) = entry.session.replace(live) {
+            let _ = old.kick.send(Kick::Replaced);
         }
         entry.report.connected = true;
         entry.report.last_seen = Some(SystemTime::now());
-        let plan = entry.plan.subscribe();
+        let plans = entry.plan.subscribe();
         nodes.touch(cluster);
-        Some((id, plan, rx))
+        Some(Attached {
+            id,
+            plans,
+            kick,
+            tasks,
+        })
     }
 
-    /// Ends session `id` of a node, unless a newer one replaced it.
+    /// Ends session `id` of a node, unless a newer one replaced it. Its unanswered etcd tasks
+    /// end with it.
     pub fn detach(&self, cluster: &str, node: &str, id: u64) {
         let mut nodes = self.lock();
-        if let Some(entry) = nodes
-            .nodes
-            .get_mut(&(cluster.to_string(), node.to_string()))
-        {
-            if entry.session.as_ref().is_some_and(|(s, _)| *s == id) {
-                entry.session = None;
-                entry.report.connected = false;
-                nodes.touch(cluster);
+        let key = (cluster.to_string(), node.to_string());
+        let Some(entry) = nodes.nodes.get_mut(&key) else {
+            return;
+        };
+        if entry.session.as_ref().is_none_or(|live| live.id != id) {
+            return;
+        }
+        entry.session = None;
+        entry.report.connected = false;
+        nodes.pending.retain(|_, (target, _)| *target != key);
+        nodes.touch(cluster);
+    }
+
+    /// Runs an etcd task on `node`'s agent and waits for its outcome, at most `limit`.
+    pub async fn etcd_task(
+        &self,
+        cluster: &str,
+        node: &str,
+        task: EtcdTask,
+        limit: std::time::Duration,
+    ) -> Result<EtcdTaskOutcome, TaskError> {
+        let key = (cluster.to_string(), node.to_string());
+        let node_name = || node.to_string();
+        let (tx, rx) = oneshot::channel();
+        let (id, queue) = {
+            let mut nodes = self.lock();
+            let entry = nodes
+                .nodes
+                .get(&key)
+                .ok_or_else(|| TaskError::Undeclared { node: node_name() })?;
+            let queue = entry
+                .session
+                .as_ref()
+                .ok_or_else(|| TaskError::NotConnected { node: node_name() })?
+                .tasks
+                .clone();
+            let id = nodes.next_task;
+            nodes.next_task += 1;
+            nodes.pending.insert(id, (key.clone(), tx));
+            (id, queue)
+        };
+        if queue.try_send(TaskRequest { id, task }).is_err() {
+            self.lock().pending.remove(&id);
+            return Err(TaskError::Busy { node: node_name() });
+        }
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(_)) => Err(TaskError::SessionEnded { node: node_name() }),
+            Err(_) => {
+                self.lock().pending.remove(&id);
+                Err(TaskError::TimedOut {
+                    node: node_name(),
+                    limit,
+                })
             }
         }
+    }
+
+    /// Hands an agent's answer to whoever waits for task `id`; false when no task `id` was
+    /// sent to that node (a late answer, or one the agent made up).
+    pub fn complete_task(
+        &self,
+        cluster: &str,
+        node: &str,
+        id: u64,
+        outcome: EtcdTaskOutcome,
+    ) -> bool {
+        let mut nodes = self.lock();
+        let key = (cluster.to_string(), node.to_string());
+        match nodes.pending.get(&id) {
+            Some((target, _)) if *target == key => {}
+            _ => return false,
+        }
+        let Some((_, waiter)) = nodes.pending.remove(&id) else {
+            return false;
+        };
+        let _ = waiter.send(outcome);
+        true
     }
 
     /// Records what an agent reported.
@@ -487,25 +607,7 @@ impl Hub {
         let mut out: Vec<crate::api::NodeStatus> = nodes
             .nodes
             .iter()
-            .map(|((cluster, node), e)| crate::api::NodeStatus {
-                cluster: cluster.clone(),
-                node: node.clone(),
-                connected: e.report.connected,
-                last_seen: e
-                    .report
-                    .last_seen
-                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-                generation: e.plan.borrow().as_ref().map(|f| f.generation),
-                applied: e.report.applied.clone(),
-                containers: e.report.containers.clone(),
-                failed_steps: e
-                    .report
-                    .steps
-                    .iter()
-                    .filter(|s| s.error.is_some())
-                    .cloned()
-                    .collect(),
-            })
+            .map(|((cluster, node), e)| node_status(cluster, node, e))
             .collect();
         drop(nodes);
         out.sort_by(|a, b| (&a.cluster, &a.node).cmp(&(&b.cluster, &b.node)));
@@ -513,6 +615,13 @@ impl Hub {
             format_version: crate::api::NODES_FORMAT_VERSION,
             nodes: out,
         }
+    }
+
+    /// One declared node with its agent's latest report.
+    pub fn node_status(&self, cluster: &str, node: &str) -> Option<crate::api::NodeStatus> {
+        let nodes = self.lock();
+        let entry = nodes.nodes.get(&(cluster.to_string(), node.to_string()))?;
+        Some(node_status(cluster, node, entry))
     }
 
     /// How many declared nodes' latest reports satisfy `pred`, counted under the lock without
@@ -523,6 +632,25 @@ impl Hub {
             .values()
             .filter(|e| pred(&e.report))
             .count()
+    }
+
+    /// The plan a node is given now: generation, checksum and spec.
+    pub fn plan_of(&self, cluster: &str, node: &str) -> Option<(u64, String, NodeSpec)> {
+        let frame = self
+            .lock()
+            .nodes
+            .get(&(cluster.to_string(), node.to_string()))?
+            .plan
+            .borrow()
+            .clone()?;
+        match crate::protocol::decode::<ServerMessage>(&frame.text) {
+            Ok(ServerMessage::Plan {
+                generation,
+                checksum,
+                spec,
+            }) => Some((generation, checksum, spec)),
+            _ => None,
+        }
     }
 
     /// The plan generation a node should run.
@@ -596,6 +724,28 @@ impl Hub {
         cache.bindings = Arc::new(bindings);
         cache.stamp = stamp;
         cache.version += 1;
+    }
+}
+
+fn node_status(cluster: &str, node: &str, e: &NodeEntry) -> crate::api::NodeStatus {
+    crate::api::NodeStatus {
+        cluster: cluster.to_string(),
+        node: node.to_string(),
+        connected: e.report.connected,
+        last_seen: e
+            .report
+            .last_seen
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        generation: e.plan.borrow().as_ref().map(|f| f.generation),
+        applied: e.report.applied.clone(),
+        containers: e.report.containers.clone(),
+        failed_steps: e
+            .report
+            .steps
+            .iter()
+            .filter(|s| s.error.is_some())
+            .cloned()
+            .collect(),
     }
 }
 

@@ -19,14 +19,14 @@ use futures::{SinkExt as _, StreamExt as _};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{Hub, Kick, PlanFrame};
+use super::hub::{Attached, Hub, Kick, PlanFrame};
 use super::Settings;
 use crate::heartbeat::{Beat, Liveness};
 use crate::join::{redeem, CredentialUse, TokenRecord};
 use crate::model::NodeName;
 use crate::pki::{node_identity, DaemonCa, NodeIdentity};
 use crate::protocol::{
-    decode, encode, AgentMessage, AppliedMark, Refusal, ServerMessage, StepReport,
+    decode, encode, AgentMessage, AppliedMark, EtcdTaskOutcome, Refusal, ServerMessage, StepReport,
     MAX_REPORT_ITEMS, PROTOCOL_VERSION,
 };
 use crate::secret::Secret;
@@ -298,7 +298,7 @@ async fn on_hello(
         Err(r) => return conn.refuse(peer, r, &cx.refusal_log).await,
     };
     let (cluster, node) = (hello.cluster, hello.node);
-    let Some((session, plans, kick)) = cx.hub.attach(&cluster, &node) else {
+    let Some(attached) = cx.hub.attach(&cluster, &node) else {
         return conn
             .refuse(
                 peer,
@@ -315,7 +315,8 @@ async fn on_hello(
             r.applied = applied;
         }
     });
-    let end = serve(cx, &id, &mut conn, plans, kick).await;
+    let session = attached.id;
+    let end = serve(cx, &id, &mut conn, attached).await;
     cx.hub.detach(&cluster, &node, session);
     match end {
         End::Closed(why) => {
@@ -478,13 +479,13 @@ struct SessionState {
 }
 
 /// The steady state of a session.
-async fn serve(
-    cx: &Context,
-    id: &NodeIdentity,
-    conn: &mut Conn,
-    mut plans: watch::Receiver<Option<PlanFrame>>,
-    mut kick: oneshot::Receiver<Kick>,
-) -> End {
+async fn serve(cx: &Context, id: &NodeIdentity, conn: &mut Conn, attached: Attached) -> End {
+    let Attached {
+        mut plans,
+        mut kick,
+        mut tasks,
+        ..
+    } = attached;
     let interval = cx.settings.heartbeat;
     let welcome = ServerMessage::Welcome {
         protocol: PROTOCOL_VERSION,
@@ -511,6 +512,10 @@ async fn serve(
                 }
             }
             beat = liveness.tick() => on_beat(cx, id, conn, beat).await,
+            Some(request) = tasks.recv() => {
+                let m = ServerMessage::EtcdTask { id: request.id, task: request.task };
+                conn.send(&m).await.map_err(|_| End::Closed("send failed"))
+            }
             k = &mut kick => Err(match k {
                 Ok(Kick::Refused(r)) => End::Refused(r),
                 Ok(Kick::Replaced) | Err(_) => End::Closed("replaced by a newer session"),
@@ -593,6 +598,14 @@ async fn handle(
     let (cluster, node) = (id.cluster.as_str(), id.node.as_str());
     match message {
         AgentMessage::Heartbeat { .. } => cx.hub.seen(cluster, node),
+        AgentMessage::EtcdTaskResult { id: task, outcome } => {
+            if !cx
+                .hub
+                .complete_task(cluster, node, task, bounded_outcome(outcome))
+            {
+                tracing::debug!(cluster, node, task, "an etcd task result nobody waits for");
+            }
+        }
         AgentMessage::Applied {
             generation,
             checksum,
@@ -717,5 +730,34 @@ fn kind(m: &AgentMessage) -> &'static str {
         AgentMessage::Heartbeat { .. } => "heartbeat",
         AgentMessage::Applied { .. } => "applied",
         AgentMessage::Observed { .. } => "observed",
+        AgentMessage::EtcdTaskResult { .. } => "etcd-task-result",
+    }
+}
+
+/// An agent's task outcome with every text it carries cut to the report limit.
+fn bounded_outcome(outcome: EtcdTaskOutcome) -> EtcdTaskOutcome {
+    use crate::protocol::{short_text, EtcdMemberInfo};
+    match outcome {
+        EtcdTaskOutcome::Failed { error } => EtcdTaskOutcome::Failed {
+            error: short_text(&error),
+        },
+        EtcdTaskOutcome::Members { members } => EtcdTaskOutcome::Members {
+            members: members
+                .into_iter()
+                .take(crate::model::MAX_NODE_ITEMS)
+                .map(|m| EtcdMemberInfo {
+                    id: short_text(&m.id),
+                    name: short_text(&m.name),
+                    peer_urls: m.peer_urls.iter().take(8).map(|u| short_text(u)).collect(),
+                    client_urls: m
+                        .client_urls
+                        .iter()
+                        .take(8)
+                        .map(|u| short_text(u))
+                        .collect(),
+                })
+                .collect(),
+        },
+        other => other,
     }
 }

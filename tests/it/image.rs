@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use crate::support::{docker, require, unique_token};
 
@@ -137,4 +138,82 @@ async fn the_dockerfile_packages_a_drover_that_validates_the_examples() {
     let out = ok(&schema, "docker run schema");
     let json: serde_json::Value = serde_json::from_str(&out).expect("schema is JSON");
     assert_eq!(json["title"], "drover Cluster");
+
+    serves_from_the_image(&image, &root, &token).await;
+}
+
+/// Removes a container a test started, even when it panics.
+struct ContainerGuard(String);
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+/// `drover serve` runs from the image on its bundled examples, answers health and readiness,
+/// and stops cleanly (exit 0) on `docker stop`.
+async fn serves_from_the_image(image: &str, root: &Path, token: &str) {
+    let ip = crate::support::net::unique_loopback(&[]);
+    let (agents, http) = (
+        crate::support::net::free_port(ip),
+        crate::support::net::free_port(ip),
+    );
+    let name = format!("drover-test-serve-{}", token.to_lowercase());
+    let _guard = ContainerGuard(name.clone());
+    let listen_agents = format!("{ip}:{agents}");
+    let listen_http = format!("{ip}:{http}");
+    let pid_label = format!("drover-test.pid={}", std::process::id());
+    let run = docker_cli(
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            "drover-test=1",
+            "--label",
+            &pid_label,
+            "--network",
+            "host",
+            "--tmpfs",
+            "/var/lib/drover:uid=65532,gid=65532,mode=0700",
+            image,
+            "serve",
+            "--source",
+            "/usr/share/drover/examples-repo",
+            "--listen-agents",
+            &listen_agents,
+            "--listen-http",
+            &listen_http,
+            "--tls-name",
+            &ip.to_string(),
+        ],
+        root,
+    );
+    ok(&run, "docker run serve");
+    let readyz = format!("http://{listen_http}/readyz");
+    crate::support::wait::eventually(
+        "the daemon in the image to be ready",
+        Duration::from_secs(60),
+        || async {
+            let r = reqwest::get(&readyz).await.map_err(|e| e.to_string())?;
+            if r.status().is_success() {
+                Ok(())
+            } else {
+                Err(r.status().to_string())
+            }
+        },
+    )
+    .await;
+    let stop = docker_cli(&["stop", "-t", "30", &name], root);
+    ok(&stop, "docker stop");
+    let code = docker_cli(&["inspect", "-f", "{{.State.ExitCode}}", &name], root);
+    let logs = docker_cli(&["logs", &name], root);
+    assert_eq!(
+        ok(&code, "docker inspect").trim(),
+        "0",
+        "{}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
 }

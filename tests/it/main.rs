@@ -22,6 +22,7 @@ mod protocol;
 mod reconcile;
 mod schema;
 mod serve;
+mod serve_http;
 mod server_limits;
 mod smoke;
 mod snapshot_store;

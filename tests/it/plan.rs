@@ -374,23 +374,23 @@ fn replacing_an_etcd_member_adds_the_new_one_before_removing_the_old() {
         Some(&base),
         &head,
         expect![[r#"
-        cluster dev: 7 steps in 3 phases
-          1. etcd
-             batch 1 of 2
-             - cp-4: add etcd member at http://127.0.0.5:2380
-             - cp-4: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4)
-             - wait until etcd members cp-1, cp-2, cp-3, cp-4 are healthy
-             batch 2 of 2
-             - cp-3: remove etcd member
-             - cp-3: remove etcd container
-             - wait until etcd members cp-1, cp-2, cp-4 are healthy
-          2. control plane
-             - cp-4: create api container (drover-test/busybox:1)
-             - wait until nodes cp-4 are healthy
-          3. decommission
-             - cp-3: remove api container
-             - cp-3: decommission: forget the node and revoke its credential
-    "#]],
+            cluster dev: 7 steps in 3 phases
+              1. etcd
+                 batch 1 of 2
+                 - cp-4: add etcd member at https://127.0.0.5:2380
+                 - cp-4: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4)
+                 - wait until etcd members cp-1, cp-2, cp-3, cp-4 are healthy
+                 batch 2 of 2
+                 - cp-3: remove etcd member
+                 - cp-3: remove etcd container
+                 - wait until etcd members cp-1, cp-2, cp-4 are healthy
+              2. control plane
+                 - cp-4: create api container (drover-test/busybox:1)
+                 - wait until nodes cp-4 are healthy
+              3. decommission
+                 - cp-3: remove api container
+                 - cp-3: decommission: forget the node and revoke its credential
+        "#]],
     );
 }
 
@@ -403,21 +403,21 @@ fn growing_etcd_from_three_to_five_adds_one_member_at_a_time() {
         Some(&base),
         &cluster(&refs, &std_rest()),
         expect![[r#"
-        cluster dev: 6 steps in 2 phases
-          1. etcd
-             batch 1 of 2
-             - cp-4: add etcd member at http://127.0.0.5:2380
-             - cp-4: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4)
-             - wait until etcd members cp-1, cp-2, cp-3, cp-4 are healthy
-             batch 2 of 2
-             - cp-5: add etcd member at http://127.0.0.6:2380
-             - cp-5: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4, cp-5)
-             - wait until etcd members cp-1, cp-2, cp-3, cp-4, cp-5 are healthy
-          2. control plane
-             - cp-4: create api container (drover-test/busybox:1)
-             - cp-5: create api container (drover-test/busybox:1)
-             - wait until nodes cp-4, cp-5 are healthy
-    "#]],
+            cluster dev: 6 steps in 2 phases
+              1. etcd
+                 batch 1 of 2
+                 - cp-4: add etcd member at https://127.0.0.5:2380
+                 - cp-4: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4)
+                 - wait until etcd members cp-1, cp-2, cp-3, cp-4 are healthy
+                 batch 2 of 2
+                 - cp-5: add etcd member at https://127.0.0.6:2380
+                 - cp-5: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4, cp-5)
+                 - wait until etcd members cp-1, cp-2, cp-3, cp-4, cp-5 are healthy
+              2. control plane
+                 - cp-4: create api container (drover-test/busybox:1)
+                 - cp-5: create api container (drover-test/busybox:1)
+                 - wait until nodes cp-4, cp-5 are healthy
+        "#]],
     );
 }
 
@@ -490,15 +490,15 @@ fn replacing_every_etcd_member_adds_the_new_ones_before_it_removes_the_old() {
             cluster dev: 21 steps in 3 phases
               1. etcd
                  batch 1 of 6
-                 - cp-4: add etcd member at http://127.0.0.5:2380
+                 - cp-4: add etcd member at https://127.0.0.5:2380
                  - cp-4: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4)
                  - wait until etcd members cp-1, cp-2, cp-3, cp-4 are healthy
                  batch 2 of 6
-                 - cp-5: add etcd member at http://127.0.0.6:2380
+                 - cp-5: add etcd member at https://127.0.0.6:2380
                  - cp-5: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4, cp-5)
                  - wait until etcd members cp-1, cp-2, cp-3, cp-4, cp-5 are healthy
                  batch 3 of 6
-                 - cp-6: add etcd member at http://127.0.0.7:2380
+                 - cp-6: add etcd member at https://127.0.0.7:2380
                  - cp-6: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4, cp-5, cp-6)
                  - wait until etcd members cp-1, cp-2, cp-3, cp-4, cp-5, cp-6 are healthy
                  batch 4 of 6
@@ -1047,16 +1047,16 @@ fn an_etcd_member_that_moves_updates_its_peer_url_before_restarting() {
         Some(&base),
         &head,
         expect![[r#"
-        cluster dev: 3 steps in 2 phases
-          warning: node cp-2 changes address from 127.0.0.3 to 127.0.0.30; its containers are recreated and peers must reach the new address
-          1. etcd
-             - cp-2: update etcd member's peer URL to http://127.0.0.30:2380
-             - cp-2: recreate etcd container: args changed
-             - wait until etcd members cp-1, cp-2, cp-3 are healthy
-          2. control plane
-             - cp-2: recreate api container: command changed
-             - wait until nodes cp-2 are healthy
-    "#]],
+            cluster dev: 3 steps in 2 phases
+              warning: node cp-2 changes address from 127.0.0.3 to 127.0.0.30; its containers are recreated and peers must reach the new address
+              1. etcd
+                 - cp-2: update etcd member's peer URL to https://127.0.0.30:2380
+                 - cp-2: recreate etcd container: args changed
+                 - wait until etcd members cp-1, cp-2, cp-3 are healthy
+              2. control plane
+                 - cp-2: recreate api container: command changed
+                 - wait until nodes cp-2 are healthy
+        "#]],
     );
 }
 
@@ -1141,7 +1141,7 @@ fn adding_a_member_while_the_quorum_is_lost_is_refused() {
               error: etcd quorum is lost: 1 of 3 members are healthy, fewer than the 2 a membership change needs; restore from a snapshot instead
               warning: 4 etcd members tolerate no more failures than 3; prefer an odd count
               1. etcd
-                 - cp-4: add etcd member at http://127.0.0.5:2380
+                 - cp-4: add etcd member at https://127.0.0.5:2380
                  - cp-4: start etcd member (joining; members cp-1, cp-2, cp-3, cp-4)
                  - wait until etcd members cp-1, cp-2, cp-3, cp-4 are healthy
               2. control plane

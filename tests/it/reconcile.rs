@@ -10,9 +10,11 @@ use std::time::SystemTime;
 use drover::api::{ClusterStatus, ConditionType};
 use drover::model::{load_sources, Cluster, SourceFile};
 use drover::nodeplan::{NodeSpec, ETCD_COMPONENT};
-use drover::protocol::{AppliedMark, ContainerState, StepReport};
+use drover::protocol::{
+    AppliedMark, ContainerState, EtcdMemberInfo, EtcdTask, EtcdTaskOutcome, StepReport,
+};
 use drover::reconcile::intent::Intent;
-use drover::reconcile::Reconciler;
+use drover::reconcile::{Inputs, Reconciler, TaskCall};
 use drover::server::NodeReport;
 use drover::source::{ClusterEntry, Revision};
 
@@ -173,6 +175,37 @@ fn changed(
         .collect()
 }
 
+/// The membership etcd would list: the record's members, each named and known by its name.
+fn listed(r: &Reconciler) -> Vec<EtcdMemberInfo> {
+    r.intent()
+        .members
+        .iter()
+        .map(|(name, url)| EtcdMemberInfo {
+            id: name.clone(),
+            name: name.clone(),
+            peer_urls: vec![url.clone()],
+            client_urls: Vec::new(),
+        })
+        .collect()
+}
+
+/// One pass; a membership task it asks for succeeds and is recorded in `tasks`.
+fn pass(r: &mut Reconciler, entry: &ClusterEntry, fleet: &Fleet, tasks: &mut Vec<TaskCall>) {
+    let members = listed(r);
+    let inputs = Inputs {
+        entry,
+        reports: &fleet.reports,
+        members: Some(&members),
+        ca: None,
+        now: SystemTime::UNIX_EPOCH,
+    };
+    let action = r.reconcile(&inputs);
+    if let Some(call) = action.task {
+        tasks.push(call);
+        r.task_done(&inputs, Ok(EtcdTaskOutcome::Done));
+    }
+}
+
 /// Runs passes until one changes nothing; returns each pass's changed nodes (the rollout's
 /// batches, in order) and the reconciler's status.
 fn converge(
@@ -180,17 +213,28 @@ fn converge(
     entry: &ClusterEntry,
     fleet: &mut Fleet,
 ) -> (Vec<BTreeSet<String>>, ClusterStatus) {
+    let (batches, status, _) = converge_with_tasks(r, entry, fleet);
+    (batches, status)
+}
+
+/// `converge`, with the membership tasks the passes ran.
+fn converge_with_tasks(
+    r: &mut Reconciler,
+    entry: &ClusterEntry,
+    fleet: &mut Fleet,
+) -> (Vec<BTreeSet<String>>, ClusterStatus, Vec<TaskCall>) {
     let mut batches = Vec::new();
+    let mut tasks = Vec::new();
     for _ in 0..50 {
         let before = r.declared(&entry.cluster);
         fleet.apply(&before);
-        r.reconcile(entry, &fleet.reports, SystemTime::UNIX_EPOCH);
+        pass(r, entry, fleet, &mut tasks);
         let after = r.declared(&entry.cluster);
         let c = changed(&before, &after);
         if c.is_empty() {
             fleet.apply(&after);
-            r.reconcile(entry, &fleet.reports, SystemTime::UNIX_EPOCH);
-            return (batches, r.status().clone());
+            pass(r, entry, fleet, &mut tasks);
+            return (batches, r.status().clone(), tasks);
         }
         batches.push(c);
     }
@@ -338,21 +382,40 @@ fn an_unsafe_plan_never_runs() {
 }
 
 #[test]
-fn a_step_this_daemon_cannot_run_stalls_instead_of_being_skipped() {
+fn a_new_member_is_added_through_a_healthy_one_then_joins_and_leaves_the_same_way() {
     let text = definition(0, "drover-test/busybox:1", false);
     let (mut r, mut fleet) = converged(&text);
-    let (batches, status) = converge(
-        &mut r,
-        &entry(&definition(0, "drover-test/busybox:1", true), 2),
-        &mut fleet,
-    );
-    assert!(batches.is_empty(), "{batches:?}");
-    let (kind, reason, message) = state(&status);
+    let grown = entry(&definition(0, "drover-test/busybox:1", true), 2);
+    let (batches, status, tasks) = converge_with_tasks(&mut r, &grown, &mut fleet);
+    assert_eq!(batches, vec![set(&["node-9"])]);
+    assert_eq!(state(&status).0, ConditionType::Ready, "{status:#?}");
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
     assert_eq!(
-        (kind, reason.as_str()),
-        (ConditionType::Stalled, "Unsupported")
+        tasks[0].task,
+        EtcdTask::MemberAdd {
+            peer_url: "https://127.0.0.9:2380".into()
+        }
     );
-    assert!(message.contains("adding an etcd member"), "{message}");
+    assert_ne!(tasks[0].agent, "node-9", "run by a member that runs");
+    let spec = r.declared(&grown.cluster)["node-9"].clone().unwrap();
+    let bootstrap = spec.etcd_bootstrap.expect("bootstrap flags");
+    assert!(bootstrap.existing, "it joins the running members");
+    assert_eq!(bootstrap.initial_cluster.len(), 4);
+
+    // And back: the member leaves before its container goes.
+    let back = entry(&text, 3);
+    let (batches, status, tasks) = converge_with_tasks(&mut r, &back, &mut fleet);
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(
+        tasks[0].task,
+        EtcdTask::MemberRemove {
+            id: "node-9".into()
+        }
+    );
+    assert!(!r.intent().members.contains_key("node-9"));
+    assert!(!r.declared(&back.cluster).contains_key("node-9"));
+    assert_eq!(batches.last(), Some(&set(&["node-9"])));
+    assert_eq!(state(&status).0, ConditionType::Ready, "{status:#?}");
 }
 
 #[test]
@@ -372,4 +435,63 @@ fn a_removed_node_is_cleaned_then_forgotten() {
     assert_eq!(batches, vec![set(&["w-2"])]);
     assert!(!r.declared(&e.cluster).contains_key("w-2"));
     assert_eq!(state(&status).0, ConditionType::Ready);
+}
+
+/// An added member that never started (a crash between the add and the start), as etcd
+/// lists it: no name yet, only its peer URL.
+fn unstarted(id: &str, peer_url: &str) -> EtcdMemberInfo {
+    EtcdMemberInfo {
+        id: id.into(),
+        name: String::new(),
+        peer_urls: vec![peer_url.into()],
+        client_urls: Vec::new(),
+    }
+}
+
+#[test]
+fn a_member_added_but_never_started_is_started_not_added_twice() {
+    let text = definition(0, "drover-test/busybox:1", false);
+    let (mut r, mut fleet) = converged(&text);
+    let grown = entry(&definition(0, "drover-test/busybox:1", true), 2);
+    fleet.apply(&r.declared(&grown.cluster));
+    let mut members = listed(&r);
+    members.push(unstarted("9e9e", "https://127.0.0.9:2380"));
+    let inputs = Inputs {
+        entry: &grown,
+        reports: &fleet.reports,
+        members: Some(&members),
+        ca: None,
+        now: SystemTime::UNIX_EPOCH,
+    };
+    let action = r.reconcile(&inputs);
+    assert_eq!(action.task, None, "no second member add");
+    let spec = r.declared(&grown.cluster)["node-9"].clone().unwrap();
+    let bootstrap = spec.etcd_bootstrap.expect("it starts, joining");
+    assert!(bootstrap.existing);
+    assert!(
+        bootstrap
+            .initial_cluster
+            .contains(&"node-9=https://127.0.0.9:2380".to_string()),
+        "{bootstrap:?}"
+    );
+}
+
+#[test]
+fn a_member_added_for_a_node_no_longer_wanted_is_removed() {
+    let text = definition(0, "drover-test/busybox:1", false);
+    let (mut r, mut fleet) = converged(&text);
+    let e = entry(&text, 2);
+    fleet.apply(&r.declared(&e.cluster));
+    let mut members = listed(&r);
+    members.push(unstarted("7a7a", "https://127.0.0.77:2380"));
+    let inputs = Inputs {
+        entry: &e,
+        reports: &fleet.reports,
+        members: Some(&members),
+        ca: None,
+        now: SystemTime::UNIX_EPOCH,
+    };
+    let action = r.reconcile(&inputs);
+    let call = action.task.expect("a membership task");
+    assert_eq!(call.task, EtcdTask::MemberRemove { id: "7a7a".into() });
 }

@@ -509,7 +509,7 @@ fn templates_render_for_every_node_that_runs_them() {
     check(
         &cluster("dev", &format!("{NODES}{ETCD}{components}")),
         expect![[r#"
-            clusters/c.yaml:21:16: error: template error for node `n2`: undefined value; templates can use node.{name, address, internalAddress, roles, labels} and cluster.{name, etcd, controlplane, etcdClientPort, etcdPeerPort}
+            clusters/c.yaml:21:16: error: template error for node `n2`: undefined value; templates can use node.{name, address, internalAddress, roles, labels} and cluster.{name, etcd, controlplane, etcdClientPort, etcdPeerPort, etcdPki}
                |
             21 |         args: ['{{ node.adress }}']
                |                ^^^^^^^^^^^^^^^^^^^

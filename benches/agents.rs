@@ -31,13 +31,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use drover::agent::credential::DataDir;
-use drover::agent::session::{recv, send, Dial, Socket};
-use drover::join::{create_token, Bindings, TokenRules, BINDINGS};
+use drover::agent::session::{send, Dial, Socket};
+use drover::join::{create_token, TokenRules};
 use drover::model::{load_sources, ClusterName};
 use drover::nodeplan::NodeSpec;
-use drover::pki::{DaemonCa, Identity, NodeKey};
 use drover::plan::container::desired_nodes;
-use drover::protocol::{AgentMessage, ServerMessage, StepReport, PROTOCOL_VERSION};
+use drover::protocol::{AgentMessage, ServerMessage, StepReport};
 use drover::server::{AgentServer, Settings};
 use drover::state::StateDir;
 use futures::StreamExt as _;
@@ -51,9 +50,12 @@ const DIAL_CONCURRENCY: usize = 200;
 /// Where the server listens: loopback, away from 127.0.0.1 where test services live.
 const LISTEN: &str = "127.77.0.1:0";
 
+#[path = "support/fleet.rs"]
+mod fleet;
 #[path = "support/synthetic.rs"]
 mod synthetic;
 
+use fleet::{credentials, mib, raise_fd_limit};
 use synthetic::{env, memory_kib, repo, Versions};
 
 fn main() {
@@ -74,15 +76,6 @@ fn main() {
     drive(agents, joins, flood, env("DROVER_BENCH_ROUNDS", 5));
 }
 
-fn raise_fd_limit(agents: usize) {
-    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
-    let needed = agents as u64 + 1024;
-    assert!(
-        limit >= needed,
-        "the open-file limit is {limit}, and {agents} agents need {needed}: raise the hard limit (ulimit -Hn)"
-    );
-}
-
 /// The desired state of `agents` nodes in clusters of `NODES_PER_CLUSTER`. Every node's plan
 /// is different in each `round`.
 fn desired(agents: usize, round: usize) -> BTreeMap<String, BTreeMap<String, NodeSpec>> {
@@ -96,10 +89,6 @@ fn desired(agents: usize, round: usize) -> BTreeMap<String, BTreeMap<String, Nod
         .iter()
         .map(|c| (c.name.to_string(), desired_nodes(c)))
         .collect()
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.0} MiB", kib as f64 / 1024.0)
 }
 
 // --- the server child ------------------------------------------------------------------------
@@ -228,13 +217,7 @@ type Receipts = Arc<std::sync::Mutex<Vec<(u64, SystemTime)>>>;
 fn drive(agents: usize, joins: usize, flood: usize, rounds: usize) {
     println!("agent server benchmark: {agents} agents, {rounds} rounds, {rounds} more during a flood of {flood} clients, then {joins} joins");
     // Owner-only, as the daemon requires of its state directory.
-    let state_dir = {
-        use std::os::unix::fs::PermissionsExt as _;
-        tempfile::Builder::new()
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir()
-            .expect("a state directory")
-    };
+    let state_dir = fleet::owner_only_tempdir();
     let state = StateDir::new(state_dir.path());
     let started = Instant::now();
     let mut nodes: Vec<(String, String)> = desired(agents + joins, 0)
@@ -293,7 +276,9 @@ fn drive(agents: usize, joins: usize, flood: usize, rounds: usize) {
             let receipts = receipts.clone();
             tasks.spawn(async move {
                 let permit = dials.acquire_owned().await.expect("the semaphore stays");
-                let socket = hello(&dial, &cluster, &node, identity).await;
+                let socket = fleet::hello(&dial, &cluster, &node, identity)
+                    .await
+                    .unwrap_or_else(|other| panic!("{cluster}/{node}: expected welcome, got {other:?}"));
                 drop(permit);
                 let _ = connected.send(()).await;
                 agent(socket, receipts).await
@@ -486,50 +471,6 @@ async fn join_all(dial: &Dial, state: &StateDir, nodes: Vec<(String, String)>) {
     }
     while let Some(joined) = tasks.join_next().await {
         joined.expect("a join task");
-    }
-}
-
-/// One credential per node, bound in the daemon's state as joins would have left them.
-fn credentials(
-    state: &StateDir,
-    nodes: Vec<(String, String)>,
-) -> Vec<((String, String), Identity)> {
-    let ca = DaemonCa::ensure(state).expect("the daemon CA");
-    let now = SystemTime::now();
-    let mut bindings = Bindings::default();
-    let mut out = Vec::with_capacity(nodes.len());
-    for (cluster, node) in nodes {
-        let key = NodeKey::generate().expect("a key");
-        let csr = key.csr_pem(&node).expect("a CSR");
-        let issued = ca
-            .issue_node(&csr, &cluster, &node, now)
-            .expect("a certificate");
-        bindings.bind(&cluster, &node, &issued.key_pin);
-        let identity = key.identity(&issued.cert_pem).expect("an identity");
-        out.push(((cluster, node), identity));
-    }
-    state
-        .save(BINDINGS, &bindings)
-        .expect("the bindings are saved");
-    out
-}
-
-async fn hello(dial: &Dial, cluster: &str, node: &str, identity: Identity) -> Socket {
-    let mut socket = dial
-        .connect(Some(identity))
-        .await
-        .unwrap_or_else(|e| panic!("{cluster}/{node} cannot connect: {e}"));
-    let hello = AgentMessage::Hello {
-        protocol: PROTOCOL_VERSION,
-        cluster: cluster.to_string(),
-        node: node.to_string(),
-        agent_version: "bench".into(),
-        applied: None,
-    };
-    send(&mut socket, &hello).await.expect("hello is sent");
-    match recv(&mut socket).await.expect("the server answers") {
-        ServerMessage::Welcome { .. } => socket,
-        other => panic!("{cluster}/{node}: expected welcome, got {other:?}"),
     }
 }
 

@@ -1,5 +1,8 @@
 //! Synthetic cluster repositories and process figures, shared by the benchmarks.
 
+// Each benchmark uses part of this module.
+#![allow(dead_code)]
+
 use drover::model::SourceFile;
 
 pub fn env(name: &str, default: usize) -> usize {
@@ -80,7 +83,16 @@ pub fn repo(
 
 /// This process's resident and peak resident memory, in KiB.
 pub fn memory_kib() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status_memory_kib("self")
+}
+
+/// Process `pid`'s resident and peak resident memory, in KiB.
+pub fn memory_kib_of(pid: u32) -> (u64, u64) {
+    status_memory_kib(&pid.to_string())
+}
+
+fn status_memory_kib(pid: &str) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
             .lines()

@@ -64,6 +64,7 @@ pub struct Executor {
     commands: mpsc::Sender<Command>,
     applied: watch::Receiver<Option<Applied>>,
     observed: watch::Receiver<BTreeMap<String, ContainerState>>,
+    etcd_url: watch::Receiver<Option<String>>,
     task: JoinHandle<()>,
 }
 
@@ -81,6 +82,7 @@ impl Executor {
         let (commands, rx) = mpsc::channel(16);
         let (applied_tx, applied) = watch::channel(None);
         let (observed_tx, observed) = watch::channel(BTreeMap::new());
+        let (etcd_url_tx, etcd_url) = watch::channel(None);
         let run = Run {
             driver,
             prober,
@@ -91,6 +93,7 @@ impl Executor {
             settings,
             applied: applied_tx,
             observed: observed_tx,
+            etcd_url: etcd_url_tx,
             health: BTreeMap::new(),
         };
         let task = tokio::spawn(run.run(rx, shutdown));
@@ -98,6 +101,7 @@ impl Executor {
             commands,
             applied,
             observed,
+            etcd_url,
             task,
         }
     }
@@ -120,6 +124,12 @@ impl Executor {
         self.observed.clone()
     }
 
+    /// The client URL of this node's etcd member in the plan being applied, if it runs one:
+    /// what the daemon's etcd tasks dial.
+    pub fn etcd_url(&self) -> Option<String> {
+        self.etcd_url.borrow().clone()
+    }
+
     /// Waits for the task to end (after shutdown).
     pub async fn join(self) {
         drop(self.commands);
@@ -137,18 +147,24 @@ struct Run {
     retry: Backoff,
     applied: watch::Sender<Option<Applied>>,
     observed: watch::Sender<BTreeMap<String, ContainerState>>,
+    etcd_url: watch::Sender<Option<String>>,
     health: BTreeMap<String, Health>,
 }
 
 impl Run {
     async fn save_plan(&self, plan: &PlanRecord) -> Result<(), super::credential::DataError> {
+        self.etcd_url.send_replace(plan.spec.etcd_client_url.clone());
         let plan = plan.clone();
         self.data.off_thread(move |d| d.save_plan(&plan)).await
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
         let mut plan = match self.data.off_thread(DataDir::plan).await {
-            Ok(p) => p,
+            Ok(p) => {
+                let url = p.as_ref().and_then(|p: &PlanRecord| p.spec.etcd_client_url.clone());
+                self.etcd_url.send_replace(url);
+                p
+            }
             Err(e) => {
                 tracing::error!(error = %crate::error_chain(&e), "cannot read the saved plan; waiting for the daemon's");
                 None

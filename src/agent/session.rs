@@ -301,9 +301,6 @@ pub async fn session(
     applied.mark_changed();
     observed.mark_changed();
     let mut liveness = Liveness::new(interval);
-    // The etcd member tasks dial: the client URL of the plan last received (or saved).
-    let saved = data.off_thread(DataDir::plan).await.ok().flatten();
-    let mut etcd_url = saved.and_then(|p| p.spec.etcd_client_url);
     let (results_tx, mut results) = tokio::sync::mpsc::channel(MAX_ETCD_TASKS);
     loop {
         tokio::select! {
@@ -312,7 +309,7 @@ pub async fn session(
                 let Some(message) = read_frame(frame)? else { continue };
                 match message {
                     ServerMessage::EtcdTask { id, task } => {
-                        let (url, dir, done) = (etcd_url.clone(), pki_dir.to_path_buf(), results_tx.clone());
+                        let (url, dir, done) = (executor.etcd_url(), pki_dir.to_path_buf(), results_tx.clone());
                         // Off the session's loop: heartbeats and plans go on while it runs;
                         // it ends within `etcd::TASK_TIMEOUT`.
                         tokio::spawn(async move {
@@ -322,10 +319,6 @@ pub async fn session(
                             };
                             let _ = done.send((id, outcome)).await;
                         });
-                    }
-                    ServerMessage::Plan { ref spec, .. } => {
-                        etcd_url = spec.etcd_client_url.clone();
-                        handle(message, &mut socket, data, credential, executor).await?;
                     }
                     message => handle(message, &mut socket, data, credential, executor).await?,
                 }

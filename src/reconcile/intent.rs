@@ -167,6 +167,10 @@ impl Intent {
                 spec.containers.remove(component);
                 spec.health.remove(component);
                 spec.roles.remove(component);
+                if component == ETCD_COMPONENT {
+                    spec.etcd_client_url = None;
+                    spec.etcd_bootstrap = None;
+                }
                 Some(node.clone())
             }
             Step::WriteFile { node, path, .. } => {
@@ -224,6 +228,10 @@ impl Intent {
         };
         if let Some(r) = want.roles.get(component) {
             spec.roles.insert(component.to_string(), *r);
+        }
+        if component == ETCD_COMPONENT {
+            // What the node's etcd tasks dial goes with its member.
+            spec.etcd_client_url.clone_from(&want.etcd_client_url);
         }
     }
 

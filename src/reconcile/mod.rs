@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use self::health::{judge, NodeHealth};
 use self::intent::Intent;
 pub use self::membership::TaskCall;
+use crate::backoff::Backoff;
 use crate::api::{
     ClusterNode, ClusterStatus, Condition, ConditionType, PhaseProgress, PlanProgress,
 };
@@ -42,6 +43,13 @@ use crate::source::ClusterEntry;
 pub const REQUEUE_BUSY: Duration = Duration::from_secs(5);
 /// How soon to look again when the cluster is converged or stalled.
 pub const REQUEUE_IDLE: Duration = Duration::from_secs(60);
+
+/// The first retry of a failed etcd task comes within this; each failure doubles it.
+const TASK_RETRY_BASE: Duration = Duration::from_secs(2);
+/// Retries of a failing etcd task never wait longer than this.
+const TASK_RETRY_CAP: Duration = Duration::from_secs(60);
+/// After this many failures in a row, the cluster is Stalled (it still retries).
+const TASK_FAILURES_STALL: u32 = 5;
 
 /// What a pass reads.
 pub struct Inputs<'a> {
@@ -103,6 +111,8 @@ pub struct Reconciler {
     pending: Option<Pending>,
     /// The last plan, for the status of a pass that only finished a task.
     last_plan: Option<ClusterPlan>,
+    /// Delays between attempts of a failing etcd task; reset when one succeeds.
+    task_retry: Backoff,
 }
 
 impl Reconciler {
@@ -116,6 +126,7 @@ impl Reconciler {
             specs: None,
             pending: None,
             last_plan: None,
+            task_retry: Backoff::new(TASK_RETRY_BASE, TASK_RETRY_CAP),
             conditions: Vec::new(),
             status: ClusterStatus {
                 name: name.to_string(),
@@ -198,29 +209,48 @@ impl Reconciler {
             Err(error) => Some(error),
             Ok(_) => None,
         };
-        let verdict = match failed {
-            Some(error) => Verdict::Stalled {
+        let Some(error) = failed else {
+            self.task_retry.reset();
+            let desired = self.desired_specs(cluster);
+            let verdict = match self
+                .intent
+                .advance(cluster, &desired, &pending.steps, &pending.revision)
+            {
+                Ok(_) => Verdict::Progressing {
+                    reason: "RollingOut",
+                    message: format!("{}: done", pending.what),
+                },
+                Err(e) => Verdict::Stalled {
+                    reason: "Unsupported",
+                    message: e.to_string(),
+                },
+            };
+            return self.finish(inputs, &plan, &verdict, &health, before, None);
+        };
+        // A failed task changed nothing we know of: the next pass lists the members again and
+        // asks afresh, after a backoff.
+        let delay = self.task_retry.next_delay().max(Duration::from_millis(100));
+        let failures = self.task_retry.attempt();
+        let message = format!(
+            "{} failed ({failures} in a row; retrying within {}s): {error}",
+            pending.what,
+            delay.as_secs().max(1)
+        );
+        let verdict = if failures >= TASK_FAILURES_STALL {
+            Verdict::Stalled {
                 reason: "EtcdTaskFailed",
-                message: format!("{} failed: {error}", pending.what),
-            },
-            None => {
-                let desired = self.desired_specs(cluster);
-                match self
-                    .intent
-                    .advance(cluster, &desired, &pending.steps, &pending.revision)
-                {
-                    Ok(_) => Verdict::Progressing {
-                        reason: "RollingOut",
-                        message: format!("{}: done", pending.what),
-                    },
-                    Err(e) => Verdict::Stalled {
-                        reason: "Unsupported",
-                        message: e.to_string(),
-                    },
-                }
+                message,
+            }
+        } else {
+            Verdict::Progressing {
+                reason: "EtcdTaskFailed",
+                message,
             }
         };
-        self.finish(inputs, &plan, &verdict, &health, before, None)
+        Action {
+            requeue: delay,
+            ..self.finish(inputs, &plan, &verdict, &health, before, None)
+        }
     }
 
     /// Saves when the record changed, updates the status, and says when to look again.

@@ -290,6 +290,9 @@ impl ClusterTask {
                 .etcd_task(&self.name, &call.agent, call.task.clone(), TASK_LIMIT)
                 .await
                 .map_err(|e| e.to_string());
+            if let Err(error) | Ok(EtcdTaskOutcome::Failed { error }) = &outcome {
+                tracing::warn!(cluster = self.name, agent = call.agent, task = call.what, error, "etcd membership change failed; retrying");
+            }
             let after = reconciler.task_done(&inputs, outcome);
             action = Action {
                 save: action.save || after.save,

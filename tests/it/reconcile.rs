@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use drover::api::{ClusterStatus, ConditionType};
 use drover::model::{load_sources, Cluster, SourceFile};
@@ -398,6 +398,11 @@ fn a_new_member_is_added_through_a_healthy_one_then_joins_and_leaves_the_same_wa
     );
     assert_ne!(tasks[0].agent, "node-9", "run by a member that runs");
     let spec = r.declared(&grown.cluster)["node-9"].clone().unwrap();
+    assert_eq!(
+        spec.etcd_client_url.as_deref(),
+        Some("https://127.0.0.9:2379"),
+        "its agent's etcd tasks dial its member"
+    );
     let bootstrap = spec.etcd_bootstrap.expect("bootstrap flags");
     assert!(bootstrap.existing, "it joins the running members");
     assert_eq!(bootstrap.initial_cluster.len(), 4);
@@ -415,6 +420,46 @@ fn a_new_member_is_added_through_a_healthy_one_then_joins_and_leaves_the_same_wa
     assert!(!r.intent().members.contains_key("node-9"));
     assert!(!r.declared(&back.cluster).contains_key("node-9"));
     assert_eq!(batches.last(), Some(&set(&["node-9"])));
+    assert_eq!(state(&status).0, ConditionType::Ready, "{status:#?}");
+}
+
+#[test]
+fn a_failed_membership_task_is_retried_with_backoff_and_stalls_only_when_it_keeps_failing() {
+    let (mut r, mut fleet) = converged(&definition(0, "drover-test/busybox:1", false));
+    let grown = entry(&definition(0, "drover-test/busybox:1", true), 2);
+    fleet.apply(&r.declared(&grown.cluster));
+    let members = listed(&r);
+    let inputs = Inputs {
+        entry: &grown,
+        reports: &fleet.reports,
+        members: Some(&members),
+        ca: None,
+        now: SystemTime::UNIX_EPOCH,
+    };
+    for attempt in 1..=6u32 {
+        let call = r.reconcile(&inputs).task.expect("the add is asked for again");
+        assert!(matches!(call.task, EtcdTask::MemberAdd { .. }), "{call:?}");
+        let failed = EtcdTaskOutcome::Failed {
+            error: "etcdserver: too many requests".into(),
+        };
+        let action = r.task_done(&inputs, Ok(failed));
+        assert!(action.task.is_none() && !action.save, "{action:?}");
+        assert!(action.requeue <= Duration::from_secs(60), "{action:?}");
+        let (kind, reason, message) = state(r.status());
+        let want = if attempt >= 5 {
+            ConditionType::Stalled
+        } else {
+            ConditionType::Reconciling
+        };
+        assert_eq!((kind, reason.as_str()), (want, "EtcdTaskFailed"), "attempt {attempt}");
+        assert!(message.contains("too many requests"), "{message}");
+        assert!(message.contains(&format!("{attempt} in a row")), "{message}");
+        assert!(!r.intent().members.contains_key("node-9"), "nothing recorded");
+    }
+    // The task succeeds at last: the rollout goes on from where it was.
+    let (batches, status, tasks) = converge_with_tasks(&mut r, &grown, &mut fleet);
+    assert_eq!(batches, vec![set(&["node-9"])]);
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
     assert_eq!(state(&status).0, ConditionType::Ready, "{status:#?}");
 }
 

@@ -122,7 +122,13 @@ pub struct ClusterCa {
     cert_pem: String,
     cert_der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
+    /// PKIs found valid, by their files' digests and addresses, with their first expiry: a
+    /// reconcile pass checks every node's, and verifying signatures each time is not free.
+    valid: std::sync::Mutex<std::collections::HashMap<String, SystemTime>>,
 }
+
+/// More remembered valid PKIs than this and the memory starts over.
+const MAX_REMEMBERED: usize = 65_536;
 
 /// Names the cluster only: the key never prints.
 impl fmt::Debug for ClusterCa {
@@ -164,6 +170,7 @@ impl ClusterCa {
             cert_pem: stored.cert_pem,
             cert_der,
             issuer,
+            valid: Default::default(),
         })
     }
 
@@ -225,15 +232,44 @@ impl ClusterCa {
         addresses: &[String],
         now: SystemTime,
     ) -> Option<Reissue> {
-        self.check(files, addresses, now).err()
+        // Digests stand for contents: both are ours, made together by `issue`.
+        let key = files
+            .iter()
+            .map(|(name, f)| format!("{name}={}", f.digest))
+            .chain(addresses.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(",");
+        let remembered = self.valid_lock().get(&key).copied();
+        let not_after = match remembered {
+            Some(not_after) => not_after,
+            None => {
+                let not_after = match self.check(files, addresses) {
+                    Ok(not_after) => not_after,
+                    Err(why) => return Some(why),
+                };
+                let mut valid = self.valid_lock();
+                if valid.len() >= MAX_REMEMBERED {
+                    valid.clear();
+                }
+                valid.insert(key, not_after);
+                not_after
+            }
+        };
+        (not_after <= now + RENEW_BEFORE).then_some(Reissue::Expiring { not_after })
     }
 
+    fn valid_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, SystemTime>> {
+        self.valid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks everything but expiry; returns the first certificate's expiry.
     fn check(
         &self,
         files: &BTreeMap<String, FileSpec>,
         addresses: &[String],
-        now: SystemTime,
-    ) -> Result<(), Reissue> {
+    ) -> Result<SystemTime, Reissue> {
         let content = |file: &str| {
             files
                 .get(file)
@@ -282,13 +318,11 @@ impl ClusterCa {
                 });
             }
         }
-        let not_after = leaves.values().map(|l| l.not_after).min();
-        match not_after {
-            Some(not_after) if not_after <= now + RENEW_BEFORE => {
-                Err(Reissue::Expiring { not_after })
-            }
-            _ => Ok(()),
-        }
+        Ok(leaves
+            .values()
+            .map(|l| l.not_after)
+            .min()
+            .expect("three certificates were read"))
     }
 
     /// A certificate for `names` and `usages`, CN `node`, with a new key.

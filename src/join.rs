@@ -323,22 +323,33 @@ impl Bindings {
         cluster: &str,
         declared: Option<&std::collections::BTreeSet<String>>,
     ) -> Vec<String> {
-        let prefix = format!("{cluster}/");
-        let mut revoked = Vec::new();
-        for (key, b) in self.nodes.range_mut(prefix.clone()..) {
-            let Some(node) = key.strip_prefix(&prefix) else {
-                break;
-            };
-            let listed = declared.is_some_and(|d| d.contains(node));
-            if !listed && b.revoked.is_none() {
-                b.revoked = Some(match declared {
-                    Some(_) => "the node left the cluster's definition in Git".to_string(),
-                    None => "the cluster left Git".to_string(),
-                });
-                revoked.push(node.to_string());
+        let revoked = self.undeclared(cluster, declared);
+        let why = match declared {
+            Some(_) => "the node left the cluster's definition in Git",
+            None => "the cluster left Git",
+        };
+        for node in &revoked {
+            if let Some(b) = self.nodes.get_mut(&binding_key(cluster, node)) {
+                b.revoked = Some(why.to_string());
             }
         }
         revoked
+    }
+
+    /// The nodes of `cluster` bound, not yet revoked, and not in `declared` (`None`: the
+    /// cluster left Git): what `revoke_undeclared` would revoke.
+    pub fn undeclared(
+        &self,
+        cluster: &str,
+        declared: Option<&std::collections::BTreeSet<String>>,
+    ) -> Vec<String> {
+        let prefix = format!("{cluster}/");
+        self.nodes
+            .range(prefix.clone()..)
+            .map_while(|(key, b)| key.strip_prefix(&prefix).map(|node| (node, b)))
+            .filter(|(node, b)| b.revoked.is_none() && !declared.is_some_and(|d| d.contains(*node)))
+            .map(|(node, _)| node.to_string())
+            .collect()
     }
 
     /// Forgets `cluster/node`'s binding, so the next join may bring a new key. Returns whether

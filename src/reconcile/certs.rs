@@ -37,13 +37,10 @@ pub(super) fn issue(
     let all_ready = health.values().all(NodeHealth::is_ready);
     for node in &cluster.nodes {
         let name = node.name.as_str();
-        let current = intent
-            .nodes
-            .get(name)
-            .map(|n| n.spec.pki.clone())
-            .unwrap_or_default();
         let addresses = addresses(node);
-        let Some(reason) = ca.needs_reissue(&current, &addresses, now) else {
+        let none = BTreeMap::new();
+        let current = intent.nodes.get(name).map_or(&none, |n| &n.spec.pki);
+        let Some(reason) = ca.needs_reissue(current, &addresses, now) else {
             continue;
         };
         let runs_member = intent

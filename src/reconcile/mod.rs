@@ -26,10 +26,10 @@ use std::time::{Duration, SystemTime};
 use self::health::{judge, NodeHealth};
 use self::intent::Intent;
 pub use self::membership::TaskCall;
-use crate::backoff::Backoff;
 use crate::api::{
     ClusterNode, ClusterStatus, Condition, ConditionType, PhaseProgress, PlanProgress,
 };
+use crate::backoff::Backoff;
 use crate::etcd_pki::ClusterCa;
 use crate::model::Cluster;
 use crate::nodeplan::NodeSpec;
@@ -212,19 +212,20 @@ impl Reconciler {
         let Some(error) = failed else {
             self.task_retry.reset();
             let desired = self.desired_specs(cluster);
-            let verdict = match self
-                .intent
-                .advance(cluster, &desired, &pending.steps, &pending.revision)
-            {
-                Ok(_) => Verdict::Progressing {
-                    reason: "RollingOut",
-                    message: format!("{}: done", pending.what),
-                },
-                Err(e) => Verdict::Stalled {
-                    reason: "Unsupported",
-                    message: e.to_string(),
-                },
-            };
+            let verdict =
+                match self
+                    .intent
+                    .advance(cluster, &desired, &pending.steps, &pending.revision)
+                {
+                    Ok(_) => Verdict::Progressing {
+                        reason: "RollingOut",
+                        message: format!("{}: done", pending.what),
+                    },
+                    Err(e) => Verdict::Stalled {
+                        reason: "Unsupported",
+                        message: e.to_string(),
+                    },
+                };
             return self.finish(inputs, &plan, &verdict, &health, before, None);
         };
         // A failed task changed nothing we know of: the next pass lists the members again and
@@ -263,7 +264,15 @@ impl Reconciler {
         before: Intent,
         task: Option<TaskCall>,
     ) -> Action {
-        let save = self.intent != before;
+        // The applied revision alone is not worth a write: after a restart the first pass
+        // that finds the cluster converged sets it again. A cluster whose definition a commit
+        // did not change thus costs no write at all.
+        let save = {
+            let mut was = before;
+            was.applied_revision
+                .clone_from(&self.intent.applied_revision);
+            self.intent != was
+        };
         if save {
             self.version += 1;
         }

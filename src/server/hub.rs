@@ -19,7 +19,13 @@ use crate::protocol::{
 };
 use crate::state::{StateDir, StateError};
 
-const GENERATIONS: &str = "node-generations.json";
+/// Each cluster's nodes' generations are one document, `generations-{cluster}.json`: a publish
+/// rewrites its own cluster's, never the whole table.
+const GENERATIONS_PREFIX: &str = "generations-";
+
+fn generations_name(cluster: &str) -> String {
+    format!("{GENERATIONS_PREFIX}{cluster}.json")
+}
 
 /// A node's plan as sent: the message encoded once for every session that carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,11 +164,16 @@ impl Nodes {
 
     /// Gives every declared node its plan; a changed plan gets the next generation. Returns
     /// whether any generation changed.
-    fn publish(&mut self, desired: &BTreeMap<String, BTreeMap<String, NodeSpec>>) -> bool {
-        let mut changed = false;
+    fn publish(
+        &mut self,
+        desired: &BTreeMap<String, BTreeMap<String, NodeSpec>>,
+    ) -> BTreeSet<String> {
+        let mut changed = BTreeSet::new();
         for (cluster, specs) in desired {
             for (node, spec) in specs {
-                changed |= self.publish_node(cluster, node, spec);
+                if self.publish_node(cluster, node, spec) {
+                    changed.insert(cluster.clone());
+                }
             }
         }
         changed
@@ -278,7 +289,11 @@ pub enum HubError {
 
 impl Hub {
     pub fn new(state: StateDir) -> Result<Hub, HubError> {
-        let generations = state.load(GENERATIONS)?.unwrap_or_default();
+        let mut generations = BTreeMap::new();
+        for name in state.names(GENERATIONS_PREFIX)? {
+            let cluster: BTreeMap<String, AppliedMark> = state.load(&name)?.unwrap_or_default();
+            generations.extend(cluster);
+        }
         let bindings: Bindings = state.load(BINDINGS)?.unwrap_or_default();
         Ok(Hub {
             nodes: Mutex::new(Nodes {
@@ -319,15 +334,15 @@ impl Hub {
         desired: &BTreeMap<String, BTreeMap<String, NodeSpec>>,
     ) -> Result<(), HubError> {
         let mut revoked = self.revoke_undeclared(desired)?;
-        let generations_changed = {
+        let changed = {
             let mut nodes = self.lock();
             let changed = nodes.publish(desired);
             nodes.drop_undeclared(desired, &mut revoked);
             nodes.ready = true;
             changed
         };
-        if generations_changed {
-            self.save_generations()?;
+        for cluster in &changed {
+            self.save_generations(cluster)?;
         }
         Ok(())
     }
@@ -347,7 +362,7 @@ impl Hub {
         let mut revoked = self.revoke(|c| (c == cluster).then_some(Some(&declared)))?;
         let generations_changed = self.lock().publish_cluster(cluster, nodes, &mut revoked);
         if generations_changed {
-            self.save_generations()?;
+            self.save_generations(cluster)?;
         }
         Ok(())
     }
@@ -386,6 +401,12 @@ impl Hub {
         scope: impl Fn(&str) -> Option<Option<&'d BTreeSet<String>>>,
     ) -> Result<BTreeMap<(String, String), String>, HubError> {
         let mut revoked = BTreeMap::new();
+        // Most publishes revoke nothing: ask the bindings as read (a `stat` when unchanged)
+        // before taking the lock and rewriting the file.
+        self.refresh_bindings();
+        if !any_undeclared(&self.bindings(), &scope) {
+            return Ok(revoked);
+        }
         let outcome = self.update_bindings(|b| {
             let clusters: BTreeSet<String> = b
                 .nodes
@@ -412,12 +433,19 @@ impl Hub {
         Ok(revoked)
     }
 
-    /// Saves the generations as they are now. Saves are serialised and each copies the table
-    /// when it starts, so the file never goes back to an older table.
-    fn save_generations(&self) -> Result<(), HubError> {
+    /// Saves `cluster`'s generations as they are now. Saves are serialised and each copies
+    /// the cluster's table when it starts, so a file never goes back to an older table.
+    fn save_generations(&self, cluster: &str) -> Result<(), HubError> {
         let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
-        let generations = self.lock().generations.clone();
-        self.state.save(GENERATIONS, &generations)?;
+        let prefix = format!("{cluster}/");
+        let generations: BTreeMap<String, AppliedMark> = self
+            .lock()
+            .generations
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.state.save(&generations_name(cluster), &generations)?;
         Ok(())
     }
 
@@ -725,6 +753,21 @@ impl Hub {
         cache.stamp = stamp;
         cache.version += 1;
     }
+}
+
+/// Whether `revoke` with `scope` would revoke anything in `bindings`.
+fn any_undeclared<'d>(
+    bindings: &Bindings,
+    scope: &impl Fn(&str) -> Option<Option<&'d BTreeSet<String>>>,
+) -> bool {
+    let clusters: BTreeSet<&str> = bindings
+        .nodes
+        .keys()
+        .filter_map(|k| k.split_once('/').map(|(c, _)| c))
+        .collect();
+    clusters.into_iter().any(|cluster| {
+        scope(cluster).is_some_and(|declared| !bindings.undeclared(cluster, declared).is_empty())
+    })
 }
 
 fn node_status(cluster: &str, node: &str, e: &NodeEntry) -> crate::api::NodeStatus {

@@ -81,7 +81,7 @@ impl LocalSource {
         // nothing queues up however many events arrive.
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                if event.is_ok_and(|e| changes_content(&e.kind)) {
                     notifier.notify_one();
                 }
             })
@@ -219,4 +219,47 @@ fn present_files(root: &Path, clusters_dir: &str) -> BTreeSet<String> {
             )
         })
         .collect()
+}
+
+/// Whether a watcher event may mean a changed tree. Opening or reading a file does not: the
+/// reload's own reads would otherwise wake it again, forever.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
+
+    #[test]
+    fn only_events_that_may_change_the_tree_wake_the_reload() {
+        let cases = [
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), false),
+            (EventKind::Access(AccessKind::Read), false),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                false,
+            ),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                true,
+            ),
+            (EventKind::Create(CreateKind::File), true),
+            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), true),
+            (EventKind::Remove(RemoveKind::File), true),
+            (EventKind::Any, true),
+        ];
+        for (kind, wakes) in cases {
+            assert_eq!(super::changes_content(&kind), wakes, "{kind:?}");
+        }
+    }
 }

@@ -61,10 +61,20 @@ fn ready_at(revision: &str) -> impl Fn(&ClusterStatus) -> Result<(), String> + '
     }
 }
 
-/// The generation each node was handed, from the daemon's state.
+/// The generation each node was handed, from the daemon's state (one document per cluster).
 fn generations(daemon: &TestDaemon) -> BTreeMap<String, AppliedMark> {
-    let path = daemon.state_dir().join("node-generations.json");
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    let mut all = BTreeMap::new();
+    for entry in std::fs::read_dir(daemon.state_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("generations-") && name.ends_with(".json") {
+            let cluster: BTreeMap<String, AppliedMark> =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            all.extend(cluster);
+        }
+    }
+    assert!(!all.is_empty(), "no generations saved");
+    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,6 +79,8 @@ pub enum Reissue {
     AddressesChanged { from: Vec<String>, to: Vec<String> },
     /// A certificate expires within `RENEW_BEFORE` (or has expired).
     Expiring { not_after: SystemTime },
+    /// An operator asked for new certificates (`drover cert rotate`).
+    Requested,
 }
 
 impl fmt::Display for Reissue {
@@ -104,6 +106,7 @@ impl fmt::Display for Reissue {
                 humantime::format_rfc3339_seconds(*not_after),
                 RENEW_BEFORE.as_secs() / (24 * 3600)
             ),
+            Reissue::Requested => write!(f, "an operator asked for new certificates"),
         }
     }
 }

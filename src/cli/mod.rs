@@ -77,6 +77,16 @@ enum Command {
     Status(status::Args),
     /// Ask the daemon to reconcile a cluster now.
     Reconcile(status::ReconcileArgs),
+    /// A cluster's etcd certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Issue new etcd certificates to every node of a cluster now, with a gated rolling
+    /// restart of its members (they are renewed on their own well before expiry).
+    Rotate(status::RotateArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -104,6 +114,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&args, &mut out),
         Command::Status(args) => status::run(&args, &mut out),
         Command::Reconcile(args) => status::reconcile(&args, &mut out),
+        Command::Cert(CertCommand::Rotate(args)) => status::rotate(&args, &mut out),
     };
     let _ = out.flush();
     exit.into()

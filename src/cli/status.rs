@@ -294,7 +294,32 @@ pub struct ReconcileArgs {
 }
 
 pub fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Exit {
-    let client = match Client::new(&args.target) {
+    let path = format!("{CLUSTERS_PATH}/{}/reconcile", args.cluster);
+    let done = format!("asked for a reconcile of {}", args.cluster);
+    post(&args.target, &path, &done, out)
+}
+
+/// `drover cert rotate CLUSTER`: new etcd certificates on every node of the cluster.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    cluster: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+pub fn rotate(args: &RotateArgs, out: &mut dyn Write) -> Exit {
+    let path = format!("{CLUSTERS_PATH}/{}/certificates/rotate", args.cluster);
+    let done = format!(
+        "asked for new etcd certificates on every node of {}: members restart on them one at \
+         a time; `drover status {}` shows the progress",
+        args.cluster, args.cluster
+    );
+    post(&args.target, &path, &done, out)
+}
+
+/// POSTs to `path` of the operator API and says `done` when the daemon accepted it.
+fn post(target: &Target, path: &str, done: &str, out: &mut dyn Write) -> Exit {
+    let client = match Client::new(target) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
@@ -308,10 +333,9 @@ pub fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Exit {
             return Exit::Io;
         }
     };
-    let path = format!("{CLUSTERS_PATH}/{}/reconcile", args.cluster);
-    match runtime.block_on(client.post(&path)) {
+    match runtime.block_on(client.post(path)) {
         Ok(()) => {
-            let _ = writeln!(out, "asked for a reconcile of {}", args.cluster);
+            let _ = writeln!(out, "{done}");
             Exit::Ok
         }
         Err(e) => fail(&e),

@@ -3,6 +3,8 @@
 //! - `GET /v1/clusters`: the `ClustersDocument`, every cluster's status and the source's;
 //! - `GET /v1/clusters/{name}`: one cluster's `ClusterStatus`;
 //! - `POST /v1/clusters/{name}/reconcile`: a pass now (202), 404 for an unknown cluster;
+//! - `POST /v1/clusters/{name}/certificates/rotate`: new etcd certificates for every node,
+//!   members restarting one at a time (202), 404 for an unknown cluster;
 //! - `GET /v1/clusters/{name}/nodes/{node}`: what that node's agent receives (`NodeView`:
 //!   file contents and keys left out) and its last report.
 
@@ -37,6 +39,10 @@ pub fn router(operator: Operator) -> Router {
         .route(
             &format!("{CLUSTERS_PATH}/{{name}}/reconcile"),
             post(reconcile),
+        )
+        .route(
+            &format!("{CLUSTERS_PATH}/{{name}}/certificates/rotate"),
+            post(rotate),
         )
         .route(
             &format!("{CLUSTERS_PATH}/{{name}}/nodes/{{node}}"),
@@ -83,6 +89,21 @@ async fn reconcile(State(op): State<Arc<Operator>>, Path(name): Path<String>) ->
         (
             StatusCode::ACCEPTED,
             json(&serde_json::json!({"cluster": name})),
+        )
+            .into_response()
+    } else {
+        not_found(&name)
+    }
+}
+
+async fn rotate(State(op): State<Arc<Operator>>, Path(name): Path<String>) -> Response {
+    let Some(controller) = op.controller.get() else {
+        return starting();
+    };
+    if controller.rotate_certificates(&name) {
+        (
+            StatusCode::ACCEPTED,
+            json(&serde_json::json!({"cluster": name, "rotation": "requested"})),
         )
             .into_response()
     } else {

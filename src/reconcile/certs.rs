@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use super::health::NodeHealth;
 use super::intent::Intent;
 use super::Verdict;
-use crate::etcd_pki::ClusterCa;
+use crate::etcd_pki::{ClusterCa, Reissue};
 use crate::model::{Cluster, Node};
 use crate::nodeplan::ETCD_COMPONENT;
 
@@ -40,8 +40,10 @@ pub(super) fn issue(
         let addresses = addresses(node);
         let none = BTreeMap::new();
         let current = intent.nodes.get(name).map_or(&none, |n| &n.spec.pki);
-        let Some(reason) = ca.needs_reissue(current, &addresses, now) else {
-            continue;
+        let reason = match ca.needs_reissue(current, &addresses, now) {
+            Some(reason) => reason,
+            None if intent.rotation_due(name) => Reissue::Requested,
+            None => continue,
         };
         let runs_member = intent
             .nodes

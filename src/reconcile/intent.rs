@@ -24,6 +24,10 @@ pub struct Intent {
     pub restores_done: BTreeSet<String>,
     /// The revision whose plan last completed with every node converged and healthy.
     pub applied_revision: Option<String>,
+    /// How many certificate rotations operators asked for; a node whose certificates were
+    /// issued at a lower count gets new ones.
+    #[serde(default)]
+    pub cert_rotation: u64,
 }
 
 /// What one node was told to run, and from which definition.
@@ -35,6 +39,9 @@ pub struct NodeIntent {
     pub spec: NodeSpec,
     /// The revision of the definition its spec last changed from.
     pub revision: String,
+    /// `Intent::cert_rotation` when its certificates were issued.
+    #[serde(default)]
+    pub pki_rotation: u64,
 }
 
 /// A step this daemon cannot run yet: the cluster stalls on it rather than skip it.
@@ -247,6 +254,7 @@ impl Intent {
                 roles: BTreeSet::new(),
                 spec: NodeSpec::default(),
                 revision: String::new(),
+                pki_rotation: 0,
             });
         if let Some(def) = def {
             entry.address = def.address.to_string();
@@ -263,10 +271,19 @@ impl Intent {
         node: &str,
         pki: BTreeMap<String, crate::nodeplan::FileSpec>,
     ) -> bool {
-        let spec = &mut self.node_mut(cluster, node).spec;
-        let changed = spec.pki != pki;
-        spec.pki = pki;
+        let rotation = self.cert_rotation;
+        let record = self.node_mut(cluster, node);
+        record.pki_rotation = rotation;
+        let changed = record.spec.pki != pki;
+        record.spec.pki = pki;
         changed
+    }
+
+    /// Whether `node` has certificates from before the last rotation operators asked for.
+    pub fn rotation_due(&self, node: &str) -> bool {
+        self.nodes
+            .get(node)
+            .is_some_and(|n| !n.spec.pki.is_empty() && n.pki_rotation < self.cert_rotation)
     }
 
     /// Forgets a decommissioned node.

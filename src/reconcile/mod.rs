@@ -113,6 +113,8 @@ pub struct Reconciler {
     last_plan: Option<ClusterPlan>,
     /// Delays between attempts of a failing etcd task; reset when one succeeds.
     task_retry: Backoff,
+    /// The record changed outside a pass (an operator's request): the next pass saves it.
+    unsaved: bool,
 }
 
 impl Reconciler {
@@ -127,6 +129,7 @@ impl Reconciler {
             pending: None,
             last_plan: None,
             task_retry: Backoff::new(TASK_RETRY_BASE, TASK_RETRY_CAP),
+            unsaved: false,
             conditions: Vec::new(),
             status: ClusterStatus {
                 name: name.to_string(),
@@ -162,6 +165,14 @@ impl Reconciler {
             out.insert(name.clone(), Some(node.spec.clone()));
         }
         out
+    }
+
+    /// Every node's etcd certificates are to be issued anew (`drover cert rotate`): nodes
+    /// that run no member at once, running members one at a time while every node is ready,
+    /// each restarting on its new certificates. The request is saved with the next pass.
+    pub fn request_rotation(&mut self) {
+        self.intent.cert_rotation += 1;
+        self.unsaved = true;
     }
 
     /// One pass.

@@ -5,6 +5,7 @@
 //! (the state directory cannot be written) back off exponentially.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -47,6 +48,7 @@ pub trait Observer: Send + Sync {
 struct Handle {
     entry: watch::Sender<Option<ClusterEntry>>,
     wake: Arc<Notify>,
+    rotate: Arc<AtomicBool>,
     status: watch::Receiver<ClusterStatus>,
 }
 
@@ -144,6 +146,7 @@ impl Controller {
     fn spawn(self: &Arc<Self>, name: &str, entry: ClusterEntry) -> Handle {
         let (entry_tx, entry_rx) = watch::channel(Some(entry));
         let wake = Arc::new(Notify::new());
+        let rotate = Arc::new(AtomicBool::new(false));
         let (status_tx, status_rx) =
             watch::channel(Reconciler::new(name, Intent::default()).status().clone());
         let task = ClusterTask {
@@ -151,6 +154,7 @@ impl Controller {
             controller: self.clone(),
             entry: entry_rx,
             wake: wake.clone(),
+            rotate: rotate.clone(),
             status: status_tx,
             declared: None,
             ca: None,
@@ -159,6 +163,7 @@ impl Controller {
         Handle {
             entry: entry_tx,
             wake,
+            rotate,
             status: status_rx,
         }
     }
@@ -188,6 +193,20 @@ impl Controller {
         let clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
         clusters.get(cluster).map(|h| h.wake.notify_one()).is_some()
     }
+
+    /// Asks for new etcd certificates on every node of `cluster` (see
+    /// `Reconciler::request_rotation`), from its next pass, now; false when no such cluster is
+    /// reconciled.
+    pub fn rotate_certificates(&self, cluster: &str) -> bool {
+        let clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        clusters
+            .get(cluster)
+            .map(|h| {
+                h.rotate.store(true, Ordering::SeqCst);
+                h.wake.notify_one();
+            })
+            .is_some()
+    }
 }
 
 struct ClusterTask {
@@ -195,6 +214,8 @@ struct ClusterTask {
     controller: Arc<Controller>,
     entry: watch::Receiver<Option<ClusterEntry>>,
     wake: Arc<Notify>,
+    /// An operator asked for new certificates.
+    rotate: Arc<AtomicBool>,
     status: watch::Sender<ClusterStatus>,
     /// The nodes last declared to the hub.
     declared: Option<BTreeSet<String>>,
@@ -277,6 +298,10 @@ impl ClusterTask {
             ca: Some(&ca),
             now: SystemTime::now(),
         };
+        if self.rotate.swap(false, Ordering::SeqCst) {
+            tracing::info!(cluster = self.name, "certificate rotation requested");
+            reconciler.request_rotation();
+        }
         let mut action = reconciler.reconcile(&inputs);
         if let Some(call) = action.task.take() {
             tracing::info!(

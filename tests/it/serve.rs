@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use drover::api::{ClusterStatus, ConditionType};
+use drover::api::{ClusterStatus, ConditionType, NodeView};
 
 use crate::support::daemon::{
     etcd_client, etcd_client_with, tail, AgentProcess, Layout, TestDaemon,
@@ -268,6 +268,48 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
     let value = etcd.get("drover-test", None).await.unwrap();
     assert_eq!(value.kvs()[0].value_str().unwrap(), "written");
 
+    // `drover cert rotate`: every member gets new certificates and restarts on them, gated,
+    // and etcd still serves over TLS.
+    let expiries = |view: &NodeView| -> Vec<String> {
+        view.certificates
+            .iter()
+            .map(|c| format!("{} {}", c.file, c.not_after))
+            .collect()
+    };
+    let old: Vec<Vec<String>> = {
+        let mut out = Vec::new();
+        for n in ["n1", "n2", "n3"] {
+            out.push(expiries(&node_view(&daemon, cluster, n).await));
+        }
+        out
+    };
+    let rotate = crate::support::cli::command()
+        .args(["cert", "rotate", cluster, "--state-dir"])
+        .arg(daemon.state_dir())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    crate::support::wait::poll_until(CONVERGE, || async {
+        let s = daemon.status(cluster).await?;
+        ready_at(fixed.to_string())(&s)?;
+        for (i, n) in ["n1", "n2", "n3"].into_iter().enumerate() {
+            if expiries(&node_view(&daemon, cluster, n).await) == old[i] {
+                return Err(format!("{n} has its old certificates"));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("rotation: {:?}\n{}", e.last_error, tail(&daemon.log(), 40)));
+    let mut renewed = etcd_client(&layout, &agents[0]).await;
+    let value = renewed.get("drover-test", None).await.unwrap();
+    assert_eq!(value.kvs()[0].value_str().unwrap(), "written");
+
     // Nothing secret in any log.
     let operator_token =
         std::fs::read_to_string(daemon.state_dir().join("operator-token")).unwrap();
@@ -338,4 +380,28 @@ async fn serve_refuses_bad_settings_before_it_binds() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
     assert!(!state.exists(), "nothing was written for a refused start");
+}
+
+/// `drover node show CLUSTER NODE --format json`.
+async fn node_view(daemon: &TestDaemon, cluster: &str, node: &str) -> NodeView {
+    let out = crate::support::cli::command()
+        .args([
+            "node",
+            "show",
+            cluster,
+            node,
+            "--format",
+            "json",
+            "--state-dir",
+        ])
+        .arg(daemon.state_dir())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

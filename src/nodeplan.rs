@@ -236,6 +236,21 @@ impl EtcdBootstrap {
 }
 
 impl NodeSpec {
+    /// Every file the agent writes on the host for this plan, by absolute path: the plan's
+    /// files and the etcd certificates in `etcd_pki_dir(cluster)`.
+    pub fn host_files(&self, cluster: &str) -> BTreeMap<String, &FileSpec> {
+        let pki_dir = etcd_pki_dir(cluster);
+        self.files
+            .iter()
+            .map(|(path, file)| (path.clone(), file))
+            .chain(
+                self.pki
+                    .iter()
+                    .map(|(name, file)| (format!("{pki_dir}/{name}"), file)),
+            )
+            .collect()
+    }
+
     /// The hash a container of this plan runs with: its spec's, and for the etcd member also
     /// its certificates', so a renewal restarts it. The agent labels containers with it and the
     /// daemon compares agents' reports against it.

@@ -7,6 +7,7 @@
 //! - `applied.json`: the generation and checksum it last applied without a failed step.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 use crate::nodeplan::NodeSpec;
 use crate::pki::{self, Identity, NodeKey, PkiError};
@@ -18,6 +19,8 @@ const CREDENTIAL: &str = "credential.json";
 const NEXT_KEY: &str = "credential-next.json";
 const PLAN: &str = "plan.json";
 const APPLIED: &str = "applied.json";
+/// The host files plans made this agent write, so it removes those a later plan drops.
+const HOST_FILES: &str = "host-files.json";
 
 /// The node credential.
 #[derive(Clone, Serialize, Deserialize)]
@@ -137,5 +140,14 @@ impl DataDir {
 
     pub fn save_applied(&self, mark: &AppliedMark) -> Result<(), DataError> {
         Ok(self.state.save(APPLIED, mark)?)
+    }
+
+    /// The host files this agent wrote for its plans and has not removed (absolute paths).
+    pub fn host_files(&self) -> Result<BTreeSet<String>, DataError> {
+        Ok(self.state.load(HOST_FILES)?.unwrap_or_default())
+    }
+
+    pub fn save_host_files(&self, paths: &BTreeSet<String>) -> Result<(), DataError> {
+        Ok(self.state.save(HOST_FILES, paths)?)
     }
 }

@@ -9,7 +9,7 @@
 //! files) live under a host root: `/` on a real node, a directory of its own for each
 //! simulated node sharing one machine.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 
@@ -57,6 +57,7 @@ pub enum Action {
     Removed,
     Unchanged,
     FileWritten,
+    FileRemoved,
 }
 
 /// The result of one step: what it was about, what it did, or why it failed (Docker's reason).
@@ -180,20 +181,17 @@ impl Driver {
     }
 
     /// Takes the node to `spec`: files first, then containers no longer planned are removed,
-    /// then each planned container is created, recreated or started as needed. A failed step is
-    /// reported and the others still run.
+    /// then the `stale` files (written for an earlier plan, not in this one), then each planned
+    /// container is created, recreated or started as needed. A failed step is reported and the
+    /// others still run.
     pub async fn apply(
         &self,
         spec: &NodeSpec,
         generation: u64,
+        stale: &BTreeSet<String>,
     ) -> Result<Vec<StepResult>, ObserveError> {
         let mut results = Vec::new();
-        let pki_dir = etcd_pki_dir(&self.cluster);
-        let pki = spec
-            .pki
-            .iter()
-            .map(|(name, file)| (format!("{pki_dir}/{name}"), file));
-        for (path, file) in spec.files.iter().map(|(p, f)| (p.clone(), f)).chain(pki) {
+        for (path, file) in spec.host_files(&self.cluster) {
             if let Some(r) = self.write_file(&path, file).await {
                 results.push(r);
             }
@@ -203,6 +201,11 @@ impl Driver {
             if !spec.containers.contains_key(component) {
                 let error = self.remove(&have.id).await.err();
                 results.push(step(component, Action::Removed, error));
+            }
+        }
+        for path in stale {
+            if let Some(r) = self.remove_file(path).await {
+                results.push(r);
             }
         }
         for (component, want) in &spec.containers {
@@ -378,6 +381,22 @@ impl Driver {
         self.host_root.join(path.trim_start_matches('/'))
     }
 
+    /// Removes a file an earlier plan wrote, on a blocking thread.
+    async fn remove_file(&self, path: &str) -> Option<StepResult> {
+        let target = self.host_path(path);
+        let removed = tokio::task::spawn_blocking(move || remove_if_there(&target)).await;
+        match removed {
+            Ok(Ok(false)) => None,
+            Ok(Ok(true)) => Some(step(path, Action::FileRemoved, None)),
+            Ok(Err(e)) => Some(step(path, Action::FileRemoved, Some(e.into()))),
+            Err(e) => Some(step(
+                path,
+                Action::FileRemoved,
+                Some(StepError::FileTask(e)),
+            )),
+        }
+    }
+
     /// Writes a file atomically with its mode, unless it already holds the planned content.
     /// The file system is touched on a blocking thread, never on the async workers.
     async fn write_file(&self, path: &str, file: &FileSpec) -> Option<StepResult> {
@@ -394,6 +413,15 @@ impl Driver {
                 Some(StepError::FileTask(e)),
             )),
         }
+    }
+}
+
+/// Removes `target` if it is there; whether it removed it.
+fn remove_if_there(target: &std::path::Path) -> std::io::Result<bool> {
+    match std::fs::remove_file(target) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -9,7 +9,7 @@
 //! restarted agent re-applies its saved plan at once, which redoes nothing that already runs
 //! as planned (the driver compares spec hashes).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -243,12 +243,65 @@ impl Run {
     }
 
     /// Applies `plan` once; true when a step failed (and a retry is due).
+    /// Records the host files `spec` writes (before they are written, so a crash never leaves
+    /// one unknown) and returns those an earlier plan wrote that `spec` drops.
+    async fn track_host_files(
+        &self,
+        spec: &NodeSpec,
+    ) -> Result<BTreeSet<String>, super::credential::DataError> {
+        let wanted: BTreeSet<String> = spec.host_files(&self.cluster).into_keys().collect();
+        self.data
+            .off_thread(move |d| {
+                let known = d.host_files()?;
+                if !wanted.is_subset(&known) {
+                    d.save_host_files(&known.union(&wanted).cloned().collect())?;
+                }
+                Ok(known.difference(&wanted).cloned().collect())
+            })
+            .await
+    }
+
+    /// Forgets the stale files the apply removed (or found gone); a failed removal is
+    /// tried again with the next apply.
+    async fn forget_removed(&self, stale: &BTreeSet<String>, results: &[StepResult]) {
+        if stale.is_empty() {
+            return;
+        }
+        let failed: BTreeSet<String> = results
+            .iter()
+            .filter(|r| r.action == Action::FileRemoved && r.error.is_some())
+            .map(|r| r.subject.clone())
+            .collect();
+        let gone: BTreeSet<String> = stale.difference(&failed).cloned().collect();
+        let saved = self
+            .data
+            .off_thread(move |d| {
+                let known = d.host_files()?;
+                d.save_host_files(&known.difference(&gone).cloned().collect())
+            })
+            .await;
+        if let Err(e) = saved {
+            tracing::error!(error = %crate::error_chain(&e), "cannot record the removed host files");
+        }
+    }
+
     async fn apply(&mut self, plan: &PlanRecord) -> bool {
         let mark = AppliedMark {
             generation: plan.generation,
             checksum: plan.checksum.clone(),
         };
-        let (steps, failed) = match self.driver.apply(&plan.spec, plan.generation).await {
+        let stale = match self.track_host_files(&plan.spec).await {
+            Ok(stale) => stale,
+            Err(e) => {
+                tracing::error!(error = %crate::error_chain(&e), "cannot record the host files the plan writes; will retry");
+                return true;
+            }
+        };
+        let outcome = self.driver.apply(&plan.spec, plan.generation, &stale).await;
+        if let Ok(results) = &outcome {
+            self.forget_removed(&stale, results).await;
+        }
+        let (steps, failed) = match outcome {
             Ok(results) => {
                 let failed = results.iter().any(|r| r.error.is_some());
                 // A container that was just (re)started has not been probed yet: its old
@@ -388,6 +441,7 @@ fn report(r: &StepResult) -> StepReport {
             Action::Removed => "removed",
             Action::Unchanged => "unchanged",
             Action::FileWritten => "file-written",
+            Action::FileRemoved => "file-removed",
         }
         .into(),
         error: r.error.as_deref().map(crate::protocol::short_text),

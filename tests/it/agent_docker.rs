@@ -83,7 +83,7 @@ async fn a_node_plan_converges_and_is_repaired() {
     let spec = worker_spec(&cluster, &format!("{A}{B}"));
 
     // First apply: the file, then both containers.
-    let results = driver.apply(&spec, 1).await.unwrap();
+    let results = driver.apply(&spec, 1, &Default::default()).await.unwrap();
     assert_eq!(
         actions(&results),
         [
@@ -113,7 +113,7 @@ async fn a_node_plan_converges_and_is_repaired() {
         "w1",
         host_root.path().to_path_buf(),
     );
-    let results = again.apply(&spec, 1).await.unwrap();
+    let results = again.apply(&spec, 1, &Default::default()).await.unwrap();
     assert_eq!(
         actions(&results),
         [ok("a", Action::Unchanged), ok("b", Action::Unchanged)]
@@ -136,7 +136,7 @@ async fn a_node_plan_converges_and_is_repaired() {
         .output()
         .unwrap();
     assert!(rm.status.success());
-    let results = driver.apply(&spec, 2).await.unwrap();
+    let results = driver.apply(&spec, 2, &Default::default()).await.unwrap();
     assert_eq!(
         actions(&results),
         [ok("a", Action::Created), ok("b", Action::Started)]
@@ -148,7 +148,10 @@ async fn a_node_plan_converges_and_is_repaired() {
         &cluster,
         &format!("{}{B}", A.replace("LEVEL: info", "LEVEL: debug")),
     );
-    let results = driver.apply(&changed, 3).await.unwrap();
+    let results = driver
+        .apply(&changed, 3, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(
         actions(&results),
         [ok("a", Action::Recreated), ok("b", Action::Unchanged)]
@@ -168,7 +171,11 @@ async fn a_node_plan_converges_and_is_repaired() {
         "      - {{name: c, image: '{nowhere}/drover-test/no-such-image:1', command: [sleep, '1']}}\n"
     );
     let results = driver
-        .apply(&worker_spec(&cluster, &format!("{A}{bad}")), 4)
+        .apply(
+            &worker_spec(&cluster, &format!("{A}{bad}")),
+            4,
+            &Default::default(),
+        )
         .await
         .unwrap();
     let summary: Vec<(String, Action)> = results
@@ -190,6 +197,27 @@ async fn a_node_plan_converges_and_is_repaired() {
     );
     let left: Vec<String> = driver.observe().await.unwrap().into_keys().collect();
     assert_eq!(left, ["a"]);
+
+    // A plan that drops `a` and its file: the container goes, then the file an earlier plan
+    // wrote; a file already gone is no step.
+    let stale: std::collections::BTreeSet<String> = [
+        "/etc/drover-test/a.conf".to_string(),
+        "/etc/drover-test/gone.conf".to_string(),
+    ]
+    .into();
+    let results = driver
+        .apply(&worker_spec(&cluster, B), 5, &stale)
+        .await
+        .unwrap();
+    assert_eq!(
+        actions(&results),
+        [
+            ok("a", Action::Removed),
+            ok("/etc/drover-test/a.conf", Action::FileRemoved),
+            ok("b", Action::Created)
+        ]
+    );
+    assert!(!file.exists(), "the dropped file stays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +245,7 @@ async fn stopping_abandons_a_pull_that_hangs() {
         &cluster,
         &format!("      - {{name: c, image: '{registry}/drover-test/busybox:1', command: [sleep, '1']}}\n"),
     );
-    let apply = tokio::spawn(async move { driver.apply(&spec, 1).await });
+    let apply = tokio::spawn(async move { driver.apply(&spec, 1, &Default::default()).await });
     tokio::time::timeout(std::time::Duration::from_secs(60), dialled_rx.recv())
         .await
         .expect("the engine dials the registry to pull");
@@ -259,7 +287,7 @@ async fn pulls_use_the_nodes_docker_login() {
     };
 
     // Without the node's credentials: the registry's refusal.
-    let results = driver().apply(&spec, 1).await.unwrap();
+    let results = driver().apply(&spec, 1, &Default::default()).await.unwrap();
     let error = results[0].error.as_deref().unwrap_or_default();
     assert!(
         error.starts_with(&format!("pulling {image}: "))
@@ -271,7 +299,7 @@ async fn pulls_use_the_nodes_docker_login() {
     let config = registry.client_config().unwrap().join("config.json");
     let results = driver()
         .with_registry_auth(RegistryAuth::new(config))
-        .apply(&spec, 2)
+        .apply(&spec, 2, &Default::default())
         .await
         .unwrap();
     assert_eq!(actions(&results), [ok("p", Action::Created)], "{results:?}");

@@ -209,7 +209,10 @@ fn node_spec(components: &[&str]) -> NodeSpec {
 }
 
 async fn assert_applied(driver: &Driver, spec: &NodeSpec) {
-    let results = driver.apply(spec, 1).await.expect("observing containers");
+    let results = driver
+        .apply(spec, 1, &Default::default())
+        .await
+        .expect("observing containers");
     let failed: Vec<_> = results.iter().filter(|r| r.error.is_some()).collect();
     assert!(failed.is_empty(), "{failed:?}");
 }

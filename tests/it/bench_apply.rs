@@ -220,7 +220,10 @@ impl Scripts {
 
 async fn timed_apply(driver: &Driver, spec: &NodeSpec) -> (Duration, Vec<StepResult>) {
     let started = Instant::now();
-    let results = driver.apply(spec, 1).await.expect("observing containers");
+    let results = driver
+        .apply(spec, 1, &Default::default())
+        .await
+        .expect("observing containers");
     (started.elapsed(), results)
 }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 use drover::api::{ClusterStatus, ConditionType, NodeView};
 
 use crate::support::daemon::{
-    etcd_client, etcd_client_with, tail, AgentProcess, Layout, TestDaemon,
+    etcd_client, etcd_client_with, pki_dir, tail, AgentProcess, Layout, TestDaemon,
 };
 use crate::support::docker::{self, BUSYBOX_IMAGE, ETCD_IMAGE};
-use crate::support::fleet::ClusterCleanup;
+use crate::support::fleet::{containers_of_node, ClusterCleanup};
 use crate::support::git::TestRepo;
 use crate::support::require;
 
@@ -64,7 +64,7 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
     let engine = require!(docker::connect().await);
     require!(docker::require_image(&engine, ETCD_IMAGE).await);
     require!(docker::require_image(&engine, BUSYBOX_IMAGE).await);
-    let layout = Layout::new("serve");
+    let mut layout = Layout::new("serve");
     let _cleanup = ClusterCleanup(layout.cluster.clone());
     let repo = TestRepo::init();
     let first = repo.commit_files(
@@ -78,7 +78,8 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
         .iter()
         .map(|(n, _, _)| AgentProcess::start(&daemon, n, &token))
         .collect();
-    let cluster = layout.cluster.as_str();
+    let cluster_name = layout.cluster.clone();
+    let cluster = cluster_name.as_str();
 
     // The first commit: etcd bootstraps, then each node's components, gated.
     daemon
@@ -268,6 +269,7 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
     let value = etcd.get("drover-test", None).await.unwrap();
     assert_eq!(value.kvs()[0].value_str().unwrap(), "written");
 
+    let mut logs_of_removed = Vec::new();
     // `drover cert rotate`: every member gets new certificates and restarts on them, gated,
     // and etcd still serves over TLS.
     let expiries = |view: &NodeView| -> Vec<String> {
@@ -310,11 +312,72 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
     let value = renewed.get("drover-test", None).await.unwrap();
     assert_eq!(value.kvs()[0].value_str().unwrap(), "written");
 
+    // A fourth etcd member: one member add through a running member, then the new member
+    // starts and joins, gated. Its removal: the member leaves first, then its containers and
+    // files go, then its credential is revoked and its agent says so and stops.
+    layout.add("n4", "[etcd]");
+    let grown = repo.commit_files(&[(&layout.path(), &layout.yaml("v3", BUSYBOX_IMAGE))], "n4");
+    daemon.hook().await;
+    let mut n4 = AgentProcess::start(&daemon, "n4", &token);
+    daemon
+        .await_status("n4 to join", cluster, CONVERGE, ready_at(grown.to_string()))
+        .await;
+    let mut names = member_names(&mut etcd_client(&layout, &agents[0]).await).await;
+    names.sort();
+    assert_eq!(names, ["n1", "n2", "n3", "n4"]);
+    let n4_pki = pki_dir(&layout, &n4);
+    assert!(n4_pki.join("peer.pem").exists(), "{}", n4_pki.display());
+    assert!(!containers_of_node(cluster, "n4").is_empty());
+
+    layout.remove("n4");
+    let shrunk = repo.commit_files(
+        &[(&layout.path(), &layout.yaml("v3", BUSYBOX_IMAGE))],
+        "-n4",
+    );
+    daemon.hook().await;
+    daemon
+        .await_status(
+            "n4 to leave",
+            cluster,
+            CONVERGE,
+            ready_at(shrunk.to_string()),
+        )
+        .await;
+    let mut names = member_names(&mut etcd_client(&layout, &agents[0]).await).await;
+    names.sort();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+    let exit = n4
+        .exited(CONVERGE)
+        .await
+        .expect("n4's agent stops dialling");
+    assert!(!exit.success(), "{exit}");
+    let said = n4.log();
+    assert!(
+        said.contains("revoked") || said.contains("left the cluster"),
+        "{said}"
+    );
+    assert!(
+        containers_of_node(cluster, "n4").is_empty(),
+        "n4's containers stay"
+    );
+    assert!(!n4_pki.join("peer.pem").exists(), "n4's certificates stay");
+    let list = crate::support::cli::command()
+        .args(["node", "list", "--state-dir"])
+        .arg(daemon.state_dir())
+        .output()
+        .await
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    let n4_line = list.lines().find(|l| l.contains("n4")).unwrap_or_default();
+    assert!(n4_line.contains("revoked"), "{list}");
+    logs_of_removed.push(n4.log());
+
     // Nothing secret in any log.
     let operator_token =
         std::fs::read_to_string(daemon.state_dir().join("operator-token")).unwrap();
     let join_token = std::fs::read_to_string(&token).unwrap();
     let mut logs = vec![daemon.log()];
+    logs.append(&mut logs_of_removed);
     for agent in &mut agents {
         agent.stop();
         logs.push(agent.log());
@@ -404,4 +467,12 @@ async fn node_view(daemon: &TestDaemon, cluster: &str, node: &str) -> NodeView {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn member_names(etcd: &mut etcd_client::Client) -> Vec<String> {
+    let list = etcd.member_list().await.unwrap();
+    list.members()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect()
 }

@@ -404,6 +404,22 @@ impl AgentProcess {
             p.stop();
         }
     }
+
+    /// Waits up to `limit` for the agent to exit on its own; its exit status, if it did.
+    pub async fn exited(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let process = self.process.as_mut()?;
+        crate::support::wait::poll_until(limit, || {
+            let status = process.child.try_wait();
+            async move {
+                match status {
+                    Ok(Some(status)) => Ok(status),
+                    _ => Err("still running"),
+                }
+            }
+        })
+        .await
+        .ok()
+    }
 }
 
 impl Drop for AgentProcess {

@@ -40,9 +40,23 @@ impl Drop for ClusterCleanup {
 
 /// The ids of every container, running or not, of `cluster`.
 pub fn containers_of(cluster: &str) -> Vec<String> {
-    let filter = format!("label=drover.dev/cluster={cluster}");
+    containers_with(&[format!("label=drover.dev/cluster={cluster}")])
+}
+
+/// The ids of every container, running or not, of `node` in `cluster`.
+pub fn containers_of_node(cluster: &str, node: &str) -> Vec<String> {
+    containers_with(&[
+        format!("label=drover.dev/cluster={cluster}"),
+        format!("label=drover.dev/node={node}"),
+    ])
+}
+
+fn containers_with(filters: &[String]) -> Vec<String> {
+    let filters = filters.iter().flat_map(|f| ["--filter", f.as_str()]);
     Command::new("docker")
-        .args(["ps", "-aq", "--filter", &filter])
+        .arg("ps")
+        .arg("-aq")
+        .args(filters)
         .output()
         .map(|out| {
             String::from_utf8_lossy(&out.stdout)

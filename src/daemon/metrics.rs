@@ -20,6 +20,14 @@ pub struct ClusterLabel {
     pub cluster: String,
 }
 
+/// A step agents report: its action (`created`, `recreated`, `removed`, `file-written`, ...)
+/// and its outcome (`ok` or `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    pub action: &'static str,
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RevisionLabel {
     pub revision: String,
@@ -36,6 +44,7 @@ pub struct Metrics {
     pub agents_connected: Gauge,
     pub generation_lag: Family<ClusterLabel, Gauge>,
     pub webhooks_accepted: Counter<u64, AtomicU64>,
+    pub steps: Family<StepLabel, Counter<u64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -53,6 +62,7 @@ impl Metrics {
             agents_connected: Gauge::default(),
             generation_lag: Family::default(),
             webhooks_accepted: Counter::default(),
+            steps: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         registry.register(
@@ -94,6 +104,11 @@ impl Metrics {
             "webhooks_accepted",
             "Webhook deliveries verified",
             m.webhooks_accepted.clone(),
+        );
+        registry.register(
+            "agent_steps",
+            "Steps agents reported doing, by action and outcome",
+            m.steps.clone(),
         );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         Arc::new(m)

@@ -465,6 +465,14 @@ impl http::Probe for DaemonProbe {
                 })
                 .set(lag as i64);
         }
+        for ((action, failed), count) in self.hub.step_counts() {
+            let label = metrics::StepLabel {
+                action,
+                outcome: if failed { "failed" } else { "ok" },
+            };
+            let counter = m.steps.get_or_create(&label);
+            counter.inc_by(count.saturating_sub(counter.get()));
+        }
         let accepted = self.stats.accepted.load(Ordering::Relaxed);
         let seen = m.webhooks_accepted.get();
         m.webhooks_accepted.inc_by(accepted.saturating_sub(seen));

@@ -123,6 +123,8 @@ struct Nodes {
     next_task: u64,
     /// Etcd tasks sent and not answered: the node they went to, and who waits.
     pending: HashMap<u64, ((String, String), oneshot::Sender<EtcdTaskOutcome>)>,
+    /// Steps agents reported doing, by action and whether they failed, since the start.
+    steps: BTreeMap<(&'static str, bool), u64>,
 }
 
 impl Nodes {
@@ -304,6 +306,7 @@ impl Hub {
                 changes: HashMap::new(),
                 next_task: 1,
                 pending: HashMap::new(),
+                steps: BTreeMap::new(),
             }),
             bindings: Mutex::new(BindingCache {
                 stamp: None,
@@ -589,6 +592,45 @@ impl Hub {
         }
     }
 
+    /// Records an agent's report of an application: its mark and steps. Steps that did
+    /// something are counted by action and outcome, unless the report repeats the last one
+    /// (an agent resends its last report when it reconnects).
+    pub fn record_applied(
+        &self,
+        cluster: &str,
+        node: &str,
+        mark: AppliedMark,
+        steps: Vec<crate::protocol::StepReport>,
+    ) {
+        let mut nodes = self.lock();
+        let key = (cluster.to_string(), node.to_string());
+        let Some(entry) = nodes.nodes.get_mut(&key) else {
+            return;
+        };
+        let repeated = entry.report.applied.as_ref() == Some(&mark) && entry.report.steps == steps;
+        let counted: Vec<(&'static str, bool)> = if repeated {
+            Vec::new()
+        } else {
+            steps
+                .iter()
+                .filter(|s| s.action != "unchanged")
+                .map(|s| (counted_action(&s.action), s.error.is_some()))
+                .collect()
+        };
+        entry.report.applied = Some(mark);
+        entry.report.steps = steps;
+        entry.report.last_seen = Some(SystemTime::now());
+        for step in counted {
+            *nodes.steps.entry(step).or_default() += 1;
+        }
+        nodes.touch(cluster);
+    }
+
+    /// How many steps agents reported, by action and whether they failed.
+    pub fn step_counts(&self) -> BTreeMap<(&'static str, bool), u64> {
+        self.lock().steps.clone()
+    }
+
     /// Notes that a node was heard from (a heartbeat): nothing it reports changed, so no
     /// watcher of its cluster is woken.
     pub fn seen(&self, cluster: &str, node: &str) {
@@ -753,6 +795,24 @@ impl Hub {
         cache.stamp = stamp;
         cache.version += 1;
     }
+}
+
+/// The actions agents report, as counted; anything else (an agent of another version) is
+/// `other`, so an agent cannot grow the metrics without bound.
+const STEP_ACTIONS: [&str; 6] = [
+    "created",
+    "recreated",
+    "started",
+    "removed",
+    "file-written",
+    "file-removed",
+];
+
+fn counted_action(action: &str) -> &'static str {
+    STEP_ACTIONS
+        .into_iter()
+        .find(|a| *a == action)
+        .unwrap_or("other")
 }
 
 /// Whether `revoke` with `scope` would revoke anything in `bindings`.

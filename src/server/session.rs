@@ -660,13 +660,11 @@ fn record_applied(
             "step failed on the node"
         );
     }
-    cx.hub.record(cluster, node, |r| {
-        r.applied = Some(AppliedMark {
-            generation,
-            checksum,
-        });
-        r.steps = steps;
-    });
+    let mark = AppliedMark {
+        generation,
+        checksum,
+    };
+    cx.hub.record_applied(cluster, node, mark, steps);
     Ok(())
 }
 

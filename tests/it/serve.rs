@@ -120,6 +120,21 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
         assert_eq!(page.unwrap().trim(), format!("n{i} v1"));
     }
 
+    // The agents' steps, by action and outcome, and no node behind its plan.
+    let metrics = http_get(&format!("http://{}/metrics", daemon.http()))
+        .await
+        .unwrap();
+    for expected in [
+        "drover_agent_steps_total{action=\"created\",outcome=\"ok\"}",
+        "drover_agent_steps_total{action=\"file-written\",outcome=\"ok\"}",
+        &format!("drover_generation_lag_nodes{{cluster=\"{cluster}\"}} 0"),
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
+
     // What n1's agent receives, as an operator sees it: certificates, never a key.
     let show = crate::support::cli::command()
         .args(["node", "show", cluster, "n1", "--state-dir"])

@@ -234,11 +234,25 @@ impl ClusterTask {
             }
         };
         let mut backoff = Backoff::new(ERROR_BACKOFF, ERROR_BACKOFF_MAX);
+        let mut only_the_entry_changed = false;
         loop {
             let Some(entry) = self.entry.borrow_and_update().clone() else {
                 self.forget().await;
                 return;
             };
+            if std::mem::take(&mut only_the_entry_changed) && reconciler.follow_unchanged(&entry) {
+                // A commit that left this cluster alone: no pass, no write, no etcd round trip.
+                self.status.send_replace(self.status_of(&reconciler));
+                tokio::select! {
+                    changed = self.entry.changed() => if changed.is_err() { return },
+                    changed = reports.changed() => if changed.is_err() { return },
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(super::REQUEUE_IDLE) => {}
+                    () = cx.cancel.cancelled() => return,
+                }
+                only_the_entry_changed = self.entry.has_changed().unwrap_or(false);
+                continue;
+            }
             let started = std::time::Instant::now();
             let outcome = self.pass(&mut reconciler, &entry).await;
             cx.observer
@@ -255,7 +269,10 @@ impl ClusterTask {
                 }
             };
             tokio::select! {
-                changed = self.entry.changed() => if changed.is_err() { return },
+                changed = self.entry.changed() => {
+                    if changed.is_err() { return }
+                    only_the_entry_changed = true;
+                }
                 changed = reports.changed() => {
                     if changed.is_err() { return }
                     tokio::time::sleep(COALESCE).await;
@@ -411,12 +428,17 @@ impl ClusterTask {
             .map_err(|e| e.to_string())??;
             self.declared = Some(names);
         }
+        self.status.send_replace(self.status_of(reconciler));
+        Ok(())
+    }
+
+    /// The reconciler's status with the generation the hub handed each node.
+    fn status_of(&self, reconciler: &Reconciler) -> ClusterStatus {
         let mut status = reconciler.status().clone();
         for node in &mut status.nodes {
-            node.generation = cx.hub.generation(&self.name, &node.name);
+            node.generation = self.controller.hub.generation(&self.name, &node.name);
         }
-        self.status.send_replace(status);
-        Ok(())
+        status
     }
 
     /// The cluster left Git: its nodes are refused from now on. What runs stays.

@@ -530,6 +530,28 @@ fn a_requested_rotation_reissues_every_node_and_restarts_members_one_at_a_time()
 }
 
 #[test]
+fn a_commit_that_leaves_a_converged_cluster_alone_is_followed_without_a_pass() {
+    let text = definition(1, "drover-test/busybox:1", false);
+    let (mut r, mut fleet) = converged(&text);
+    let record = r.intent().clone();
+    assert!(r.follow_unchanged(&entry(&text, 2)));
+    let status = r.status();
+    assert_eq!(status.desired_revision.as_deref(), Some("worktree#2"));
+    assert_eq!(status.applied_revision.as_deref(), Some("worktree#2"));
+    assert_eq!(state(status).0, ConditionType::Ready);
+    assert_eq!(r.intent().nodes, record.nodes, "nothing else moved");
+
+    // A changed definition needs a pass, and so does one not converged yet.
+    let changed = entry(&definition(1, "drover-test/busybox:2", false), 3);
+    assert!(!r.follow_unchanged(&changed));
+    let mut tasks = Vec::new();
+    fleet.apply(&r.declared(&changed.cluster));
+    pass(&mut r, &changed, &fleet, &mut tasks);
+    assert_eq!(state(r.status()).0, ConditionType::Reconciling);
+    assert!(!r.follow_unchanged(&entry(&definition(1, "drover-test/busybox:2", false), 4)));
+}
+
+#[test]
 fn a_removed_node_is_cleaned_then_forgotten() {
     let text = definition(2, "drover-test/busybox:1", false);
     let (mut r, mut fleet) = converged(&text);

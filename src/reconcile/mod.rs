@@ -105,7 +105,7 @@ pub struct Reconciler {
     version: u64,
     planner: Planner,
     /// Every node's full plan, by the definition's digest it was built from.
-    specs: Option<(String, BTreeMap<String, NodeSpec>)>,
+    specs: Option<(String, std::sync::Arc<BTreeMap<String, NodeSpec>>)>,
     conditions: Vec<Condition>,
     status: ClusterStatus,
     pending: Option<Pending>,
@@ -346,12 +346,12 @@ impl Reconciler {
     }
 
     /// Every node's full plan for this definition, rebuilt only when the definition changed.
-    fn desired_specs(&mut self, cluster: &Cluster) -> BTreeMap<String, NodeSpec> {
+    fn desired_specs(&mut self, cluster: &Cluster) -> std::sync::Arc<BTreeMap<String, NodeSpec>> {
         let digest = &cluster.source.digest;
         match &self.specs {
             Some((d, specs)) if d == digest => specs.clone(),
             _ => {
-                let specs = desired_nodes(cluster);
+                let specs = std::sync::Arc::new(desired_nodes(cluster));
                 self.specs = Some((digest.clone(), specs.clone()));
                 specs
             }

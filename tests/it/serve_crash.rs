@@ -133,9 +133,20 @@ async fn kill_9_at_random_points_of_rollouts_and_membership_changes() {
         );
         daemon.hook().await;
         if let Some(name) = &extra {
-            agents
-                .entry(name.clone())
-                .or_insert_with(|| AgentProcess::start(&daemon, name, &token));
+            if !agents.contains_key(name) {
+                // As an operator does: the node joins once the daemon reads the commit that
+                // declares it (a join for an undeclared node is refused for good).
+                let revision = commit.to_string();
+                daemon
+                    .await_status("the commit to be read", &cluster, CONVERGE, |s| {
+                        match s.desired_revision.as_deref() == Some(revision.as_str()) {
+                            true => Ok(()),
+                            false => Err(format!("desired {:?}", s.desired_revision)),
+                        }
+                    })
+                    .await;
+                agents.insert(name.clone(), AgentProcess::start(&daemon, name, &token));
+            }
         }
         let delay = random_delay(Duration::from_secs(4));
         tokio::time::sleep(delay).await;

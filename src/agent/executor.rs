@@ -153,7 +153,8 @@ struct Run {
 
 impl Run {
     async fn save_plan(&self, plan: &PlanRecord) -> Result<(), super::credential::DataError> {
-        self.etcd_url.send_replace(plan.spec.etcd_client_url.clone());
+        self.etcd_url
+            .send_replace(plan.spec.etcd_client_url.clone());
         let plan = plan.clone();
         self.data.off_thread(move |d| d.save_plan(&plan)).await
     }
@@ -161,7 +162,9 @@ impl Run {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
         let mut plan = match self.data.off_thread(DataDir::plan).await {
             Ok(p) => {
-                let url = p.as_ref().and_then(|p: &PlanRecord| p.spec.etcd_client_url.clone());
+                let url = p
+                    .as_ref()
+                    .and_then(|p: &PlanRecord| p.spec.etcd_client_url.clone());
                 self.etcd_url.send_replace(url);
                 p
             }

@@ -26,10 +26,10 @@ use std::time::{Duration, SystemTime};
 use self::health::{judge, NodeHealth};
 use self::intent::Intent;
 pub use self::membership::TaskCall;
-use crate::backoff::Backoff;
 use crate::api::{
     ClusterNode, ClusterStatus, Condition, ConditionType, PhaseProgress, PlanProgress,
 };
+use crate::backoff::Backoff;
 use crate::etcd_pki::ClusterCa;
 use crate::model::Cluster;
 use crate::nodeplan::NodeSpec;
@@ -212,19 +212,20 @@ impl Reconciler {
         let Some(error) = failed else {
             self.task_retry.reset();
             let desired = self.desired_specs(cluster);
-            let verdict = match self
-                .intent
-                .advance(cluster, &desired, &pending.steps, &pending.revision)
-            {
-                Ok(_) => Verdict::Progressing {
-                    reason: "RollingOut",
-                    message: format!("{}: done", pending.what),
-                },
-                Err(e) => Verdict::Stalled {
-                    reason: "Unsupported",
-                    message: e.to_string(),
-                },
-            };
+            let verdict =
+                match self
+                    .intent
+                    .advance(cluster, &desired, &pending.steps, &pending.revision)
+                {
+                    Ok(_) => Verdict::Progressing {
+                        reason: "RollingOut",
+                        message: format!("{}: done", pending.what),
+                    },
+                    Err(e) => Verdict::Stalled {
+                        reason: "Unsupported",
+                        message: e.to_string(),
+                    },
+                };
             return self.finish(inputs, &plan, &verdict, &health, before, None);
         };
         // A failed task changed nothing we know of: the next pass lists the members again and

@@ -291,7 +291,13 @@ impl ClusterTask {
                 .await
                 .map_err(|e| e.to_string());
             if let Err(error) | Ok(EtcdTaskOutcome::Failed { error }) = &outcome {
-                tracing::warn!(cluster = self.name, agent = call.agent, task = call.what, error, "etcd membership change failed; retrying");
+                tracing::warn!(
+                    cluster = self.name,
+                    agent = call.agent,
+                    task = call.what,
+                    error,
+                    "etcd membership change failed; retrying"
+                );
             }
             let after = reconciler.task_done(&inputs, outcome);
             action = Action {

@@ -437,7 +437,10 @@ fn a_failed_membership_task_is_retried_with_backoff_and_stalls_only_when_it_keep
         now: SystemTime::UNIX_EPOCH,
     };
     for attempt in 1..=6u32 {
-        let call = r.reconcile(&inputs).task.expect("the add is asked for again");
+        let call = r
+            .reconcile(&inputs)
+            .task
+            .expect("the add is asked for again");
         assert!(matches!(call.task, EtcdTask::MemberAdd { .. }), "{call:?}");
         let failed = EtcdTaskOutcome::Failed {
             error: "etcdserver: too many requests".into(),
@@ -451,10 +454,20 @@ fn a_failed_membership_task_is_retried_with_backoff_and_stalls_only_when_it_keep
         } else {
             ConditionType::Reconciling
         };
-        assert_eq!((kind, reason.as_str()), (want, "EtcdTaskFailed"), "attempt {attempt}");
+        assert_eq!(
+            (kind, reason.as_str()),
+            (want, "EtcdTaskFailed"),
+            "attempt {attempt}"
+        );
         assert!(message.contains("too many requests"), "{message}");
-        assert!(message.contains(&format!("{attempt} in a row")), "{message}");
-        assert!(!r.intent().members.contains_key("node-9"), "nothing recorded");
+        assert!(
+            message.contains(&format!("{attempt} in a row")),
+            "{message}"
+        );
+        assert!(
+            !r.intent().members.contains_key("node-9"),
+            "nothing recorded"
+        );
     }
     // The task succeeds at last: the rollout goes on from where it was.
     let (batches, status, tasks) = converge_with_tasks(&mut r, &grown, &mut fleet);

@@ -25,7 +25,7 @@
 //!    `DROVER_BENCH_POLL_INTERVAL` (a duration of at least 5 s, e.g. `10s`) sets another.
 //!    Before each commit the bench waits a random time in `[0, interval)`, so commits land at
 //!    random points of the poll cycle: the figures include a wait spread evenly over the
-//!    interval. This mode takes about 20 × the interval.
+//!    interval. This mode takes about `DROVER_BENCH_ROUNDS` × the interval.
 //! 3. *by hand*, the baseline a user would otherwise have: a clone (`git clone`) of another
 //!    repository holding the same file, and the same four containers started with `docker run`
 //!    on four other loopback addresses. Per round: commit; `git fetch`; then a naive loop over
@@ -39,11 +39,11 @@
 //! Ready, applied at that commit, and every node connected, at its latest generation and
 //! having applied it, its plan from that commit, and ready (the agents' reports as the daemon
 //! judged them). Also *seen*: until the status's desired revision is the commit (the source
-//! fetched and loaded it); *rollout* is converged minus seen.
+//! fetched and loaded it, and a pass ran on it); *rollout* is converged minus seen.
 //!
-//! **Resolution.** The status is polled every 10 ms over one kept-alive TLS connection (a
-//! request takes about a millisecond), and a time is taken when the response is in: a figure
-//! is late by at most 10 ms and a request. The daemon publishes a cluster's status at the end
+//! **Resolution.** The status is polled every 10 ms over one kept-alive TLS connection on
+//! loopback, and a time is taken when the response is in: a figure is late by at most 10 ms
+//! and one request. The daemon publishes a cluster's status at the end
 //! of each reconcile pass, which starts 20 ms (`reconcile::task::COALESCE`) after the report
 //! that wakes it: that wait is drover's own and is in the figures. p50 and p99 are by nearest
 //! rank: with 20 rounds, p99 is the slowest round.

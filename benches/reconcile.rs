@@ -62,10 +62,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/operator.rs"]
+mod operator;
 #[path = "support/synthetic.rs"]
 mod synthetic;
 
 use fleet::mib;
+use operator::{chain, Client};
 use synthetic::{env, memory_kib_of};
 
 /// Where the daemon listens: loopback, away from 127.0.0.1 and the agents benchmark.
@@ -146,58 +149,6 @@ fn daemon(state: &Path, source: &Path) {
         .await;
         daemon.stop().await;
     });
-}
-
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    out
-}
-
-/// The operator API, as `drover status` reads it: TLS with the daemon's CA pinned, the local
-/// operator token the daemon left in its state directory.
-struct Client {
-    base: String,
-    http: reqwest::Client,
-    token: String,
-}
-
-impl Client {
-    fn new(server: &str, pin: &str, state: &Path) -> Client {
-        let tls = drover::pki::agent_config(pin, None).expect("a pinned TLS client");
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured((*tls).clone())
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("an HTTP client");
-        let token = std::fs::read_to_string(state.join(drover::daemon::LOCAL_TOKEN_FILE))
-            .expect("the daemon's operator token");
-        Client {
-            base: format!("https://{server}"),
-            http,
-            token: token.trim().to_string(),
-        }
-    }
-
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| chain(&e))?;
-        if !response.status().is_success() {
-            return Err(response.status().to_string());
-        }
-        let body = response.bytes().await.map_err(|e| chain(&e))?;
-        serde_json::from_slice(&body).map_err(|e| e.to_string())
-    }
 }
 
 // --- the repository --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ use super::{private_tempdir, unique_token};
 const NODE_PORTS: [u16; 4] = [2379, 2380, 8080, 9090];
 
 /// The test cluster: three etcd + control-plane nodes and one worker, each on its own address.
+#[derive(Clone)]
 pub struct Layout {
     pub cluster: String,
     pub nodes: Vec<(String, Ipv4Addr, &'static str)>,
@@ -126,11 +127,20 @@ pub struct TestDaemon {
     pub http_port: u16,
     pub hook_secret: String,
     source: String,
+    /// `source.git.pollInterval`; `None` leaves the daemon's default.
+    poll_interval: Option<String>,
 }
 
 impl TestDaemon {
     /// Starts a daemon following `source` (a Git URL or a directory) with a generic webhook.
+    /// It polls only every 5 minutes: tests announce each commit with [`TestDaemon::hook`].
     pub async fn start(source: &str) -> TestDaemon {
+        Self::start_polling(source, Some("5m")).await
+    }
+
+    /// Like [`TestDaemon::start`], polling `source` every `poll_interval` (a duration such as
+    /// `30s`; `None`: the daemon's default).
+    pub async fn start_polling(source: &str, poll_interval: Option<&str>) -> TestDaemon {
         let ip = unique_loopback(&[]);
         let (agents_port, http_port) = (free_port(ip), free_port(ip));
         let work = private_tempdir();
@@ -144,6 +154,7 @@ impl TestDaemon {
             http_port,
             hook_secret,
             source: source.to_string(),
+            poll_interval: poll_interval.map(str::to_string),
         };
         daemon.spawn().await;
         daemon
@@ -172,17 +183,22 @@ impl TestDaemon {
     /// Writes the configuration and starts the process; returns once `/healthz` answers.
     pub async fn spawn(&mut self) {
         let config = self.work.path().join("daemon.yaml");
+        let poll = match &self.poll_interval {
+            Some(interval) => format!(", pollInterval: {interval}"),
+            None => String::new(),
+        };
         let text = format!(
             "apiVersion: drover.dev/v1alpha1
 kind: DaemonConfig
 source:
-  git: {{url: '{}', branch: main, pollInterval: 5m}}
+  git: {{url: '{}', branch: main{}}}
 listen: {{agents: '{}:{}', http: '{}:{}'}}
 stateDir: {}
 tlsNames: ['{}']
 webhooks: {{genericSecretFile: {}}}
 ",
             self.source,
+            poll,
             self.ip,
             self.agents_port,
             self.ip,

@@ -95,6 +95,7 @@ impl Executor {
             observed: observed_tx,
             etcd_url: etcd_url_tx,
             health: BTreeMap::new(),
+            starting_until: None,
         };
         let task = tokio::spawn(run.run(rx, shutdown));
         Executor {
@@ -149,6 +150,10 @@ struct Run {
     observed: watch::Sender<BTreeMap<String, ContainerState>>,
     etcd_url: watch::Sender<Option<String>>,
     health: BTreeMap<String, Health>,
+    /// Until then a container started by the last apply may still be coming up: probes run
+    /// every `STARTING_PROBE` rather than every interval while any is not healthy, so a
+    /// rollout gate opens when the container is ready, not an interval later.
+    starting_until: Option<Instant>,
 }
 
 impl Run {
@@ -199,7 +204,7 @@ impl Run {
                 probe_interval.is_some() && probe_at <= Instant::now(),
             ) {
                 self.probe(&p.spec).await;
-                probe_at = Instant::now() + probe_interval.unwrap_or_default();
+                probe_at = Instant::now() + self.next_probe_in(probe_interval.unwrap_or_default());
             }
             let next_probe = probe_interval.map(|_| probe_at);
             tokio::select! {
@@ -312,6 +317,7 @@ impl Run {
                         Action::Created | Action::Recreated | Action::Started
                     ) {
                         self.health.remove(&r.subject);
+                        self.starting_until = Some(Instant::now() + STARTING_WINDOW);
                     }
                 }
                 (results.iter().map(report).collect::<Vec<_>>(), failed)
@@ -371,6 +377,18 @@ impl Run {
     }
 
     /// Runs every health probe of the plan and republishes what runs.
+    /// The wait before the next probe: the interval, or `STARTING_PROBE` while a container
+    /// just started is not healthy yet.
+    fn next_probe_in(&self, interval: Duration) -> Duration {
+        let starting = self.starting_until.is_some_and(|t| Instant::now() < t);
+        let all_healthy = self.health.values().all(|h| *h == Health::Healthy);
+        if starting && !all_healthy {
+            interval.min(STARTING_PROBE)
+        } else {
+            interval
+        }
+    }
+
     async fn probe(&mut self, spec: &NodeSpec) {
         let checks: Vec<_> = spec
             .health
@@ -447,6 +465,11 @@ fn report(r: &StepResult) -> StepReport {
         error: r.error.as_deref().map(crate::protocol::short_text),
     }
 }
+
+/// How often a container just started is probed until it is healthy.
+const STARTING_PROBE: Duration = Duration::from_millis(200);
+/// How long after a start the quicker probes may go on.
+const STARTING_WINDOW: Duration = Duration::from_secs(30);
 
 fn min_interval(spec: &NodeSpec) -> Option<Duration> {
     spec.health.values().map(|h| h.interval).min()

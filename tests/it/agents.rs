@@ -148,6 +148,36 @@ async fn three_nodes_converge_are_repaired_and_drop_removed_components() {
     fleet.logs.assert_free_of(&[token.expose()]);
 }
 
+/// A container that listens a moment after it starts is reported healthy as soon as it
+/// does: while it comes up it is probed often, not once per (here hour-long) interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_comes_up_slowly_is_healthy_without_waiting_an_interval() {
+    require!(docker::connect().await);
+    let fleet = Fleet::start("slowup", &[("n1", "etcd"), ("w1", "worker")]).await;
+    let labels = docker::test_labels();
+    let worker = format!(
+        "    worker:\n      - {{name: late, image: '{BUSYBOX_IMAGE}', command: [sh, -c, 'sleep 1; exec httpd -f -p {{{{ node.address }}}}:8080'], labels: {labels}, health: {{tcp: '{{{{ node.address }}}}:8080', interval: 1h}}}}\n"
+    );
+    fleet.declare(&["n1", "w1"], &worker);
+    // No resync either in the hour: only the probes can see the server come up.
+    let agent =
+        TestAgent::start_resyncing_every(&fleet, "w1", Some(fleet.token(true, HOUR)), HOUR).await;
+    // Well under the hour a probe per interval would take after a first failed one.
+    eventually(
+        "the late server to be reported healthy",
+        CONVERGE,
+        || async {
+            let late = fleet.report("w1").containers.get("late").cloned();
+            match &late {
+                Some(l) if l.healthy == Some(true) => Ok(()),
+                _ => Err(format!("late {late:?}")),
+            }
+        },
+    )
+    .await;
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_image_shows_dockers_reason_at_the_server() {
     require!(docker::connect().await);

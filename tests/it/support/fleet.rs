@@ -360,6 +360,20 @@ impl TestAgent {
         Self::launch(&fleet.url(), node, token, pin, data, host_root).await
     }
 
+    /// Starts the agent of `node`, with fresh directories, resyncing with Docker every
+    /// `resync` (5 s otherwise): a test that must tell a probe from a resync sets it long.
+    pub async fn start_resyncing_every(
+        fleet: &Fleet,
+        node: &str,
+        token: Option<Secret>,
+        resync: Duration,
+    ) -> TestAgent {
+        let data = super::private_tempdir();
+        let host_root = tempfile::tempdir().expect("a host root");
+        let url = fleet.url();
+        Self::launch_with(&url, node, token, &fleet.pin(), data, host_root, resync).await
+    }
+
     async fn launch(
         url: &str,
         node: &str,
@@ -367,6 +381,27 @@ impl TestAgent {
         pin: &str,
         data: TempDir,
         host_root: TempDir,
+    ) -> TestAgent {
+        Self::launch_with(
+            url,
+            node,
+            token,
+            pin,
+            data,
+            host_root,
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
+    async fn launch_with(
+        url: &str,
+        node: &str,
+        token: Option<Secret>,
+        pin: &str,
+        data: TempDir,
+        host_root: TempDir,
+        resync: Duration,
     ) -> TestAgent {
         let docker = super::docker::connect().await.expect("docker");
         let dial = Dial::new(url, pin).expect("a valid server URL");
@@ -376,7 +411,7 @@ impl TestAgent {
         settings.reconnect_base = Duration::from_millis(50);
         settings.reconnect_cap = Duration::from_millis(500);
         settings.executor = ExecutorSettings {
-            resync: Duration::from_secs(5),
+            resync,
             retry_base: Duration::from_millis(200),
             retry_cap: Duration::from_secs(2),
             probe_concurrency: 4,

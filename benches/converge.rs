@@ -44,7 +44,7 @@
 //! **Resolution.** The status is polled every 10 ms over one kept-alive TLS connection on
 //! loopback, and a time is taken when the response is in: a figure is late by at most 10 ms
 //! and one request. The daemon publishes a cluster's status at the end
-//! of each reconcile pass, which starts 20 ms (`reconcile::task::COALESCE`) after the report
+//! of each reconcile pass, which starts 20 ms (`daemon::controller::COALESCE`) after the report
 //! that wakes it: that wait is drover's own and is in the figures. p50 and p99 are by nearest
 //! rank: with 20 rounds, p99 is the slowest round.
 //!

@@ -8,6 +8,7 @@
 //! publishes every saved rollout record (agents get their plans back while the source loads),
 //! and lets agents in once the source's first state is followed.
 
+pub mod controller;
 pub mod http;
 pub mod metrics;
 pub mod operator;
@@ -23,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use self::metrics::Metrics;
 use crate::config::{self, DaemonConfig, GitCredentials, GitReference, SourceConfig};
-use crate::reconcile::task::Controller;
+use crate::daemon::controller::Controller;
 use crate::secret::{Secret, SecretError};
 use crate::server::{AgentServer, Hub, ServerError, Settings};
 use crate::source::webhook::{self, WebhookSecrets, WebhookStats};

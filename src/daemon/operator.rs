@@ -18,7 +18,7 @@ use axum::Router;
 use tokio::sync::watch;
 
 use crate::api::{ClustersDocument, NodeView, SourceView, CLUSTERS_FORMAT_VERSION, CLUSTERS_PATH};
-use crate::reconcile::task::Controller;
+use crate::daemon::controller::Controller;
 use crate::server::api_error;
 use crate::source::{DesiredState, SourceStatus};
 

@@ -1,8 +1,23 @@
 //! Whether a node runs what it was told to, healthy: the gate every batch waits on, judged from
 //! its agent's latest report. A reason is always a sentence an operator can act on.
 
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
 use crate::nodeplan::NodeSpec;
-use crate::server::NodeReport;
+use crate::protocol::{AppliedMark, ContainerState, StepReport};
+
+/// What the daemon knows of one node from its agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeReport {
+    pub connected: bool,
+    /// The generation and checksum the agent last applied.
+    pub applied: Option<AppliedMark>,
+    /// The steps of that application, with their errors.
+    pub steps: Vec<StepReport>,
+    pub containers: BTreeMap<String, ContainerState>,
+    pub last_seen: Option<SystemTime>,
+}
 
 /// A node's state against its plan.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,12 +17,12 @@ pub mod certs;
 pub mod health;
 pub mod intent;
 pub mod membership;
-pub mod task;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::time::{Duration, SystemTime};
 
+pub use self::health::NodeReport;
 use self::health::{judge, NodeHealth};
 use self::intent::Intent;
 pub use self::membership::TaskCall;
@@ -36,7 +36,6 @@ use crate::nodeplan::NodeSpec;
 use crate::plan::container::desired_nodes;
 use crate::plan::{ClusterPlan, Desired, Observed, Planner};
 use crate::protocol::{EtcdMemberInfo, EtcdTaskOutcome};
-use crate::server::NodeReport;
 use crate::source::ClusterEntry;
 
 /// How soon to look again while a rollout is under way (reports also wake the reconciler).

@@ -13,10 +13,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::join::{Bindings, BINDINGS};
 use crate::nodeplan::NodeSpec;
-use crate::protocol::{
-    encode, AppliedMark, ContainerState, EtcdTask, EtcdTaskOutcome, Refusal, ServerMessage,
-    StepReport,
-};
+use crate::protocol::{encode, AppliedMark, EtcdTask, EtcdTaskOutcome, Refusal, ServerMessage};
+use crate::reconcile::NodeReport;
 use crate::state::{StateDir, StateError};
 
 /// Each cluster's nodes' generations are one document, `generations-{cluster}.json`: a publish
@@ -33,18 +31,6 @@ pub struct PlanFrame {
     pub generation: u64,
     pub checksum: String,
     pub text: Arc<str>,
-}
-
-/// What the daemon knows of one node from its agent.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeReport {
-    pub connected: bool,
-    /// The generation and checksum the agent last applied.
-    pub applied: Option<AppliedMark>,
-    /// The steps of that application, with their errors.
-    pub steps: Vec<StepReport>,
-    pub containers: BTreeMap<String, ContainerState>,
-    pub last_seen: Option<SystemTime>,
 }
 
 /// Why a session is told to end.

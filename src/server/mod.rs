@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-pub use hub::{Hub, NodeReport};
+pub use hub::Hub;
 use session::{Context, Peer};
 
 use crate::pki::{self, DaemonCa, PkiError};

@@ -15,8 +15,7 @@ use drover::protocol::{
     AppliedMark, ContainerState, EtcdMemberInfo, EtcdTask, EtcdTaskOutcome, StepReport,
 };
 use drover::reconcile::intent::Intent;
-use drover::reconcile::{Inputs, Reconciler, TaskCall};
-use drover::server::NodeReport;
+use drover::reconcile::{Inputs, NodeReport, Reconciler, TaskCall};
 use drover::source::{ClusterEntry, Revision};
 use drover::state::StateDir;
 

@@ -13,12 +13,12 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::intent::Intent;
-use super::{Action, Inputs, Reconciler};
 use crate::api::{ClusterStatus, Condition, ConditionType};
 use crate::backoff::Backoff;
 use crate::etcd_pki::ClusterCa;
 use crate::protocol::{EtcdMemberInfo, EtcdTask, EtcdTaskOutcome};
+use crate::reconcile::intent::Intent;
+use crate::reconcile::{Action, Inputs, Reconciler, REQUEUE_IDLE};
 use crate::server::Hub;
 use crate::source::{ClusterEntry, DesiredState};
 use crate::state::{StateDir, StateError};
@@ -247,7 +247,7 @@ impl ClusterTask {
                     changed = self.entry.changed() => if changed.is_err() { return },
                     changed = reports.changed() => if changed.is_err() { return },
                     () = self.wake.notified() => {}
-                    () = tokio::time::sleep(super::REQUEUE_IDLE) => {}
+                    () = tokio::time::sleep(REQUEUE_IDLE) => {}
                     () = cx.cancel.cancelled() => return,
                 }
                 only_the_entry_changed = self.entry.has_changed().unwrap_or(false);
@@ -375,7 +375,7 @@ impl ClusterTask {
     async fn members(
         &self,
         reconciler: &Reconciler,
-        reports: &BTreeMap<String, crate::server::NodeReport>,
+        reports: &BTreeMap<String, crate::reconcile::NodeReport>,
     ) -> Option<Vec<EtcdMemberInfo>> {
         let agent = reconciler.member_agent(reports, None)?;
         let hub = &self.controller.hub;

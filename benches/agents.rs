@@ -39,6 +39,7 @@ use drover::plan::container::desired_nodes;
 use drover::protocol::{AgentMessage, ServerMessage, StepReport};
 use drover::server::{AgentServer, Settings};
 use drover::state::StateDir;
+use drover::store::DurableState;
 use futures::StreamExt as _;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
@@ -105,7 +106,7 @@ fn serve(state: &str, declared: usize, agents: usize) {
         let listen: SocketAddr = LISTEN.parse().expect("an address");
         let mut settings = Settings::new(listen);
         settings.max_handshakes = DIAL_CONCURRENCY * 2;
-        let server = AgentServer::start(StateDir::new(state), settings)
+        let server = AgentServer::start(StateDir::new(state).into(), settings)
             .await
             .expect("the agent server starts");
         let hub = server.hub().clone();
@@ -218,7 +219,7 @@ fn drive(agents: usize, joins: usize, flood: usize, rounds: usize) {
     println!("agent server benchmark: {agents} agents, {rounds} rounds, {rounds} more during a flood of {flood} clients, then {joins} joins");
     // Owner-only, as the daemon requires of its state directory.
     let state_dir = fleet::owner_only_tempdir();
-    let state = StateDir::new(state_dir.path());
+    let state: DurableState = StateDir::new(state_dir.path()).into();
     let started = Instant::now();
     let mut nodes: Vec<(String, String)> = desired(agents + joins, 0)
         .into_iter()
@@ -440,7 +441,7 @@ fn start_flood(dial: &Dial, addr: SocketAddr, clients: usize) -> tokio::task::Jo
 
 /// Joins `nodes` through the daemon, `DIAL_CONCURRENCY` at a time, with one reusable token
 /// per cluster.
-async fn join_all(dial: &Dial, state: &StateDir, nodes: Vec<(String, String)>) {
+async fn join_all(dial: &Dial, state: &DurableState, nodes: Vec<(String, String)>) {
     let mut tokens = BTreeMap::new();
     for (cluster, _) in &nodes {
         tokens.entry(cluster.clone()).or_insert_with(|| {

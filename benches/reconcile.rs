@@ -900,7 +900,7 @@ fn drive(clusters: usize, nodes: usize, apply: Duration, timeout: Duration) {
     let names: Vec<(String, String)> = (0..clusters)
         .flat_map(|c| (0..nodes).map(move |n| (format!("c{c}"), format!("n{n}"))))
         .collect();
-    let identities = fleet::credentials(&StateDir::new(state_dir.path()), names);
+    let identities = fleet::credentials(&StateDir::new(state_dir.path()).into(), names);
     println!(
         "issued {agents} node credentials in {:.1} s",
         started.elapsed().as_secs_f64()

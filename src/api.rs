@@ -15,7 +15,8 @@ use subtle::ConstantTimeEq as _;
 
 use crate::protocol::{AppliedMark, ContainerState, StepReport};
 use crate::secret::Secret;
-use crate::state::{StateDir, StateError};
+use crate::state::StateError;
+use crate::store::DurableState;
 
 /// The version of `NodesDocument`.
 pub const NODES_FORMAT_VERSION: u32 = 1;
@@ -333,7 +334,7 @@ struct StoredToken {
 }
 
 /// Makes a new operator token and keeps its hash; the previous token stops working.
-pub fn create_operator_token(state: &StateDir) -> Result<Secret, ApiError> {
+pub fn create_operator_token(state: &DurableState) -> Result<Secret, ApiError> {
     let mut random = [0u8; 32];
     getrandom::fill(&mut random).map_err(ApiError::Random)?;
     let token = hex::encode(random);
@@ -343,7 +344,10 @@ pub fn create_operator_token(state: &StateDir) -> Result<Secret, ApiError> {
 
 /// Whether `presented` is the operator token, compared in constant time. `Ok(None)` when no
 /// operator token was ever made.
-pub fn check_operator_token(state: &StateDir, presented: &str) -> Result<Option<bool>, ApiError> {
+pub fn check_operator_token(
+    state: &DurableState,
+    presented: &str,
+) -> Result<Option<bool>, ApiError> {
     let Some(stored) = state.load::<StoredToken>(OPERATOR_TOKEN)? else {
         return Ok(None);
     };
@@ -363,7 +367,7 @@ mod tests {
     #[test]
     fn the_operator_token_is_stored_hashed_and_replaced() {
         let dir = crate::state::private_tempdir();
-        let state = StateDir::new(dir.path());
+        let state: DurableState = crate::state::StateDir::new(dir.path()).into();
         assert_eq!(check_operator_token(&state, "anything").unwrap(), None);
         let first = create_operator_token(&state).unwrap();
         let stored = std::fs::read_to_string(dir.path().join(OPERATOR_TOKEN)).unwrap();

@@ -25,7 +25,8 @@ use crate::nodeplan::{
 };
 use crate::pki::{self, StoredCa};
 use crate::secret::Secret;
-use crate::state::{StateDir, StateError};
+use crate::state::StateError;
+use crate::store::DurableState;
 
 /// How long a cluster's etcd CA is valid.
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -148,21 +149,16 @@ pub fn ca_document(cluster: &str) -> String {
 }
 
 impl ClusterCa {
-    /// `cluster`'s CA from `state`, made on first use. Loading and making happen under the
-    /// document's lock, so two callers never make two CAs. Blocking.
-    pub fn ensure(state: &StateDir, cluster: &str) -> Result<ClusterCa, EtcdPkiError> {
+    /// `cluster`'s CA from `state`, made on first use and created only if absent, so two
+    /// callers never make two CAs. Blocking.
+    pub fn ensure(state: &DurableState, cluster: &str) -> Result<ClusterCa, EtcdPkiError> {
         if check_dns_label(cluster).is_err() {
             return Err(EtcdPkiError::BadClusterName(cluster.to_string()));
         }
         let document = ca_document(cluster);
-        let stored = state.with_lock(&document, || match state.load::<StoredCa>(&document)? {
-            Some(ca) => Ok(ca),
-            None => {
-                let name = format!("drover etcd CA {cluster}");
-                let ca = pki::new_ca(&name, Some((SystemTime::now(), CA_VALIDITY)))?;
-                state.save(&document, &ca)?;
-                Ok::<_, EtcdPkiError>(ca)
-            }
+        let stored: StoredCa = state.create(&document, || {
+            let name = format!("drover etcd CA {cluster}");
+            Ok::<_, EtcdPkiError>(pki::new_ca(&name, Some((SystemTime::now(), CA_VALIDITY)))?)
         })?;
         let (cert_der, issuer) = stored.issuer().ok_or_else(|| EtcdPkiError::BadCa {
             cluster: cluster.to_string(),
@@ -453,6 +449,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+    use crate::state::StateDir;
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -463,7 +460,7 @@ mod tests {
     }
 
     fn ca(dir: &tempfile::TempDir, cluster: &str) -> ClusterCa {
-        ClusterCa::ensure(&StateDir::new(dir.path()), cluster).unwrap()
+        ClusterCa::ensure(&StateDir::new(dir.path()).into(), cluster).unwrap()
     }
 
     fn strings(items: &[&str]) -> Vec<String> {
@@ -498,7 +495,7 @@ mod tests {
                 .map(|_| {
                     s.spawn(|| {
                         // Each with its own StateDir, as separate processes would be.
-                        let state = StateDir::new(dir.path());
+                        let state: DurableState = StateDir::new(dir.path()).into();
                         start.wait();
                         ClusterCa::ensure(&state, "dev")
                             .unwrap()
@@ -544,7 +541,7 @@ mod tests {
     #[test]
     fn names_that_do_not_fit_are_refused() {
         let dir = crate::state::private_tempdir();
-        let state = StateDir::new(dir.path());
+        let state: DurableState = StateDir::new(dir.path()).into();
         for cluster in ["", "../etc", "Dev", "a/b"] {
             assert!(
                 matches!(

@@ -19,7 +19,8 @@ use subtle::ConstantTimeEq;
 use crate::model::{ClusterName, NodeName};
 use crate::protocol::{Refusal, TokenRefusal};
 use crate::secret::Secret;
-use crate::state::{StateDir, StateError};
+use crate::state::StateError;
+use crate::store::DurableState;
 
 /// Longest a join token may live.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -71,7 +72,7 @@ const TOKENS: &str = "join-tokens.json";
 
 /// Creates a join token for `cluster`. The token itself is returned once and never stored.
 pub fn create_token(
-    state: &StateDir,
+    state: &DurableState,
     cluster: &ClusterName,
     rules: TokenRules,
     now: SystemTime,
@@ -109,13 +110,14 @@ pub fn create_token(
     Ok((Secret::new(format!("{id}.{secret}")), record))
 }
 
-/// Checks a token presented to join `node`; when it is good, runs `join` with its record (which
-/// names the cluster) and spends a single-use token only if `join` succeeds. `join` admits the
-/// node, issues its credential and binds it; all of it runs under the tokens' lock, so a
-/// token is spent exactly once, and never by a join that failed (a mistyped node name, or a
-/// credential that could not be saved).
+/// Checks a token presented to join `node`; when it is good, spends it and runs `join` with its
+/// record (which names the cluster). `join` admits the node, issues its credential and binds
+/// it. The token is spent first, in one atomic change of the tokens document, so of two joins
+/// racing on a single-use token (through two daemons, even) one wins and the other is told
+/// "already used"; a join that then fails (a mistyped node name, a credential that could not be
+/// saved) gives the token back.
 pub fn redeem<R>(
-    state: &StateDir,
+    state: &DurableState,
     presented: &Secret,
     node: &NodeName,
     now: SystemTime,
@@ -125,17 +127,37 @@ pub fn redeem<R>(
         return Ok(Err(token_refusal(TokenRefusal::Malformed)));
     };
     let hash = hex::encode(Sha256::digest(secret.as_bytes()));
-    let outcome = state.update(TOKENS, |records: &mut Vec<TokenRecord>| {
+    let spent = state.update(TOKENS, |records: &mut Vec<TokenRecord>| {
         let record = records
             .iter_mut()
             .find(|r| r.id == id)
             .ok_or(token_refusal(TokenRefusal::Unknown))?;
         record.admits(&hash, node, now).map_err(token_refusal)?;
-        let joined = join(record)?;
+        let first_use = !record.used;
         record.used = true;
-        Ok(joined)
+        Ok::<_, Refusal>((record.clone(), first_use))
     })?;
-    Ok(outcome)
+    let (record, first_use) = match spent {
+        Ok(updated) => updated.result,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let joined = join(&record);
+    if joined.is_err() && first_use {
+        give_back(state, &record.id)?;
+    }
+    Ok(joined)
+}
+
+/// Marks the token with `id` unused again, after the join that spent it failed.
+fn give_back(state: &DurableState, id: &str) -> Result<(), JoinError> {
+    let outcome = state.update(TOKENS, |records: &mut Vec<TokenRecord>| {
+        if let Some(record) = records.iter_mut().find(|r| r.id == id) {
+            record.used = false;
+        }
+        Ok::<_, std::convert::Infallible>(())
+    })?;
+    let Ok(_) = outcome;
+    Ok(())
 }
 
 fn token_refusal(problem: TokenRefusal) -> Refusal {
@@ -143,20 +165,20 @@ fn token_refusal(problem: TokenRefusal) -> Refusal {
 }
 
 /// The join tokens the daemon keeps, oldest first (hashes only: a token cannot be recovered).
-pub fn list_tokens(state: &StateDir) -> Result<Vec<TokenRecord>, JoinError> {
+pub fn list_tokens(state: &DurableState) -> Result<Vec<TokenRecord>, JoinError> {
     Ok(state.load(TOKENS)?.unwrap_or_default())
 }
 
 /// Revokes the token with `id` at once: the next join that presents it is refused as unknown.
 /// Returns whether there was such a token.
-pub fn revoke_token(state: &StateDir, id: &str) -> Result<bool, JoinError> {
+pub fn revoke_token(state: &DurableState, id: &str) -> Result<bool, JoinError> {
     let outcome = state.update(TOKENS, |records: &mut Vec<TokenRecord>| {
         let before = records.len();
         records.retain(|r| r.id != id);
         Ok::<_, std::convert::Infallible>(records.len() != before)
     })?;
     let Ok(found) = outcome;
-    Ok(found)
+    Ok(found.result)
 }
 
 impl TokenRecord {
@@ -390,12 +412,13 @@ mod tests {
     #[test]
     fn tokens_are_stored_hashed_and_refused_with_a_reason() {
         let dir = crate::state::private_tempdir();
-        let state = StateDir::new(dir.path());
+        let dir_state = crate::state::StateDir::new(dir.path());
+        let state: DurableState = dir_state.clone().into();
         let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let hour = Duration::from_secs(3600);
         let (token, record) = create_token(&state, &dev(), rules(true, None), t0).unwrap();
         let (bound, _) = create_token(&state, &dev(), rules(true, Some("n4")), t0).unwrap();
-        let stored = std::fs::read_to_string(state.path(TOKENS)).unwrap();
+        let stored = std::fs::read_to_string(dir_state.path(TOKENS)).unwrap();
         let secret = token.expose().split_once('.').unwrap().1;
         assert!(!stored.contains(secret), "the token's secret is stored");
         assert!(
@@ -473,16 +496,17 @@ mod tests {
     #[test]
     fn token_files_from_before_node_binding_still_load() {
         let dir = crate::state::private_tempdir();
-        let state = StateDir::new(dir.path());
+        let dir_state = crate::state::StateDir::new(dir.path());
+        let state: DurableState = dir_state.clone().into();
         let old = r#"[{"id": "0011aabb", "hash": "00", "cluster": "dev",
             "expiresAt": 1800003600, "singleUse": true, "used": false}]"#;
-        std::fs::write(state.path(TOKENS), old).unwrap();
+        std::fs::write(dir_state.path(TOKENS), old).unwrap();
         let tokens = list_tokens(&state).unwrap();
         assert_eq!(tokens.len(), 1);
         assert_eq!(tokens[0].node, None);
         // And a stored node name is parsed like any other.
         let bad = old.replace(r#""used": false"#, r#""used": false, "node": "Not_A_Name""#);
-        std::fs::write(state.path(TOKENS), bad).unwrap();
+        std::fs::write(dir_state.path(TOKENS), bad).unwrap();
         assert!(list_tokens(&state).is_err());
     }
 

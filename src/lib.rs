@@ -23,6 +23,7 @@ pub mod server;
 pub mod snapshot;
 pub mod source;
 pub mod state;
+pub mod store;
 
 /// An error and its causes, on one line: for messages at the edges (CLI output, step reports).
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {

@@ -30,7 +30,8 @@ use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::secret::Secret;
-use crate::state::{StateDir, StateError};
+use crate::state::StateError;
+use crate::store::DurableState;
 
 /// How long a node credential is valid; the daemon asks for a renewal at half of it.
 pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -109,17 +110,12 @@ pub struct IssuedCert {
 }
 
 impl DaemonCa {
-    /// The CA in `state`, made on first use. Loading and making happen under the document's
-    /// lock, so a daemon and `drover token create` starting at once make one CA, not two
-    /// (the second would replace the first, whose pin an agent may already have).
-    pub fn ensure(state: &StateDir) -> Result<DaemonCa, PkiError> {
-        let stored = state.with_lock(CA_FILE, || match state.load::<StoredCa>(CA_FILE)? {
-            Some(ca) => Ok(ca),
-            None => {
-                let ca = new_ca("drover daemon CA", None)?;
-                state.save(CA_FILE, &ca)?;
-                Ok::<_, PkiError>(ca)
-            }
+    /// The CA in `state`, made on first use and created only if absent, so a daemon and
+    /// `drover token create` starting at once make one CA, not two (the second would replace
+    /// the first, whose pin an agent may already have). Blocking.
+    pub fn ensure(state: &DurableState) -> Result<DaemonCa, PkiError> {
+        let stored: StoredCa = state.create(CA_FILE, || {
+            Ok::<_, PkiError>(new_ca("drover daemon CA", None)?)
         })?;
         let (cert_der, issuer) = stored.issuer().ok_or(PkiError::BadCa)?;
         let pin = pin(&issuer.key().subject_public_key_info());
@@ -496,6 +492,7 @@ impl ServerCertVerifier for PinnedCa {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateDir;
 
     #[test]
     fn a_pin_mismatch_is_recognised_by_type_through_wrapping_errors() {
@@ -517,7 +514,7 @@ mod tests {
     #[test]
     fn the_ca_is_made_once_and_issues_node_credentials_for_the_requesters_key() {
         let dir = crate::state::private_tempdir();
-        let state = StateDir::new(dir.path());
+        let state: DurableState = StateDir::new(dir.path()).into();
         let ca = DaemonCa::ensure(&state).unwrap();
         let again = DaemonCa::ensure(&state).unwrap();
         assert_eq!(ca.pin(), again.pin());
@@ -572,7 +569,7 @@ mod tests {
                     .map(|_| {
                         s.spawn(|| {
                             // Each with its own StateDir, as separate processes would be.
-                            let state = StateDir::new(dir.path());
+                            let state: DurableState = StateDir::new(dir.path()).into();
                             start.wait();
                             DaemonCa::ensure(&state).unwrap().pin().to_string()
                         })
@@ -580,7 +577,7 @@ mod tests {
                     .collect();
                 makers.into_iter().map(|m| m.join().unwrap()).collect()
             });
-            let stored = DaemonCa::ensure(&StateDir::new(dir.path())).unwrap();
+            let stored = DaemonCa::ensure(&StateDir::new(dir.path()).into()).unwrap();
             assert!(
                 pins.iter().all(|p| p == stored.pin()),
                 "round {round}: {pins:#?} vs stored {}",
@@ -592,7 +589,7 @@ mod tests {
     #[test]
     fn certificates_are_valid_from_issue_for_their_documented_time() {
         let dir = crate::state::private_tempdir();
-        let ca = DaemonCa::ensure(&StateDir::new(dir.path())).unwrap();
+        let ca = DaemonCa::ensure(&StateDir::new(dir.path()).into()).unwrap();
         let key = NodeKey::generate().unwrap();
         let now = SystemTime::now();
         let node = ca

@@ -83,6 +83,16 @@ fn fill_and_rename(
     std::fs::rename(tmp, target)
 }
 
+/// Tells writes of one document apart: it changes with every write. Compared for equality only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp([u64; 3]);
+
+impl Stamp {
+    pub fn new(parts: [u64; 3]) -> Stamp {
+        Stamp(parts)
+    }
+}
+
 /// Why a state document could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -108,9 +118,9 @@ pub enum StateError {
     LoosePermissions { path: PathBuf, mode: u32 },
     #[error("{path} is owned by uid {owner}, not by uid {uid} that runs drover; run drover as its owner, or `chown -R {uid} {path}`")]
     OtherOwner { path: PathBuf, owner: u32, uid: u32 },
-    #[error("{path} is not a valid state document; move it aside to start afresh")]
+    #[error("{document} is not a valid state document; move it aside to start afresh")]
     Corrupt {
-        path: PathBuf,
+        document: String,
         #[source]
         source: serde_json::Error,
     },
@@ -174,10 +184,15 @@ impl StateDir {
 
     /// Saves `value` as document `name`, atomically, mode 0600.
     pub fn save<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        let json = serde_json::to_vec_pretty(value).expect("state documents are JSON");
+        self.write_bytes(name, &json)
+    }
+
+    /// Writes document `name`, atomically, mode 0600.
+    pub(crate) fn write_bytes(&self, name: &str, bytes: &[u8]) -> Result<(), StateError> {
         self.ensure_root()?;
         let path = self.path(name);
-        let json = serde_json::to_vec_pretty(value).expect("state documents are JSON");
-        write_atomically(&path, &json, 0o600).map_err(|source| StateError::Write { path, source })
+        write_atomically(&path, bytes, 0o600).map_err(|source| StateError::Write { path, source })
     }
 
     /// The names of the documents whose name starts with `prefix`, sorted; none when the
@@ -209,6 +224,19 @@ impl StateDir {
 
     /// Loads document `name`; `None` when it was never saved.
     pub fn load<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
+        let Some(bytes) = self.read_bytes(name)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StateError::Corrupt {
+                document: self.path(name).display().to_string(),
+                source,
+            })
+    }
+
+    /// The bytes of document `name`, at most `MAX_STATE_BYTES`; `None` when it was never saved.
+    pub(crate) fn read_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
         self.check_existing_root()?;
         let path = self.path(name);
         let read = |source| StateError::Read {
@@ -227,34 +255,20 @@ impl StateDir {
                 limit: MAX_STATE_BYTES,
             });
         }
-        let bytes = std::fs::read(&path).map_err(read)?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| StateError::Corrupt { path, source })
+        std::fs::read(&path).map(Some).map_err(read)
     }
 
-    /// Reads document `name` (its default when never saved), lets `change` edit it, and saves
-    /// it, all under the document's lock (see `with_lock`): the daemon and a command such as
-    /// `drover token create` may change the same document, and neither loses the other's edit.
-    /// Nothing is saved when `change` fails.
-    pub fn update<T, R, E>(
-        &self,
-        name: &str,
-        change: impl FnOnce(&mut T) -> Result<R, E>,
-    ) -> Result<Result<R, E>, StateError>
-    where
-        T: Serialize + DeserializeOwned + Default,
-    {
-        self.with_lock(name, || {
-            let mut value: T = self.load(name)?.unwrap_or_default();
-            match change(&mut value) {
-                Ok(r) => {
-                    self.save(name, &value)?;
-                    Ok(Ok(r))
-                }
-                Err(e) => Ok(Err(e)),
-            }
-        })
+    /// How document `name`'s file looks: every atomic write makes a new inode, so the inode
+    /// tells writes apart even within one tick of the modification time. `None` when absent.
+    pub(crate) fn file_stamp(&self, name: &str) -> Result<Option<Stamp>, StateError> {
+        let path = self.path(name);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        let modified = (meta.mtime() as u64) << 30 | meta.mtime_nsec() as u64;
+        Ok(Some(Stamp::new([meta.ino(), modified, meta.len()])))
     }
 
     /// Runs `locked` holding an exclusive lock on `<name>.lock`, which every process and

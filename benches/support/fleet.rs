@@ -8,7 +8,7 @@ use drover::agent::session::{recv, send, Dial, Socket};
 use drover::join::{Bindings, BINDINGS};
 use drover::pki::{DaemonCa, Identity, NodeKey};
 use drover::protocol::{AgentMessage, ServerMessage, PROTOCOL_VERSION};
-use drover::state::StateDir;
+use drover::store::DurableState;
 
 /// Raises the open-file limit to the hard limit; panics when that is below `sockets` and a
 /// margin.
@@ -37,7 +37,7 @@ pub fn mib(kib: u64) -> String {
 /// One credential per `(cluster, node)`, bound in the daemon's state as joins would have left
 /// them.
 pub fn credentials(
-    state: &StateDir,
+    state: &DurableState,
     nodes: Vec<(String, String)>,
 ) -> Vec<((String, String), Identity)> {
     let ca = DaemonCa::ensure(state).expect("the daemon CA");

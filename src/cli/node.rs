@@ -12,6 +12,7 @@ use super::Exit;
 use crate::join::{Bindings, BINDINGS};
 use crate::model::{ClusterName, NodeName};
 use crate::state::StateDir;
+use crate::store::DurableState;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -55,7 +56,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
 }
 
 fn list(args: &ListArgs, out: &mut dyn Write) -> Exit {
-    let bindings: Bindings = match StateDir::new(&args.state_dir).load(BINDINGS) {
+    let bindings: Bindings = match DurableState::from(StateDir::new(&args.state_dir)).load(BINDINGS)
+    {
         Ok(b) => b.unwrap_or_default(),
         Err(e) => {
             eprintln!("error: {}", super::error_chain(&e));
@@ -93,11 +95,11 @@ fn reset(args: &ResetArgs, out: &mut dyn Write) -> Exit {
         eprintln!("error: node name `{}`: {e}", args.node);
         return Exit::Usage;
     }
-    let state = StateDir::new(&args.state_dir);
+    let state = DurableState::from(StateDir::new(&args.state_dir));
     let outcome = state.update(BINDINGS, |b: &mut Bindings| {
         Ok::<_, std::convert::Infallible>(b.reset(&args.cluster, &args.node))
     });
-    let text = match outcome {
+    let text = match outcome.map(|o| o.map(|u| u.result)) {
         Ok(Ok(true)) => format!(
             "node {} of cluster {}: credential binding removed; its old credential no longer works, and its next join (with a new token) may bring a new key\n",
             args.node, args.cluster

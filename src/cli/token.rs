@@ -17,6 +17,7 @@ use crate::join::{create_token, list_tokens, revoke_token, JoinError, TokenRules
 use crate::model::{ClusterName, NodeName};
 use crate::pki::DaemonCa;
 use crate::state::StateDir;
+use crate::store::DurableState;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -108,7 +109,7 @@ fn operator(args: &OperatorArgs, out: &mut dyn Write) -> Exit {
             return Exit::Io;
         }
     }
-    let token = match create_operator_token(&StateDir::new(&args.state.state_dir)) {
+    let token = match create_operator_token(&StateDir::new(&args.state.state_dir).into()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {}", super::error_chain(&e));
@@ -138,7 +139,7 @@ fn operator(args: &OperatorArgs, out: &mut dyn Write) -> Exit {
 }
 
 fn list(args: &StateArgs, out: &mut dyn Write) -> Exit {
-    let tokens = match list_tokens(&StateDir::new(&args.state_dir)) {
+    let tokens = match list_tokens(&StateDir::new(&args.state_dir).into()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {}", super::error_chain(&e));
@@ -182,7 +183,7 @@ fn revoke(args: &RevokeArgs, out: &mut dyn Write) -> Exit {
         );
         return Exit::Usage;
     }
-    match revoke_token(&StateDir::new(&args.state.state_dir), &args.id) {
+    match revoke_token(&StateDir::new(&args.state.state_dir).into(), &args.id) {
         Ok(true) => match writeln!(out, "join token {} revoked", args.id) {
             Ok(()) => Exit::Ok,
             Err(_) => Exit::Io,
@@ -224,7 +225,7 @@ fn create(args: &CreateArgs, out: &mut dyn Write) -> Exit {
         );
         return Exit::Usage;
     }
-    let state = StateDir::new(&args.state_dir);
+    let state = DurableState::from(StateDir::new(&args.state_dir));
     let ca = match DaemonCa::ensure(&state) {
         Ok(ca) => ca,
         Err(e) => {

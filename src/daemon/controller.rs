@@ -21,7 +21,8 @@ use crate::reconcile::intent::Intent;
 use crate::reconcile::{Action, Inputs, Reconciler, REQUEUE_IDLE};
 use crate::server::Hub;
 use crate::source::{ClusterEntry, DesiredState};
-use crate::state::{StateDir, StateError};
+use crate::state::StateError;
+use crate::store::DurableState;
 
 /// Reports that arrive together are taken in one pass: a pass waits this long after the first.
 pub const COALESCE: Duration = Duration::from_millis(20);
@@ -55,7 +56,7 @@ struct Handle {
 /// Starts and ends the per-cluster tasks, and answers for their status.
 pub struct Controller {
     hub: Arc<Hub>,
-    state: StateDir,
+    state: DurableState,
     observer: Arc<dyn Observer>,
     clusters: Mutex<HashMap<String, Handle>>,
     cancel: CancellationToken,
@@ -65,7 +66,7 @@ pub struct Controller {
 impl Controller {
     pub fn new(
         hub: Arc<Hub>,
-        state: StateDir,
+        state: DurableState,
         observer: Arc<dyn Observer>,
         cancel: CancellationToken,
     ) -> Arc<Controller> {

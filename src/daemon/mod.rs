@@ -33,6 +33,7 @@ use crate::source::{
     RemoteUrl, SourceStatus, Trigger,
 };
 use crate::state::{StateDir, StateError};
+use crate::store::DurableState;
 
 /// How long a stopping daemon waits for its tasks before it exits anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,11 +173,14 @@ impl Daemon {
         });
         let mut settings = Settings::new(config.listen_agents);
         settings.names = config.tls_names.clone();
-        let server = AgentServer::start_with(state.clone(), settings, operator).await?;
+        // The durable state on the state directory; the directory also holds this machine's
+        // own files (where the API is, the local operator token, the source's clone).
+        let shared = DurableState::from(state.clone());
+        let server = AgentServer::start_with(shared.clone(), settings, operator).await?;
         let hub = server.hub().clone();
         let controller = Controller::new(
             hub.clone(),
-            state.clone(),
+            shared.clone(),
             metrics.clone(),
             shutdown.clone(),
         );
@@ -192,7 +196,7 @@ impl Daemon {
             url: format!("https://{}", server.local_addr()),
             ca_pin: server.ca_pin().to_string(),
         };
-        write_local_access(&state, &endpoint).await?;
+        write_local_access(&state, &shared, &endpoint).await?;
 
         let tasks = TaskTracker::new();
         let desired = source.desired();
@@ -393,8 +397,12 @@ fn read_secret(what: &str, path: &Path) -> Result<Secret, DaemonError> {
 
 /// Writes where the operator API is (and, the first time, an operator token for this
 /// machine's root), so `drover status` here needs no flags.
-async fn write_local_access(state: &StateDir, endpoint: &Endpoint) -> Result<(), DaemonError> {
-    let state = state.clone();
+async fn write_local_access(
+    state: &StateDir,
+    shared: &DurableState,
+    endpoint: &Endpoint,
+) -> Result<(), DaemonError> {
+    let (state, shared) = (state.clone(), shared.clone());
     let endpoint = endpoint.clone();
     tokio::task::spawn_blocking(move || -> Result<(), DaemonError> {
         state
@@ -402,7 +410,7 @@ async fn write_local_access(state: &StateDir, endpoint: &Endpoint) -> Result<(),
             .map_err(DaemonError::State)?;
         let token_file = state.path(LOCAL_TOKEN_FILE);
         if !token_file.exists() {
-            let token = crate::api::create_operator_token(&state).map_err(DaemonError::Token)?;
+            let token = crate::api::create_operator_token(&shared).map_err(DaemonError::Token)?;
             crate::state::write_atomically(&token_file, token.expose().as_bytes(), 0o600).map_err(
                 |source| {
                     DaemonError::State(StateError::Write {

@@ -15,7 +15,8 @@ use crate::join::{Bindings, BINDINGS};
 use crate::nodeplan::NodeSpec;
 use crate::protocol::{encode, AppliedMark, EtcdTask, EtcdTaskOutcome, Refusal, ServerMessage};
 use crate::reconcile::NodeReport;
-use crate::state::{StateDir, StateError};
+use crate::state::StateError;
+use crate::store::{DurableState, Stamp};
 
 /// Each cluster's nodes' generations are one document, `generations-{cluster}.json`: a publish
 /// rewrites its own cluster's, never the whole table.
@@ -250,10 +251,10 @@ impl Nodes {
     }
 }
 
-/// The bindings as last read or written, and how the file looked then (`None`: re-read it).
+/// The bindings as last read or written, and the document's stamp then (`None`: re-read it).
 struct BindingCache {
     bindings: Arc<Bindings>,
-    stamp: Option<FileStamp>,
+    stamp: Option<Stamp>,
     /// Bumped by every change of the cache, so a refresh that read the file while this
     /// process wrote it drops what it read instead of going back to it.
     version: u64,
@@ -261,7 +262,7 @@ struct BindingCache {
 
 /// Shared by the accept loop and every session.
 pub struct Hub {
-    state: StateDir,
+    state: DurableState,
     nodes: Mutex<Nodes>,
     bindings: Mutex<BindingCache>,
     /// Held while the generations are saved, so saves land in the order they were taken.
@@ -276,7 +277,7 @@ pub enum HubError {
 }
 
 impl Hub {
-    pub fn new(state: StateDir) -> Result<Hub, HubError> {
+    pub fn new(state: DurableState) -> Result<Hub, HubError> {
         let mut generations = BTreeMap::new();
         for name in state.names(GENERATIONS_PREFIX)? {
             let cluster: BTreeMap<String, AppliedMark> = state.load(&name)?.unwrap_or_default();
@@ -304,7 +305,7 @@ impl Hub {
         })
     }
 
-    pub fn state(&self) -> &StateDir {
+    pub fn state(&self) -> &DurableState {
         &self.state
     }
 
@@ -397,6 +398,8 @@ impl Hub {
             return Ok(revoked);
         }
         let outcome = self.update_bindings(|b| {
+            // A change may run again on a newer document: count only the last run's.
+            revoked.clear();
             let clusters: BTreeSet<String> = b
                 .nodes
                 .keys()
@@ -726,12 +729,19 @@ impl Hub {
             .clone()
     }
 
-    /// Re-reads the bindings if the file changed since they were read (another process, such
-    /// as `drover node reset`, wrote it). Blocking: one `stat`, and a parse after a change.
-    /// The file's stamp is taken before it is read (and, after this process's own writes,
-    /// under the lock), so a write racing the read is seen on the next call, never lost.
+    /// Re-reads the bindings if the document changed since they were read (another process,
+    /// such as `drover node reset`, wrote it). Blocking: one stamp, and a parse after a
+    /// change. The stamp is taken before the document is read (and, after this process's own
+    /// writes, as part of the write), so a write racing the read is seen on the next call,
+    /// never lost.
     pub fn refresh_bindings(&self) {
-        let now = FileStamp::of(&self.state.path(BINDINGS));
+        let now = match self.state.stamp(BINDINGS) {
+            Ok(stamp) => stamp,
+            Err(e) => {
+                tracing::error!(error = %crate::error_chain(&e), "cannot look at node credentials; keeping the last read");
+                return;
+            }
+        };
         let (known, version) = {
             let cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
             (cache.stamp, cache.version)
@@ -754,28 +764,22 @@ impl Hub {
         }
     }
 
-    /// Changes the bindings under the state directory's lock and keeps the result. Blocking.
+    /// Changes the bindings atomically and keeps the result. `change` may run more than once
+    /// (see `Store::modify`). Blocking.
     pub fn update_bindings<R>(
         &self,
-        change: impl FnOnce(&mut Bindings) -> Result<R, Refusal>,
+        change: impl FnMut(&mut Bindings) -> Result<R, Refusal>,
     ) -> Result<Result<R, Refusal>, StateError> {
-        let path = self.state.path(BINDINGS);
-        self.state.with_lock(BINDINGS, || {
-            let mut bindings: Bindings = self.state.load(BINDINGS)?.unwrap_or_default();
-            let r = match change(&mut bindings) {
-                Ok(r) => r,
-                Err(refusal) => return Ok(Err(refusal)),
-            };
-            self.state.save(BINDINGS, &bindings)?;
-            // Still under the lock: the stamp is of exactly what this process wrote.
-            self.keep_bindings(bindings, FileStamp::of(&path));
-            Ok(Ok(r))
-        })
+        Ok(self.state.update(BINDINGS, change)?.map(|updated| {
+            // The stamp is of exactly what this process wrote.
+            self.keep_bindings(updated.value, updated.stamp);
+            updated.result
+        }))
     }
 
-    /// Keeps the bindings this process wrote, with the stamp of the file it wrote, taken
+    /// Keeps the bindings this process wrote, with the stamp of the document it wrote, taken
     /// before anyone else could write; a later write by another process changes the stamp.
-    fn keep_bindings(&self, bindings: Bindings, stamp: Option<FileStamp>) {
+    fn keep_bindings(&self, bindings: Bindings, stamp: Option<Stamp>) {
         let mut cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
         cache.bindings = Arc::new(bindings);
         cache.stamp = stamp;
@@ -835,26 +839,5 @@ fn node_status(cluster: &str, node: &str, e: &NodeEntry) -> crate::api::NodeStat
             .filter(|s| s.error.is_some())
             .cloned()
             .collect(),
-    }
-}
-
-/// How a file looked: every atomic write makes a new inode, so the inode tells writes apart
-/// even within one tick of the modification time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    inode: u64,
-    modified: SystemTime,
-    len: u64,
-}
-
-impl FileStamp {
-    fn of(path: &std::path::Path) -> Option<FileStamp> {
-        use std::os::unix::fs::MetadataExt as _;
-        let m = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            inode: m.ino(),
-            modified: m.modified().ok()?,
-            len: m.len(),
-        })
     }
 }

@@ -49,7 +49,7 @@ use crate::protocol::{MAX_MESSAGE_BYTES, READ_BUFFER_BYTES};
 /// is a `Join` (a node name, a token and a CSR of about a kilobyte).
 pub const MAX_UNADMITTED_MESSAGE_BYTES: usize = 64 * 1024;
 use crate::secret::Secret;
-use crate::state::StateDir;
+use crate::store::DurableState;
 
 /// The agent server's knobs.
 #[derive(Debug, Clone)]
@@ -124,14 +124,17 @@ pub struct AgentServer {
 
 impl AgentServer {
     /// Loads (or makes) the CA and the state in `state`, and listens.
-    pub async fn start(state: StateDir, settings: Settings) -> Result<AgentServer, ServerError> {
+    pub async fn start(
+        state: DurableState,
+        settings: Settings,
+    ) -> Result<AgentServer, ServerError> {
         Self::start_with(state, settings, Router::new()).await
     }
 
     /// Like `start`, also serving `operator`'s routes (already given their state) behind the
     /// operator token, beside `/v1/nodes`.
     pub async fn start_with(
-        state: StateDir,
+        state: DurableState,
         settings: Settings,
         operator: Router,
     ) -> Result<AgentServer, ServerError> {

@@ -57,7 +57,7 @@ async fn token_create_prints_the_agent_command_line_with_the_ca_hash() {
     .await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    let pin = DaemonCa::ensure(&StateDir::new(state_path.as_path()))
+    let pin = DaemonCa::ensure(&StateDir::new(state_path.as_path()).into())
         .unwrap()
         .pin()
         .to_string();

@@ -95,7 +95,7 @@ async fn join_refusals_say_why_and_spend_nothing() {
         node: Some(NodeName::parse("n3").unwrap()),
     });
     let (expired, _) = create_token(
-        &fleet.state_dir(),
+        &fleet.state(),
         &cluster,
         TokenRules {
             ttl: HOUR,
@@ -160,7 +160,7 @@ async fn join_refusals_say_why_and_spend_nothing() {
 /// Whether the single-use token `token` is spent, as the daemon's state says.
 fn spent(fleet: &Fleet, token: &Secret) -> bool {
     let (id, _) = token.expose().split_once('.').unwrap();
-    let tokens = list_tokens(&fleet.state_dir()).unwrap();
+    let tokens = list_tokens(&fleet.state()).unwrap();
     let record = tokens
         .iter()
         .find(|t| t.id == id)
@@ -233,7 +233,7 @@ async fn one_single_use_token_joins_one_of_two_racing_agents() {
         );
         assert!(spent(&fleet, &single));
         // Only the winner is bound.
-        let bound: Bindings = fleet.state_dir().load(BINDINGS).unwrap().unwrap();
+        let bound: Bindings = fleet.state().load(BINDINGS).unwrap().unwrap();
         let joined: Vec<&str> = pair
             .iter()
             .copied()
@@ -395,7 +395,7 @@ async fn a_credential_outside_its_validity_is_refused() {
     let (joined, _d) = join_as(&fleet, "n2", &fleet.token(true, HOUR), &fleet.pin()).await;
     let n2 = joined.unwrap();
     // Certificates for n2's own bound key, from the daemon's CA by the path joins take.
-    let ca = pki::DaemonCa::ensure(&fleet.state_dir()).unwrap();
+    let ca = pki::DaemonCa::ensure(&fleet.state()).unwrap();
     let csr = NodeKey::from_pem(&n2.key_pem)
         .unwrap()
         .csr_pem("n2")

@@ -332,7 +332,7 @@ async fn credentials_are_renewed_in_band_and_the_old_key_stops_working() {
     };
     let bound = |fleet: &Fleet| {
         let b: Bindings = fleet
-            .state_dir()
+            .state()
             .load("node-credentials.json")
             .unwrap()
             .unwrap();

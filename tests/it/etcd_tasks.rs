@@ -95,7 +95,7 @@ async fn members_over_tls_are_healthy_list_each_other_and_refuse_other_clients()
 
     // A node of another cluster, with that cluster's CA and certificates.
     let other_state = private_tempdir();
-    let other = ClusterCa::ensure(&StateDir::new(other_state.path()), "other").unwrap();
+    let other = ClusterCa::ensure(&StateDir::new(other_state.path()).into(), "other").unwrap();
     let other_pki = private_tempdir();
     let files = other
         .issue(

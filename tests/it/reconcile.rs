@@ -484,7 +484,7 @@ fn a_failed_membership_task_is_retried_with_backoff_and_stalls_only_when_it_keep
 #[test]
 fn a_requested_rotation_reissues_every_node_and_restarts_members_one_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon_state = StateDir::new(dir.path().join("state"));
+    let daemon_state = StateDir::new(dir.path().join("state")).into();
     let text = definition(2, "drover-test/busybox:1", false);
     let mut r = Reconciler::new("dev", Intent::default());
     let mut fleet = Fleet::new();

@@ -238,7 +238,7 @@ impl TlsCluster {
     /// linearizable read.
     pub async fn start(docker: &Docker, test: &str, n: usize) -> Result<TlsCluster, Unavailable> {
         let state = private_tempdir();
-        let ca = ClusterCa::ensure(&StateDir::new(state.path()), "test")
+        let ca = ClusterCa::ensure(&StateDir::new(state.path()).into(), "test")
             .unwrap_or_else(|e| panic!("making the cluster's etcd CA: {e}"));
         let mut cluster = TlsCluster {
             ca,

@@ -19,6 +19,7 @@ use drover::reconcile::NodeReport;
 use drover::secret::Secret;
 use drover::server::{AgentServer, Hub, Settings};
 use drover::state::StateDir;
+use drover::store::DurableState;
 use tempfile::TempDir;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::AbortOnDropHandle;
@@ -143,7 +144,7 @@ impl Fleet {
         settings.retry_after = Duration::from_secs(1);
         settings.bindings_refresh = Duration::from_millis(200);
         (self.configure)(&mut settings);
-        let server = AgentServer::start(StateDir::new(self.state.path()), settings)
+        let server = AgentServer::start(self.state(), settings)
             .await
             .expect("the agent server starts");
         self.listen = server.local_addr();
@@ -180,8 +181,9 @@ impl Fleet {
             .to_string()
     }
 
-    pub fn state_dir(&self) -> StateDir {
-        StateDir::new(self.state.path())
+    /// The daemon's durable state, on its state directory.
+    pub fn state(&self) -> DurableState {
+        StateDir::new(self.state.path()).into()
     }
 
     /// A join token for the fleet's cluster.
@@ -196,7 +198,7 @@ impl Fleet {
     /// A join token for the fleet's cluster with `rules`.
     pub fn token_with(&self, rules: TokenRules) -> Secret {
         let cluster = ClusterName::parse(&self.cluster).expect("a valid cluster name");
-        create_token(&self.state_dir(), &cluster, rules, SystemTime::now())
+        create_token(&self.state(), &cluster, rules, SystemTime::now())
             .expect("a token")
             .0
     }

@@ -2,20 +2,25 @@
 //! repository, agents as processes (one per node, each its own loopback address and host
 //! root, one Docker engine), real etcd. Commits are announced with a signed webhook.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use drover::agent::docker::{LABEL_CLUSTER, LABEL_COMPONENT, LABEL_NODE};
 use drover::api::{ClusterStatus, ConditionType, NodeView};
 
 use crate::support::daemon::{
     etcd_client, etcd_client_with, pki_dir, tail, AgentProcess, Layout, TestDaemon,
 };
-use crate::support::docker::{self, BUSYBOX_IMAGE, ETCD_IMAGE};
+use crate::support::docker::{self, ContainerEvent, EventLog, BUSYBOX_IMAGE, ETCD_IMAGE};
 use crate::support::fleet::{containers_of_node, ClusterCleanup};
 use crate::support::git::TestRepo;
 use crate::support::require;
 
 /// A rollout of the whole cluster, images present, is seconds; this bounds a hang.
 const CONVERGE: Duration = Duration::from_secs(120);
+
+/// The layout's `rollout.maxUnavailable` for control-plane nodes.
+const MAX_UNAVAILABLE: usize = 1;
 
 fn condition(status: &ClusterStatus) -> (ConditionType, String) {
     status
@@ -47,16 +52,97 @@ async fn http_get(url: &str) -> Result<String, String> {
 
 /// When each container of `names` last started, as Docker says.
 fn started_at(names: &[String]) -> Vec<String> {
+    inspect(names, "{{.State.StartedAt}}")
+}
+
+/// `docker inspect -f FORMAT` of each container of `names`.
+fn inspect(names: &[String], format: &str) -> Vec<String> {
     names
         .iter()
         .map(|name| {
             let out = std::process::Command::new("docker")
-                .args(["inspect", "-f", "{{.State.StartedAt}}", name])
+                .args(["inspect", "-f", format, name])
                 .output()
                 .unwrap();
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         })
         .collect()
+}
+
+/// Records the engine's deaths and starts of `cluster`'s api containers from now on.
+fn record_api_events(engine: &bollard::Docker, cluster: &str) -> EventLog {
+    let (of_cluster, api) = (
+        format!("{LABEL_CLUSTER}={cluster}"),
+        format!("{LABEL_COMPONENT}=api"),
+    );
+    let filters = [
+        ("label", of_cluster.as_str()),
+        ("label", api.as_str()),
+        ("event", "die"),
+        ("event", "start"),
+    ];
+    EventLog::record(engine, &filters)
+}
+
+/// When each node's container was down (engine nanoseconds), once the log holds the start of
+/// every container of `names` now running: from a death to the node's next start (a
+/// replacement keeps the name, not the id), or to the end when none followed.
+async fn downtimes(log: &EventLog, names: &[String]) -> BTreeMap<String, Vec<(i64, i64)>> {
+    let ids = inspect(names, "{{.Id}}");
+    let started = |seen: &[ContainerEvent]| {
+        ids.iter()
+            .all(|id| seen.iter().any(|e| e.action == "start" && e.id == *id))
+    };
+    let mut events = log
+        .until("the replacements' starts", CONVERGE, started)
+        .await;
+    events.sort_by_key(|e| e.nanos);
+    let mut down: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for e in events {
+        let spans = down.entry(e.labels[LABEL_NODE].clone()).or_default();
+        match (e.action.as_str(), spans.last_mut()) {
+            ("die", _) => spans.push((e.nanos, i64::MAX)),
+            ("start", Some(open)) if open.1 == i64::MAX => open.1 = e.nanos,
+            _ => {}
+        }
+    }
+    down
+}
+
+/// The most nodes down at the same time.
+fn most_down_at_once(down: &BTreeMap<String, Vec<(i64, i64)>>) -> usize {
+    // `(time, goes_down)`: an end sorts before a start at the same instant, so touching spans
+    // do not overlap.
+    let mut edges: Vec<(i64, bool)> = down
+        .values()
+        .flatten()
+        .flat_map(|&(from, to)| [(from, true), (to, false)])
+        .collect();
+    edges.sort();
+    let open = edges.iter().scan(0, |open, &(_, goes_down)| {
+        *open = if goes_down { *open + 1 } else { *open - 1 };
+        Some(*open)
+    });
+    open.max().unwrap_or(0)
+}
+
+/// A rolling replacement of n1..n3: each down once, in order, at most `MAX_UNAVAILABLE` at once
+/// and at some point exactly that many.
+fn assert_rolled(down: &BTreeMap<String, Vec<(i64, i64)>>) {
+    let times: Vec<(&str, usize)> = down.iter().map(|(n, d)| (n.as_str(), d.len())).collect();
+    assert_eq!(
+        times,
+        [("n1", 1), ("n2", 1), ("n3", 1)],
+        "each node down once: {down:?}"
+    );
+    let mut order: Vec<&str> = down.keys().map(String::as_str).collect();
+    order.sort_by_key(|n| down[*n][0].0);
+    assert_eq!(order, ["n1", "n2", "n3"], "replaced in order: {down:?}");
+    assert_eq!(
+        most_down_at_once(down),
+        MAX_UNAVAILABLE,
+        "the most nodes down at once: {down:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +247,9 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
     }
     assert!(!text.contains("PRIVATE KEY"), "a key was shown:\n{text}");
 
-    // A change of the api: one control-plane node at a time, in order.
+    // A change of the api: one control-plane node at a time (maxUnavailable), in order, as the
+    // engine's events show.
+    let events = record_api_events(&engine, cluster);
     let second = repo.commit_files(&[(&layout.path(), &layout.yaml("v2", BUSYBOX_IMAGE))], "v2");
     daemon.hook().await;
     daemon
@@ -175,11 +263,8 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
     let apis: Vec<String> = (1..=3)
         .map(|i| format!("drover.{cluster}.n{i}.api"))
         .collect();
+    assert_rolled(&downtimes(&events, &apis).await);
     let v2_started = started_at(&apis);
-    assert!(
-        v2_started[0] < v2_started[1] && v2_started[1] < v2_started[2],
-        "replaced one after another: {v2_started:?}"
-    );
     for i in 1..=3 {
         let page = http_get(&format!("http://{}:8080/", layout.ip(&format!("n{i}")))).await;
         assert_eq!(page.unwrap().trim(), format!("n{i} v2"));
@@ -249,7 +334,7 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
         "fix",
     );
     daemon.hook().await;
-    let before = daemon
+    daemon
         .await_status(
             "the fix to roll out",
             cluster,
@@ -258,6 +343,55 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
         )
         .await;
 
+    // An agent cut off: with n2's agent away, n2 already counts as the one node that may be
+    // down, so a change waits at the gate with that reason and no node is told its new plan;
+    // back with its credential, n2 lets the rollout go on, in order.
+    agents[1].stop();
+    let n2_away = |s: &ClusterStatus| match condition(s) {
+        (ConditionType::Reconciling, m) if m == "waiting for n2's agent to connect" => Ok(()),
+        (kind, m) => Err(format!("{kind:?}: {m}")),
+    };
+    daemon
+        .await_status("n2's agent to be missed", cluster, CONVERGE, n2_away)
+        .await;
+    let held = started_at(&apis);
+    let events = record_api_events(&engine, cluster);
+    let v3 = repo.commit_files(&[(&layout.path(), &layout.yaml("v3", BUSYBOX_IMAGE))], "v3");
+    daemon.hook().await;
+    let waiting = daemon
+        .await_status("v3 to wait for n2", cluster, CONVERGE, |s| {
+            n2_away(s)?;
+            match s.desired_revision.as_deref() {
+                Some(r) if r == v3.to_string() => Ok(()),
+                other => Err(format!("desired {other:?}")),
+            }
+        })
+        .await;
+    let told: Vec<&str> = waiting
+        .nodes
+        .iter()
+        .filter(|n| n.revision.as_deref() == Some(v3.to_string().as_str()))
+        .map(|n| n.name.as_str())
+        .collect();
+    assert!(told.is_empty(), "told v3 while n2 is away: {told:?}");
+    assert_eq!(started_at(&apis), held, "no api replaced while n2 is away");
+    agents[1] = AgentProcess::start(&daemon, "n2", &token);
+    let before = daemon
+        .await_status(
+            "v3 to roll out",
+            cluster,
+            CONVERGE,
+            ready_at(v3.to_string()),
+        )
+        .await;
+    assert_rolled(&downtimes(&events, &apis).await);
+    for i in 1..=3 {
+        let page = http_get(&format!("http://{}:8080/", layout.ip(&format!("n{i}")))).await;
+        assert_eq!(page.unwrap().trim(), format!("n{i} v3"));
+    }
+    let joins = agents[1].log().matches("joined the cluster").count();
+    assert_eq!(joins, 1, "n2 came back with its credential, not a new join");
+
     // SIGTERM: the daemon drains and exits 0; started again, it resumes with nothing redone.
     let apis_started = started_at(&apis);
     let exit = daemon.terminate();
@@ -265,7 +399,7 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
     daemon.spawn().await;
     let after = daemon
         .await_status("the restarted daemon to resume", cluster, CONVERGE, |s| {
-            ready_at(fixed.to_string())(s)?;
+            ready_at(v3.to_string())(s)?;
             if s.nodes.iter().all(|n| n.connected) {
                 Ok(())
             } else {
@@ -313,7 +447,7 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
     );
     crate::support::wait::poll_until(CONVERGE, || async {
         let s = daemon.status(cluster).await?;
-        ready_at(fixed.to_string())(&s)?;
+        ready_at(v3.to_string())(&s)?;
         for (i, n) in ["n1", "n2", "n3"].into_iter().enumerate() {
             if expiries(&node_view(&daemon, cluster, n).await) == old[i] {
                 return Err(format!("{n} has its old certificates"));

@@ -8,15 +8,17 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptions, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures::StreamExt;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::wait::poll_until;
 use super::{slug, unique_token, Unavailable};
@@ -289,4 +291,85 @@ pub fn test_labels() -> String {
         "{{drover-test: '1', drover-test.pid: '{}'}}",
         std::process::id()
     )
+}
+
+/// A container event, as the engine stamped it.
+#[derive(Debug, Clone)]
+pub struct ContainerEvent {
+    /// `die`, `start`, ...
+    pub action: String,
+    pub id: String,
+    pub labels: HashMap<String, String>,
+    /// The engine's `timeNano`.
+    pub nanos: i64,
+}
+
+/// The engine's container events matching `filters` (Docker's events filters: `label`,
+/// `event`, ...), recorded from the moment this is made until it drops.
+pub struct EventLog {
+    seen: Arc<Mutex<Vec<ContainerEvent>>>,
+    _task: AbortOnDropHandle<()>,
+}
+
+impl EventLog {
+    pub fn record(docker: &Docker, filters: &[(&str, &str)]) -> EventLog {
+        // Subscribing is asynchronous; `since` makes the engine replay what happens meanwhile.
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let mut by_kind: HashMap<String, Vec<String>> =
+            HashMap::from([("type".to_string(), vec!["container".to_string()])]);
+        for (kind, value) in filters {
+            by_kind
+                .entry(kind.to_string())
+                .or_default()
+                .push(value.to_string());
+        }
+        let options = EventsOptions {
+            since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())),
+            until: None,
+            filters: Some(by_kind),
+        };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (docker, into) = (docker.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(docker.events(Some(options)));
+            while let Some(event) = stream.next().await {
+                let event = event.unwrap_or_else(|e| panic!("the engine's event stream: {e}"));
+                let actor = event.actor.unwrap_or_default();
+                into.lock().unwrap().push(ContainerEvent {
+                    action: event.action.unwrap_or_default(),
+                    id: actor.id.unwrap_or_default(),
+                    labels: actor.attributes.unwrap_or_default(),
+                    nanos: event.time_nano.unwrap_or_default(),
+                });
+            }
+        });
+        EventLog {
+            seen,
+            _task: AbortOnDropHandle::new(task),
+        }
+    }
+
+    /// Waits until the events so far satisfy `done`, for at most `limit`; returns them.
+    pub async fn until(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&[ContainerEvent]) -> bool,
+    ) -> Vec<ContainerEvent> {
+        let outcome = poll_until(limit, || async {
+            let seen = self.seen.lock().unwrap().clone();
+            if done(&seen) {
+                Ok(seen)
+            } else {
+                Err(seen)
+            }
+        })
+        .await;
+        outcome.unwrap_or_else(|timed_out| {
+            panic!(
+                "timed out after {:.1?} waiting for {what}; events: {:#?}",
+                timed_out.after, timed_out.last_error
+            )
+        })
+    }
 }

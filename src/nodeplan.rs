@@ -274,8 +274,60 @@ impl NodeSpec {
     }
 }
 
+/// A node plan with its checksum, computed once: a plan is judged on every pass and published
+/// with every change of its cluster, and serialising it (certificates and all) for the
+/// checksum each time was most of a pass's work. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSpec(std::sync::Arc<(NodeSpec, String)>);
+
+impl SealedSpec {
+    pub fn new(spec: NodeSpec) -> SealedSpec {
+        let checksum = spec.checksum();
+        SealedSpec(std::sync::Arc::new((spec, checksum)))
+    }
+
+    pub fn spec(&self) -> &NodeSpec {
+        &self.0 .0
+    }
+
+    /// `spec().checksum()`.
+    pub fn checksum(&self) -> &str {
+        &self.0 .1
+    }
+
+    /// This, if it seals `spec`; else `spec` sealed anew. Comparing is far cheaper than the
+    /// checksum.
+    pub fn reseal(this: Option<&SealedSpec>, spec: &NodeSpec) -> SealedSpec {
+        match this {
+            Some(sealed) if sealed.spec() == spec => sealed.clone(),
+            _ => SealedSpec::new(spec.clone()),
+        }
+    }
+}
+
 /// The container name for a component on a node. Names are DNS labels without dots, so the
 /// dotted form is unambiguous.
 pub fn container_name(cluster: &str, node: &str, component: &str) -> String {
     format!("drover.{cluster}.{node}.{component}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_spec_keeps_its_checksum_until_the_spec_changes() {
+        let mut spec = NodeSpec::default();
+        let sealed = SealedSpec::new(spec.clone());
+        assert_eq!(sealed.checksum(), spec.checksum());
+        let same = SealedSpec::reseal(Some(&sealed), &spec);
+        assert!(
+            std::sync::Arc::ptr_eq(&same.0, &sealed.0),
+            "resealed an equal spec"
+        );
+        spec.etcd_client_url = Some("https://127.0.0.1:2379".into());
+        let changed = SealedSpec::reseal(Some(&sealed), &spec);
+        assert_eq!(changed.checksum(), spec.checksum());
+        assert_ne!(changed.checksum(), sealed.checksum());
+    }
 }

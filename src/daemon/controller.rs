@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{ClusterStatus, Condition, ConditionType};
 use crate::backoff::Backoff;
 use crate::etcd_pki::ClusterCa;
+use crate::nodeplan::SealedSpec;
 use crate::protocol::{EtcdMemberInfo, EtcdTask, EtcdTaskOutcome};
 use crate::reconcile::intent::Intent;
 use crate::reconcile::{Action, Inputs, Reconciler, REQUEUE_IDLE};
@@ -92,7 +93,7 @@ impl Controller {
             let nodes = intent
                 .nodes
                 .iter()
-                .map(|(n, i)| (n.clone(), Some(i.spec.clone())))
+                .map(|(n, i)| (n.clone(), Some(SealedSpec::new(i.spec.clone()))))
                 .collect();
             if let Err(e) = self.hub.set_cluster(cluster, &nodes) {
                 tracing::error!(cluster, error = %crate::error_chain(&e), "cannot publish a saved rollout");

@@ -44,6 +44,17 @@ impl NodeHealth {
     }
 }
 
+/// Why a node whose agent is not connected holds things up: it never came, or it went.
+fn away(node: &str, last_seen: Option<SystemTime>) -> String {
+    match last_seen {
+        None => format!("waiting for {node}'s agent to connect"),
+        Some(at) => format!(
+            "{node}'s agent is away (last seen {}); waiting for it to reconnect",
+            humantime::format_rfc3339_seconds(at)
+        ),
+    }
+}
+
 /// Judges `node` against the plan it was told to run (`spec`, with its checksum).
 pub fn judge(
     node: &str,
@@ -52,7 +63,7 @@ pub fn judge(
     report: Option<&NodeReport>,
 ) -> NodeHealth {
     let Some(report) = report.filter(|r| r.connected) else {
-        return NodeHealth::Waiting(format!("waiting for {node}'s agent to connect"));
+        return NodeHealth::Waiting(away(node, report.and_then(|r| r.last_seen)));
     };
     if report.applied.as_ref().map(|a| a.checksum.as_str()) != Some(checksum) {
         return NodeHealth::Waiting(format!("waiting for {node} to apply its new plan"));
@@ -91,4 +102,34 @@ pub fn judge(
         return NodeHealth::Waiting(format!("{extra} on {node} is not removed yet"));
     }
     NodeHealth::Ready
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn an_agent_that_never_came_and_one_that_went_are_told_apart() {
+        let spec = NodeSpec::default();
+        let seen = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let went = NodeReport {
+            last_seen: Some(seen),
+            ..NodeReport::default()
+        };
+        let cases = [
+            (None, "waiting for n2's agent to connect"),
+            (
+                Some(&went),
+                "n2's agent is away (last seen 2027-01-15T08:00:00Z); waiting for it to reconnect",
+            ),
+        ];
+        for (report, want) in cases {
+            assert_eq!(
+                judge("n2", &spec, "sum", report),
+                NodeHealth::Waiting(want.to_string())
+            );
+        }
+    }
 }

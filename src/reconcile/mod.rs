@@ -32,7 +32,7 @@ use crate::api::{
 use crate::backoff::Backoff;
 use crate::etcd_pki::ClusterCa;
 use crate::model::Cluster;
-use crate::nodeplan::NodeSpec;
+use crate::nodeplan::{NodeSpec, SealedSpec};
 use crate::plan::container::desired_nodes;
 use crate::plan::{ClusterPlan, Desired, Observed, Planner};
 use crate::protocol::{EtcdMemberInfo, EtcdTaskOutcome};
@@ -114,6 +114,8 @@ pub struct Reconciler {
     task_retry: Backoff,
     /// The record changed outside a pass (an operator's request): the next pass saves it.
     unsaved: bool,
+    /// Each recorded node's plan with its checksum, resealed only when the plan changed.
+    sealed: std::sync::Mutex<BTreeMap<String, SealedSpec>>,
 }
 
 impl Reconciler {
@@ -129,6 +131,7 @@ impl Reconciler {
             last_plan: None,
             task_retry: Backoff::new(TASK_RETRY_BASE, TASK_RETRY_CAP),
             unsaved: false,
+            sealed: std::sync::Mutex::new(BTreeMap::new()),
             conditions: Vec::new(),
             status: ClusterStatus {
                 name: name.to_string(),
@@ -154,16 +157,31 @@ impl Reconciler {
     /// What each declared node should be told: its recorded plan, or `None` for a node the
     /// rollout has not reached (it is admitted and waits). Nodes being decommissioned are
     /// still listed.
-    pub fn declared(&self, cluster: &Cluster) -> BTreeMap<String, Option<NodeSpec>> {
-        let mut out: BTreeMap<String, Option<NodeSpec>> = cluster
+    pub fn declared(&self, cluster: &Cluster) -> BTreeMap<String, Option<SealedSpec>> {
+        let mut out: BTreeMap<String, Option<SealedSpec>> = cluster
             .nodes
             .iter()
             .map(|n| (n.name.to_string(), None))
             .collect();
-        for (name, node) in &self.intent.nodes {
-            out.insert(name.clone(), Some(node.spec.clone()));
+        for name in self.intent.nodes.keys() {
+            out.insert(name.clone(), self.sealed(name));
         }
+        self.lock_sealed()
+            .retain(|name, _| self.intent.nodes.contains_key(name));
         out
+    }
+
+    /// `node`'s recorded plan, sealed: its checksum is computed again only when it changed.
+    fn sealed(&self, node: &str) -> Option<SealedSpec> {
+        let spec = &self.intent.nodes.get(node)?.spec;
+        let mut memo = self.lock_sealed();
+        let sealed = SealedSpec::reseal(memo.get(node), spec);
+        memo.insert(node.to_string(), sealed.clone());
+        Some(sealed)
+    }
+
+    fn lock_sealed(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SealedSpec>> {
+        self.sealed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every node's etcd certificates are to be issued anew (`drover cert rotate`): nodes
@@ -335,12 +353,11 @@ impl Reconciler {
         reports: &BTreeMap<String, NodeReport>,
         except: Option<&str>,
     ) -> Option<String> {
-        let health = self.judge(reports);
         self.intent
             .members
             .keys()
             .filter(|m| Some(m.as_str()) != except)
-            .find(|m| health.get(*m).is_some_and(NodeHealth::is_ready))
+            .find(|m| self.judge_node(m, reports).is_some_and(|h| h.is_ready()))
             .cloned()
     }
 
@@ -361,15 +378,20 @@ impl Reconciler {
     fn judge(&self, reports: &BTreeMap<String, NodeReport>) -> BTreeMap<String, NodeHealth> {
         self.intent
             .nodes
-            .iter()
-            .map(|(name, node)| {
-                let checksum = node.spec.checksum();
-                (
-                    name.clone(),
-                    judge(name, &node.spec, &checksum, reports.get(name)),
-                )
-            })
+            .keys()
+            .filter_map(|name| Some((name.clone(), self.judge_node(name, reports)?)))
             .collect()
+    }
+
+    /// One recorded node against its plan; `None` when it has no record.
+    fn judge_node(&self, name: &str, reports: &BTreeMap<String, NodeReport>) -> Option<NodeHealth> {
+        let sealed = self.sealed(name)?;
+        Some(judge(
+            name,
+            sealed.spec(),
+            sealed.checksum(),
+            reports.get(name),
+        ))
     }
 
     /// The plan from the record, cached while neither the definition, the record nor the

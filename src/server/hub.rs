@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::join::{Bindings, BINDINGS};
-use crate::nodeplan::NodeSpec;
+use crate::nodeplan::{NodeSpec, SealedSpec};
 use crate::protocol::{encode, AppliedMark, EtcdTask, EtcdTaskOutcome, Refusal, ServerMessage};
 use crate::reconcile::NodeReport;
 use crate::state::StateError;
@@ -102,7 +102,8 @@ struct Nodes {
     /// Whether the desired state was ever set; until then agents are told to retry.
     ready: bool,
     /// Keyed by `(cluster, node)`; only declared nodes are present.
-    nodes: HashMap<(String, String), NodeEntry>,
+    /// By cluster, then node: one cluster's nodes are a range.
+    nodes: BTreeMap<(String, String), NodeEntry>,
     generations: BTreeMap<String, AppliedMark>,
     next_session: u64,
     /// Bumped whenever a node of the cluster connects, leaves or reports.
@@ -127,7 +128,7 @@ impl Nodes {
     fn publish_cluster(
         &mut self,
         cluster: &str,
-        nodes: &BTreeMap<String, Option<NodeSpec>>,
+        nodes: &BTreeMap<String, Option<SealedSpec>>,
         revoked: &mut BTreeMap<(String, String), String>,
     ) -> bool {
         let mut changed = false;
@@ -140,10 +141,9 @@ impl Nodes {
                 }
             }
         }
-        let gone: Vec<(String, String)> = self
-            .nodes
-            .keys()
-            .filter(|(c, n)| c == cluster && !nodes.contains_key(n))
+        let gone: Vec<(String, String)> = cluster_range(&self.nodes, cluster)
+            .map(|(key, _)| key)
+            .filter(|(_, n)| !nodes.contains_key(n))
             .cloned()
             .collect();
         self.drop_nodes(gone, revoked);
@@ -160,7 +160,7 @@ impl Nodes {
         let mut changed = BTreeSet::new();
         for (cluster, specs) in desired {
             for (node, spec) in specs {
-                if self.publish_node(cluster, node, spec) {
+                if self.publish_node(cluster, node, &SealedSpec::new(spec.clone())) {
                     changed.insert(cluster.clone());
                 }
             }
@@ -168,8 +168,8 @@ impl Nodes {
         changed
     }
 
-    fn publish_node(&mut self, cluster: &str, node: &str, spec: &NodeSpec) -> bool {
-        let checksum = spec.checksum();
+    fn publish_node(&mut self, cluster: &str, node: &str, sealed: &SealedSpec) -> bool {
+        let checksum = sealed.checksum();
         let gen_key = format!("{cluster}/{node}");
         let mark = self.generations.get(&gen_key);
         let generation = match mark {
@@ -181,7 +181,7 @@ impl Nodes {
         if changed {
             let mark = AppliedMark {
                 generation,
-                checksum: checksum.clone(),
+                checksum: checksum.to_string(),
             };
             self.generations.insert(gen_key, mark);
         }
@@ -191,8 +191,8 @@ impl Nodes {
         if current != Some(generation) {
             let message = ServerMessage::Plan {
                 generation,
-                checksum: checksum.clone(),
-                spec: spec.clone(),
+                checksum: checksum.to_string(),
+                spec: sealed.spec().clone(),
             };
             // A node plan is far below the frame limit; one that is not is a bug worth a
             // loud failure at the agent rather than a silent one here.
@@ -202,7 +202,7 @@ impl Nodes {
             });
             entry.plan.send_replace(Some(PlanFrame {
                 generation,
-                checksum,
+                checksum: checksum.to_string(),
                 text: text.into(),
             }));
         }
@@ -287,7 +287,7 @@ impl Hub {
         Ok(Hub {
             nodes: Mutex::new(Nodes {
                 ready: false,
-                nodes: HashMap::new(),
+                nodes: BTreeMap::new(),
                 generations,
                 next_session: 1,
                 changes: HashMap::new(),
@@ -346,7 +346,7 @@ impl Hub {
     pub fn set_cluster(
         &self,
         cluster: &str,
-        nodes: &BTreeMap<String, Option<NodeSpec>>,
+        nodes: &BTreeMap<String, Option<SealedSpec>>,
     ) -> Result<(), HubError> {
         let declared: BTreeSet<String> = nodes.keys().cloned().collect();
         let mut revoked = self.revoke(|c| (c == cluster).then_some(Some(&declared)))?;
@@ -634,10 +634,8 @@ impl Hub {
 
     /// The latest reports of one cluster's declared nodes, by node.
     pub fn cluster_reports(&self, cluster: &str) -> BTreeMap<String, NodeReport> {
-        self.lock()
-            .nodes
-            .iter()
-            .filter(|((c, _), _)| c == cluster)
+        let nodes = self.lock();
+        cluster_range(&nodes.nodes, cluster)
             .map(|((_, n), e)| (n.clone(), e.report.clone()))
             .collect()
     }
@@ -785,6 +783,18 @@ impl Hub {
         cache.stamp = stamp;
         cache.version += 1;
     }
+}
+
+/// `cluster`'s nodes in `nodes`.
+fn cluster_range<'n>(
+    nodes: &'n BTreeMap<(String, String), NodeEntry>,
+    cluster: &str,
+) -> impl Iterator<Item = (&'n (String, String), &'n NodeEntry)> {
+    let start = (cluster.to_string(), String::new());
+    let cluster = cluster.to_string();
+    nodes
+        .range(start..)
+        .take_while(move |((c, _), _)| *c == cluster)
 }
 
 /// The actions agents report, as counted; anything else (an agent of another version) is

@@ -348,7 +348,12 @@ async fn a_commit_becomes_a_converged_cluster_and_every_change_after_it_rolls_ou
     // back with its credential, n2 lets the rollout go on, in order.
     agents[1].stop();
     let n2_away = |s: &ClusterStatus| match condition(s) {
-        (ConditionType::Reconciling, m) if m == "waiting for n2's agent to connect" => Ok(()),
+        (ConditionType::Reconciling, m)
+            if m.starts_with("n2's agent is away (last seen ")
+                && m.ends_with("); waiting for it to reconnect") =>
+        {
+            Ok(())
+        }
         (kind, m) => Err(format!("{kind:?}: {m}")),
     };
     daemon

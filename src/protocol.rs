@@ -109,7 +109,20 @@ pub enum EtcdTask {
         id: String,
         peer_url: String,
     },
+    /// Streams the member's snapshot to the daemon: an HTTPS `PUT` of the bytes to
+    /// `TRANSFER_PATH` + `transfer` on a connection of its own, made with the node's
+    /// credential. The session's heartbeats and plans never wait behind the bytes, and TCP
+    /// holds the member back when the daemon reads slower than it sends.
+    Snapshot {
+        transfer: String,
+    },
 }
+
+/// Where an agent sends the bytes of a transfer the daemon asked for (`EtcdTask::Snapshot`).
+pub const TRANSFER_PATH: &str = "/v1/transfers/";
+/// The etcd revision and server version a snapshot was taken at, as headers of its transfer.
+pub const SNAPSHOT_REVISION_HEADER: &str = "drover-etcd-revision";
+pub const SNAPSHOT_VERSION_HEADER: &str = "drover-etcd-version";
 
 /// One etcd member as the membership lists it. An added member that never started has no
 /// name yet.
@@ -138,6 +151,8 @@ pub enum EtcdTaskOutcome {
     Members { members: Vec<EtcdMemberInfo> },
     /// The change committed (`MemberRemove`, `MemberUpdate`).
     Done,
+    /// The snapshot was sent whole (`Snapshot`): `bytes` of it, at etcd `revision`.
+    Sent { revision: i64, bytes: u64 },
     /// The task failed, with etcd's or the agent's reason (cut to `MAX_REPORT_TEXT_BYTES`).
     Failed { error: String },
 }

@@ -59,6 +59,8 @@ pub enum EtcdTaskError {
     MemberErrors { url: String, errors: String },
     #[error("{id:?} is not a member id (hex, as etcdctl prints it)")]
     BadMemberId { id: String },
+    #[error("a snapshot is streamed by the agent's session, not run on its own")]
+    NeedsSession,
     #[error("etcd at {url} did not answer within {}", humantime::format_duration(*.limit))]
     TimedOut { url: String, limit: Duration },
 }
@@ -91,6 +93,12 @@ impl std::fmt::Display for EtcdError {
 
 /// The causes are in the text already.
 impl std::error::Error for EtcdError {}
+
+impl From<etcd_client::Error> for EtcdError {
+    fn from(e: etcd_client::Error) -> EtcdError {
+        EtcdError(e)
+    }
+}
 
 /// Runs `task` against the member serving `client_url`, with the certificates in `pki_dir`
 /// (`ca.pem`, `client.pem`, `client-key.pem`), within `TASK_TIMEOUT`.
@@ -167,6 +175,9 @@ async fn perform(
                 .map_err(failed(url, "member update"))?;
             Ok(EtcdTaskOutcome::Done)
         }
+        // It needs the daemon's address and the node's credential: the session sends it
+        // through `transfer::send_snapshot`.
+        EtcdTask::Snapshot { .. } => Err(EtcdTaskError::NeedsSession),
     }
 }
 
@@ -234,6 +245,41 @@ struct ClientPki {
 /// A client for the one member at `url`, with the node's client certificate. Every request
 /// requires the member to know a leader (etcd then answers "no leader" at once).
 async fn connect(url: &str, pki_dir: &Path) -> Result<Client, EtcdTaskError> {
+    dial(url, pki_dir, Some(REQUEST_TIMEOUT)).await
+}
+
+/// Like `connect`, without a bound on each request: a snapshot streams for as long as the
+/// database takes (its caller bounds the stalls instead).
+pub(super) async fn connect_streaming(url: &str, pki_dir: &Path) -> Result<Client, EtcdTaskError> {
+    dial(url, pki_dir, None).await
+}
+
+/// The version of the member at `url` and its store's revision (its status), within
+/// `REQUEST_TIMEOUT`.
+pub(super) async fn version_and_revision(
+    client: &mut Client,
+    url: &str,
+) -> Result<(String, i64), EtcdTaskError> {
+    let status = tokio::time::timeout(REQUEST_TIMEOUT, client.status())
+        .await
+        .map_err(|_| EtcdTaskError::TimedOut {
+            url: url.to_string(),
+            limit: REQUEST_TIMEOUT,
+        })?
+        .map_err(|e| EtcdTaskError::Request {
+            request: "status",
+            url: url.to_string(),
+            source: EtcdError(e),
+        })?;
+    let revision = status.header().map_or(0, |h| h.revision());
+    Ok((status.version().to_string(), revision))
+}
+
+async fn dial(
+    url: &str,
+    pki_dir: &Path,
+    request_timeout: Option<Duration>,
+) -> Result<Client, EtcdTaskError> {
     if !url.starts_with("https://") {
         return Err(EtcdTaskError::NotHttps {
             url: url.to_string(),
@@ -246,11 +292,13 @@ async fn connect(url: &str, pki_dir: &Path) -> Result<Client, EtcdTaskError> {
     let tls = TlsOptions::new()
         .ca_certificate(Certificate::from_pem(&pki.ca))
         .identity(Identity::from_pem(&pki.cert, pki.key.expose()));
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .with_tls(tls)
         .with_connect_timeout(CONNECT_TIMEOUT)
-        .with_timeout(REQUEST_TIMEOUT)
         .with_require_leader(true);
+    if let Some(limit) = request_timeout {
+        options = options.with_timeout(limit);
+    }
     Client::connect([url], Some(options))
         .await
         .map_err(|e| EtcdTaskError::Client {

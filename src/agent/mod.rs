@@ -21,6 +21,7 @@ pub mod executor;
 pub mod probe;
 pub mod registry;
 pub mod session;
+pub mod transfer;
 
 use std::path::PathBuf;
 use std::time::Duration;

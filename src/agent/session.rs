@@ -22,8 +22,8 @@ use super::executor::Executor;
 use crate::heartbeat::{Beat, Liveness};
 use crate::pki::{self, Identity, NodeKey};
 use crate::protocol::{
-    decode, encode, AgentMessage, EtcdTaskOutcome, Refusal, ServerMessage, MAX_ETCD_TASKS,
-    PROTOCOL_VERSION,
+    decode, encode, AgentMessage, EtcdTask, EtcdTaskOutcome, Refusal, ServerMessage,
+    MAX_ETCD_TASKS, PROTOCOL_VERSION,
 };
 use crate::secret::Secret;
 
@@ -256,6 +256,28 @@ pub async fn join(
     }
 }
 
+/// Runs an etcd task against the member at `url`: a snapshot goes to the daemon on a
+/// connection of its own.
+async fn run_task(
+    task: &EtcdTask,
+    url: &str,
+    pki_dir: &std::path::Path,
+    dial: &Dial,
+    credential: &Credential,
+) -> EtcdTaskOutcome {
+    let EtcdTask::Snapshot { transfer } = task else {
+        return super::etcd::run(task, url, pki_dir).await;
+    };
+    match DataDir::identity(credential) {
+        Ok(identity) => {
+            super::transfer::send_snapshot(dial, identity, transfer, url, pki_dir).await
+        }
+        Err(e) => EtcdTaskOutcome::Failed {
+            error: crate::protocol::short_text(&crate::error_chain(&e)),
+        },
+    }
+}
+
 /// One session with a credential, until it ends. `Ok` means the agent is shutting down;
 /// `established` is set once the daemon welcomed the agent.
 pub async fn session(
@@ -310,11 +332,13 @@ pub async fn session(
                 match message {
                     ServerMessage::EtcdTask { id, task } => {
                         let (url, dir, done) = (executor.etcd_url(), pki_dir.to_path_buf(), results_tx.clone());
+                        let (dial, credential) = (dial.clone(), credential.clone());
                         // Off the session's loop: heartbeats and plans go on while it runs;
-                        // it ends within `etcd::TASK_TIMEOUT`.
+                        // it ends within `etcd::TASK_TIMEOUT`, or a snapshot when its bytes
+                        // stop moving (`transfer::STALL_TIMEOUT`).
                         tokio::spawn(async move {
                             let outcome = match url {
-                                Some(url) => super::etcd::run(&task, &url, &dir).await,
+                                Some(url) => run_task(&task, &url, &dir, &dial, &credential).await,
                                 None => EtcdTaskOutcome::Failed { error: "this node runs no etcd member".into() },
                             };
                             let _ = done.send((id, outcome)).await;

@@ -267,6 +267,7 @@ pub struct Hub {
     bindings: Mutex<BindingCache>,
     /// Held while the generations are saved, so saves land in the order they were taken.
     saving: Mutex<()>,
+    transfers: super::transfer::Transfers,
 }
 
 /// Why the hub could not change its state.
@@ -301,8 +302,14 @@ impl Hub {
                 version: 0,
             }),
             saving: Mutex::new(()),
+            transfers: super::transfer::Transfers::default(),
             state,
         })
+    }
+
+    /// The transfers (snapshots' bytes) the daemon waits for.
+    pub fn transfers(&self) -> &super::transfer::Transfers {
+        &self.transfers
     }
 
     pub fn state(&self) -> &DurableState {

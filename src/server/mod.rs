@@ -21,6 +21,7 @@
 
 pub mod hub;
 pub mod session;
+pub mod transfer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,6 +77,10 @@ pub struct Settings {
     pub bindings_refresh: Duration,
     /// Most refusals logged a second; the others are counted in the next line logged.
     pub refusal_logs_per_second: u32,
+    /// Most bytes one transfer (a snapshot) may carry: etcd's largest database and a margin.
+    pub max_transfer_bytes: u64,
+    /// How long the bytes of a transfer may stop moving, either way.
+    pub transfer_stall: Duration,
 }
 
 impl Settings {
@@ -93,6 +98,8 @@ impl Settings {
             send_timeout: Duration::from_secs(10),
             bindings_refresh: Duration::from_secs(1),
             refusal_logs_per_second: 20,
+            max_transfer_bytes: 9 << 30,
+            transfer_stall: Duration::from_secs(30),
         }
     }
 }
@@ -187,6 +194,10 @@ impl AgentServer {
             ));
         let router = Router::new()
             .route("/v1/agent", get(upgrade))
+            .route(
+                &format!("{}{{id}}", crate::protocol::TRANSFER_PATH),
+                axum::routing::put(transfer::receive),
+            )
             .with_state(cx.clone())
             .merge(operator);
         let accept = tokio::spawn(accept_loop(

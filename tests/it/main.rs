@@ -28,6 +28,7 @@ mod serve_http;
 mod server_limits;
 mod smoke;
 mod snapshot_store;
+mod snapshot_transfer;
 mod source;
 mod support;
 mod validate;

@@ -1,0 +1,180 @@
+//! The agent's side of a transfer: its member's snapshot, streamed to the daemon on an HTTPS
+//! connection of its own (see `protocol::EtcdTask::Snapshot`), dialled as the session is (the
+//! daemon's CA pinned, the node's credential as the client certificate). TCP holds etcd's
+//! stream back while the daemon reads slower; a stall of either side longer than
+//! `STALL_TIMEOUT` ends the transfer.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+
+use super::etcd::{self, EtcdError, EtcdTaskError};
+use super::session::{Dial, SessionError};
+use crate::pki::Identity;
+use crate::protocol::{
+    short_text, EtcdTaskOutcome, SNAPSHOT_REVISION_HEADER, SNAPSHOT_VERSION_HEADER, TRANSFER_PATH,
+};
+
+/// The longest etcd may take to send the next piece of its snapshot, or the daemon to take
+/// the last one.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a transfer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdTaskError),
+    #[error("etcd's snapshot stream at {url}")]
+    Stream {
+        url: String,
+        #[source]
+        source: EtcdError,
+    },
+    #[error("etcd at {url} sent no snapshot")]
+    Empty { url: String },
+    #[error("cannot reach the daemon for the transfer")]
+    Dial(#[source] SessionError),
+    #[error("the transfer to the daemon failed")]
+    Http(#[source] hyper::Error),
+    #[error(
+        "the transfer stalled for {}",
+        humantime::format_duration(STALL_TIMEOUT)
+    )]
+    Stalled,
+    #[error("the daemon refused the transfer: {status}")]
+    Refused { status: hyper::StatusCode },
+}
+
+/// Streams the snapshot of the member at `client_url` (dialled with the certificates in
+/// `pki_dir`) to the daemon's transfer `transfer`.
+pub async fn send_snapshot(
+    dial: &Dial,
+    identity: Identity,
+    transfer: &str,
+    client_url: &str,
+    pki_dir: &Path,
+) -> EtcdTaskOutcome {
+    match send(dial, identity, transfer, client_url, pki_dir).await {
+        Ok((revision, bytes)) => EtcdTaskOutcome::Sent { revision, bytes },
+        Err(e) => EtcdTaskOutcome::Failed {
+            error: short_text(&crate::error_chain(&e)),
+        },
+    }
+}
+
+async fn send(
+    dial: &Dial,
+    identity: Identity,
+    transfer: &str,
+    url: &str,
+    pki_dir: &Path,
+) -> Result<(i64, u64), TransferError> {
+    let mut client = etcd::connect_streaming(url, pki_dir).await?;
+    // The revision when the snapshot starts; the snapshot holds at least that. (etcd 3.4
+    // leaves the header of a snapshot's pieces empty; a later etcd fills it.)
+    let (version, at_start) = etcd::version_and_revision(&mut client, url).await?;
+    let stream_error = |source| TransferError::Stream {
+        url: url.to_string(),
+        source: EtcdError::from(source),
+    };
+    let mut snapshot = within(client.snapshot()).await?.map_err(stream_error)?;
+    // The revision travels ahead of the bytes, in the request's headers.
+    let first = within(snapshot.message())
+        .await?
+        .map_err(stream_error)?
+        .ok_or_else(|| TransferError::Empty {
+            url: url.to_string(),
+        })?;
+    let revision = first.header().map_or(0, |h| h.revision()).max(at_start);
+    let sent = Arc::new(AtomicU64::new(0));
+    let pieces = futures::stream::once(futures::future::ready(Ok(first))).chain(
+        futures::stream::unfold(snapshot, |mut s| async move {
+            let next = tokio::time::timeout(STALL_TIMEOUT, s.message()).await;
+            match next {
+                Ok(Ok(Some(piece))) => Some((Ok(piece), s)),
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => Some((Err(e.to_string()), s)),
+                Err(_) => Some((Err("etcd's snapshot stream stalled".to_string()), s)),
+            }
+        }),
+    );
+    let counter = sent.clone();
+    let body = pieces.map(move |piece| match piece {
+        Ok(piece) => {
+            counter.fetch_add(piece.blob().len() as u64, Ordering::Relaxed);
+            Ok::<_, BodyError>(Frame::data(Bytes::copy_from_slice(piece.blob())))
+        }
+        Err(reason) => Err(BodyError(reason)),
+    });
+    let request = hyper::Request::put(format!("{TRANSFER_PATH}{transfer}"))
+        .header(
+            hyper::header::HOST,
+            dial.server.host_str().unwrap_or_default(),
+        )
+        .header(SNAPSHOT_REVISION_HEADER, revision.to_string())
+        .header(SNAPSHOT_VERSION_HEADER, version)
+        .body(StreamBody::new(body))
+        .expect("a transfer request is well formed");
+    let status = put(dial, identity, request, &sent).await?;
+    if status != hyper::StatusCode::NO_CONTENT {
+        return Err(TransferError::Refused { status });
+    }
+    Ok((revision, sent.load(Ordering::Relaxed)))
+}
+
+/// Why the body stopped: etcd's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BodyError(String);
+
+/// Sends `request` on a connection of its own and waits for the daemon's answer, as long as
+/// bytes keep going out (`sent` grows) at least every `STALL_TIMEOUT`.
+async fn put<B>(
+    dial: &Dial,
+    identity: Identity,
+    request: hyper::Request<StreamBody<B>>,
+    sent: &AtomicU64,
+) -> Result<hyper::StatusCode, TransferError>
+where
+    B: futures::Stream<Item = Result<Frame<Bytes>, BodyError>> + Send + 'static,
+{
+    let tls = dial
+        .tls(Some(identity))
+        .await
+        .map_err(TransferError::Dial)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(TransferError::Http)?;
+    let driver = tokio::spawn(connection);
+    let answer = sender.send_request(request);
+    tokio::pin!(answer);
+    let mut last = sent.load(Ordering::Relaxed);
+    let outcome = loop {
+        tokio::select! {
+            answer = &mut answer => break answer.map(|r| r.status()).map_err(TransferError::Http),
+            () = tokio::time::sleep(STALL_TIMEOUT) => {
+                let now = sent.load(Ordering::Relaxed);
+                if now == last {
+                    break Err(TransferError::Stalled);
+                }
+                last = now;
+            }
+        }
+    };
+    driver.abort();
+    outcome
+}
+
+/// Runs `work` within `STALL_TIMEOUT`.
+async fn within<T>(work: impl std::future::Future<Output = T>) -> Result<T, TransferError> {
+    tokio::time::timeout(STALL_TIMEOUT, work)
+        .await
+        .map_err(|_| TransferError::Stalled)
+}

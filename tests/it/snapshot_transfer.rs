@@ -1,0 +1,211 @@
+//! A member's snapshot, streamed by the agent (`drover::agent::transfer`) to the daemon's agent
+//! server on a connection of its own: real etcd with TLS, the real server and node
+//! credentials. The bytes arrive whole (etcd's own trailing sha256 checks out) with the
+//! revision; only the node the transfer was asked of may send it, once; a transfer over the
+//! limit is cut off and its reader told.
+
+use std::time::Duration;
+
+use drover::agent::credential::{Credential, DataDir};
+use drover::agent::session::Dial;
+use drover::agent::transfer::send_snapshot;
+use drover::protocol::EtcdTaskOutcome;
+use drover::server::transfer::{Incoming, TransferError};
+use drover::server::Settings;
+use sha2::{Digest as _, Sha256};
+
+use crate::agent_security::join_as;
+use crate::support::docker;
+use crate::support::etcd::{TlsCluster, TlsMember};
+use crate::support::fleet::Fleet;
+use crate::support::{require, test_name};
+
+const TTL: Duration = Duration::from_secs(60);
+
+/// Joins `nodes` of a fleet declaring them; their credentials, in order.
+async fn credentials(fleet: &Fleet, nodes: &[&str]) -> Vec<Credential> {
+    fleet.declare(nodes, "    worker: []\n");
+    let mut out = Vec::new();
+    for node in nodes {
+        let token = fleet.token(true, Duration::from_secs(600));
+        let (joined, _dir) = join_as(fleet, node, &token, &fleet.pin()).await;
+        out.push(joined.expect("the node joins"));
+    }
+    out
+}
+
+/// Sends `member`'s snapshot as `credential`'s node to transfer `id`.
+async fn send(
+    fleet: &Fleet,
+    credential: &Credential,
+    id: &str,
+    member: &TlsMember,
+) -> EtcdTaskOutcome {
+    let dial = Dial::new(&fleet.url(), &fleet.pin()).unwrap();
+    let identity = DataDir::identity(credential).unwrap();
+    send_snapshot(&dial, identity, id, &member.client_url, member.pki_dir()).await
+}
+
+/// Every piece of `incoming`, or the error that ended it.
+async fn collect(mut incoming: Incoming) -> Result<Vec<u8>, TransferError> {
+    let mut bytes = Vec::new();
+    while let Some(piece) = incoming.bytes.recv().await {
+        bytes.extend_from_slice(&piece?);
+    }
+    Ok(bytes)
+}
+
+async fn fill(member: &TlsMember, keys: usize) {
+    let mut client = member.client().await.expect("an etcd client");
+    for i in 0..keys {
+        client
+            .put(format!("key-{i:04}"), vec![b'v'; 512], None)
+            .await
+            .expect("a put");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_arrives_whole_and_only_from_the_node_asked() {
+    let engine = require!(docker::connect().await);
+    let etcd = require!(TlsCluster::start(&engine, &test_name!(), 1).await);
+    let member = &etcd.members[0];
+    fill(member, 200).await;
+    let fleet = Fleet::start("xfer", &[("n1", "etcd"), ("n2", "worker")]).await;
+    let creds = credentials(&fleet, &["n1", "n2"]).await;
+
+    let (id, arrives) = fleet
+        .hub()
+        .transfers()
+        .expect(&fleet.cluster, "n1", TTL)
+        .unwrap();
+    // Read as it arrives: the queue is short, and a reader that waits holds the agent back.
+    let reader = tokio::spawn(async move {
+        let incoming = arrives.await.expect("the transfer arrives");
+        (incoming.revision, collect(incoming).await)
+    });
+    let outcome = send(&fleet, &creds[0], &id, member).await;
+    let (revision, bytes) = reader.await.unwrap();
+    let bytes = bytes.expect("every piece");
+    assert_eq!(
+        outcome,
+        EtcdTaskOutcome::Sent {
+            revision,
+            bytes: bytes.len() as u64
+        }
+    );
+    assert!(revision >= 201, "revision {revision} after 200 puts");
+    // etcd ends a snapshot with the sha256 of what precedes it.
+    let (db, trailer) = bytes.split_at(bytes.len() - 32);
+    assert_eq!(Sha256::digest(db).as_slice(), trailer, "etcd's hash");
+    assert!(
+        db.len() > 200 * 512,
+        "{} bytes for 200 values of 512",
+        db.len()
+    );
+
+    // The same id again, or another node sending what was asked of n1: refused alike.
+    let again = send(&fleet, &creds[0], &id, member).await;
+    let (id2, arrives2) = fleet
+        .hub()
+        .transfers()
+        .expect(&fleet.cluster, "n1", TTL)
+        .unwrap();
+    let other = send(&fleet, &creds[1], &id2, member).await;
+    // (The daemon answers before reading the body: the agent sees the answer, or the pipe
+    // the daemon closed.)
+    for refused in [again, other] {
+        assert!(
+            matches!(refused, EtcdTaskOutcome::Failed { .. }),
+            "a transfer nobody asked of this node went through: {refused:?}"
+        );
+    }
+    // n2 could not take n1's transfer away: n1 still sends it.
+    let reader = tokio::spawn(async move { collect(arrives2.await.unwrap()).await });
+    let sent = send(&fleet, &creds[0], &id2, member).await;
+    assert!(matches!(sent, EtcdTaskOutcome::Sent { .. }), "{sent:?}");
+    assert!(reader.await.unwrap().is_ok());
+    let unknown = send(
+        &fleet,
+        &creds[0],
+        "0123456789abcdef0123456789abcdef",
+        member,
+    )
+    .await;
+    assert!(
+        matches!(unknown, EtcdTaskOutcome::Failed { .. }),
+        "{unknown:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_over_the_limit_is_cut_off_and_its_reader_told() {
+    let engine = require!(docker::connect().await);
+    let etcd = require!(TlsCluster::start(&engine, &test_name!(), 1).await);
+    let member = &etcd.members[0];
+    fill(member, 50).await;
+    let small: fn(&mut Settings) = |s| s.max_transfer_bytes = 16 * 1024;
+    let fleet = Fleet::start_configured("xfer-limit", &[("n1", "etcd")], small).await;
+    let creds = credentials(&fleet, &["n1"]).await;
+    let (id, arrives) = fleet
+        .hub()
+        .transfers()
+        .expect(&fleet.cluster, "n1", TTL)
+        .unwrap();
+    let reader = tokio::spawn(async move { collect(arrives.await.unwrap()).await });
+    let outcome = send(&fleet, &creds[0], &id, member).await;
+    assert_eq!(
+        reader.await.unwrap(),
+        Err(TransferError::TooLarge(16 * 1024))
+    );
+    assert!(
+        matches!(outcome, EtcdTaskOutcome::Failed { .. }),
+        "an oversized transfer went through: {outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_whose_bytes_stop_is_cut_off_and_its_reader_told() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    let quick: fn(&mut Settings) = |s| s.transfer_stall = Duration::from_millis(300);
+    let fleet = Fleet::start_configured("xfer-stall", &[("n1", "etcd")], quick).await;
+    let creds = credentials(&fleet, &["n1"]).await;
+    let (id, arrives) = fleet
+        .hub()
+        .transfers()
+        .expect(&fleet.cluster, "n1", TTL)
+        .unwrap();
+    let reader = tokio::spawn(async move { collect(arrives.await.unwrap()).await });
+    // A sender that sends one piece, then nothing, on a real connection with n1's credential.
+    let dial = Dial::new(&fleet.url(), &fleet.pin()).unwrap();
+    let tls = dial
+        .tls(Some(DataDir::identity(&creds[0]).unwrap()))
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(connection);
+    let piece = futures::stream::once(async {
+        Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from_static(b"etcd")))
+    });
+    let body = StreamBody::new(futures::StreamExt::chain(piece, futures::stream::pending()));
+    let request = hyper::Request::put(format!("{}{id}", drover::protocol::TRANSFER_PATH))
+        .header(hyper::header::HOST, "daemon")
+        .header(drover::protocol::SNAPSHOT_REVISION_HEADER, "7")
+        .header(drover::protocol::SNAPSHOT_VERSION_HEADER, "3.4.23")
+        .body(body)
+        .unwrap();
+    let answer = sender.send_request(request).await;
+    assert_eq!(
+        reader.await.unwrap(),
+        Err(TransferError::Stalled(Duration::from_millis(300)))
+    );
+    if let Ok(response) = answer {
+        assert_eq!(response.status(), hyper::StatusCode::BAD_REQUEST);
+    }
+    driver.abort();
+}

@@ -2,6 +2,8 @@
 //! a cluster has there. A snapshot exists only once its manifest exists, so listing reads
 //! manifests: `<cluster>/<snapshot id>.db.zst.json` under the store's prefix.
 
+pub mod schedule;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 

@@ -123,6 +123,8 @@ pub const TRANSFER_PATH: &str = "/v1/transfers/";
 /// The etcd revision and server version a snapshot was taken at, as headers of its transfer.
 pub const SNAPSHOT_REVISION_HEADER: &str = "drover-etcd-revision";
 pub const SNAPSHOT_VERSION_HEADER: &str = "drover-etcd-version";
+/// The sha256 (hex) of the bytes of a transfer the daemon offers an agent, as a header.
+pub const TRANSFER_SHA256_HEADER: &str = "drover-sha256";
 
 /// One etcd member as the membership lists it. An added member that never started has no
 /// name yet.

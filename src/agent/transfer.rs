@@ -1,8 +1,8 @@
-//! The agent's side of a transfer: its member's snapshot, streamed to the daemon on an HTTPS
-//! connection of its own (see `protocol::EtcdTask::Snapshot`), dialled as the session is (the
-//! daemon's CA pinned, the node's credential as the client certificate). TCP holds etcd's
-//! stream back while the daemon reads slower; a stall of either side longer than
-//! `STALL_TIMEOUT` ends the transfer.
+//! The agent's side of transfers, on an HTTPS connection of their own dialled as the session
+//! is (the daemon's CA pinned, the node's credential as the client certificate): its member's
+//! snapshot streamed up to the daemon (see `protocol::EtcdTask::Snapshot`), and a snapshot to
+//! restore fetched down into a file. TCP holds the faster side back; a stall of either side
+//! longer than `STALL_TIMEOUT` ends the transfer.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +20,7 @@ use super::session::{Dial, SessionError};
 use crate::pki::Identity;
 use crate::protocol::{
     short_text, EtcdTaskOutcome, SNAPSHOT_REVISION_HEADER, SNAPSHOT_VERSION_HEADER, TRANSFER_PATH,
+    TRANSFER_SHA256_HEADER,
 };
 
 /// The longest etcd may take to send the next piece of its snapshot, or the daemon to take
@@ -50,6 +51,135 @@ pub enum TransferError {
     Stalled,
     #[error("the daemon refused the transfer: {status}")]
     Refused { status: hyper::StatusCode },
+    #[error("the daemon's transfer has no valid sha256")]
+    NoDigest,
+    #[error("the transfer is over the {MAX_FETCH_BYTES}-byte limit")]
+    TooLarge,
+    #[error("the bytes received hash to {got}, not {want}")]
+    Digest { want: String, got: String },
+    #[error("cannot write {path}")]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The most bytes a fetch writes: etcd's largest database and a margin.
+pub const MAX_FETCH_BYTES: u64 = 9 << 30;
+
+/// What a fetch wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Fetches the daemon's transfer `transfer` into a new file `dest` (mode 0600, made here; an
+/// existing file is an error), synced, its sha256 checked against the daemon's. The file is
+/// removed when anything fails.
+pub async fn fetch_to_file(
+    dial: &Dial,
+    identity: Identity,
+    transfer: &str,
+    dest: &Path,
+) -> Result<Fetched, TransferError> {
+    let fetched = fetch(dial, identity, transfer, dest).await;
+    if fetched.is_err() {
+        let _ = tokio::fs::remove_file(dest).await;
+    }
+    fetched
+}
+
+async fn fetch(
+    dial: &Dial,
+    identity: Identity,
+    transfer: &str,
+    dest: &Path,
+) -> Result<Fetched, TransferError> {
+    let request = hyper::Request::get(format!("{TRANSFER_PATH}{transfer}"))
+        .header(
+            hyper::header::HOST,
+            dial.server.host_str().unwrap_or_default(),
+        )
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("a transfer request is well formed");
+    let tls = dial
+        .tls(Some(identity))
+        .await
+        .map_err(TransferError::Dial)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(TransferError::Http)?;
+    let driver = tokio::spawn(connection);
+    let written = async {
+        let response = within(sender.send_request(request))
+            .await?
+            .map_err(TransferError::Http)?;
+        if response.status() != hyper::StatusCode::OK {
+            return Err(TransferError::Refused {
+                status: response.status(),
+            });
+        }
+        let want = response
+            .headers()
+            .get(TRANSFER_SHA256_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or(TransferError::NoDigest)?
+            .to_ascii_lowercase();
+        let fetched = write_body(response.into_body(), dest).await?;
+        if fetched.sha256 != want {
+            return Err(TransferError::Digest {
+                want,
+                got: fetched.sha256,
+            });
+        }
+        Ok(fetched)
+    }
+    .await;
+    driver.abort();
+    written
+}
+
+/// Writes `body` into the new file `dest`, hashing it, and syncs it.
+async fn write_body(
+    mut body: hyper::body::Incoming,
+    dest: &Path,
+) -> Result<Fetched, TransferError> {
+    use http_body_util::BodyExt as _;
+    use sha2::{Digest as _, Sha256};
+    use tokio::io::AsyncWriteExt as _;
+
+    let write_error = |source| TransferError::Write {
+        path: dest.to_path_buf(),
+        source,
+    };
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .await
+        .map_err(write_error)?;
+    let mut hash = Sha256::new();
+    let mut bytes = 0u64;
+    while let Some(frame) = within(body.frame()).await? {
+        let Ok(data) = frame.map_err(TransferError::Http)?.into_data() else {
+            continue;
+        };
+        bytes += data.len() as u64;
+        if bytes > MAX_FETCH_BYTES {
+            return Err(TransferError::TooLarge);
+        }
+        hash.update(&data);
+        file.write_all(&data).await.map_err(write_error)?;
+    }
+    file.sync_all().await.map_err(write_error)?;
+    Ok(Fetched {
+        bytes,
+        sha256: hex::encode(hash.finalize()),
+    })
 }
 
 /// Streams the snapshot of the member at `client_url` (dialled with the certificates in

@@ -196,7 +196,7 @@ impl AgentServer {
             .route("/v1/agent", get(upgrade))
             .route(
                 &format!("{}{{id}}", crate::protocol::TRANSFER_PATH),
-                axum::routing::put(transfer::receive),
+                axum::routing::put(transfer::receive).get(transfer::send_out),
             )
             .with_state(cx.clone())
             .merge(operator);

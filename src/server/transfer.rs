@@ -1,10 +1,13 @@
-//! Transfers: bytes an agent sends the daemon on an HTTPS connection of their own (a member's
-//! snapshot, `protocol::EtcdTask::Snapshot`), handed to whoever in the daemon asked for them.
-//! The daemon first `expect`s a transfer from one node, under an unguessable id that it sends
-//! in the task; the agent `PUT`s the bytes to `TRANSFER_PATH` + id with its node credential.
-//! Only that node may send them, once, before the id expires. The bytes go through a short
-//! queue, so a reader slower than the agent holds the agent back through TCP; no more than
-//! the transfer limit is read, and a stall of either side ends the transfer.
+//! Transfers: bytes between an agent and the daemon on an HTTPS connection of their own, so a
+//! session's heartbeats and plans never wait behind them. Up: a member's snapshot
+//! (`protocol::EtcdTask::Snapshot`), handed to whoever in the daemon asked for it. Down: a
+//! snapshot to restore, which the daemon offers one node.
+//!
+//! The daemon first `expect`s (or `offer`s) a transfer for one node, under an unguessable id
+//! that it sends in the task; the agent `PUT`s (or `GET`s) `TRANSFER_PATH` + id with its node
+//! credential. Only that node may use the id, once, before it expires. The bytes go through a
+//! short queue, so the slower side holds the other back through TCP; no more than the
+//! transfer limit is read, and a stall of either side ends the transfer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +23,7 @@ use futures::StreamExt as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::session::{Context, Peer};
-use crate::protocol::{SNAPSHOT_REVISION_HEADER, SNAPSHOT_VERSION_HEADER};
+use crate::protocol::{SNAPSHOT_REVISION_HEADER, SNAPSHOT_VERSION_HEADER, TRANSFER_SHA256_HEADER};
 
 /// Transfers expected at once; more are refused to the daemon's own caller.
 pub const MAX_EXPECTED: usize = 1024;
@@ -51,11 +54,25 @@ pub struct Incoming {
     pub bytes: mpsc::Receiver<Result<Bytes, TransferError>>,
 }
 
+/// A transfer the daemon offers a node: the sha256 of its bytes, then the bytes. The daemon
+/// fills the channel; a piece that is an error ends the transfer.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub sha256: String,
+    pub bytes: mpsc::Receiver<Result<Bytes, TransferError>>,
+}
+
+/// Which way an expected transfer goes.
+enum Way {
+    Up(oneshot::Sender<Incoming>),
+    Down(Outgoing),
+}
+
 struct Expected {
     cluster: String,
     node: String,
     expires: Instant,
-    deliver: oneshot::Sender<Incoming>,
+    way: Way,
 }
 
 /// The transfers the daemon waits for, by id.
@@ -73,13 +90,43 @@ impl Transfers {
         node: &str,
         ttl: Duration,
     ) -> Result<(String, oneshot::Receiver<Incoming>), TransferError> {
-        let mut random = [0u8; 16];
-        getrandom::fill(&mut random).map_err(|e| TransferError::Broken(e.to_string()))?;
-        let id = hex::encode(random);
+        let id = new_id()?;
         let (deliver, arrives) = oneshot::channel();
+        self.insert(&id, cluster, node, ttl, Way::Up(deliver))?;
+        Ok((id, arrives))
+    }
+
+    /// Offers `cluster`'s `node` a transfer of bytes whose sha256 is `sha256`, within `ttl`:
+    /// its id (to send in the task), and the channel to fill with the bytes (a short queue:
+    /// sends wait while the agent reads slower).
+    pub fn offer(
+        &self,
+        cluster: &str,
+        node: &str,
+        ttl: Duration,
+        sha256: &str,
+    ) -> Result<(String, mpsc::Sender<Result<Bytes, TransferError>>), TransferError> {
+        let id = new_id()?;
+        let (fill, bytes) = mpsc::channel(QUEUE);
+        let outgoing = Outgoing {
+            sha256: sha256.to_string(),
+            bytes,
+        };
+        self.insert(&id, cluster, node, ttl, Way::Down(outgoing))?;
+        Ok((id, fill))
+    }
+
+    fn insert(
+        &self,
+        id: &str,
+        cluster: &str,
+        node: &str,
+        ttl: Duration,
+        way: Way,
+    ) -> Result<(), TransferError> {
         let mut expected = self.lock();
         let now = Instant::now();
-        expected.retain(|_, e| e.expires > now && !e.deliver.is_closed());
+        expected.retain(|_, e| e.expires > now && !abandoned(&e.way));
         if expected.len() >= MAX_EXPECTED {
             return Err(TransferError::Busy);
         }
@@ -87,28 +134,45 @@ impl Transfers {
             cluster: cluster.to_string(),
             node: node.to_string(),
             expires: now + ttl,
-            deliver,
+            way,
         };
-        expected.insert(id.clone(), entry);
-        Ok((id, arrives))
+        expected.insert(id.to_string(), entry);
+        Ok(())
     }
 
-    /// The transfer `id`, if `cluster`'s `node` may send it now; it cannot be taken again.
-    fn take(&self, id: &str, cluster: &str, node: &str) -> Option<oneshot::Sender<Incoming>> {
+    /// The transfer `id` going the way `up` says, if `cluster`'s `node` may use it now; it
+    /// cannot be taken again.
+    fn take(&self, id: &str, cluster: &str, node: &str, up: bool) -> Option<Way> {
         let mut expected = self.lock();
-        let mine = expected
-            .get(id)
-            .is_some_and(|e| e.cluster == cluster && e.node == node);
+        let mine = expected.get(id).is_some_and(|e| {
+            e.cluster == cluster && e.node == node && matches!(e.way, Way::Up(_)) == up
+        });
         if !mine {
-            // Another node cannot take (or cancel) what was asked of this one.
+            // Another node cannot take (or cancel) what was meant for this one.
             return None;
         }
         let entry = expected.remove(id)?;
-        (entry.expires > Instant::now()).then_some(entry.deliver)
+        (entry.expires > Instant::now()).then_some(entry.way)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Expected>> {
         self.expected.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An unguessable transfer id.
+fn new_id() -> Result<String, TransferError> {
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random).map_err(|e| TransferError::Broken(e.to_string()))?;
+    Ok(hex::encode(random))
+}
+
+/// Whether nobody waits for the transfer any more (an upload whose reader went away).
+fn abandoned(way: &Way) -> bool {
+    match way {
+        Way::Up(deliver) => deliver.is_closed(),
+        // Its bytes may still be queued after the daemon's last send.
+        Way::Down(_) => false,
     }
 }
 
@@ -120,19 +184,10 @@ pub(super) async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(identity) = peer.identity else {
-        return answer(
-            StatusCode::UNAUTHORIZED,
-            "a transfer needs a node credential",
-        );
+    let identity = match node_of(&cx, peer) {
+        Ok(identity) => identity,
+        Err((status, why)) => return answer(status, why),
     };
-    let bindings = cx.hub.bindings();
-    if bindings
-        .check(&identity.cluster, &identity.node, &identity.key_pin)
-        .is_err()
-    {
-        return answer(StatusCode::FORBIDDEN, "this credential is not valid");
-    }
     let Some((revision, etcd_version)) = described(&headers) else {
         return answer(
             StatusCode::BAD_REQUEST,
@@ -140,7 +195,8 @@ pub(super) async fn receive(
         );
     };
     let transfers = cx.hub.transfers();
-    let Some(deliver) = transfers.take(&id, &identity.cluster, &identity.node) else {
+    let Some(Way::Up(deliver)) = transfers.take(&id, &identity.cluster, &identity.node, true)
+    else {
         // Unknown, expired, taken, or another node's: one answer for all.
         return answer(
             StatusCode::NOT_FOUND,
@@ -179,6 +235,70 @@ pub(super) async fn receive(
             let _ = tx.try_send(Err(e.clone()));
             answer(status, &e.to_string())
         }
+    }
+}
+
+/// `GET TRANSFER_PATH{id}`: an agent fetches the bytes of a transfer the daemon offers it,
+/// with their sha256 in `TRANSFER_SHA256_HEADER`.
+pub(super) async fn send_out(
+    State(cx): State<Arc<Context>>,
+    Extension(peer): Extension<Peer>,
+    Path(id): Path<String>,
+) -> Response {
+    let identity = match node_of(&cx, peer) {
+        Ok(identity) => identity,
+        Err((status, why)) => return answer(status, why),
+    };
+    let transfers = cx.hub.transfers();
+    let Some(Way::Down(outgoing)) = transfers.take(&id, &identity.cluster, &identity.node, false)
+    else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            "no such transfer is offered to this node",
+        );
+    };
+    tracing::info!(
+        cluster = identity.cluster,
+        node = identity.node,
+        "transfer sending"
+    );
+    let stall = cx.settings.transfer_stall;
+    let pieces = futures::stream::unfold(Some(outgoing.bytes), move |state| async move {
+        let mut bytes = state?;
+        let piece = match tokio::time::timeout(stall, bytes.recv()).await {
+            Ok(Some(Ok(piece))) => Ok(piece),
+            Ok(Some(Err(e))) => Err(e),
+            Ok(None) => return None,
+            Err(_) => Err(TransferError::Stalled(stall)),
+        };
+        // After an error the stream ends: the agent sees the body cut short.
+        let next = piece.is_ok().then_some(bytes);
+        Some((piece, next))
+    });
+    let body = Body::from_stream(pieces);
+    ([(TRANSFER_SHA256_HEADER, outgoing.sha256)], body).into_response()
+}
+
+/// The node credential of `peer`, when it is still valid; else the refusal to answer.
+fn node_of(
+    cx: &Context,
+    peer: Peer,
+) -> Result<crate::pki::NodeIdentity, (StatusCode, &'static str)> {
+    let Some(identity) = peer.identity else {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "a transfer needs a node credential",
+        ));
+    };
+    let valid = cx
+        .hub
+        .bindings()
+        .check(&identity.cluster, &identity.node, &identity.key_pin)
+        .is_ok();
+    if valid {
+        Ok(identity)
+    } else {
+        Err((StatusCode::FORBIDDEN, "this credential is not valid"))
     }
 }
 
@@ -269,16 +389,28 @@ mod tests {
     }
 
     #[test]
-    fn an_expected_transfer_is_taken_once_and_only_by_its_node() {
+    fn an_expected_transfer_is_taken_once_only_by_its_node_and_only_its_way() {
         let transfers = Transfers::default();
-        let (id, _arrives) = transfers
-            .expect("dev", "n1", Duration::from_secs(60))
-            .unwrap();
-        assert!(transfers.take(&id, "dev", "n2").is_none());
-        assert!(transfers.take(&id, "other", "n1").is_none());
-        assert!(transfers.take(&id, "dev", "n1").is_some());
-        assert!(transfers.take(&id, "dev", "n1").is_none(), "taken twice");
+        let ttl = Duration::from_secs(60);
+        let (id, _arrives) = transfers.expect("dev", "n1", ttl).unwrap();
+        assert!(transfers.take(&id, "dev", "n2", true).is_none());
+        assert!(transfers.take(&id, "other", "n1", true).is_none());
+        assert!(
+            transfers.take(&id, "dev", "n1", false).is_none(),
+            "an upload fetched"
+        );
+        assert!(transfers.take(&id, "dev", "n1", true).is_some());
+        assert!(
+            transfers.take(&id, "dev", "n1", true).is_none(),
+            "taken twice"
+        );
         let (expired, _arrives) = transfers.expect("dev", "n1", Duration::ZERO).unwrap();
-        assert!(transfers.take(&expired, "dev", "n1").is_none());
+        assert!(transfers.take(&expired, "dev", "n1", true).is_none());
+        let (offered, _fill) = transfers.offer("dev", "n1", ttl, "00").unwrap();
+        assert!(
+            transfers.take(&offered, "dev", "n1", true).is_none(),
+            "an offer sent to"
+        );
+        assert!(transfers.take(&offered, "dev", "n1", false).is_some());
     }
 }

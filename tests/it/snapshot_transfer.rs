@@ -209,3 +209,115 @@ async fn a_transfer_whose_bytes_stop_is_cut_off_and_its_reader_told() {
     }
     driver.abort();
 }
+
+/// Offers n1 `data` under `sha256` and fills the transfer from a task, in pieces.
+fn offer(fleet: &Fleet, data: Vec<u8>, sha256: &str) -> (String, tokio::task::JoinHandle<()>) {
+    let (id, fill) = fleet
+        .hub()
+        .transfers()
+        .offer(&fleet.cluster, "n1", TTL, sha256)
+        .unwrap();
+    let producer = tokio::spawn(async move {
+        for piece in data.chunks(64 * 1024) {
+            if fill
+                .send(Ok(bytes::Bytes::copy_from_slice(piece)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    (id, producer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offered_transfer_is_fetched_whole_into_a_private_file_and_checked() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use drover::agent::transfer::{fetch_to_file, TransferError as FetchError};
+
+    let fleet = Fleet::start("xfer-down", &[("n1", "etcd"), ("n2", "worker")]).await;
+    let creds = credentials(&fleet, &["n1", "n2"]).await;
+    let dial = Dial::new(&fleet.url(), &fleet.pin()).unwrap();
+    let identity = |c: &Credential| DataDir::identity(c).unwrap();
+    let dir = crate::support::private_tempdir();
+    let data: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let digest = hex::encode(Sha256::digest(&data));
+
+    let (id, producer) = offer(&fleet, data.clone(), &digest);
+    let dest = dir.path().join("restore.db");
+    let fetched = fetch_to_file(&dial, identity(&creds[0]), &id, &dest)
+        .await
+        .unwrap();
+    producer.await.unwrap();
+    assert_eq!(fetched.bytes, data.len() as u64);
+    assert_eq!(fetched.sha256, digest);
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Bytes that do not hash to what the daemon said: refused, and no file is left.
+    let (id, _producer) = offer(&fleet, data.clone(), &"0".repeat(64));
+    let bad = dir.path().join("bad.db");
+    let refused = fetch_to_file(&dial, identity(&creds[0]), &id, &bad).await;
+    assert!(
+        matches!(refused, Err(FetchError::Digest { .. })),
+        "{refused:?}"
+    );
+    assert!(!bad.exists(), "a file that failed its hash was left");
+
+    // Offered to n1: n2 is refused, and n1 still fetches it.
+    let (id, _producer) = offer(
+        &fleet,
+        b"etcd".to_vec(),
+        &hex::encode(Sha256::digest(b"etcd")),
+    );
+    let other = fetch_to_file(&dial, identity(&creds[1]), &id, &dir.path().join("n2.db")).await;
+    match other {
+        Err(FetchError::Refused { status }) => assert_eq!(status, 404),
+        other => panic!("n2 fetched n1's transfer: {other:?}"),
+    }
+    let mine = fetch_to_file(&dial, identity(&creds[0]), &id, &dir.path().join("n1.db")).await;
+    assert_eq!(mine.unwrap().bytes, 4);
+    // Taken once: a second fetch of the same id is refused.
+    let again = fetch_to_file(
+        &dial,
+        identity(&creds[0]),
+        &id,
+        &dir.path().join("again.db"),
+    )
+    .await;
+    assert!(
+        matches!(again, Err(FetchError::Refused { .. })),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offered_transfer_whose_bytes_stop_fails_and_leaves_no_file() {
+    use drover::agent::transfer::fetch_to_file;
+
+    let quick: fn(&mut Settings) = |s| s.transfer_stall = Duration::from_millis(300);
+    let fleet = Fleet::start_configured("xfer-down-stall", &[("n1", "etcd")], quick).await;
+    let creds = credentials(&fleet, &["n1"]).await;
+    let (id, fill) = fleet
+        .hub()
+        .transfers()
+        .offer(&fleet.cluster, "n1", TTL, &"0".repeat(64))
+        .unwrap();
+    // One piece, then the daemon's side goes quiet without closing.
+    fill.send(Ok(bytes::Bytes::from_static(b"etcd")))
+        .await
+        .unwrap();
+    let dial = Dial::new(&fleet.url(), &fleet.pin()).unwrap();
+    let dir = crate::support::private_tempdir();
+    let dest = dir.path().join("restore.db");
+    let identity = DataDir::identity(&creds[0]).unwrap();
+    let fetched = fetch_to_file(&dial, identity, &id, &dest).await;
+    assert!(fetched.is_err(), "{fetched:?}");
+    assert!(!dest.exists(), "a partial file was left");
+    drop(fill);
+}

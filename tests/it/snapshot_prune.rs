@@ -3,10 +3,14 @@
 //! removes only its own old snapshots and expired orphans, a dry run deletes nothing and
 //! reports the same plan, and the bound on deletions defers the rest to the next run.
 //!
+//! A failed deletion is reported, the run goes on, and the next run finishes the job; the
+//! failure comes from a wrapper around the real file store that refuses chosen deletes.
+//!
 //! Garage's objects cannot be backdated, so the grace period is driven by `now`: it is set from
 //! the store's own last-modified times, one grace period after the fresh orphan was written.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,9 +19,13 @@ use drover::config::Store;
 use drover::model::{ClusterName, Retention, SnapshotId};
 use drover::snapshot;
 use drover::snapshot::retention::{prune, Outcome, Policy, PruneReport, Target};
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
 
 use crate::support::garage::S3Prefix;
 use crate::support::{require, test_name};
@@ -114,7 +122,7 @@ fn outcomes(report: &PruneReport) -> Vec<String> {
                 Outcome::Deleted => "deleted".to_string(),
                 Outcome::WouldDelete => "would delete".to_string(),
                 Outcome::Deferred => "deferred".to_string(),
-                Outcome::Failed(error) => format!("failed: {error}: {}", error.source),
+                Outcome::Failed(error) => format!("failed: {error}"),
             };
             format!("{what} {outcome}")
         })
@@ -197,4 +205,151 @@ async fn the_file_store_prunes_only_the_clusters_own_old_objects() {
 async fn the_s3_store_prunes_only_the_clusters_own_old_objects() {
     let s3 = require!(S3Prefix::new(&test_name!()).await);
     check_prune(s3.dyn_store()).await;
+}
+
+#[tokio::test]
+async fn a_failed_deletion_is_reported_and_the_next_run_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = Store::File {
+        root: dir.path().to_path_buf(),
+    };
+    let inner = snapshot::open(&file).expect("open");
+    for id in [S1, S2, S3, S4] {
+        put(inner.as_ref(), &format!("dev/{id}.db.zst")).await;
+        put(inner.as_ref(), &format!("dev/{id}.db.zst.json")).await;
+    }
+    // S2's manifest cannot go, so neither may its data; S3's data cannot go after its manifest.
+    let refused: BTreeSet<Path> = [
+        Path::from(format!("dev/{S2}.db.zst.json")),
+        Path::from(format!("dev/{S3}.db.zst")),
+    ]
+    .into();
+    let refusing = RefusingDeletes {
+        inner: Arc::clone(&inner),
+        refused: Arc::new(refused),
+    };
+    let dev = ClusterName::parse("dev").unwrap();
+    let mut policy = policy();
+    policy.retention.last = NonZeroU32::MIN;
+    let none = BTreeSet::new();
+    let now = SystemTime::now();
+
+    let report = prune(&refusing, &dev, &policy, &none, now, false)
+        .await
+        .expect("prune");
+    let failed = |name: String| format!("failed: cannot delete dev/{name}");
+    let want = [
+        format!("snapshot {S1} deleted"),
+        format!("snapshot {S2} {}", failed(format!("{S2}.db.zst.json"))),
+        format!("snapshot {S3} {}", failed(format!("{S3}.db.zst"))),
+    ];
+    assert_eq!(outcomes(&report), want);
+    assert_eq!(report.failures().count(), 2);
+    let left: BTreeSet<String> = [
+        format!("dev/{S2}.db.zst"),
+        format!("dev/{S2}.db.zst.json"),
+        format!("dev/{S3}.db.zst"),
+        format!("dev/{S4}.db.zst"),
+        format!("dev/{S4}.db.zst.json"),
+    ]
+    .into();
+    assert_eq!(everything(inner.as_ref()).await, left);
+
+    // The next run, once the store deletes again, removes S2 and, past the grace period, the
+    // data S3's manifest no longer names.
+    let later = now + GRACE + Duration::from_secs(1);
+    let report = prune(inner.as_ref(), &dev, &policy, &none, later, false)
+        .await
+        .expect("prune again");
+    let want = [
+        format!("snapshot {S2} deleted"),
+        format!("orphan dev/{S3}.db.zst deleted"),
+    ];
+    assert_eq!(outcomes(&report), want);
+    let left: BTreeSet<String> =
+        [format!("dev/{S4}.db.zst"), format!("dev/{S4}.db.zst.json")].into();
+    assert_eq!(everything(inner.as_ref()).await, left);
+}
+
+/// A real store whose deletes of the `refused` objects fail, as a store that lost a permission
+/// would.
+#[derive(Debug)]
+struct RefusingDeletes {
+    inner: Arc<dyn ObjectStore>,
+    refused: Arc<BTreeSet<Path>>,
+}
+
+impl fmt::Display for RefusingDeletes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RefusingDeletes({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for RefusingDeletes {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        let inner = Arc::clone(&self.inner);
+        let refused = Arc::clone(&self.refused);
+        locations
+            .then(move |location| {
+                let inner = Arc::clone(&inner);
+                let refused = Arc::clone(&refused);
+                async move {
+                    let location = location?;
+                    if refused.contains(&location) {
+                        return Err(object_store::Error::PermissionDenied {
+                            path: location.to_string(),
+                            source: "refused by the test".into(),
+                        });
+                    }
+                    inner.delete(&location).await.map(|()| location)
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
 }

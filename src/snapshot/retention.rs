@@ -108,20 +108,17 @@ pub enum Fate {
 impl fmt::Display for Fate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Fate::Keep(reasons) => {
-                f.write_str("keep (")?;
-                for (n, reason) in reasons.iter().enumerate() {
-                    if n > 0 {
-                        f.write_str(", ")?;
-                    }
-                    write!(f, "{reason}")?;
-                }
-                f.write_str(")")
-            }
+            Fate::Keep(reasons) => write!(f, "keep ({})", joined(reasons)),
             Fate::Delete => f.write_str("delete"),
             Fate::Untouched => f.write_str("untouched (its time is unreadable)"),
         }
     }
+}
+
+/// Reasons as `newest 6, hourly`.
+fn joined(reasons: &[Reason]) -> String {
+    let reasons: Vec<String> = reasons.iter().map(Reason::to_string).collect();
+    reasons.join(", ")
 }
 
 /// A snapshot as the retention rule sees it.
@@ -467,6 +464,71 @@ impl PruneReport {
                 _ => None,
             })
     }
+
+    /// What became of the deletion of the snapshot `id`, if the plan dooms it.
+    fn snapshot_outcome(&self, id: &SnapshotId) -> Option<&Outcome> {
+        self.deletions
+            .iter()
+            .find_map(|(target, outcome)| match target {
+                Target::Snapshot { id: doomed, .. } if doomed == id => Some(outcome),
+                _ => None,
+            })
+    }
+
+    /// What became of the deletion of the orphan at `location`, if it is expired.
+    fn orphan_outcome(&self, location: &Path) -> Option<&Outcome> {
+        self.deletions
+            .iter()
+            .find_map(|(target, outcome)| match target {
+                Target::Orphan(doomed) if doomed == location => Some(outcome),
+                _ => None,
+            })
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Deleted => f.write_str("deleted"),
+            Outcome::WouldDelete => f.write_str("would delete"),
+            Outcome::Deferred => f.write_str("deferred to the next run"),
+            Outcome::Failed(error) => write!(f, "failed: {}", crate::error_chain(error)),
+        }
+    }
+}
+
+/// One line per object: snapshots newest first with why each is kept or what became of its
+/// deletion, then orphans, then the objects left alone.
+impl fmt::Display for PruneReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for verdict in &self.plan.snapshots {
+            let id = &verdict.id;
+            match (&verdict.fate, self.snapshot_outcome(id)) {
+                (Fate::Keep(reasons), _) => writeln!(f, "keep       {id}  {}", joined(reasons))?,
+                (Fate::Untouched, _) => writeln!(f, "untouched  {id}  its time is unreadable")?,
+                (Fate::Delete, Some(outcome)) => writeln!(f, "delete     {id}  {outcome}")?,
+                (Fate::Delete, None) => writeln!(f, "delete     {id}")?,
+            }
+        }
+        for orphan in &self.plan.orphans {
+            match self.orphan_outcome(&orphan.location) {
+                Some(outcome) => writeln!(
+                    f,
+                    "orphan     {}  past the grace period: {outcome}",
+                    orphan.location
+                )?,
+                None => writeln!(
+                    f,
+                    "orphan     {}  within the grace period: kept",
+                    orphan.location
+                )?,
+            }
+        }
+        for location in &self.plan.untouched {
+            writeln!(f, "untouched  {location}  not a snapshot name")?;
+        }
+        Ok(())
+    }
 }
 
 /// Applies `policy` to `cluster`'s snapshots in `store`: lists the cluster's own objects,
@@ -499,11 +561,22 @@ pub async fn prune(
         };
         deletions.push((target, outcome));
     }
-    Ok(PruneReport {
+    let report = PruneReport {
         plan,
         dry_run,
         deletions,
-    })
+    };
+    let count =
+        |wanted: fn(&Outcome) -> bool| report.deletions.iter().filter(|(_, o)| wanted(o)).count();
+    tracing::info!(
+        %cluster,
+        dry_run,
+        deleted = count(|o| matches!(o, Outcome::Deleted)),
+        failed = count(|o| matches!(o, Outcome::Failed(_))),
+        deferred = count(|o| matches!(o, Outcome::Deferred)),
+        "snapshots pruned"
+    );
+    Ok(report)
 }
 
 /// Deletes a target's objects in order, stopping at the first failure.

@@ -19,6 +19,7 @@ use drover::config::Store;
 use drover::model::{ClusterName, Retention, SnapshotId};
 use drover::snapshot;
 use drover::snapshot::retention::{prune, Outcome, Policy, PruneReport, Target};
+use expect_test::expect;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -158,6 +159,16 @@ async fn check_prune(store: Arc<dyn ObjectStore>) {
         .find(|o| o.location.as_ref() == format!("dev/{FRESH_ORPHAN}.db.zst"));
     assert!(!fresh.expect("the fresh orphan is planned").expired);
     assert_eq!(dry.plan.untouched, vec![Path::from("dev/notes.txt")]);
+    expect![[r#"
+        keep       20261125T090000Z-4-dddddddd  newest 2
+        keep       20261125T080000Z-3-cccccccc  newest 2
+        delete     20261125T070000Z-2-bbbbbbbb  would delete
+        keep       20261125T060000Z-1-aaaaaaaa  newest verified
+        orphan     dev/20261125T100000Z-5-eeeeeeee.db.zst  past the grace period: would delete
+        orphan     dev/20261125T110000Z-6-ffffffff.db.zst  within the grace period: kept
+        untouched  dev/notes.txt  not a snapshot name
+    "#]]
+    .assert_eq(&dry.to_string());
 
     // One deletion per run: the snapshot goes, the orphan waits.
     let mut bounded = policy();
@@ -171,6 +182,15 @@ async fn check_prune(store: Arc<dyn ObjectStore>) {
         format!("{} deferred", doomed[1]),
     ];
     assert_eq!(outcomes(&first), want);
+    expect![[r#"
+        keep       20261125T090000Z-4-dddddddd  newest 2
+        keep       20261125T080000Z-3-cccccccc  newest 2
+        delete     20261125T070000Z-2-bbbbbbbb  deleted
+        keep       20261125T060000Z-1-aaaaaaaa  newest verified
+        orphan     dev/20261125T100000Z-5-eeeeeeee.db.zst  past the grace period: deferred to the next run
+        orphan     dev/20261125T110000Z-6-ffffffff.db.zst  within the grace period: kept
+        untouched  dev/notes.txt  not a snapshot name
+    "#]].assert_eq(&first.to_string());
 
     let second = prune(store, &dev, &policy(), &verified, now, false)
         .await

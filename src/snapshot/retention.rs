@@ -38,7 +38,8 @@ const DATA_SUFFIX: &str = ".db.zst";
 pub struct Policy {
     pub retention: Retention,
     /// How old a data object without a manifest (a crashed upload) must be before it is
-    /// removed; a younger one may be an upload in progress.
+    /// removed; a younger one may be an upload in progress. It must exceed the longest upload
+    /// plus the manifest's write: S3 may date a multipart object from the upload's start.
     pub orphan_grace: Duration,
     /// Most deletions (a snapshot or an orphan each) one run makes.
     pub max_deletions: usize,

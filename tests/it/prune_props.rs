@@ -1,6 +1,7 @@
 //! Properties of the retention plan over generated stores shared by several clusters: the
 //! newest snapshot, the newest `last` and the newest verified are always kept, and deletions
-//! name only the pruned cluster's own snapshot objects, a manifest before its data.
+//! name only the pruned cluster's own snapshot objects, a manifest before its data; and a
+//! second prune after the first deletes nothing.
 //! `PROPTEST_CASES` sets the number of cases (default 256).
 
 use std::collections::BTreeSet;
@@ -216,5 +217,24 @@ proptest! {
         for orphan in &plan.orphans {
             prop_assert_eq!(orphan.expired, orphan.age > policy.orphan_grace);
         }
+
+        // Pruning is idempotent: once the plan's deletions are done, the next plan deletes
+        // nothing and keeps the same snapshots.
+        let doomed: BTreeSet<Path> = plan
+            .deletions()
+            .iter()
+            .flat_map(|target| target.objects().into_iter().cloned())
+            .collect();
+        let left: Vec<Object> = store
+            .objects
+            .iter()
+            .filter(|o| !doomed.contains(&o.location))
+            .cloned()
+            .collect();
+        let again = drover::snapshot::retention::plan(&dev, &left, &store.verified, &policy, now);
+        prop_assert!(again.deletions().is_empty(), "{:?}", again.deletions());
+        let kept: Vec<_> = plan.snapshots.iter().filter(|v| v.fate != Fate::Delete).collect();
+        let kept_again: Vec<_> = again.snapshots.iter().collect();
+        prop_assert_eq!(kept, kept_again);
     }
 }

@@ -12,11 +12,13 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::ObjectStore;
+use object_store::{ObjectMeta, ObjectStore};
 
 use crate::config::{Credentials, S3Store, Store};
 use crate::model::{ClusterName, SnapshotId};
 use crate::secret::{Secret, SecretError};
+
+pub mod retention;
 
 /// The suffix of a snapshot's manifest, after its id.
 pub const MANIFEST_SUFFIX: &str = ".db.zst.json";
@@ -135,4 +137,43 @@ pub async fn list(
         }
     }
     Ok(ids)
+}
+
+/// Every object directly under `<cluster>/` in `store`, with its metadata: snapshot data,
+/// manifests, orphans and strangers alike, but never another cluster's objects (`dev2/...` for
+/// `dev`) nor deeper ones (`dev/old/...`). At most [`MAX_LISTED`] objects are read.
+pub async fn list_objects(
+    store: &dyn ObjectStore,
+    cluster: &ClusterName,
+) -> Result<Vec<ObjectMeta>, StoreError> {
+    let prefix = Path::from(cluster.as_str());
+    let mut listing = store.list(Some(&prefix));
+    let mut objects = Vec::new();
+    let mut seen = 0;
+    let list_error = |source| StoreError::List {
+        cluster: cluster.to_string(),
+        source,
+    };
+    while let Some(meta) = listing.try_next().await.map_err(list_error)? {
+        seen += 1;
+        if seen > MAX_LISTED {
+            return Err(StoreError::TooMany {
+                cluster: cluster.to_string(),
+                limit: MAX_LISTED,
+            });
+        }
+        if is_direct_child(cluster, &meta.location) {
+            objects.push(meta);
+        }
+    }
+    Ok(objects)
+}
+
+/// Whether `location` is `<cluster>/<name>`: one of the cluster's own objects.
+pub fn is_direct_child(cluster: &ClusterName, location: &Path) -> bool {
+    let mut parts = location.parts();
+    let first = parts.next();
+    first.is_some_and(|part| part.as_ref() == cluster.as_str())
+        && parts.next().is_some()
+        && parts.next().is_none()
 }

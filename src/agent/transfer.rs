@@ -104,14 +104,7 @@ async fn fetch(
         )
         .body(http_body_util::Empty::<Bytes>::new())
         .expect("a transfer request is well formed");
-    let tls = dial
-        .tls(Some(identity))
-        .await
-        .map_err(TransferError::Dial)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(TransferError::Http)?;
-    let driver = tokio::spawn(connection);
+    let (mut sender, driver) = connect(dial, identity).await?;
     let written = async {
         let response = within(sender.send_request(request))
             .await?
@@ -275,14 +268,7 @@ async fn put<B>(
 where
     B: futures::Stream<Item = Result<Frame<Bytes>, BodyError>> + Send + 'static,
 {
-    let tls = dial
-        .tls(Some(identity))
-        .await
-        .map_err(TransferError::Dial)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(TransferError::Http)?;
-    let driver = tokio::spawn(connection);
+    let (mut sender, driver) = connect(dial, identity).await?;
     let answer = sender.send_request(request);
     tokio::pin!(answer);
     let mut last = sent.load(Ordering::Relaxed);
@@ -300,6 +286,33 @@ where
     };
     driver.abort();
     outcome
+}
+
+/// An HTTP/1.1 connection of its own to the daemon, dialled as the session is, and the task
+/// that drives it (abort it when done).
+async fn connect<B>(
+    dial: &Dial,
+    identity: Identity,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<B>,
+        tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    ),
+    TransferError,
+>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = dial
+        .tls(Some(identity))
+        .await
+        .map_err(TransferError::Dial)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(TransferError::Http)?;
+    Ok((sender, tokio::spawn(connection)))
 }
 
 /// Runs `work` within `STALL_TIMEOUT`.

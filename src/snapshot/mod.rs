@@ -109,34 +109,12 @@ pub async fn list(
     store: &dyn ObjectStore,
     cluster: &ClusterName,
 ) -> Result<BTreeSet<SnapshotId>, StoreError> {
-    let prefix = Path::from(cluster.as_str());
-    let mut listing = store.list(Some(&prefix));
-    let mut ids = BTreeSet::new();
-    let mut seen = 0;
-    let list_error = |source| StoreError::List {
-        cluster: cluster.to_string(),
-        source,
-    };
-    while let Some(meta) = listing.try_next().await.map_err(list_error)? {
-        seen += 1;
-        if seen > MAX_LISTED {
-            return Err(StoreError::TooMany {
-                cluster: cluster.to_string(),
-                limit: MAX_LISTED,
-            });
-        }
-        let id = meta
-            .location
-            .filename()
-            .and_then(|name| name.strip_suffix(MANIFEST_SUFFIX))
-            .and_then(SnapshotId::parse);
-        // Only direct children of the cluster's prefix are its snapshots.
-        let direct = meta.location.prefix_matches(&prefix) && meta.location.parts().count() == 2;
-        if let (Some(id), true) = (id, direct) {
-            ids.insert(id);
-        }
-    }
-    Ok(ids)
+    let objects = list_objects(store, cluster).await?;
+    let ids = objects.iter().filter_map(|meta| {
+        let name = meta.location.filename()?;
+        SnapshotId::parse(name.strip_suffix(MANIFEST_SUFFIX)?)
+    });
+    Ok(ids.collect())
 }
 
 /// Every object directly under `<cluster>/` in `store`, with its metadata: snapshot data,

@@ -8,15 +8,7 @@ use drover::model::{load_sources, Repository, SourceFile};
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    ProptestConfig {
-        cases,
-        // Shrunk failures are written next to this file; commit them as regressions.
-        ..ProptestConfig::default()
-    }
+    crate::support::props::cases(1000)
 }
 
 fn load(bytes: Vec<u8>) -> (Repository, Vec<u8>) {

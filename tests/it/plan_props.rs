@@ -12,14 +12,7 @@ use drover::plan::{
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
+    crate::support::props::cases(256)
 }
 
 /// The knobs of a generated cluster; `render` turns them into a valid cluster file.

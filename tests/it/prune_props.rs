@@ -14,14 +14,7 @@ use object_store::path::Path;
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
+    crate::support::props::cases(256)
 }
 
 /// Where an object is: the pruned cluster's directory, or places that only look close to it.

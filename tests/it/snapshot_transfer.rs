@@ -34,6 +34,14 @@ async fn credentials(fleet: &Fleet, nodes: &[&str]) -> Vec<Credential> {
     out
 }
 
+/// A fleet whose transfers stall after 300 ms, and n1's credential.
+async fn quick_to_stall(prefix: &str) -> (Fleet, Credential) {
+    let quick: fn(&mut Settings) = |s| s.transfer_stall = Duration::from_millis(300);
+    let fleet = Fleet::start_configured(prefix, &[("n1", "etcd")], quick).await;
+    let mut creds = credentials(&fleet, &["n1"]).await;
+    (fleet, creds.remove(0))
+}
+
 /// Sends `member`'s snapshot as `credential`'s node to transfer `id`.
 async fn send(
     fleet: &Fleet,
@@ -169,9 +177,7 @@ async fn a_transfer_whose_bytes_stop_is_cut_off_and_its_reader_told() {
     use http_body_util::StreamBody;
     use hyper::body::Frame;
 
-    let quick: fn(&mut Settings) = |s| s.transfer_stall = Duration::from_millis(300);
-    let fleet = Fleet::start_configured("xfer-stall", &[("n1", "etcd")], quick).await;
-    let creds = credentials(&fleet, &["n1"]).await;
+    let (fleet, n1) = quick_to_stall("xfer-stall").await;
     let (id, arrives) = fleet
         .hub()
         .transfers()
@@ -181,7 +187,7 @@ async fn a_transfer_whose_bytes_stop_is_cut_off_and_its_reader_told() {
     // A sender that sends one piece, then nothing, on a real connection with n1's credential.
     let dial = Dial::new(&fleet.url(), &fleet.pin()).unwrap();
     let tls = dial
-        .tls(Some(DataDir::identity(&creds[0]).unwrap()))
+        .tls(Some(DataDir::identity(&n1).unwrap()))
         .await
         .unwrap();
     let (mut sender, connection) =
@@ -300,9 +306,7 @@ async fn an_offered_transfer_is_fetched_whole_into_a_private_file_and_checked() 
 async fn an_offered_transfer_whose_bytes_stop_fails_and_leaves_no_file() {
     use drover::agent::transfer::fetch_to_file;
 
-    let quick: fn(&mut Settings) = |s| s.transfer_stall = Duration::from_millis(300);
-    let fleet = Fleet::start_configured("xfer-down-stall", &[("n1", "etcd")], quick).await;
-    let creds = credentials(&fleet, &["n1"]).await;
+    let (fleet, n1) = quick_to_stall("xfer-down-stall").await;
     let (id, fill) = fleet
         .hub()
         .transfers()
@@ -315,7 +319,7 @@ async fn an_offered_transfer_whose_bytes_stop_fails_and_leaves_no_file() {
     let dial = Dial::new(&fleet.url(), &fleet.pin()).unwrap();
     let dir = crate::support::private_tempdir();
     let dest = dir.path().join("restore.db");
-    let identity = DataDir::identity(&creds[0]).unwrap();
+    let identity = DataDir::identity(&n1).unwrap();
     let fetched = fetch_to_file(&dial, identity, &id, &dest).await;
     assert!(fetched.is_err(), "{fetched:?}");
     assert!(!dest.exists(), "a partial file was left");

@@ -21,6 +21,7 @@ pub mod git_remote;
 pub mod logs;
 pub mod net;
 pub mod process;
+pub mod props;
 pub mod proxy;
 pub mod registry;
 pub mod wait;

@@ -95,6 +95,9 @@ pub const MAX_ETCD_TASKS: usize = 16;
 pub enum EtcdTask {
     /// Whether the member serves: it answers a status request and knows a leader.
     Health,
+    /// The member's status: who it is, who leads, its revision, database size and version
+    /// (a snapshot is taken from a follower when one is healthy).
+    Status,
     MemberList,
     /// Adds a member that will start on `peer_url` (it joins with `existing` state).
     MemberAdd {
@@ -153,6 +156,14 @@ pub enum EtcdTaskOutcome {
     Members { members: Vec<EtcdMemberInfo> },
     /// The change committed (`MemberRemove`, `MemberUpdate`).
     Done,
+    /// The member's status (`Status`). Ids are hex, as etcdctl prints them.
+    Status {
+        member_id: String,
+        leader_id: String,
+        revision: i64,
+        db_size: i64,
+        version: String,
+    },
     /// The snapshot was sent whole (`Snapshot`): `bytes` of it, at etcd `revision`.
     Sent { revision: i64, bytes: u64 },
     /// The task failed, with etcd's or the agent's reason (cut to `MAX_REPORT_TEXT_BYTES`).

@@ -145,6 +145,17 @@ async fn perform(
             check_health(client, url).await?;
             Ok(EtcdTaskOutcome::Healthy)
         }
+        EtcdTask::Status => {
+            let status = client.status().await.map_err(failed(url, "status"))?;
+            let header = status.header();
+            Ok(EtcdTaskOutcome::Status {
+                member_id: format!("{:x}", header.map_or(0, |h| h.member_id())),
+                leader_id: format!("{:x}", status.leader()),
+                revision: header.map_or(0, |h| h.revision()),
+                db_size: status.db_size(),
+                version: short_text(status.version()),
+            })
+        }
         EtcdTask::MemberList => {
             let list = client
                 .member_list()

@@ -1,5 +1,6 @@
 //! The agent's etcd tasks (`drover::agent::etcd::run`) against real etcd with TLS only, from
-//! certificates `drover::etcd_pki::ClusterCa` issued: health and the membership list; clients
+//! certificates `drover::etcd_pki::ClusterCa` issued: health, status (one leader named by
+//! all) and the membership list; clients
 //! without the cluster's certificate refused; the add-then-start procedure for a new member and
 //! its removal; a peer URL update; and a task against a stopped member failing with a reason.
 
@@ -65,6 +66,28 @@ async fn members_over_tls_are_healthy_list_each_other_and_refuse_other_clients()
             .await
             .unwrap_or_else(|e| panic!("{}: {}", member.name, e.reason()));
     }
+
+    // Every member names itself and the one leader; exactly one of them leads.
+    let mut leaders = std::collections::BTreeSet::new();
+    let mut leading = 0;
+    for member in &cluster.members {
+        match until_done(member, EtcdTask::Status).await {
+            EtcdTaskOutcome::Status {
+                member_id,
+                leader_id,
+                revision,
+                db_size,
+                version,
+            } => {
+                assert!(revision >= 1 && db_size > 0, "{revision} {db_size}");
+                assert!(version.starts_with("3."), "{version}");
+                leading += usize::from(member_id == leader_id);
+                leaders.insert(leader_id);
+            }
+            other => panic!("{}: {other:?}", member.name),
+        }
+    }
+    assert_eq!((leaders.len(), leading), (1, 1), "{leaders:?}");
 
     let listed = members(task(&cluster.members[0], EtcdTask::MemberList).await);
     assert_eq!(names(&listed), ["member-1", "member-2", "member-3"]);

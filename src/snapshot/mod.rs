@@ -1,11 +1,15 @@
 //! Snapshot stores: opening a store the daemon's configuration names, and listing the snapshots
 //! a cluster has there. A snapshot exists only once its manifest exists, so listing reads
-//! manifests: `<cluster>/<snapshot id>.db.zst.json` under the store's prefix. `manifest` says what
-//! a snapshot holds.
+//! manifests: `<cluster>/<snapshot id>.db.zst.json` under the store's prefix. `save` writes
+//! snapshots, `download` reads them back verified.
 
+pub mod call;
+pub mod download;
 pub mod integrity;
 pub mod manifest;
 pub mod naming;
+pub mod save;
+pub mod upload;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

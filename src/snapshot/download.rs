@@ -343,3 +343,92 @@ impl Reader {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use futures::TryStreamExt;
+    use object_store::memory::InMemory;
+    use object_store::PutPayload;
+
+    use super::*;
+    use crate::model::NodeName;
+    use crate::snapshot::manifest::{Compression, Sha256, MANIFEST_FORMAT};
+
+    /// Stores `compressed` as a snapshot whose manifest claims `raw_size` and matches the
+    /// object's own size and digest; returns what reading it back gave.
+    async fn read(compressed: Vec<u8>, raw_size: u64) -> (usize, Result<(), DownloadError>) {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cluster = ClusterName::parse("dev").unwrap();
+        let id = SnapshotId::parse("20261125T060000Z-41-aaaaaaaa").unwrap();
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            cluster: cluster.clone(),
+            id: id.clone(),
+            member: NodeName::parse("node-1").unwrap(),
+            revision: 41,
+            etcd_version: "3.4.23".into(),
+            raw_size,
+            compressed_size: compressed.len() as u64,
+            raw_sha256: Sha256([0; 32]),
+            compressed_sha256: Sha256(Hasher::digest(&compressed).into()),
+            compression: Compression::Zstd,
+            compression_level: 3,
+            git_commit: "0".repeat(40),
+            started_at: UNIX_EPOCH,
+            finished_at: UNIX_EPOCH,
+        };
+        let put = |path: Path, bytes: Vec<u8>| {
+            let store = Arc::clone(&store);
+            async move { store.put(&path, PutPayload::from(bytes)).await.unwrap() }
+        };
+        put(naming::manifest_path(&cluster, &id), manifest.to_json()).await;
+        put(naming::data_path(&cluster, &id), compressed).await;
+        let (_, stream) = download_verified(Arc::clone(&store), &cluster, &id)
+            .await
+            .unwrap();
+        let mut stream = std::pin::pin!(stream);
+        let mut largest = 0;
+        loop {
+            match stream.try_next().await {
+                Ok(Some(piece)) => largest = largest.max(piece.len()),
+                Ok(None) => return (largest, Ok(())),
+                Err(e) => return (largest, Err(e)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decompression_bomb_stops_at_the_manifests_size() {
+        let bomb = zstd::encode_all(vec![0u8; 256 * 1024 * 1024].as_slice(), 3).unwrap();
+        assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
+        let (largest, result) = read(bomb, 1024 * 1024).await;
+        assert!(largest <= PIECE_BYTES);
+        assert!(
+            matches!(
+                result,
+                Err(DownloadError::Size {
+                    layer: Layer::Raw,
+                    expected: 1_048_576,
+                    found,
+                }) if found <= 1_048_576 + PIECE_BYTES as u64
+            ),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cut_zstd_frame_is_refused() {
+        let mut whole = zstd::encode_all(vec![7u8; 100_000].as_slice(), 3).unwrap();
+        whole.truncate(whole.len() - 3);
+        let (_, result) = read(whole, 100_000).await;
+        assert!(
+            matches!(
+                result,
+                Err(DownloadError::Incomplete | DownloadError::Decompress(_))
+            ),
+            "{result:?}"
+        );
+    }
+}

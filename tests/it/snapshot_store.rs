@@ -14,7 +14,7 @@ use drover::model::{ClusterName, NodeName, SnapshotId};
 use drover::snapshot;
 use drover::snapshot::download::{self, DownloadError, Layer};
 use drover::snapshot::integrity::IntegrityError;
-use drover::snapshot::manifest::{Compression, MANIFEST_FORMAT};
+use drover::snapshot::manifest::{Compression, ManifestError, MANIFEST_FORMAT, MAX_MANIFEST_BYTES};
 use drover::snapshot::save::{self, SaveError, Source};
 use drover::snapshot::{naming, upload};
 use futures::{Stream, TryStreamExt};
@@ -409,6 +409,27 @@ async fn an_etcd_snapshot_is_saved_listed_and_read_back_intact(under: Under, tes
     assert!(
         matches!(again, Err(SaveError::AlreadyExists { .. })),
         "a second manifest write: {again:?}"
+    );
+
+    let huge = SnapshotId::parse("20261125T060000Z-1-bbbbbbbb").unwrap();
+    let padding = vec![b' '; MAX_MANIFEST_BYTES + 1];
+    store
+        .put(
+            &naming::manifest_path(&dev, &huge),
+            PutPayload::from(padding),
+        )
+        .await
+        .unwrap();
+    let refused = download::read_manifest(store, &dev, &huge).await;
+    assert!(
+        matches!(
+            refused,
+            Err(DownloadError::Manifest {
+                source: ManifestError::TooLarge { .. },
+                ..
+            })
+        ),
+        "{refused:?}"
     );
 
     corrupt(store, &naming::data_path(&dev, &id)).await;

@@ -54,6 +54,8 @@ pub enum CallError {
     TimedOut { call: Call, limit: Duration },
     #[error("the task uploading a part ended abnormally")]
     Task(#[source] tokio::task::JoinError),
+    #[error("the upload is already completed or aborted")]
+    Finished,
 }
 
 impl CallError {

@@ -307,6 +307,30 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_stalls_is_refused_and_its_upload_aborted() {
+        use futures::TryStreamExt;
+        use object_store::memory::InMemory;
+
+        let store = InMemory::new();
+        let cluster = ClusterName::parse("dev").unwrap();
+        let source = Source {
+            member: NodeName::parse("node-1").unwrap(),
+            revision: 1,
+            etcd_version: "3.4.23".into(),
+            git_commit: "0".repeat(40),
+        };
+        let first = futures::stream::iter([Ok::<_, io::Error>(Bytes::from(snapshot(4)))]);
+        let stalled = first.chain(futures::stream::pending());
+        let refused = save(&store, &cluster, &source, stalled).await;
+        assert!(
+            matches!(refused, Err(SaveError::Stalled { limit }) if limit == CHUNK_TIMEOUT),
+            "{refused:?}"
+        );
+        let objects: Vec<_> = store.list(None).try_collect().await.unwrap();
+        assert!(objects.is_empty(), "{objects:?}");
+    }
+
     #[test]
     fn the_pipeline_refuses_a_stream_whose_checksum_fails() {
         let mut raw = snapshot(8);

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use drover::config::{self, Store};
@@ -26,6 +27,7 @@ use crate::support::docker;
 use crate::support::etcd::EtcdMember;
 use crate::support::garage::S3Prefix;
 use crate::support::git::TestRepo;
+use crate::support::wait::eventually;
 use crate::support::{require, test_name, Unavailable};
 
 const KEPT: &str = "20261125T060000Z-41-aaaaaaaa";
@@ -290,6 +292,7 @@ macro_rules! contract {
 
 contract!(an_etcd_snapshot_is_saved_listed_and_read_back_intact);
 contract!(a_damaged_stream_is_refused_and_leaves_nothing_behind);
+contract!(a_save_dropped_mid_upload_leaves_nothing_behind);
 
 /// Writes `keys` keys of `value_bytes` bytes each (incompressible); returns the revision after.
 async fn write_keys(client: &mut etcd_client::Client, keys: usize, value_bytes: usize) -> u64 {
@@ -557,6 +560,58 @@ async fn a_damaged_stream_is_refused_and_leaves_nothing_behind(under: Under, tes
     let refused = save::save(under.store.as_ref(), &dev, &source, failing).await;
     assert!(matches!(refused, Err(SaveError::Stream(_))), "{refused:?}");
     assert_eq!(under.leftovers(&dev).await, Vec::<String>::new());
+}
+
+/// A save cancelled while parts are uploading (the daemon shutting down): the dropped upload
+/// is aborted in the background, and nothing stays.
+async fn a_save_dropped_mid_upload_leaves_nothing_behind(under: Under, _test: &str) {
+    let (chunks, received) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(1);
+    let stream = futures::stream::unfold(received, |mut received| async move {
+        received.recv().await.map(|chunk| (chunk, received))
+    });
+    let store = Arc::clone(&under.store);
+    let source = Source {
+        member: NodeName::parse("node-1").unwrap(),
+        revision: 7,
+        etcd_version: "3.4.23".into(),
+        git_commit: COMMIT.into(),
+    };
+    let dev = ClusterName::parse("dev").unwrap();
+    let cluster = dev.clone();
+    let saving =
+        tokio::spawn(async move { save::save(store.as_ref(), &cluster, &source, stream).await });
+    // Incompressible chunks worth more than a part: once the channel (of one) took them all,
+    // the save has sent a part.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for _ in 0..(upload::PART_BYTES / (32 * 1024) + 8) {
+        let chunk: Vec<u8> = (0..32 * 1024)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        chunks
+            .send(Ok(Bytes::from(chunk)))
+            .await
+            .expect("the save takes chunks");
+    }
+    saving.abort();
+    assert!(saving.await.unwrap_err().is_cancelled());
+    eventually(
+        "the dropped upload to be aborted",
+        Duration::from_secs(30),
+        || async {
+            let left = under.leftovers(&dev).await;
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// Garage 2.5 ignores `If-None-Match: *` on PutObject: a create-only write over an existing

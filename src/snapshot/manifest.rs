@@ -22,25 +22,32 @@ pub const MAX_FIELD_BYTES: usize = 128;
 pub struct Manifest {
     /// [`MANIFEST_FORMAT`] when written by this build.
     pub format: u32,
+    /// The cluster whose etcd this is; also the first part of the object's path.
     pub cluster: ClusterName,
+    /// The snapshot's id; the rest of the object's path.
     #[serde(serialize_with = "id_ser", deserialize_with = "id_de")]
     pub id: SnapshotId,
     /// The node whose etcd member streamed the snapshot.
     pub member: NodeName,
     /// The etcd revision the snapshot holds.
     pub revision: u64,
+    /// The version the member reported (`3.4.23`).
     pub etcd_version: String,
     /// Bytes of the snapshot as etcd sent it, its trailing sha256 included: what
     /// `etcdctl snapshot save` would have written.
     pub raw_size: u64,
     /// Bytes of the data object.
     pub compressed_size: u64,
+    /// The sha256 of the raw snapshot.
     pub raw_sha256: Sha256,
+    /// The sha256 of the data object.
     pub compressed_sha256: Sha256,
+    /// How the data object is compressed, and at which level.
     pub compression: Compression,
     pub compression_level: i32,
     /// The commit of the cluster's definition when the snapshot was taken.
     pub git_commit: String,
+    /// When the save started and when its data was stored (RFC 3339, milliseconds).
     #[serde(with = "rfc3339")]
     pub started_at: SystemTime,
     #[serde(with = "rfc3339")]
@@ -51,6 +58,7 @@ pub struct Manifest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    /// One zstd frame.
     Zstd,
 }
 

@@ -38,6 +38,7 @@ pub struct Source {
     pub member: NodeName,
     /// The revision the snapshot holds.
     pub revision: u64,
+    /// The version the member reports.
     pub etcd_version: String,
     /// The commit of the cluster's definition.
     pub git_commit: String,

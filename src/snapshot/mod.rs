@@ -1,29 +1,42 @@
 //! Snapshot stores: opening a store the daemon's configuration names, and listing the snapshots
 //! a cluster has there. A snapshot exists only once its manifest exists, so listing reads
-//! manifests: `<cluster>/<snapshot id>.db.zst.json` under the store's prefix.
+//! manifests: `<cluster>/<snapshot id>.db.zst.json` under the store's prefix. `save` writes
+//! snapshots, `download` reads them back verified.
 
+pub mod call;
+pub mod download;
+pub mod integrity;
+pub mod manifest;
+pub mod naming;
+pub mod retention;
+pub mod save;
 pub mod schedule;
+pub mod upload;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectMeta, ObjectStore};
+use object_store::{ClientOptions, ObjectMeta, ObjectStore};
 
 use crate::config::{Credentials, S3Store, Store};
 use crate::model::{ClusterName, SnapshotId};
 use crate::secret::{Secret, SecretError};
 
-pub mod retention;
-
 /// The suffix of a snapshot's manifest, after its id.
 pub const MANIFEST_SUFFIX: &str = ".db.zst.json";
 /// Most objects one listing of a cluster's snapshots reads.
 pub const MAX_LISTED: usize = 100_000;
+/// Longest wait for a connection to an S3 store.
+pub const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one S3 request may take, a part upload included (`call::CALL_TIMEOUT` bounds it
+/// again, with its retries).
+pub const S3_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a store could not be opened or listed.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +101,12 @@ fn open_s3(s3: &S3Store) -> Result<Arc<dyn ObjectStore>, StoreError> {
         .with_access_key_id(key_id.expose())
         .with_secret_access_key(secret.expose())
         .with_virtual_hosted_style_request(!s3.path_style)
+        // Client options first: setting them replaces `allow_http` too.
+        .with_client_options(
+            ClientOptions::new()
+                .with_connect_timeout(S3_CONNECT_TIMEOUT)
+                .with_timeout(S3_REQUEST_TIMEOUT),
+        )
         .with_allow_http(s3.allow_http);
     if let Some(endpoint) = &s3.endpoint {
         builder = builder.with_endpoint(endpoint.as_str());

@@ -1,6 +1,7 @@
 //! Fuzzing the loader with proptest: arbitrary bytes, mutations of real cluster files, and
 //! generated YAML. Whatever the input, loading never panics, every diagnostic points inside
-//! the file, and a file either yields its clusters or says why not. `PROPTEST_CASES` sets the
+//! the file, and a file either yields its clusters or says why not. The daemon configuration
+//! and snapshot manifests get the same treatment. `PROPTEST_CASES` sets the
 //! number of cases per property (default 1000).
 
 use drover::model::diagnostic::Severity;
@@ -229,4 +230,59 @@ fn seeds_are_valid() {
         assert!(!repo.has_errors(), "{}", repo.render_diagnostics());
         assert_eq!(repo.clusters.len(), 1);
     }
+}
+
+/// A manifest as `save` writes it, the seed of the manifest parser's mutations.
+const MANIFEST_SEED: &str = r#"{
+  "format": 1,
+  "cluster": "dev",
+  "id": "20261125T060000Z-41-aaaaaaaa",
+  "member": "node-1",
+  "revision": 41,
+  "etcdVersion": "3.4.23",
+  "rawSize": 20512,
+  "compressedSize": 1200,
+  "rawSha256": "0101010101010101010101010101010101010101010101010101010101010101",
+  "compressedSha256": "0202020202020202020202020202020202020202020202020202020202020202",
+  "compression": "zstd",
+  "compressionLevel": 3,
+  "gitCommit": "0123456789abcdef0123456789abcdef01234567",
+  "startedAt": "2026-11-25T06:00:00.123Z",
+  "finishedAt": "2026-11-25T06:00:01.456Z"
+}"#;
+
+/// The manifest parser: whatever the bytes, a manifest that writes back to the same manifest,
+/// or a typed refusal; never a panic.
+fn check_manifest(bytes: &[u8]) -> Result<(), TestCaseError> {
+    use drover::snapshot::manifest::{Manifest, ManifestError, MAX_MANIFEST_BYTES};
+    match Manifest::parse(bytes) {
+        Ok(manifest) => {
+            prop_assert!(bytes.len() <= MAX_MANIFEST_BYTES);
+            let again = Manifest::parse(&manifest.to_json());
+            prop_assert_eq!(again.ok(), Some(manifest));
+        }
+        Err(ManifestError::TooLarge { size, .. }) => prop_assert_eq!(size, bytes.len()),
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn manifests_never_panic(
+        edits in prop::collection::vec(edit(), 0..8),
+        noise in prop::collection::vec(any::<u8>(), 0..512),
+        raw in any::<bool>(),
+    ) {
+        let bytes = if raw { noise } else { apply(MANIFEST_SEED, &edits) };
+        check_manifest(&bytes)?;
+    }
+}
+
+#[test]
+fn the_manifest_seed_is_valid() {
+    let manifest = drover::snapshot::manifest::Manifest::parse(MANIFEST_SEED.as_bytes());
+    assert!(manifest.is_ok(), "{manifest:?}");
 }

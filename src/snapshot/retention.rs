@@ -22,6 +22,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use time::{Date, Month, PrimitiveDateTime, Time};
 
+use super::naming::DATA_SUFFIX;
 use super::{is_direct_child, list_objects, StoreError, MANIFEST_SUFFIX};
 use crate::model::{ClusterName, Retention, SnapshotId};
 
@@ -29,9 +30,6 @@ use crate::model::{ClusterName, Retention, SnapshotId};
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 /// Most deletions one [`prune`] run makes by default; the rest wait for the next run.
 pub const DEFAULT_MAX_DELETIONS: usize = 1000;
-
-/// The suffix of a snapshot's data object, after its id.
-const DATA_SUFFIX: &str = ".db.zst";
 
 /// What [`prune`] follows: the cluster's retention and the limits of one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,7 @@ pub mod controller;
 pub mod http;
 pub mod metrics;
 pub mod operator;
+pub mod snapshots;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

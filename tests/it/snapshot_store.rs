@@ -485,7 +485,7 @@ async fn corrupt(store: &dyn ObjectStore, path: &Path) {
 }
 
 /// What Debian's `etcdctl snapshot status` says the snapshot's revision is.
-fn etcdctl_status_revision(raw: &[u8]) -> u64 {
+pub(crate) fn etcdctl_status_revision(raw: &[u8]) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("snapshot.db");
     std::fs::write(&file, raw).unwrap();

@@ -325,3 +325,77 @@ async fn an_offered_transfer_whose_bytes_stop_fails_and_leaves_no_file() {
     assert!(!dest.exists(), "a partial file was left");
     drop(fill);
 }
+
+/// What `take` is given: `n1`'s agent, on a plan that names the member at `member` and
+/// carries a client certificate of its cluster's CA (written into the agent's PKI directory).
+fn member_plan(etcd: &TlsCluster, member: &TlsMember) -> drover::nodeplan::NodeSpec {
+    let pki = etcd
+        .ca
+        .issue("n1", &[member.ip.to_string()], std::time::SystemTime::now())
+        .unwrap();
+    drover::nodeplan::NodeSpec {
+        etcd_client_url: Some(member.client_url.clone()),
+        pki,
+        ..drover::nodeplan::NodeSpec::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_through_a_members_agent_is_saved_whole() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use drover::model::ClusterName;
+    use drover::snapshot::download::download_verified;
+    use futures::TryStreamExt as _;
+
+    use crate::support::fleet::TestAgent;
+
+    let engine = require!(docker::connect().await);
+    let etcd = require!(TlsCluster::start(&engine, &test_name!(), 1).await);
+    let member = &etcd.members[0];
+    fill(member, 100).await;
+    let fleet = Fleet::start("take", &[("n1", "etcd")]).await;
+    fleet.declare(&["n1"], "    worker: []\n");
+    let token = fleet.token(true, Duration::from_secs(600));
+    let agent = TestAgent::start(&fleet, "n1", Some(token)).await;
+    let spec = member_plan(&etcd, member);
+    let desired = BTreeMap::from([(
+        fleet.cluster.clone(),
+        BTreeMap::from([("n1".to_string(), spec.clone())]),
+    )]);
+    fleet.hub().set_desired(&desired).unwrap();
+    fleet.converged("n1", &spec, Duration::from_secs(30)).await;
+
+    let dir = crate::support::private_tempdir();
+    let store: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let cluster = ClusterName::parse(&fleet.cluster).unwrap();
+    let members = ["n1".to_string()];
+    let manifest =
+        drover::daemon::snapshots::take(fleet.hub(), &*store, &cluster, &members, "abc123")
+            .await
+            .unwrap_or_else(|e| panic!("{}", drover_error(&e)));
+    assert_eq!(manifest.member.as_str(), "n1");
+    assert!(manifest.revision >= 101, "revision {}", manifest.revision);
+    let listed = drover::snapshot::list(&*store, &cluster).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed.contains(&manifest.id));
+    let (_, raw) = download_verified(store.clone(), &cluster, &manifest.id)
+        .await
+        .unwrap();
+    let raw: Vec<bytes::Bytes> = raw.try_collect().await.unwrap();
+    let revision = crate::snapshot_store::etcdctl_status_revision(&raw.concat());
+    assert!(revision >= 101, "etcdctl says revision {revision}");
+    agent.stop().await;
+}
+
+fn drover_error(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}

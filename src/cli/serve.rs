@@ -70,9 +70,10 @@ async fn serve(config: DaemonConfig) -> Exit {
         Err(e) => {
             eprintln!("error: {}", super::error_chain(&e));
             return match e {
-                DaemonError::Usage(_) | DaemonError::Secret { .. } | DaemonError::Git(_) => {
-                    Exit::Usage
-                }
+                DaemonError::Usage(_)
+                | DaemonError::Secret { .. }
+                | DaemonError::Git(_)
+                | DaemonError::Store { .. } => Exit::Usage,
                 DaemonError::Listen { .. } => Exit::Unavailable,
                 DaemonError::State(_) | DaemonError::Token(_) | DaemonError::Server(_) => Exit::Io,
             };

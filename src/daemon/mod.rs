@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod operator;
 pub mod snapshots;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use self::metrics::Metrics;
 use crate::config::{self, DaemonConfig, GitCredentials, GitReference, SourceConfig};
 use crate::daemon::controller::Controller;
+use crate::model::StoreName;
 use crate::secret::{Secret, SecretError};
 use crate::server::{AgentServer, Hub, ServerError, Settings};
 use crate::source::webhook::{self, WebhookSecrets, WebhookStats};
@@ -71,6 +73,12 @@ pub enum DaemonError {
     },
     #[error("cannot make the local operator token")]
     Token(#[source] crate::api::ApiError),
+    #[error("snapshot store {name}")]
+    Store {
+        name: String,
+        #[source]
+        source: Box<crate::snapshot::StoreError>,
+    },
 }
 
 /// Where `drover status` on this machine finds the daemon.
@@ -123,6 +131,7 @@ struct Prepared {
     location: String,
     trigger: Trigger,
     hooks: WebhookSecrets,
+    stores: BTreeMap<StoreName, Arc<dyn object_store::ObjectStore>>,
 }
 
 /// A running daemon.
@@ -146,6 +155,7 @@ impl Daemon {
             location,
             trigger,
             hooks,
+            stores,
         } = prepared;
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new();
@@ -203,6 +213,8 @@ impl Daemon {
         let desired = source.desired();
         tasks.spawn(source.run(shutdown.clone()));
         tasks.spawn(controller.clone().run(desired.clone()));
+        let snapshots = snapshots::Scheduler::new(hub.clone(), stores);
+        tasks.spawn(snapshots.run(desired.clone(), shutdown.clone()));
         tasks.spawn(admit_when_loaded(hub.clone(), desired, shutdown.clone()));
         let probe = Arc::new(DaemonProbe {
             hub: hub.clone(),
@@ -321,13 +333,48 @@ async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
         }
         (SourceConfig::Git(_), None) => unreachable!("a Git source was checked above"),
     };
+    let stores = open_stores(config).await?;
     Ok(Prepared {
         state,
         source,
         location,
         trigger,
         hooks,
+        stores,
     })
+}
+
+/// Opens every configured snapshot store (credentials read now, a file store's directory
+/// made owner-only if missing), before a port is bound.
+async fn open_stores(
+    config: &DaemonConfig,
+) -> Result<BTreeMap<StoreName, Arc<dyn object_store::ObjectStore>>, DaemonError> {
+    let mut stores = BTreeMap::new();
+    for (name, store) in &config.stores {
+        let failed = |source| DaemonError::Store {
+            name: name.to_string(),
+            source: Box::new(source),
+        };
+        if let config::Store::File { root } = store {
+            let root = root.clone();
+            let made = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::DirBuilderExt as _;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&root)
+            })
+            .await
+            .expect("making a directory does not panic");
+            if let Err(e) = made {
+                return Err(DaemonError::Usage(format!(
+                    "stores.{name}: cannot make the directory: {e}"
+                )));
+            }
+        }
+        stores.insert(name.clone(), crate::snapshot::open(store).map_err(failed)?);
+    }
+    Ok(stores)
 }
 
 /// The Git source's settings, its credentials read.

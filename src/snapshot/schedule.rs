@@ -22,22 +22,26 @@ use crate::model::Schedule;
 /// The widest spread of clusters' runs around one occurrence.
 pub const MAX_SPREAD: Duration = Duration::from_secs(300);
 
-/// When the next snapshot of `cluster` is due, its last one (successful or not) at `last`.
+/// When the next snapshot of `cluster` is due, its last one (successful or not) at `last`; a
+/// cluster without one is counted from `since`, when its policy was first seen (a fixed time:
+/// the answer must not move with the clock).
 pub fn next_due(
     schedule: &Schedule,
     cluster: &str,
     last: Option<SystemTime>,
+    since: SystemTime,
     now: SystemTime,
 ) -> SystemTime {
     match schedule {
         Schedule::Every(period) => match last {
             Some(last) => last + *period,
-            None => now + offset(cluster, (*period / 10).min(MAX_SPREAD)),
+            None => since + offset(cluster, (*period / 10).min(MAX_SPREAD)),
         },
         Schedule::Cron { cron, .. } => {
             let spread = |at: SystemTime| at + offset(cluster, cron_spread(cron, at));
-            // The occurrence after the last snapshot (or after now, for a cluster without one).
-            let after = last.unwrap_or(now);
+            // The occurrence after the last snapshot (or after `since`, for a cluster without
+            // one).
+            let after = last.unwrap_or(since);
             match occurrence(cron, after) {
                 // Missed while the daemon was down: at once.
                 Some(due) if spread(due) <= now && last.is_some() => now,
@@ -163,8 +167,19 @@ mod tests {
             ),
         ];
         for (i, (schedule, last, from, before)) in cases.into_iter().enumerate() {
-            let due = next_due(&schedule, "dev", last, now);
+            let due = next_due(&schedule, "dev", last, now, now);
             assert!(due >= from && due < before, "case {i}: {due:?}");
+        }
+    }
+
+    #[test]
+    fn a_first_run_is_due_at_a_fixed_time_whatever_the_clock_says() {
+        let since = at("2026-12-03T07:10:00Z");
+        let every = Schedule::Every(HOUR);
+        let first = next_due(&every, "dev", None, since, since);
+        for later in [1, 30, 600] {
+            let now = since + Duration::from_secs(later);
+            assert_eq!(next_due(&every, "dev", None, since, now), first);
         }
     }
 
@@ -173,9 +188,9 @@ mod tests {
         let six_hourly = cron("0 */6 * * *");
         let last = at("2026-12-01T00:00:10Z");
         let now = at("2026-12-03T07:10:00Z");
-        assert_eq!(next_due(&six_hourly, "dev", Some(last), now), now);
+        assert_eq!(next_due(&six_hourly, "dev", Some(last), now, now), now);
         // Once it ran, the next is the next occurrence, not the other missed ones.
-        let next = next_due(&six_hourly, "dev", Some(now), now);
+        let next = next_due(&six_hourly, "dev", Some(now), now, now);
         assert!(next >= at("2026-12-03T12:00:00Z"), "{next:?}");
     }
 
@@ -184,11 +199,11 @@ mod tests {
         let six_hourly = cron("0 */6 * * *");
         let now = at("2026-12-03T07:10:00Z");
         let due: Vec<SystemTime> = (0..100)
-            .map(|c| next_due(&six_hourly, &format!("c{c}"), None, now))
+            .map(|c| next_due(&six_hourly, &format!("c{c}"), None, now, now))
             .collect();
         let distinct: std::collections::BTreeSet<_> = due.iter().collect();
         assert!(distinct.len() > 90, "{} distinct times", distinct.len());
-        assert_eq!(due[7], next_due(&six_hourly, "c7", None, now));
+        assert_eq!(due[7], next_due(&six_hourly, "c7", None, now, now));
     }
 
     #[test]

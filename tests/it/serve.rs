@@ -630,3 +630,99 @@ async fn member_names(etcd: &mut etcd_client::Client) -> Vec<String> {
         .map(|m| m.name().to_string())
         .collect()
 }
+
+/// The snapshots the daemon's `backups` store lists for `cluster`.
+async fn stored_snapshots(
+    daemon: &TestDaemon,
+    cluster: &drover::model::ClusterName,
+) -> Vec<drover::model::SnapshotId> {
+    let dir = daemon.snapshots_dir();
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&dir).unwrap();
+    let ids = drover::snapshot::list(&store, cluster).await.unwrap();
+    ids.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_snapshots_land_in_the_store_and_rotate() {
+    use std::sync::Arc;
+
+    use futures::TryStreamExt as _;
+
+    let engine = require!(docker::connect().await);
+    require!(docker::require_image(&engine, ETCD_IMAGE).await);
+    require!(docker::require_image(&engine, BUSYBOX_IMAGE).await);
+    let layout = Layout::new("snap");
+    let _cleanup = ClusterCleanup(layout.cluster.clone());
+    let repo = TestRepo::init();
+    let first = repo.commit_files(
+        &[(&layout.path(), &layout.yaml_with_snapshots("v1", "1m", 1))],
+        "dev with snapshots",
+    );
+    let mut daemon = TestDaemon::start(&repo.url()).await;
+    let token = daemon.token_file(&layout.cluster).await;
+    let mut agents: Vec<AgentProcess> = layout
+        .nodes
+        .iter()
+        .map(|(n, _, _)| AgentProcess::start(&daemon, n, &token))
+        .collect();
+    let cluster = drover::model::ClusterName::parse(&layout.cluster).unwrap();
+    daemon
+        .await_status(
+            "the cluster to converge",
+            cluster.as_str(),
+            CONVERGE,
+            ready_at(first.to_string()),
+        )
+        .await;
+    let mut etcd = etcd_client(&layout, &agents[0]).await;
+    etcd.put("drover-test", "before", None).await.unwrap();
+
+    // Snapshots every minute (the shortest interval), the newest kept: the first comes soon
+    // after the cluster is up (a run that found no healthy member is retried within
+    // seconds), and the second replaces it.
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    crate::support::wait::poll_until(CONVERGE, || async {
+        let now = stored_snapshots(&daemon, &cluster).await;
+        let mut seen = seen.lock().unwrap();
+        seen.extend(now.iter().cloned());
+        if seen.len() >= 2 && now.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("seen {seen:?}, stored now {now:?}"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("snapshots: {:?}\n{}", e.last_error, tail(&daemon.log(), 40)));
+
+    // The newest is whole: both hashes and etcd's own check out, and etcd reads it.
+    let newest = stored_snapshots(&daemon, &cluster).await.pop().unwrap();
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(daemon.snapshots_dir()).unwrap(),
+    );
+    let (manifest, raw) = drover::snapshot::download::download_verified(store, &cluster, &newest)
+        .await
+        .unwrap();
+    let raw: Vec<bytes::Bytes> = raw.try_collect().await.unwrap();
+    let revision = crate::snapshot_store::etcdctl_status_revision(&raw.concat());
+    assert!(
+        revision >= manifest.revision,
+        "{revision} < {}",
+        manifest.revision
+    );
+    assert_eq!(manifest.git_commit, first.to_string());
+    assert!(
+        ["n1", "n2", "n3"].contains(&manifest.member.as_str()),
+        "{}",
+        manifest.member
+    );
+    let log = daemon.log();
+    assert!(log.contains("snapshot saved"), "{}", tail(&log, 40));
+    for agent in &mut agents {
+        agent.stop();
+    }
+    let exit = daemon.terminate();
+    assert!(exit.success(), "{exit}\n{}", tail(&daemon.log(), 30));
+}

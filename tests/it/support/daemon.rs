@@ -87,6 +87,17 @@ spec:
         )
     }
 
+    /// `yaml`, with etcd snapshots every `every` into the daemon's store `backups`, the newest
+    /// `last` kept.
+    pub fn yaml_with_snapshots(&self, api_text: &str, every: &str, last: u32) -> String {
+        self.yaml(api_text, BUSYBOX_IMAGE).replace(
+            "  components:\n",
+            &format!(
+                "    snapshots: {{every: {every}, store: backups, retention: {{last: {last}}}}}\n  components:\n"
+            ),
+        )
+    }
+
     pub fn path(&self) -> String {
         format!("clusters/{}.yaml", self.cluster)
     }
@@ -180,6 +191,11 @@ impl TestDaemon {
         SocketAddr::from((self.ip, self.http_port))
     }
 
+    /// Where the daemon's snapshot store `backups` keeps its objects (a `file://` store).
+    pub fn snapshots_dir(&self) -> std::path::PathBuf {
+        self.work.path().join("snapshots")
+    }
+
     /// Writes the configuration and starts the process; returns once `/healthz` answers.
     pub async fn spawn(&mut self) {
         let config = self.work.path().join("daemon.yaml");
@@ -196,6 +212,7 @@ listen: {{agents: '{}:{}', http: '{}:{}'}}
 stateDir: {}
 tlsNames: ['{}']
 webhooks: {{genericSecretFile: {}}}
+stores: {{backups: {{url: 'file://{}'}}}}
 ",
             self.source,
             poll,
@@ -206,6 +223,7 @@ webhooks: {{genericSecretFile: {}}}
             self.state_dir().display(),
             self.ip,
             self.work.path().join("hook-secret").display(),
+            self.snapshots_dir().display(),
         );
         std::fs::write(&config, text).unwrap();
         let log = std::fs::OpenOptions::new()

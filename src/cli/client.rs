@@ -137,9 +137,25 @@ impl Client {
         self.send(request, 64 * 1024).await.map(drop)
     }
 
+    /// `POST path` with no body, waiting up to `timeout` for the answer, which is at most
+    /// `limit` bytes of JSON.
+    pub async fn post_for<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let request = self.http.post(self.url(path)).timeout(timeout);
+        let body = self.send(request, limit).await?;
+        serde_json::from_slice(&body).map_err(ClientError::Document)
+    }
+
+    /// `path` may carry a query (`?dryRun=true`).
     fn url(&self, path: &str) -> url::Url {
         let mut url = self.base.clone();
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
         url.set_path(path);
+        url.set_query((!query.is_empty()).then_some(query));
         url
     }
 

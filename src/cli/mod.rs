@@ -7,6 +7,7 @@ mod node;
 mod plan;
 mod schema;
 mod serve;
+mod snapshot;
 mod status;
 mod token;
 mod validate;
@@ -80,6 +81,9 @@ enum Command {
     /// A cluster's etcd certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// A cluster's etcd snapshots: list, save, verify, prune.
+    #[command(subcommand)]
+    Snapshot(snapshot::Command),
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +119,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(&args, &mut out),
         Command::Reconcile(args) => status::reconcile(&args, &mut out),
         Command::Cert(CertCommand::Rotate(args)) => status::rotate(&args, &mut out),
+        Command::Snapshot(command) => snapshot::run(&command, &mut out),
     };
     let _ = out.flush();
     exit.into()

@@ -72,7 +72,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
     })
 }
 
-fn fail(e: &ClientError) -> Exit {
+pub(super) fn fail(e: &ClientError) -> Exit {
     eprintln!("error: {}", super::error_chain(e));
     match e {
         ClientError::NoEndpoint { .. }
@@ -133,7 +133,7 @@ fn short(revision: Option<&str>) -> String {
 }
 
 /// Rows as columns padded to their widest cell.
-fn table(rows: &[Vec<String>]) -> String {
+pub(super) fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|i| {
@@ -174,6 +174,7 @@ fn state(status: &ClusterStatus) -> (String, String) {
                 ConditionType::Ready => "Ready",
                 ConditionType::Reconciling => "Reconciling",
                 ConditionType::Stalled => "Stalled",
+                ConditionType::SnapshotOverdue => "SnapshotOverdue",
             };
             return (word.into(), c.message.clone());
         }
@@ -196,11 +197,11 @@ fn clusters_text(doc: &ClustersDocument) -> String {
         out.push_str(d);
     }
     out.push('\n');
-    let mut rows = vec![
-        ["CLUSTER", "STATE", "NODES", "DESIRED", "APPLIED", "MESSAGE"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    let mut rows = vec![[
+        "CLUSTER", "STATE", "NODES", "DESIRED", "APPLIED", "SNAPSHOT", "MESSAGE",
+    ]
+    .map(String::from)
+    .to_vec()];
     for c in &doc.clusters {
         let (word, message) = state(c);
         let ready = c.nodes.iter().filter(|n| n.ready).count();
@@ -214,10 +215,72 @@ fn clusters_text(doc: &ClustersDocument) -> String {
             format!("{ready}/{}", c.nodes.len()),
             short(c.desired_revision.as_deref()),
             short(c.applied_revision.as_deref()),
+            snapshot_cell(c),
             message,
         ]);
     }
     out.push_str(&table(&rows));
+    out
+}
+
+/// The newest snapshot's time, and `overdue` when it is.
+fn snapshot_cell(c: &ClusterStatus) -> String {
+    let Some(s) = &c.snapshots else {
+        return "-".into();
+    };
+    let newest = s.last_success.as_ref().map_or("none", |r| r.at.as_str());
+    if s.blocked.is_some() || s.overdue_ms.is_some() {
+        format!("{newest} (overdue)")
+    } else {
+        newest.to_string()
+    }
+}
+
+/// The cluster's snapshot schedule, its last runs and verification.
+fn snapshots_text(s: &crate::api::snapshots::SnapshotSchedule) -> String {
+    let mut out = format!(
+        "
+snapshots {} to store {}",
+        s.schedule, s.store
+    );
+    if let Some(next) = &s.next_run {
+        out.push_str(&format!(", next at {next}"));
+    }
+    if s.running {
+        out.push_str(" (one is being taken now)");
+    }
+    out.push('\n');
+    if let Some(why) = &s.blocked {
+        out.push_str(&format!("  blocked: {why}\n"));
+    }
+    match &s.last_success {
+        Some(r) => out.push_str(&format!(
+            "  last saved: {} at {} (revision {}, {} bytes, {:.1}s)\n",
+            r.id,
+            r.at,
+            r.revision,
+            r.compressed_size,
+            r.duration_ms as f64 / 1000.0
+        )),
+        None => out.push_str("  last saved: none yet\n"),
+    }
+    if let Some(f) = &s.last_failure {
+        out.push_str(&format!(
+            "  last failure: {} ({} in a row): {}\n",
+            f.at, s.failures, f.reason
+        ));
+    }
+    if let Some(v) = &s.last_verification {
+        let verdict = if v.passed { "passed" } else { "failed" };
+        out.push_str(&format!(
+            "  last verification: {} of {} {verdict}",
+            v.at, v.id
+        ));
+        if let Some(e) = &v.error {
+            out.push_str(&format!(": {e}"));
+        }
+        out.push('\n');
+    }
     out
 }
 
@@ -261,6 +324,9 @@ fn cluster_text(c: &ClusterStatus) -> String {
     }
     for f in &c.findings {
         out.push_str(&format!("{f}\n"));
+    }
+    if let Some(s) = &c.snapshots {
+        out.push_str(&snapshots_text(s));
     }
     out.push('\n');
     let mut rows = vec![[

@@ -1,6 +1,7 @@
 //! The daemon's Prometheus metrics (prometheus-client), served at `/metrics`: reconcile passes
-//! and their durations, the source's state and revision, agents connected, and per cluster the
-//! nodes whose applied generation lags the one they should run.
+//! and their durations, the source's state and revision, agents connected, per cluster the
+//! nodes whose applied generation lags the one they should run, and snapshots (runs, bytes,
+//! durations, the newest one's age, overdue, verifications).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,13 @@ pub struct StepLabel {
     pub outcome: &'static str,
 }
 
+/// A cluster and how something ended (`saved`, `failed`, `passed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub cluster: String,
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RevisionLabel {
     pub revision: String,
@@ -45,6 +53,12 @@ pub struct Metrics {
     pub generation_lag: Family<ClusterLabel, Gauge>,
     pub webhooks_accepted: Counter<u64, AtomicU64>,
     pub steps: Family<StepLabel, Counter<u64, AtomicU64>>,
+    pub snapshots: Family<OutcomeLabel, Counter<u64, AtomicU64>>,
+    pub snapshot_bytes: Family<ClusterLabel, Counter<u64, AtomicU64>>,
+    pub snapshot_seconds: Family<ClusterLabel, Histogram>,
+    pub snapshot_age: Family<ClusterLabel, Gauge<f64, AtomicU64>>,
+    pub snapshot_overdue: Family<ClusterLabel, Gauge>,
+    pub verifications: Family<OutcomeLabel, Counter<u64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -63,6 +77,14 @@ impl Metrics {
             generation_lag: Family::default(),
             webhooks_accepted: Counter::default(),
             steps: Family::default(),
+            snapshots: Family::default(),
+            snapshot_bytes: Family::default(),
+            snapshot_seconds: Family::<ClusterLabel, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.25, 2.0, 16))
+            }),
+            snapshot_age: Family::default(),
+            snapshot_overdue: Family::default(),
+            verifications: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         registry.register(
@@ -109,6 +131,36 @@ impl Metrics {
             "agent_steps",
             "Steps agents reported doing, by action and outcome",
             m.steps.clone(),
+        );
+        registry.register(
+            "snapshots",
+            "Snapshot runs, by cluster and outcome (saved or failed)",
+            m.snapshots.clone(),
+        );
+        registry.register(
+            "snapshot_stored_bytes",
+            "Bytes of snapshots stored (compressed), by cluster",
+            m.snapshot_bytes.clone(),
+        );
+        registry.register(
+            "snapshot_duration_seconds",
+            "Time of one snapshot, from asking a member to its manifest stored",
+            m.snapshot_seconds.clone(),
+        );
+        registry.register(
+            "snapshot_newest_age_seconds",
+            "Age of a cluster's newest snapshot (-1 when it has none)",
+            m.snapshot_age.clone(),
+        );
+        registry.register(
+            "snapshot_overdue",
+            "1 while a cluster's newest snapshot is more than twice its schedule's period old, or none can be taken",
+            m.snapshot_overdue.clone(),
+        );
+        registry.register(
+            "snapshot_verifications",
+            "Verifications of snapshots (restore drills included), by cluster and outcome",
+            m.verifications.clone(),
         );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         Arc::new(m)

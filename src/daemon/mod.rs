@@ -175,9 +175,11 @@ impl Daemon {
             })?;
 
         let controller_cell = Arc::new(std::sync::OnceLock::<Arc<Controller>>::new());
+        let snapshots_cell = Arc::new(std::sync::OnceLock::<Arc<snapshots::Scheduler>>::new());
         let source_status = source.status();
         let operator = operator::router(operator::Operator {
             controller: controller_cell.clone(),
+            snapshots: snapshots_cell.clone(),
             source: source_status.clone(),
             location: location.clone(),
             desired: source.desired(),
@@ -196,6 +198,15 @@ impl Daemon {
             shutdown.clone(),
         );
         let _ = controller_cell.set(controller.clone());
+        let snapshots = snapshots::Scheduler::new(
+            hub.clone(),
+            stores,
+            shared.clone(),
+            source.desired(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let _ = snapshots_cell.set(snapshots.clone());
         let resumed = {
             let controller = controller.clone();
             tokio::task::spawn_blocking(move || controller.resume())
@@ -213,12 +224,12 @@ impl Daemon {
         let desired = source.desired();
         tasks.spawn(source.run(shutdown.clone()));
         tasks.spawn(controller.clone().run(desired.clone()));
-        let snapshots = snapshots::Scheduler::new(hub.clone(), stores);
-        tasks.spawn(snapshots.run(desired.clone(), shutdown.clone()));
+        tasks.spawn(snapshots.clone().run());
         tasks.spawn(admit_when_loaded(hub.clone(), desired, shutdown.clone()));
         let probe = Arc::new(DaemonProbe {
             hub: hub.clone(),
             controller: controller.clone(),
+            snapshots,
             source: source_status,
             metrics: metrics.clone(),
             stats: stats.clone(),
@@ -478,6 +489,7 @@ async fn write_local_access(
 struct DaemonProbe {
     hub: Arc<Hub>,
     controller: Arc<Controller>,
+    snapshots: Arc<snapshots::Scheduler>,
     source: watch::Receiver<SourceStatus>,
     metrics: Arc<Metrics>,
     stats: Arc<WebhookStats>,
@@ -530,6 +542,7 @@ impl http::Probe for DaemonProbe {
             let counter = m.steps.get_or_create(&label);
             counter.inc_by(count.saturating_sub(counter.get()));
         }
+        self.snapshots.export(std::time::SystemTime::now());
         let accepted = self.stats.accepted.load(Ordering::Relaxed);
         let seen = m.webhooks_accepted.get();
         m.webhooks_accepted.inc_by(accepted.saturating_sub(seen));

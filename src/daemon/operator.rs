@@ -6,7 +6,10 @@
 //! - `POST /v1/clusters/{name}/certificates/rotate`: new etcd certificates for every node,
 //!   members restarting one at a time (202), 404 for an unknown cluster;
 //! - `GET /v1/clusters/{name}/nodes/{node}`: what that node's agent receives (`NodeView`:
-//!   file contents and keys left out) and its last report.
+//!   file contents and keys left out) and its last report;
+//! - the snapshot routes, `/v1/clusters/{name}/snapshots...` (`daemon::snapshots::routes`).
+//!
+//! A cluster's status carries its snapshots and the `SnapshotOverdue` condition.
 
 use std::sync::{Arc, OnceLock};
 
@@ -27,6 +30,8 @@ use crate::source::{DesiredState, SourceStatus};
 pub struct Operator {
     /// Set once the controller exists (it needs the server's hub, so it comes after).
     pub controller: Arc<OnceLock<Arc<Controller>>>,
+    /// Set with the controller; serves the snapshot routes too.
+    pub snapshots: crate::daemon::snapshots::routes::Cell,
     pub source: watch::Receiver<SourceStatus>,
     pub location: String,
     pub desired: watch::Receiver<Arc<DesiredState>>,
@@ -48,10 +53,11 @@ pub fn router(operator: Operator) -> Router {
             &format!("{CLUSTERS_PATH}/{{name}}/nodes/{{node}}"),
             get(node),
         )
-        .with_state(Arc::new(operator))
+        .with_state(Arc::new(operator.clone()))
+        .merge(crate::daemon::snapshots::routes::router(operator.snapshots))
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Response {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> Response {
     let body = serde_json::to_vec(value).expect("API documents are JSON");
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -64,10 +70,14 @@ async fn clusters(State(op): State<Arc<Operator>>) -> Response {
     let Some(controller) = op.controller.get() else {
         return starting();
     };
+    let mut clusters = controller.statuses();
+    for status in &mut clusters {
+        with_snapshots(&op, status);
+    }
     json(&ClustersDocument {
         format_version: CLUSTERS_FORMAT_VERSION,
         source: source_view(&op),
-        clusters: controller.statuses(),
+        clusters,
     })
 }
 
@@ -76,7 +86,10 @@ async fn cluster(State(op): State<Arc<Operator>>, Path(name): Path<String>) -> R
         return starting();
     };
     match controller.status(&name) {
-        Some(status) => json(&status),
+        Some(mut status) => {
+            with_snapshots(&op, &mut status);
+            json(&status)
+        }
         None => not_found(&name),
     }
 }
@@ -129,6 +142,20 @@ async fn node(
     };
     let plan = hub.plan_of(&name, &node);
     json(&NodeView::of(&name, &node, plan, Some(report)))
+}
+
+/// Adds the cluster's snapshots and their condition to its status.
+fn with_snapshots(op: &Operator, status: &mut crate::api::ClusterStatus) {
+    let Some(scheduler) = op.snapshots.get() else {
+        return;
+    };
+    let desired = op.desired.borrow().clone();
+    let entry = crate::model::ClusterName::parse(&status.name)
+        .ok()
+        .and_then(|name| desired.clusters.get(&name).cloned());
+    if let Some(entry) = entry {
+        scheduler.decorate(status, &entry, std::time::SystemTime::now());
+    }
 }
 
 fn not_found(name: &str) -> Response {

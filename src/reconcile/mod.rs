@@ -142,6 +142,7 @@ impl Reconciler {
                 plan: None,
                 findings: Vec::new(),
                 nodes: Vec::new(),
+                snapshots: None,
             },
         }
     }
@@ -608,6 +609,7 @@ impl Reconciler {
                 .chain(plan.warnings.iter().map(|w| format!("warning: {w}")))
                 .collect(),
             nodes,
+            snapshots: None,
         };
     }
 

@@ -126,6 +126,9 @@ pub struct Candidate {
     pub id: SnapshotId,
     /// Whether a verification of it passed.
     pub verified: bool,
+    /// When its manifest was written: of two snapshots of the same second and revision, the
+    /// one written later is the newer.
+    pub written: SystemTime,
 }
 
 /// The retention rule: the fate of each candidate, newest first (those whose time is
@@ -139,8 +142,8 @@ pub fn decide(candidates: &[Candidate], retention: &Retention) -> Vec<(SnapshotI
             None => undated.push(candidate.id.clone()),
         }
     }
-    // Newest first: by time, then revision, then id.
-    dated.sort_by(|(a, x), (b, y)| (b, &y.id).cmp(&(a, &x.id)));
+    // Newest first: by time, then revision, then when written, then id.
+    dated.sort_by(|(a, x), (b, y)| (b, y.written, &y.id).cmp(&(a, x.written, &x.id)));
     let mut tiers = Tiers::new(retention);
     let mut decided: Vec<(SnapshotId, Fate)> = Vec::with_capacity(candidates.len());
     let mut verified_seen = false;
@@ -353,16 +356,17 @@ pub fn plan(
     }
     let candidates: Vec<Candidate> = sorted
         .manifests
-        .keys()
-        .map(|id| Candidate {
+        .iter()
+        .map(|(id, manifest)| Candidate {
             id: id.clone(),
             verified: verified.contains(id),
+            written: manifest.last_modified,
         })
         .collect();
     let snapshots = decide(&candidates, &policy.retention)
         .into_iter()
         .map(|(id, fate)| Verdict {
-            manifest: sorted.manifests[&id].clone(),
+            manifest: sorted.manifests[&id].location.clone(),
             data: sorted.data.remove(&id).map(|o| o.location.clone()),
             id,
             fate,
@@ -398,7 +402,7 @@ fn orphan(object: &Object, grace: Duration, now: SystemTime) -> Orphan {
 /// A cluster's objects by kind.
 #[derive(Default)]
 struct Sorted<'a> {
-    manifests: BTreeMap<SnapshotId, Path>,
+    manifests: BTreeMap<SnapshotId, &'a Object>,
     data: BTreeMap<SnapshotId, &'a Object>,
     untouched: Vec<Path>,
 }
@@ -412,7 +416,7 @@ impl<'a> Sorted<'a> {
         let data = name.strip_suffix(DATA_SUFFIX).and_then(SnapshotId::parse);
         match (manifest, data) {
             (Some(id), _) => {
-                self.manifests.insert(id, object.location.clone());
+                self.manifests.insert(id, object);
             }
             (None, Some(id)) => {
                 self.data.insert(id, object);
@@ -683,6 +687,44 @@ mod tests {
             out.push_str(&format!("{line:<30} {fate}\n"));
         }
         expect.assert_eq(&out);
+    }
+
+    #[test]
+    fn of_two_snapshots_of_one_second_and_revision_the_later_written_is_newest() {
+        // The random part of the ids orders them the other way round.
+        let (early, late) = ("20261125T060000Z-7-ffffffff", "20261125T060000Z-7-00000000");
+        for (first, second) in [(early, late), (late, early)] {
+            let written = |name: &str| {
+                let at = if name == late { 2 } else { 1 };
+                SystemTime::UNIX_EPOCH + Duration::from_millis(at)
+            };
+            let objects: Vec<Object> = [first, second]
+                .iter()
+                .flat_map(|name| {
+                    [MANIFEST_SUFFIX, DATA_SUFFIX].map(|suffix| Object {
+                        location: Path::from(format!("dev/{name}{suffix}")),
+                        last_modified: written(name),
+                    })
+                })
+                .collect();
+            let policy = Policy::new(retention("last=1"));
+            let plan = plan(
+                &dev(),
+                &objects,
+                &BTreeSet::new(),
+                &policy,
+                SystemTime::UNIX_EPOCH,
+            );
+            let fates: Vec<String> = plan
+                .snapshots
+                .iter()
+                .map(|v| format!("{} {}", v.id, v.fate))
+                .collect();
+            assert_eq!(
+                fates,
+                [format!("{late} keep (newest 1)"), format!("{early} delete")]
+            );
+        }
     }
 
     #[test]

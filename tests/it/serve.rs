@@ -720,9 +720,191 @@ async fn scheduled_snapshots_land_in_the_store_and_rotate() {
     );
     let log = daemon.log();
     assert!(log.contains("snapshot saved"), "{}", tail(&log, 40));
+
+    let metrics = http_get(&format!("http://{}/metrics", daemon.http()))
+        .await
+        .unwrap();
+    for expected in [
+        format!("drover_snapshots_total{{cluster=\"{cluster}\",outcome=\"saved\"}}"),
+        format!("drover_snapshot_overdue{{cluster=\"{cluster}\"}} 0"),
+        format!("drover_snapshot_newest_age_seconds{{cluster=\"{cluster}\"}}"),
+        format!("drover_snapshot_duration_seconds_count{{cluster=\"{cluster}\"}}"),
+    ] {
+        assert!(
+            metrics.contains(&expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
+    operator_snapshot_commands(&daemon, &cluster).await;
     for agent in &mut agents {
         agent.stop();
     }
     let exit = daemon.terminate();
     assert!(exit.success(), "{exit}\n{}", tail(&daemon.log(), 30));
+}
+
+#[tokio::test]
+async fn a_policy_naming_a_store_the_daemon_lacks_is_shown_overdue_at_once() {
+    let layout = Layout::new("nostore");
+    let repo = TestRepo::init();
+    let yaml = layout
+        .yaml_with_snapshots("v1", "1h", 3)
+        .replace("store: backups", "store: offsite");
+    repo.commit_files(&[(&layout.path(), &yaml)], "a store nobody configured");
+    let mut daemon = TestDaemon::start(&repo.url()).await;
+    let status = daemon
+        .await_status(
+            "the snapshot condition",
+            &layout.cluster,
+            CONVERGE,
+            |s| match s.condition(ConditionType::SnapshotOverdue) {
+                Some(c) if c.status => Ok(()),
+                other => Err(format!("SnapshotOverdue is {other:?}")),
+            },
+        )
+        .await;
+    let condition = status.condition(ConditionType::SnapshotOverdue).unwrap();
+    assert_eq!(condition.reason, "SnapshotsBlocked");
+    assert!(
+        condition.message.contains("store offsite")
+            && condition.message.contains("does not define"),
+        "{condition:?}"
+    );
+    let snapshots = status.snapshots.expect("the policy is shown");
+    assert_eq!(
+        (snapshots.store.as_str(), snapshots.next_run),
+        ("offsite", None)
+    );
+    let metrics = http_get(&format!("http://{}/metrics", daemon.http()))
+        .await
+        .unwrap();
+    let overdue = format!(
+        "drover_snapshot_overdue{{cluster=\"{}\"}} 1",
+        layout.cluster
+    );
+    assert!(
+        metrics.contains(&overdue),
+        "{overdue} missing from:\n{metrics}"
+    );
+    crate::support::wait::poll_until(CONVERGE, || async {
+        let log = daemon.log();
+        match log.contains("snapshots cannot be taken") && log.contains("store offsite") {
+            true => Ok(()),
+            false => Err(tail(&log, 30)),
+        }
+    })
+    .await
+    .expect("the daemon warns");
+    let exit = daemon.terminate();
+    assert!(exit.success(), "{exit}\n{}", tail(&daemon.log(), 30));
+}
+
+/// `drover snapshot save|list|verify|prune` and `drover status` against a daemon whose cluster
+/// takes snapshots every minute into a file store, keeping the newest.
+async fn operator_snapshot_commands(daemon: &TestDaemon, cluster: &drover::model::ClusterName) {
+    use drover::api::snapshots::{PruneDocument, SnapshotView, SnapshotsDocument, Verification};
+
+    let state_dir = daemon.state_dir();
+    let cli = |args: Vec<&str>| {
+        let state_dir = state_dir.clone();
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        async move {
+            let out = crate::support::cli::command()
+                .args(&args)
+                .arg("--state-dir")
+                .arg(&state_dir)
+                .output()
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            (out.status.code(), text, err)
+        }
+    };
+    let name = cluster.as_str();
+
+    // A snapshot now, through the daemon: stored whole, newest in the listing. While a
+    // scheduled one is being taken the daemon refuses, saying so.
+    let saved = crate::support::wait::poll_until(Duration::from_secs(60), || async {
+        match cli(vec!["snapshot", "save", name, "--format", "json"]).await {
+            (Some(0), text, _) => Ok(serde_json::from_str::<SnapshotView>(&text).unwrap()),
+            (Some(77), _, err) if err.contains("being taken now") => Err(err),
+            (code, text, err) => panic!("{code:?}: {text}{err}"),
+        }
+    })
+    .await
+    .unwrap();
+    let (code, text, err) = cli(vec!["snapshot", "list", name, "--format", "json"]).await;
+    assert_eq!(code, Some(0), "{text}{err}");
+    let listed: SnapshotsDocument = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        listed.snapshots.first().map(|s| &s.id),
+        Some(&saved.id),
+        "{text}"
+    );
+    let schedule = listed.schedule.expect("the cluster has a policy");
+    assert_eq!(schedule.last_success.map(|r| r.id), Some(saved.id.clone()));
+    assert_eq!(
+        (schedule.store.as_str(), schedule.blocked),
+        ("backups", None)
+    );
+
+    // Verified: both hashes and etcd's; the record shows it and retention keeps it for it.
+    let (code, text, err) = cli(vec![
+        "snapshot", "verify", name, &saved.id, "--format", "json",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{text}{err}");
+    let verified: Verification = serde_json::from_str(&text).unwrap();
+    assert!(verified.passed, "{verified:?}");
+    assert_eq!(
+        (verified.bytes, verified.revision),
+        (Some(saved.raw_size), Some(saved.revision))
+    );
+    let (code, text, err) = cli(vec![
+        "snapshot",
+        "prune",
+        name,
+        "--dry-run",
+        "--format",
+        "json",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{text}{err}");
+    let pruned: PruneDocument = serde_json::from_str(&text).unwrap();
+    let kept = pruned.kept.iter().find(|k| k.id == saved.id).expect("kept");
+    assert!(
+        kept.reasons.iter().any(|r| r.contains("verified")),
+        "{kept:?}"
+    );
+    let (code, text, err) = cli(vec!["status", name]).await;
+    assert_eq!(code, Some(0), "{text}{err}");
+    for line in [
+        "snapshots every 1m to store backups",
+        "last verification",
+        &saved.id,
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+
+    // One byte of the stored data flipped: verify fails with the reason, exit 1.
+    let data = daemon
+        .snapshots_dir()
+        .join(name)
+        .join(format!("{}.db.zst", saved.id));
+    let mut bytes = std::fs::read(&data).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&data, &bytes).unwrap();
+    let (code, text, err) = cli(vec!["snapshot", "verify", name, &saved.id]).await;
+    assert_eq!(code, Some(1), "{text}{err}");
+    assert!(text.contains("FAILED") && text.contains("sha256"), "{text}");
+
+    // Requests the daemon cannot serve say why.
+    let (code, _, err) = cli(vec!["snapshot", "list", "nope"]).await;
+    assert_eq!(code, Some(77), "{err}");
+    assert!(err.contains("no cluster named nope"), "{err}");
+    let (code, _, err) = cli(vec!["snapshot", "verify", name, "not-an-id"]).await;
+    assert_eq!(code, Some(77), "{err}");
+    assert!(err.contains("is not a snapshot id"), "{err}");
 }

@@ -7,6 +7,8 @@
 //! - Requests carry `Authorization: Bearer <operator token>`. `create_operator_token` makes a
 //!   new token (replacing the previous one) and keeps only its hash in the state directory.
 
+pub mod snapshots;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -77,6 +79,9 @@ pub struct ClusterStatus {
     /// The plan's warnings and errors, as sentences.
     pub findings: Vec<String>,
     pub nodes: Vec<ClusterNode>,
+    /// Its scheduled snapshots, when its definition has a snapshot policy.
+    #[serde(default)]
+    pub snapshots: Option<snapshots::SnapshotSchedule>,
 }
 
 impl ClusterStatus {
@@ -91,6 +96,9 @@ pub enum ConditionType {
     Ready,
     Reconciling,
     Stalled,
+    /// True when the newest snapshot is more than twice the schedule's period old, or none can
+    /// be taken (the policy names a store the daemon lacks).
+    SnapshotOverdue,
 }
 
 /// A condition: its type, whether it holds, a reason code and a sentence a person can act on.

@@ -203,7 +203,7 @@ pub struct NodeSpec {
     pub pki: BTreeMap<String, FileSpec>,
 }
 
-pub use crate::model::etcd_pki_dir;
+pub use crate::model::{etcd_data_dir, etcd_pki_dir};
 
 /// The certificate files every node of a cluster receives, by name.
 pub const PKI_CA: &str = "ca.pem";

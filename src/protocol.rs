@@ -119,6 +119,29 @@ pub enum EtcdTask {
     Snapshot {
         transfer: String,
     },
+    /// Restores the member's data from a snapshot. The agent fetches the daemon's transfer
+    /// `transfer` (the raw snapshot, its sha256 in a header) into a private file beside the
+    /// member's data directory, runs `etcdutl snapshot restore` (or, in an image without it,
+    /// `etcdctl snapshot restore`) in a container of `image` into a fresh directory, with
+    /// `name`, `initial_cluster`, `peer_url` and the new cluster `token`, and swaps it in: the
+    /// directory it replaces is kept as `etcd.replaced-<request_id>`. Refused while the
+    /// node's etcd container exists: the daemon stops every member first.
+    Restore {
+        transfer: String,
+        image: String,
+        name: String,
+        initial_cluster: Vec<String>,
+        peer_url: String,
+        token: String,
+        request_id: String,
+    },
+    /// Restores the snapshot of transfer `transfer` into a scratch directory with `image`,
+    /// starts a throwaway etcd from it with no network, and reports its revision and key
+    /// count; nothing of it is left on the node.
+    Verify {
+        transfer: String,
+        image: String,
+    },
 }
 
 /// Where an agent sends the bytes of a transfer the daemon asked for (`EtcdTask::Snapshot`).
@@ -166,6 +189,15 @@ pub enum EtcdTaskOutcome {
     },
     /// The snapshot was sent whole (`Snapshot`): `bytes` of it, at etcd `revision`.
     Sent { revision: i64, bytes: u64 },
+    /// The snapshot of `bytes` was restored into the member's data directory (`Restore`).
+    Restored { bytes: u64 },
+    /// The throwaway etcd restored from the snapshot serves `keys` keys at `revision`
+    /// (`Verify`).
+    Verified {
+        bytes: u64,
+        revision: i64,
+        keys: i64,
+    },
     /// The task failed, with etcd's or the agent's reason (cut to `MAX_REPORT_TEXT_BYTES`).
     Failed { error: String },
 }

@@ -111,6 +111,7 @@ pub struct ObserveError(#[source] bollard::errors::Error);
 pub const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Applies one node's plan.
+#[derive(Clone)]
 pub struct Driver {
     docker: Docker,
     cluster: String,
@@ -136,6 +137,18 @@ impl Driver {
     pub fn with_registry_auth(mut self, auth: RegistryAuth) -> Driver {
         self.auth = Some(auth);
         self
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// Makes `stop` end an apply early: a pull in progress is abandoned (nothing was removed
@@ -304,7 +317,7 @@ impl Driver {
 
     /// Pulls `image` unless the engine has it already, within `PULL_TIMEOUT`. The error is the
     /// engine's or the registry's reason.
-    async fn ensure_image(&self, image: &ImageRef) -> Result<(), StepError> {
+    pub(super) async fn ensure_image(&self, image: &ImageRef) -> Result<(), StepError> {
         match self.docker.inspect_image(image.as_str()).await {
             Ok(_) => return Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError {
@@ -377,7 +390,8 @@ impl Driver {
         self.host_path(&etcd_pki_dir(&self.cluster))
     }
 
-    fn host_path(&self, path: &str) -> PathBuf {
+    /// Where `path` (absolute, as plans name host paths) is under the host root.
+    pub fn host_path(&self, path: &str) -> PathBuf {
         self.host_root.join(path.trim_start_matches('/'))
     }
 

@@ -188,7 +188,9 @@ async fn perform(
         }
         // It needs the daemon's address and the node's credential: the session sends it
         // through `transfer::send_snapshot`.
-        EtcdTask::Snapshot { .. } => Err(EtcdTaskError::NeedsSession),
+        EtcdTask::Snapshot { .. } | EtcdTask::Restore { .. } | EtcdTask::Verify { .. } => {
+            Err(EtcdTaskError::NeedsSession)
+        }
     }
 }
 

@@ -65,6 +65,7 @@ pub struct Executor {
     applied: watch::Receiver<Option<Applied>>,
     observed: watch::Receiver<BTreeMap<String, ContainerState>>,
     etcd_url: watch::Receiver<Option<String>>,
+    driver: Driver,
     task: JoinHandle<()>,
 }
 
@@ -84,7 +85,7 @@ impl Executor {
         let (observed_tx, observed) = watch::channel(BTreeMap::new());
         let (etcd_url_tx, etcd_url) = watch::channel(None);
         let run = Run {
-            driver,
+            driver: driver.clone(),
             prober,
             cluster: cluster.to_string(),
             node: node.to_string(),
@@ -103,8 +104,14 @@ impl Executor {
             applied,
             observed,
             etcd_url,
+            driver,
             task,
         }
+    }
+
+    /// The Docker driver, for tasks that run containers of their own (a restore).
+    pub fn driver(&self) -> Driver {
+        self.driver.clone()
     }
 
     /// Hands over a new plan.

@@ -18,8 +18,10 @@ pub mod docker;
 pub mod etcd;
 pub mod events;
 pub mod executor;
+pub mod oneoff;
 pub mod probe;
 pub mod registry;
+pub mod restore;
 pub mod session;
 pub mod transfer;
 

@@ -256,24 +256,62 @@ pub async fn join(
     }
 }
 
-/// Runs an etcd task against the member at `url`: a snapshot goes to the daemon on a
-/// connection of its own.
+/// Runs an etcd task: against the member at `url`, or, for a snapshot, a restore or a
+/// verification, with a transfer on a connection of its own (a restore and a verification run
+/// whether or not the node's plan has a member now).
 async fn run_task(
     task: &EtcdTask,
-    url: &str,
+    url: Option<&str>,
     pki_dir: &std::path::Path,
     dial: &Dial,
     credential: &Credential,
+    driver: &super::docker::Driver,
 ) -> EtcdTaskOutcome {
-    let EtcdTask::Snapshot { transfer } = task else {
-        return super::etcd::run(task, url, pki_dir).await;
+    let needs_transfer = matches!(
+        task,
+        EtcdTask::Snapshot { .. } | EtcdTask::Restore { .. } | EtcdTask::Verify { .. }
+    );
+    let identity = match needs_transfer.then(|| DataDir::identity(credential)) {
+        None => None,
+        Some(Ok(identity)) => Some(identity),
+        Some(Err(e)) => {
+            return EtcdTaskOutcome::Failed {
+                error: crate::protocol::short_text(&crate::error_chain(&e)),
+            }
+        }
     };
-    match DataDir::identity(credential) {
-        Ok(identity) => {
+    match (task, url, identity) {
+        (
+            EtcdTask::Restore {
+                transfer,
+                image,
+                name,
+                initial_cluster,
+                peer_url,
+                token,
+                request_id,
+            },
+            _,
+            Some(identity),
+        ) => {
+            let member = super::restore::Member {
+                name: name.clone(),
+                initial_cluster: initial_cluster.clone(),
+                peer_url: peer_url.clone(),
+                token: token.clone(),
+            };
+            super::restore::restore(driver, dial, identity, transfer, image, &member, request_id)
+                .await
+        }
+        (EtcdTask::Verify { transfer, image }, _, Some(identity)) => {
+            super::restore::verify(driver, dial, identity, transfer, image).await
+        }
+        (EtcdTask::Snapshot { transfer }, Some(url), Some(identity)) => {
             super::transfer::send_snapshot(dial, identity, transfer, url, pki_dir).await
         }
-        Err(e) => EtcdTaskOutcome::Failed {
-            error: crate::protocol::short_text(&crate::error_chain(&e)),
+        (_, Some(url), _) => super::etcd::run(task, url, pki_dir).await,
+        (_, None, _) => EtcdTaskOutcome::Failed {
+            error: "this node runs no etcd member".into(),
         },
     }
 }
@@ -332,15 +370,12 @@ pub async fn session(
                 match message {
                     ServerMessage::EtcdTask { id, task } => {
                         let (url, dir, done) = (executor.etcd_url(), pki_dir.to_path_buf(), results_tx.clone());
-                        let (dial, credential) = (dial.clone(), credential.clone());
+                        let (dial, credential, driver) = (dial.clone(), credential.clone(), executor.driver());
                         // Off the session's loop: heartbeats and plans go on while it runs;
-                        // it ends within `etcd::TASK_TIMEOUT`, or a snapshot when its bytes
-                        // stop moving (`transfer::STALL_TIMEOUT`).
+                        // it ends within `etcd::TASK_TIMEOUT`, a transfer when its bytes stop
+                        // moving (`transfer::STALL_TIMEOUT`), a restore within its limits.
                         tokio::spawn(async move {
-                            let outcome = match url {
-                                Some(url) => run_task(&task, &url, &dir, &dial, &credential).await,
-                                None => EtcdTaskOutcome::Failed { error: "this node runs no etcd member".into() },
-                            };
+                            let outcome = run_task(&task, url.as_deref(), &dir, &dial, &credential, &driver).await;
                             let _ = done.send((id, outcome)).await;
                         });
                     }

@@ -6,7 +6,10 @@
 //!   stored (201), or 409 while another snapshot of the cluster is being taken;
 //! - `POST /v1/clusters/{name}/snapshots/prune[?dryRun=true]`: the cluster's retention now,
 //!   answered as a `PruneDocument`;
-//! - `POST /v1/clusters/{name}/snapshots/{id}/verify[?deep=true]`: a `Verification`.
+//! - `POST /v1/clusters/{name}/snapshots/{id}/verify[?deep=true]`: a `Verification`;
+//! - `POST /v1/clusters/{name}/restores` with a `RestoreRequestBody`: a restore of the cluster
+//!   from that snapshot starts (202, its `RestoreRun`); 409 while another runs;
+//! - `GET /v1/clusters/{name}/restores`: a `RestoresDocument`.
 //!
 //! Times are RFC 3339; durations are milliseconds.
 
@@ -135,4 +138,58 @@ pub struct Deletion {
     /// A snapshot id, or an orphan's object path.
     pub target: String,
     pub outcome: String,
+}
+
+/// The phases of a restore, in order; `Done` and `Failed` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestorePhase {
+    /// The snapshot is downloaded and both hashes and etcd's are checked.
+    Verifying,
+    /// Every member's etcd is stopped.
+    Stopping,
+    /// Each member's agent fetches the snapshot and restores it into a fresh data directory.
+    Restoring,
+    /// etcd starts from the restored data; every member must answer healthy.
+    Starting,
+    Done,
+    Failed,
+}
+
+impl RestorePhase {
+    pub fn is_final(self) -> bool {
+        matches!(self, RestorePhase::Done | RestorePhase::Failed)
+    }
+}
+
+/// One restore of a cluster, as the daemon records it (once per request id) and shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreRun {
+    pub request_id: String,
+    pub snapshot: String,
+    /// `git` for a request committed to the cluster's definition, `operator` for one made
+    /// with `drover snapshot restore`.
+    pub by: String,
+    pub phase: RestorePhase,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// What happened, a line a step, oldest first.
+    pub steps: Vec<String>,
+}
+
+/// A cluster's restores, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoresDocument {
+    pub cluster: String,
+    pub restores: Vec<RestoreRun>,
+}
+
+/// The body of `POST /v1/clusters/{name}/restores`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestoreRequestBody {
+    pub snapshot: String,
 }

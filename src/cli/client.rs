@@ -150,6 +150,23 @@ impl Client {
         serde_json::from_slice(&body).map_err(ClientError::Document)
     }
 
+    /// `POST path` with `body` as JSON; the answer is at most `limit` bytes of JSON.
+    pub async fn post_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        limit: usize,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(ClientError::Document)?;
+        let request = self
+            .http
+            .post(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let answer = self.send(request, limit).await?;
+        serde_json::from_slice(&answer).map_err(ClientError::Document)
+    }
+
     /// `path` may carry a query (`?dryRun=true`).
     fn url(&self, path: &str) -> url::Url {
         let mut url = self.base.clone();

@@ -1,4 +1,4 @@
-//! `drover snapshot list|save|verify|prune CLUSTER`: a cluster's etcd snapshots, through the
+//! `drover snapshot list|save|verify|prune|restore|restores CLUSTER`: a cluster's etcd snapshots, through the
 //! daemon's operator API (the daemon holds the store's credentials; this command never does).
 //! Text tables by default, the API's documents with `--format json`; a spinner with the time
 //! elapsed while the daemon works, on a terminal.
@@ -10,8 +10,8 @@ use super::client::{Client, ClientError, Target};
 use super::status::{fail, table};
 use super::Exit;
 use crate::api::snapshots::{
-    PruneDocument, SnapshotView, SnapshotsDocument, Verification, MAX_SNAPSHOTS_DOCUMENT_BYTES,
-    SNAPSHOTS_FORMAT_VERSION,
+    PruneDocument, RestorePhase, RestoreRequestBody, RestoreRun, RestoresDocument, SnapshotView,
+    SnapshotsDocument, Verification, MAX_SNAPSHOTS_DOCUMENT_BYTES, SNAPSHOTS_FORMAT_VERSION,
 };
 use crate::api::CLUSTERS_PATH;
 
@@ -31,6 +31,24 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Apply the cluster's retention now.
     Prune(PruneArgs),
+    /// Restore the cluster's etcd from a snapshot: verify it, stop etcd on every member,
+    /// restore it on each, start etcd again; the data each member had is kept beside its new
+    /// one. Waits until it ends (`--no-wait` to return once it started).
+    Restore(RestoreArgs),
+    /// The cluster's restores, newest first, with their steps.
+    Restores(ListArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    cluster: String,
+    /// The snapshot's id, as `drover snapshot list` shows it.
+    id: String,
+    /// Return once the restore started.
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    target: Target,
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +104,8 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Exit {
         Command::Save(a) => &a.target,
         Command::Verify(a) => &a.target,
         Command::Prune(a) => &a.target,
+        Command::Restore(a) => &a.target,
+        Command::Restores(a) => &a.target,
     };
     let client = match Client::new(target) {
         Ok(c) => c,
@@ -107,6 +127,8 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Exit {
             Command::Save(a) => save(&client, a).await,
             Command::Verify(a) => verify(&client, a).await,
             Command::Prune(a) => prune(&client, a).await,
+            Command::Restore(a) => restore(&client, a).await,
+            Command::Restores(a) => restores(&client, a).await,
         }
     });
     match answered {
@@ -219,6 +241,121 @@ async fn prune(client: &Client, a: &PruneArgs) -> Result<(String, Exit), ClientE
         Format::Text => prune_text(&doc),
     };
     Ok((text, if failed { Exit::Io } else { Exit::Ok }))
+}
+
+/// How often `restore` looks at the restore's progress.
+const RESTORE_POLL: Duration = Duration::from_secs(1);
+
+async fn restore(client: &Client, a: &RestoreArgs) -> Result<(String, Exit), ClientError> {
+    let body = RestoreRequestBody {
+        snapshot: a.id.clone(),
+    };
+    let started: serde_json::Value = client
+        .post_json(
+            &format!("{CLUSTERS_PATH}/{}/restores", a.cluster),
+            &body,
+            MAX_ANSWER_BYTES,
+        )
+        .await?;
+    let request = started["requestId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if a.no_wait {
+        return Ok((
+            format!(
+                "restore {request} of {} from {} started; `drover snapshot restores {}` shows it\n",
+                a.cluster, a.id, a.cluster
+            ),
+            Exit::Ok,
+        ));
+    }
+    let waiting = spinner(&format!("restoring {} from {}", a.cluster, a.id));
+    let mut printed = 0;
+    let mut out = String::new();
+    let run = loop {
+        let doc: RestoresDocument = client
+            .get(
+                &format!("{CLUSTERS_PATH}/{}/restores", a.cluster),
+                MAX_SNAPSHOTS_DOCUMENT_BYTES,
+            )
+            .await?;
+        let Some(run) = doc.restores.into_iter().find(|r| r.request_id == request) else {
+            tokio::time::sleep(RESTORE_POLL).await;
+            continue;
+        };
+        for step in run.steps.iter().skip(printed) {
+            match &waiting {
+                Some(bar) => bar.println(step),
+                None => out.push_str(&format!("{step}\n")),
+            }
+        }
+        printed = run.steps.len();
+        if let Some(bar) = &waiting {
+            bar.set_message(format!(
+                "restoring {} from {}: {:?}",
+                a.cluster, a.id, run.phase
+            ));
+        }
+        if run.phase.is_final() {
+            break run;
+        }
+        tokio::time::sleep(RESTORE_POLL).await;
+    };
+    drop(waiting);
+    let exit = if run.phase == RestorePhase::Done {
+        out.push_str(&format!("{} restored from {}\n", a.cluster, a.id));
+        Exit::Ok
+    } else {
+        out.push_str(&format!(
+            "the restore FAILED: {}\n",
+            run.error.as_deref().unwrap_or("no reason given")
+        ));
+        Exit::Invalid
+    };
+    Ok((out, exit))
+}
+
+async fn restores(client: &Client, a: &ListArgs) -> Result<(String, Exit), ClientError> {
+    let doc: RestoresDocument = client
+        .get(
+            &format!("{CLUSTERS_PATH}/{}/restores", a.cluster),
+            MAX_SNAPSHOTS_DOCUMENT_BYTES,
+        )
+        .await?;
+    let text = match a.format {
+        Format::Json => json(&doc),
+        Format::Text => restores_text(&doc.restores),
+    };
+    Ok((text, Exit::Ok))
+}
+
+fn restores_text(runs: &[RestoreRun]) -> String {
+    if runs.is_empty() {
+        return "no restore was requested\n".into();
+    }
+    let mut out = String::new();
+    for r in runs {
+        out.push_str(&format!(
+            "{} ({}): {:?}, snapshot {}, started {}{}\n",
+            r.request_id,
+            r.by,
+            r.phase,
+            r.snapshot,
+            r.started_at,
+            r.finished_at
+                .as_ref()
+                .map(|f| format!(", ended {f}"))
+                .unwrap_or_default()
+        ));
+        if let Some(e) = &r.error {
+            out.push_str(&format!("  error: {e}\n"));
+        }
+        for step in &r.steps {
+            out.push_str(&format!("  {step}\n"));
+        }
+    }
+    out
 }
 
 fn list_text(doc: &SnapshotsDocument) -> String {

@@ -13,13 +13,15 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::snapshots::RestorePhase;
 use crate::api::{ClusterStatus, Condition, ConditionType};
 use crate::backoff::Backoff;
+use crate::daemon::restore::{Hold, RestoreRequestError, Restores};
 use crate::etcd_pki::ClusterCa;
-use crate::nodeplan::SealedSpec;
+use crate::nodeplan::{SealedSpec, ETCD_COMPONENT};
 use crate::protocol::{EtcdMemberInfo, EtcdTask, EtcdTaskOutcome};
 use crate::reconcile::intent::Intent;
-use crate::reconcile::{Action, Inputs, Reconciler, REQUEUE_IDLE};
+use crate::reconcile::{Action, Inputs, Reconciler, RestoreCall, REQUEUE_BUSY, REQUEUE_IDLE};
 use crate::server::Hub;
 use crate::source::{ClusterEntry, DesiredState};
 use crate::state::StateError;
@@ -57,6 +59,8 @@ struct Handle {
 /// Starts and ends the per-cluster tasks, and answers for their status.
 pub struct Controller {
     hub: Arc<Hub>,
+    /// Set once the daemon made it (it needs the snapshot scheduler, made after).
+    restores: std::sync::OnceLock<Arc<Restores>>,
     state: DurableState,
     observer: Arc<dyn Observer>,
     clusters: Mutex<HashMap<String, Handle>>,
@@ -73,6 +77,7 @@ impl Controller {
     ) -> Arc<Controller> {
         Arc::new(Controller {
             hub,
+            restores: std::sync::OnceLock::new(),
             state,
             observer,
             clusters: Mutex::new(HashMap::new()),
@@ -159,6 +164,7 @@ impl Controller {
             rotate: rotate.clone(),
             status: status_tx,
             declared: None,
+            held: false,
             ca: None,
         };
         self.tasks.spawn(task.run());
@@ -172,6 +178,15 @@ impl Controller {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// Hands over the restores, which hold clusters while they run.
+    pub fn set_restores(&self, restores: Arc<Restores>) {
+        let _ = self.restores.set(restores);
+    }
+
+    pub fn restores(&self) -> Option<&Arc<Restores>> {
+        self.restores.get()
     }
 
     /// Every cluster's status, by name.
@@ -221,6 +236,8 @@ struct ClusterTask {
     status: watch::Sender<ClusterStatus>,
     /// The nodes last declared to the hub.
     declared: Option<BTreeSet<String>>,
+    /// The last pass published a restore's hold: the next one publishes the plans again.
+    held: bool,
     ca: Option<Arc<ClusterCa>>,
 }
 
@@ -307,6 +324,11 @@ impl ClusterTask {
         entry: &ClusterEntry,
     ) -> Result<Duration, String> {
         let cx = self.controller.clone();
+        let restores = cx.restores.get().cloned();
+        if let Some(hold) = restores.as_ref().and_then(|r| r.hold(&self.name)) {
+            self.publish_held(reconciler, entry, &hold).await?;
+            return Ok(REQUEUE_BUSY);
+        }
         let ca = self.ca().await?;
         let reports = cx.hub.cluster_reports(&self.name);
         let members = self.members(reconciler, &reports).await;
@@ -322,6 +344,12 @@ impl ClusterTask {
             reconciler.request_rotation();
         }
         let mut action = reconciler.reconcile(&inputs);
+        if let (Some(call), Some(restores)) = (action.restore.take(), &restores) {
+            if self.restore(reconciler, entry, restores, &call).await {
+                action = reconciler.reconcile(&inputs);
+                action.save = true;
+            }
+        }
         if let Some(call) = action.task.take() {
             tracing::info!(
                 cluster = self.name,
@@ -355,6 +383,79 @@ impl ClusterTask {
         } else {
             action.requeue
         })
+    }
+
+    /// Runs the restore Git asks for (once per request id), and hands the reconciler its
+    /// outcome once it ended; true when that changed the reconciler.
+    async fn restore(
+        &self,
+        reconciler: &mut Reconciler,
+        entry: &ClusterEntry,
+        restores: &Arc<Restores>,
+        call: &RestoreCall,
+    ) -> bool {
+        let asked = restores
+            .request(
+                entry.cluster.clone(),
+                &call.snapshot,
+                &call.request_id,
+                "git",
+            )
+            .await;
+        match asked {
+            Ok(None) => false,
+            Ok(Some(run)) if run.phase == RestorePhase::Done => {
+                reconciler.restore_done(&call.request_id);
+                true
+            }
+            Ok(Some(run)) => {
+                let reason = run.error.unwrap_or_else(|| "no reason recorded".into());
+                reconciler.restore_failed(&call.request_id, &reason);
+                true
+            }
+            Err(RestoreRequestError::Busy { .. }) => false,
+            Err(e) => {
+                reconciler.restore_failed(&call.request_id, &crate::error_chain(&e));
+                true
+            }
+        }
+    }
+
+    /// Publishes the plans a restore holds the cluster at: with etcd stopped on its members,
+    /// or started again; the status says what the restore does.
+    async fn publish_held(
+        &mut self,
+        reconciler: &Reconciler,
+        entry: &ClusterEntry,
+        hold: &Hold,
+    ) -> Result<(), String> {
+        let mut declared = reconciler.declared(&entry.cluster);
+        if hold.etcd_down {
+            for sealed in declared.values_mut() {
+                let Some(spec) = sealed.as_ref().map(SealedSpec::spec) else {
+                    continue;
+                };
+                if spec.containers.contains_key(ETCD_COMPONENT) {
+                    let mut stopped = spec.clone();
+                    stopped.containers.remove(ETCD_COMPONENT);
+                    stopped.health.remove(ETCD_COMPONENT);
+                    stopped.roles.remove(ETCD_COMPONENT);
+                    *sealed = Some(SealedSpec::new(stopped));
+                }
+            }
+        }
+        let names: BTreeSet<String> = declared.keys().cloned().collect();
+        let (hub, name) = (self.controller.hub.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || hub.set_cluster(&name, &declared))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| crate::error_chain(&e))?;
+        self.declared = Some(names);
+        self.held = true;
+        let mut status = self.status_of(reconciler);
+        restoring(&mut status, &hold.message);
+        self.status.send_replace(status);
+        Ok(())
     }
 
     /// The cluster's etcd CA, made the first time.
@@ -412,7 +513,8 @@ impl ClusterTask {
         let cx = self.controller.clone();
         let declared = reconciler.declared(&entry.cluster);
         let names: BTreeSet<String> = declared.keys().cloned().collect();
-        if save || self.declared.as_ref() != Some(&names) {
+        let held = std::mem::take(&mut self.held);
+        if save || held || self.declared.as_ref() != Some(&names) {
             let state = cx.state.clone();
             let hub = cx.hub.clone();
             let name = self.name.clone();
@@ -467,6 +569,25 @@ impl ClusterTask {
             "cannot read the cluster's rollout record"
         );
         self.status.send_modify(|s| failed(s, error));
+    }
+}
+
+/// Marks a status as a restore's: Reconciling, with what the restore does.
+fn restoring(status: &mut ClusterStatus, message: &str) {
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    for (kind, holds) in [
+        (ConditionType::Ready, false),
+        (ConditionType::Reconciling, true),
+        (ConditionType::Stalled, false),
+    ] {
+        status.conditions.retain(|c| c.kind != kind);
+        status.conditions.push(Condition {
+            kind,
+            status: holds,
+            reason: "Restoring".into(),
+            message: message.to_string(),
+            since: now.clone(),
+        });
     }
 }
 

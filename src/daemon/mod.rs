@@ -12,6 +12,7 @@ pub mod controller;
 pub mod http;
 pub mod metrics;
 pub mod operator;
+pub mod restore;
 pub mod snapshots;
 
 use std::collections::BTreeMap;
@@ -207,6 +208,19 @@ impl Daemon {
             shutdown.clone(),
         );
         let _ = snapshots_cell.set(snapshots.clone());
+        let controller_ref = Arc::downgrade(&controller);
+        let restores = restore::Restores::new(
+            hub.clone(),
+            snapshots.clone(),
+            shared.clone(),
+            Box::new(move |cluster| {
+                if let Some(controller) = controller_ref.upgrade() {
+                    controller.reconcile_now(cluster);
+                }
+            }),
+            shutdown.clone(),
+        );
+        controller.set_restores(restores.clone());
         let resumed = {
             let controller = controller.clone();
             tokio::task::spawn_blocking(move || controller.resume())
@@ -225,6 +239,11 @@ impl Daemon {
         tasks.spawn(source.run(shutdown.clone()));
         tasks.spawn(controller.clone().run(desired.clone()));
         tasks.spawn(snapshots.clone().run());
+        let stopping = shutdown.clone();
+        tasks.spawn(async move {
+            stopping.cancelled().await;
+            restores.wait().await;
+        });
         tasks.spawn(admit_when_loaded(hub.clone(), desired, shutdown.clone()));
         let probe = Arc::new(DaemonProbe {
             hub: hub.clone(),

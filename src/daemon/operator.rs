@@ -53,6 +53,12 @@ pub fn router(operator: Operator) -> Router {
             &format!("{CLUSTERS_PATH}/{{name}}/nodes/{{node}}"),
             get(node),
         )
+        .route(
+            &format!("{CLUSTERS_PATH}/{{name}}/restores"),
+            post(restore)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_RESTORE_BODY_BYTES))
+                .get(restores),
+        )
         .with_state(Arc::new(operator.clone()))
         .merge(crate::daemon::snapshots::routes::router(operator.snapshots))
 }
@@ -142,6 +148,78 @@ async fn node(
     };
     let plan = hub.plan_of(&name, &node);
     json(&NodeView::of(&name, &node, plan, Some(report)))
+}
+
+/// Most bytes of a restore request's body.
+const MAX_RESTORE_BODY_BYTES: usize = 4096;
+
+async fn restore(
+    State(op): State<Arc<Operator>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::api::snapshots::RestoreRequestBody;
+    use crate::daemon::restore::RestoreRequestError;
+    let Some(restores) = op.controller.get().and_then(|c| c.restores().cloned()) else {
+        return starting();
+    };
+    let Ok(request) = serde_json::from_slice::<RestoreRequestBody>(&body) else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "the body must be {\"snapshot\": \"<snapshot id>\"}",
+        );
+    };
+    let desired = op.desired.borrow().clone();
+    let Some(entry) = crate::model::ClusterName::parse(&name)
+        .ok()
+        .and_then(|n| desired.clusters.get(&n).cloned())
+    else {
+        return not_found(&name);
+    };
+    let request_id = format!(
+        "operator-{}",
+        crate::snapshot::naming::new_id(std::time::SystemTime::now(), 0)
+            .map(|id| id.to_string())
+            .unwrap_or_default()
+    );
+    let asked = restores
+        .request(
+            entry.cluster.clone(),
+            &request.snapshot,
+            &request_id,
+            "operator",
+        )
+        .await;
+    match asked {
+        Ok(_) => (
+            StatusCode::ACCEPTED,
+            json(&serde_json::json!({"cluster": name, "requestId": request_id})),
+        )
+            .into_response(),
+        Err(e @ RestoreRequestError::Busy { .. }) => {
+            api_error(StatusCode::CONFLICT, &crate::error_chain(&e))
+        }
+        Err(e @ RestoreRequestError::State(_)) => {
+            api_error(StatusCode::INTERNAL_SERVER_ERROR, &crate::error_chain(&e))
+        }
+        Err(e) => api_error(StatusCode::UNPROCESSABLE_ENTITY, &crate::error_chain(&e)),
+    }
+}
+
+async fn restores(State(op): State<Arc<Operator>>, Path(name): Path<String>) -> Response {
+    let Some(restores) = op.controller.get().and_then(|c| c.restores().cloned()) else {
+        return starting();
+    };
+    if op.controller.get().and_then(|c| c.status(&name)).is_none() {
+        return not_found(&name);
+    }
+    match restores.list(&name).await {
+        Ok(runs) => json(&crate::api::snapshots::RestoresDocument {
+            cluster: name,
+            restores: runs,
+        }),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, &crate::error_chain(&e)),
+    }
 }
 
 /// Adds the cluster's snapshots and their condition to its status.

@@ -191,6 +191,12 @@ pub fn etcd_pki_dir(cluster: &str) -> String {
     format!("/var/lib/drover/{cluster}/etcd-pki")
 }
 
+/// Where a cluster's etcd member keeps its data on each of its nodes; a restore swaps a new
+/// one in and keeps the one it replaced beside it.
+pub fn etcd_data_dir(cluster: &str) -> String {
+    format!("/var/lib/drover/{cluster}/etcd")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -201,7 +201,10 @@ fn etcd_member(cluster: &Cluster, node: &Node) -> ContainerSpec {
         args,
         env: BTreeMap::new(),
         binds: vec![
-            format!("/var/lib/drover/{}/etcd:/var/lib/etcd", cluster.name),
+            format!(
+                "{}:/var/lib/etcd",
+                crate::model::etcd_data_dir(cluster.name.as_str())
+            ),
             format!(
                 "{}:{ETCD_PKI_MOUNT}:ro",
                 crate::nodeplan::etcd_pki_dir(cluster.name.as_str())

@@ -71,6 +71,16 @@ pub struct Action {
     pub requeue: Duration,
     /// Run this etcd task, then hand its outcome to `Reconciler::task_done`.
     pub task: Option<TaskCall>,
+    /// The restore the plan starts with: run it (once per request id), then hand its outcome
+    /// to `restore_done` or `restore_failed`.
+    pub restore: Option<RestoreCall>,
+}
+
+/// A restore requested in Git, as the plan's first step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreCall {
+    pub snapshot: String,
+    pub request_id: String,
 }
 
 /// The rest of a batch, waiting for its membership task.
@@ -112,6 +122,9 @@ pub struct Reconciler {
     last_plan: Option<ClusterPlan>,
     /// Delays between attempts of a failing etcd task; reset when one succeeds.
     task_retry: Backoff,
+    /// A restore request that ended in failure, and why: the cluster stalls on it until Git
+    /// changes the request.
+    failed_restore: Option<(String, String)>,
     /// The record changed outside a pass (an operator's request): the next pass saves it.
     unsaved: bool,
     /// Each recorded node's plan with its checksum, resealed only when the plan changed.
@@ -130,6 +143,7 @@ impl Reconciler {
             pending: None,
             last_plan: None,
             task_retry: Backoff::new(TASK_RETRY_BASE, TASK_RETRY_CAP),
+            failed_restore: None,
             unsaved: false,
             sealed: std::sync::Mutex::new(BTreeMap::new()),
             conditions: Vec::new(),
@@ -193,6 +207,21 @@ impl Reconciler {
         self.unsaved = true;
     }
 
+    /// The restore of `request_id` completed: the plan no longer starts with it. Saved with
+    /// the next pass.
+    pub fn restore_done(&mut self, request_id: &str) {
+        if self.intent.restores_done.insert(request_id.to_string()) {
+            self.unsaved = true;
+        }
+        self.failed_restore = None;
+    }
+
+    /// The restore of `request_id` failed for good: the cluster is Stalled with `reason`
+    /// while Git still asks for it.
+    pub fn restore_failed(&mut self, request_id: &str, reason: &str) {
+        self.failed_restore = Some((request_id.to_string(), reason.to_string()));
+    }
+
     /// Follows a new revision whose definition of this cluster is the one the last pass
     /// found converged: the status takes the revision without a pass (no planning, no etcd
     /// round trip, no write). False, changing nothing, when a pass is needed.
@@ -229,14 +258,24 @@ impl Reconciler {
             .and_then(|ca| certs::issue(&mut self.intent, cluster, ca, &health, inputs.now));
         let plan = self.plan(cluster, &health, inputs.members);
         self.pending = None;
-        let mut task = None;
+        let (mut task, mut restore) = (None, None);
         let verdict = match renewal {
             Some(verdict) => verdict,
             None => self.decide(
-                cluster, &desired, &plan, &health, inputs, &revision, &mut task,
+                cluster,
+                &desired,
+                &plan,
+                &health,
+                inputs,
+                &revision,
+                &mut task,
+                &mut restore,
             ),
         };
-        self.finish(inputs, &plan, &verdict, &health, before, task)
+        Action {
+            restore,
+            ..self.finish(inputs, &plan, &verdict, &health, before, task)
+        }
     }
 
     /// Hands the outcome of the task the last pass asked for to the rest of its batch.
@@ -323,7 +362,7 @@ impl Reconciler {
             let mut was = before;
             was.applied_revision
                 .clone_from(&self.intent.applied_revision);
-            self.intent != was
+            self.intent != was || std::mem::take(&mut self.unsaved)
         };
         if save {
             self.version += 1;
@@ -345,6 +384,7 @@ impl Reconciler {
             save,
             requeue,
             task,
+            restore: None,
         }
     }
 
@@ -439,7 +479,11 @@ impl Reconciler {
         inputs: &Inputs<'_>,
         revision: &str,
         task: &mut Option<TaskCall>,
+        restore: &mut Option<RestoreCall>,
     ) -> Verdict {
+        if let Some(verdict) = self.restore_first(plan, restore) {
+            return verdict;
+        }
         if !plan.errors.is_empty() {
             let message = plan
                 .errors
@@ -539,6 +583,41 @@ impl Reconciler {
             reason: "RollingOut",
             message: format!("rolling out to {}", batch.nodes.join(", ")),
         }
+    }
+
+    /// A plan that starts with a restore runs it first, whatever else it finds (a lost quorum
+    /// is what a restore is for): the loop runs it, or the cluster stalls on its failure.
+    fn restore_first(
+        &self,
+        plan: &ClusterPlan,
+        restore: &mut Option<RestoreCall>,
+    ) -> Option<Verdict> {
+        let first = plan.phases.first()?.batches.first()?.steps.first()?;
+        let crate::plan::Step::RestoreSnapshot {
+            snapshot,
+            request_id,
+        } = first
+        else {
+            return None;
+        };
+        if let Some((failed, reason)) = &self.failed_restore {
+            if failed == request_id {
+                return Some(Verdict::Stalled {
+                    reason: "RestoreFailed",
+                    message: format!(
+                        "the restore of snapshot {snapshot} (request {request_id}) failed: {reason}; commit a new request id to try again"
+                    ),
+                });
+            }
+        }
+        *restore = Some(RestoreCall {
+            snapshot: snapshot.clone(),
+            request_id: request_id.clone(),
+        });
+        Some(Verdict::Progressing {
+            reason: "Restoring",
+            message: format!("restoring etcd from snapshot {snapshot} (request {request_id})"),
+        })
     }
 
     fn update_status(

@@ -22,6 +22,7 @@ mod plan_server;
 mod protocol;
 mod prune_props;
 mod reconcile;
+mod restore;
 mod schema;
 mod serve;
 mod serve_crash;

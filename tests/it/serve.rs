@@ -17,7 +17,7 @@ use crate::support::git::TestRepo;
 use crate::support::require;
 
 /// A rollout of the whole cluster, images present, is seconds; this bounds a hang.
-const CONVERGE: Duration = Duration::from_secs(120);
+pub(crate) const CONVERGE: Duration = Duration::from_secs(120);
 
 /// The layout's `rollout.maxUnavailable` for control-plane nodes.
 const MAX_UNAVAILABLE: usize = 1;
@@ -32,7 +32,7 @@ fn condition(status: &ClusterStatus) -> (ConditionType, String) {
 }
 
 /// Ready at `revision`: every node ready, the revision applied.
-fn ready_at(revision: String) -> impl Fn(&ClusterStatus) -> Result<(), String> {
+pub(crate) fn ready_at(revision: String) -> impl Fn(&ClusterStatus) -> Result<(), String> {
     move |s| {
         let (kind, message) = condition(s);
         if kind != ConditionType::Ready {

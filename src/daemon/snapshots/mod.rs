@@ -57,6 +57,10 @@ pub enum RequestError {
     Busy(String),
     #[error("the daemon is stopping")]
     Stopping,
+    #[error(
+        "a restore of {0} is running; its snapshots are neither taken nor pruned until it ends"
+    )]
+    Restoring(String),
     #[error("the snapshot was not taken: {0}")]
     Take(String),
     #[error(transparent)]
@@ -88,6 +92,8 @@ struct ClusterSnapshots {
     blocked: Option<String>,
     /// The `SnapshotOverdue` condition's status, and since when it holds.
     condition: Option<(bool, SystemTime)>,
+    /// A restore holds the cluster: no snapshot is taken or pruned.
+    restoring: bool,
 }
 
 impl ClusterSnapshots {
@@ -357,7 +363,7 @@ impl Scheduler {
                 }
                 return;
             }
-            if state.running || state.next_due(policy, name, now) > now {
+            if state.running || state.restoring || state.next_due(policy, name, now) > now {
                 return;
             }
             state.running = true;
@@ -417,10 +423,21 @@ impl Scheduler {
         }
     }
 
+    /// Holds `cluster`'s snapshots (none taken, none pruned) while a restore runs.
+    pub fn pause(&self, cluster: &str, paused: bool) {
+        self.lock()
+            .entry(cluster.to_string())
+            .or_default()
+            .restoring = paused;
+    }
+
     /// Marks a run of `cluster` started now, unless one is running.
     fn begin(&self, cluster: &str, now: SystemTime) -> Result<(), RequestError> {
         let mut clusters = self.lock();
         let state = clusters.entry(cluster.to_string()).or_default();
+        if state.restoring {
+            return Err(RequestError::Restoring(cluster.to_string()));
+        }
         if state.running {
             return Err(RequestError::Busy(cluster.to_string()));
         }

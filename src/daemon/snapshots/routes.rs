@@ -113,7 +113,7 @@ fn refused(e: &RequestError) -> Response {
         RequestError::NoPolicy(_) | RequestError::NoStore { .. } | RequestError::BadId(_) => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
-        RequestError::Busy(_) => StatusCode::CONFLICT,
+        RequestError::Busy(_) | RequestError::Restoring(_) => StatusCode::CONFLICT,
         RequestError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
         RequestError::Take(_)
         | RequestError::Store(_)

@@ -1,0 +1,200 @@
+//! Restoring a cluster's etcd from a snapshot, all real: a daemon, three etcd members and a
+//! worker run by agents on Docker, snapshots in the daemon's file store.
+
+use drover::api::snapshots::{RestorePhase, RestoresDocument, SnapshotView};
+use drover::api::ConditionType;
+
+use crate::serve::{ready_at, CONVERGE};
+use crate::support::daemon::{etcd_client, tail, AgentProcess, Layout, TestDaemon};
+use crate::support::docker::{self, BUSYBOX_IMAGE, ETCD_IMAGE};
+use crate::support::fleet::{containers_of, ClusterCleanup};
+use crate::support::git::TestRepo;
+use crate::support::require;
+
+/// Runs `drover ARGS --state-dir <the daemon's>`: exit code, stdout, stderr.
+async fn cli(daemon: &TestDaemon, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = crate::support::cli::command()
+        .args(args)
+        .arg("--state-dir")
+        .arg(daemon.state_dir())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn value(etcd: &mut etcd_client::Client, key: &str) -> Option<String> {
+    let answer = etcd.get(key, None).await.unwrap();
+    answer
+        .kvs()
+        .first()
+        .map(|kv| kv.value_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
+    let engine = require!(docker::connect().await);
+    require!(docker::require_image(&engine, ETCD_IMAGE).await);
+    require!(docker::require_image(&engine, BUSYBOX_IMAGE).await);
+    let layout = Layout::new("restore");
+    let _cleanup = ClusterCleanup(layout.cluster.clone());
+    let repo = TestRepo::init();
+    let with_snapshots = layout.yaml_with_snapshots("v1", "24h", 5);
+    let first = repo.commit_files(&[(&layout.path(), &with_snapshots)], "dev");
+    let mut daemon = TestDaemon::start(&repo.url()).await;
+    let token = daemon.token_file(&layout.cluster).await;
+    let start_agents = |daemon: &TestDaemon| -> Vec<AgentProcess> {
+        layout
+            .nodes
+            .iter()
+            .map(|(n, _, _)| AgentProcess::start(daemon, n, &token))
+            .collect()
+    };
+    let mut agents = start_agents(&daemon);
+    let cluster = layout.cluster.as_str();
+    daemon
+        .await_status(
+            "the cluster to converge",
+            cluster,
+            CONVERGE,
+            ready_at(first.to_string()),
+        )
+        .await;
+
+    // A key before the snapshot, one after it.
+    let mut etcd = etcd_client(&layout, &agents[0]).await;
+    etcd.put("before", "kept", None).await.unwrap();
+    let (code, text, err) = cli(&daemon, &["snapshot", "save", cluster, "--format", "json"]).await;
+    assert_eq!(code, Some(0), "{text}{err}");
+    let saved: SnapshotView = serde_json::from_str(&text).unwrap();
+    etcd.put("after", "lost", None).await.unwrap();
+    drop(etcd);
+
+    // Every member's data is lost: the agents stop, every container and data directory goes,
+    // and the members come back empty.
+    for agent in &mut agents {
+        agent.stop();
+    }
+    for id in containers_of(cluster) {
+        let out = std::process::Command::new("docker")
+            .args(["rm", "-f", &id])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    for agent in &agents {
+        let data = agent
+            .dir
+            .join("root")
+            .join(drover::nodeplan::etcd_data_dir(cluster).trim_start_matches('/'));
+        if data.exists() {
+            std::fs::remove_dir_all(&data).unwrap();
+        }
+    }
+    let mut agents = start_agents(&daemon);
+
+    // The restore, committed to Git.
+    let request = with_snapshots.replace(
+        "  components:\n",
+        &format!(
+            "    restore: {{snapshot: {}, requestId: wiped-1}}\n  components:\n",
+            saved.id
+        ),
+    );
+    let second = repo.commit_files(&[(&layout.path(), &request)], "restore dev");
+    daemon.hook().await;
+    daemon
+        .await_status(
+            "the restore and the cluster back",
+            cluster,
+            CONVERGE * 2,
+            ready_at(second.to_string()),
+        )
+        .await;
+    let mut etcd = etcd_client(&layout, &agents[0]).await;
+    assert_eq!(
+        value(&mut etcd, "before").await.as_deref(),
+        Some("kept"),
+        "{}",
+        tail(&daemon.log(), 80)
+    );
+    assert_eq!(value(&mut etcd, "after").await, None);
+    etcd.put("written-after-the-restore", "stays", None)
+        .await
+        .unwrap();
+    drop(etcd);
+
+    // Recorded once, done, with a reason at every step; each member kept the data it had.
+    let (code, text, err) = cli(
+        &daemon,
+        &["snapshot", "restores", cluster, "--format", "json"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{text}{err}");
+    let doc: RestoresDocument = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc.restores.len(), 1, "{text}");
+    let run = &doc.restores[0];
+    assert_eq!(
+        (run.request_id.as_str(), run.phase, run.by.as_str()),
+        ("wiped-1", RestorePhase::Done, "git")
+    );
+    for step in [
+        "verified",
+        "etcd stopped on every member",
+        "n1: restored",
+        "restored",
+    ] {
+        assert!(
+            run.steps.iter().any(|s| s.contains(step)),
+            "{step}: {:#?}",
+            run.steps
+        );
+    }
+    for agent in agents.iter().take(3) {
+        let replaced = agent
+            .dir
+            .join("root")
+            .join(drover::nodeplan::etcd_data_dir(cluster).trim_start_matches('/'))
+            .with_file_name("etcd.replaced-wiped-1");
+        assert!(replaced.is_dir(), "{} kept nothing", agent.node);
+    }
+
+    // A restarted daemon never runs it again: what was written after it stays.
+    let exit = daemon.terminate();
+    assert!(exit.success(), "{exit}\n{}", tail(&daemon.log(), 30));
+    daemon.spawn().await;
+    daemon
+        .await_status(
+            "the cluster after the restart",
+            cluster,
+            CONVERGE,
+            ready_at(second.to_string()),
+        )
+        .await;
+    let mut etcd = etcd_client(&layout, &agents[0]).await;
+    assert_eq!(
+        value(&mut etcd, "written-after-the-restore")
+            .await
+            .as_deref(),
+        Some("stays")
+    );
+    let status = daemon.status(cluster).await.unwrap();
+    let ready = status.condition(ConditionType::Ready).unwrap();
+    assert!(ready.status, "{ready:?}");
+    let (_, text, _) = cli(
+        &daemon,
+        &["snapshot", "restores", cluster, "--format", "json"],
+    )
+    .await;
+    let doc: RestoresDocument = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc.restores.len(), 1, "{text}");
+    for agent in &mut agents {
+        agent.stop();
+    }
+    let exit = daemon.terminate();
+    assert!(exit.success(), "{exit}\n{}", tail(&daemon.log(), 30));
+}

@@ -251,10 +251,12 @@ async fn count_keys(
         args: vec![
             format!("--endpoints={SCRATCH_CLIENT}"),
             "--command-timeout=10s".into(),
+            // etcd answers a range's total count whatever its limit; 3.4 has no --count-only.
             "get".into(),
             String::new(),
             "--from-key".into(),
-            "--count-only".into(),
+            "--keys-only".into(),
+            "--limit=1".into(),
             "--write-out=json".into(),
         ],
         env: vec!["ETCDCTL_API=3".into()],
@@ -266,6 +268,14 @@ async fn count_keys(
     let answer = loop {
         match oneoff::run(driver, &query, QUERY_LIMIT).await {
             Ok(ended) if ended.code == 0 => break Ok(ended.output),
+            // Only an etcd that does not answer yet is worth asking again.
+            Ok(ended) if !not_yet(&ended.output) => {
+                break Err(RestoreError::Failed {
+                    command: "etcdctl get".into(),
+                    code: ended.code,
+                    output: short_text(&ended.output),
+                })
+            }
             Ok(ended) => last = ended.output,
             Err(e) => last = crate::error_chain(&e),
         }
@@ -281,7 +291,20 @@ async fn count_keys(
     parse_count(&answer?)
 }
 
-/// The revision and count of `etcdctl get --count-only -w json`.
+/// Whether etcdctl's complaint is that etcd does not answer (yet).
+fn not_yet(output: &str) -> bool {
+    let output = output.to_ascii_lowercase();
+    [
+        "deadline exceeded",
+        "connection refused",
+        "unavailable",
+        "timed out",
+    ]
+    .iter()
+    .any(|sign| output.contains(sign))
+}
+
+/// The revision and count of `etcdctl get -w json`.
 fn parse_count(text: &str) -> Result<(i64, i64), RestoreError> {
     let value: serde_json::Value =
         serde_json::from_str(text.trim()).map_err(|_| RestoreError::Answer(short_text(text)))?;
@@ -361,7 +384,10 @@ mod tests {
     #[test]
     fn etcdctl_counts_are_read_with_their_revision() {
         let cases = [
-            (r#"{"header":{"revision":42},"count":7}"#, Some((42, 7))),
+            (
+                r#"{"header":{"revision":42},"kvs":[{"key":"YQ=="}],"more":true,"count":7}"#,
+                Some((42, 7)),
+            ),
             // etcdctl leaves `count` out when it is zero.
             (r#"{"header":{"revision":1}}"#, Some((1, 0))),
             (r#"{"count":7}"#, None),

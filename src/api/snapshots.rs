@@ -70,8 +70,13 @@ pub struct SnapshotSchedule {
     pub next_run: Option<String>,
     /// How long past twice the schedule's period the newest snapshot is; `None` while on time.
     pub overdue_ms: Option<u64>,
-    /// The newest verification recorded, and the newest restore drill's.
+    /// The newest verification recorded.
     pub last_verification: Option<Verification>,
+    /// Restore drills, when the policy asks for them: the next and the newest.
+    #[serde(default)]
+    pub next_drill: Option<String>,
+    #[serde(default)]
+    pub last_drill: Option<Verification>,
 }
 
 /// A snapshot saved.

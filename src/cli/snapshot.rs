@@ -74,6 +74,10 @@ pub struct VerifyArgs {
     cluster: String,
     /// The snapshot's id; the newest when left out.
     id: Option<String>,
+    /// Also restore it into a throwaway etcd (on one of the cluster's members, with the
+    /// cluster's etcd image) and report its revision and key count.
+    #[arg(long)]
+    deep: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
     #[command(flatten)]
@@ -190,9 +194,10 @@ async fn save(client: &Client, a: &ClusterArgs) -> Result<(String, Exit), Client
 async fn verify(client: &Client, a: &VerifyArgs) -> Result<(String, Exit), ClientError> {
     let id = a.id.as_deref().unwrap_or("newest");
     let waiting = spinner(&format!("verifying {}'s snapshot {id}", a.cluster));
+    let query = if a.deep { "?deep=true" } else { "" };
     let verified: Result<Verification, _> = client
         .post_for(
-            &path(&a.cluster, &format!("/{id}/verify")),
+            &path(&a.cluster, &format!("/{id}/verify{query}")),
             MAX_ANSWER_BYTES,
             LONG_WAIT,
         )
@@ -202,6 +207,14 @@ async fn verify(client: &Client, a: &VerifyArgs) -> Result<(String, Exit), Clien
     let exit = if v.passed { Exit::Ok } else { Exit::Invalid };
     let text = match a.format {
         Format::Json => json(&v),
+        Format::Text if v.passed && v.deep => format!(
+            "{} passed: restored by {} into a throwaway etcd: revision {}, {} keys ({})\n",
+            v.id,
+            v.by,
+            v.revision.map_or("?".into(), |r| r.to_string()),
+            v.keys.map_or("?".into(), |k| k.to_string()),
+            v.bytes.map_or("?".into(), bytes),
+        ),
         Format::Text if v.passed => format!(
             "{} passed: {} restored, revision {}\n",
             v.id,

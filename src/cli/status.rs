@@ -270,6 +270,20 @@ snapshots {} to store {}",
             f.at, s.failures, f.reason
         ));
     }
+    if let Some(d) = &s.last_drill {
+        let verdict = match (&d.error, d.keys) {
+            (None, Some(keys)) => format!("passed on {}: {keys} keys", d.by),
+            (None, None) => format!("passed on {}", d.by),
+            (Some(e), _) => format!("FAILED: {e}"),
+        };
+        out.push_str(&format!(
+            "  last restore drill: {} of {} {verdict}\n",
+            d.at, d.id
+        ));
+    }
+    if let Some(next) = &s.next_drill {
+        out.push_str(&format!("  next restore drill at {next}\n"));
+    }
     if let Some(v) = &s.last_verification {
         let verdict = if v.passed { "passed" } else { "failed" };
         out.push_str(&format!(

@@ -59,6 +59,7 @@ pub struct Metrics {
     pub snapshot_age: Family<ClusterLabel, Gauge<f64, AtomicU64>>,
     pub snapshot_overdue: Family<ClusterLabel, Gauge>,
     pub verifications: Family<OutcomeLabel, Counter<u64, AtomicU64>>,
+    pub drill_passed: Family<ClusterLabel, Gauge>,
 }
 
 impl Metrics {
@@ -85,6 +86,7 @@ impl Metrics {
             snapshot_age: Family::default(),
             snapshot_overdue: Family::default(),
             verifications: Family::default(),
+            drill_passed: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         registry.register(
@@ -161,6 +163,11 @@ impl Metrics {
             "snapshot_verifications",
             "Verifications of snapshots (restore drills included), by cluster and outcome",
             m.verifications.clone(),
+        );
+        registry.register(
+            "snapshot_drill_passed",
+            "1 when a cluster's newest restore drill restored its newest snapshot, 0 when it failed",
+            m.drill_passed.clone(),
         );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         Arc::new(m)

@@ -25,20 +25,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::snapshots::{RestorePhase, RestoreRun};
-use crate::daemon::snapshots::{views, Scheduler};
+use crate::daemon::snapshots::{offer, views, Scheduler};
 use crate::model::{Cluster, Role, SnapshotId};
 use crate::protocol::{EtcdTask, EtcdTaskOutcome};
-use crate::server::transfer::TransferError;
 use crate::server::Hub;
-use crate::snapshot::download;
 use crate::state::StateError;
 use crate::store::DurableState;
 
 /// How long the members' agents have to stop etcd, and to start it again healthy.
 const STOP_LIMIT: Duration = Duration::from_secs(300);
 const START_LIMIT: Duration = Duration::from_secs(300);
-/// How long an agent has to start fetching the snapshot offered to it.
-const OFFER_TTL: Duration = Duration::from_secs(120);
 /// The longest one member's fetch and restore may take.
 const RESTORE_TASK_LIMIT: Duration = Duration::from_secs(3 * 3600);
 /// Attempts at one member's restore before the restore fails.
@@ -455,49 +451,40 @@ impl Runner {
         Err(format!("{node}: {last}"))
     }
 
-    /// Offers `node` the snapshot, filled from the store as the agent reads it, and asks its
-    /// agent to restore it.
-    async fn restore_once(&self, node: &str, mut task: EtcdTask) -> Result<u64, String> {
-        let cluster = &self.cluster.name;
-        let (manifest, bytes) = download::download_verified(self.store.clone(), cluster, &self.id)
-            .await
-            .map_err(|e| crate::error_chain(&e))?;
-        let (id, fill) = self
-            .restores
-            .hub
-            .transfers()
-            .offer(
-                cluster.as_str(),
-                node,
-                OFFER_TTL,
-                &manifest.raw_sha256.to_string(),
-            )
-            .map_err(|e| e.to_string())?;
-        if let EtcdTask::Restore { transfer, .. } = &mut task {
-            *transfer = id;
-        }
-        let pump = tokio::spawn(async move {
-            use futures::StreamExt as _;
-            let mut bytes = std::pin::pin!(bytes);
-            while let Some(piece) = bytes.next().await {
-                let piece = piece.map_err(|e| TransferError::Broken(crate::error_chain(&e)));
-                let failed = piece.is_err();
-                if fill.send(piece).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        let outcome = self
-            .restores
-            .hub
-            .etcd_task(cluster.as_str(), node, task, RESTORE_TASK_LIMIT)
-            .await;
-        pump.abort();
+    /// Offers `node` the snapshot and asks its agent to restore it.
+    async fn restore_once(&self, node: &str, task: EtcdTask) -> Result<u64, String> {
+        let outcome = offer::run_with_snapshot(
+            &self.restores.hub,
+            self.store.clone(),
+            &self.cluster.name,
+            &self.id,
+            node,
+            |id| match task {
+                EtcdTask::Restore {
+                    image,
+                    name,
+                    initial_cluster,
+                    peer_url,
+                    token,
+                    request_id,
+                    ..
+                } => EtcdTask::Restore {
+                    transfer: id,
+                    image,
+                    name,
+                    initial_cluster,
+                    peer_url,
+                    token,
+                    request_id,
+                },
+                other => other,
+            },
+            RESTORE_TASK_LIMIT,
+        )
+        .await?;
         match outcome {
-            Ok(EtcdTaskOutcome::Restored { bytes }) => Ok(bytes),
-            Ok(EtcdTaskOutcome::Failed { error }) => Err(error),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(e) => Err(e.to_string()),
+            EtcdTaskOutcome::Restored { bytes } => Ok(bytes),
+            other => Err(format!("unexpected answer {other:?}")),
         }
     }
 

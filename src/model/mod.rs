@@ -87,6 +87,8 @@ pub struct SnapshotPolicy {
     pub schedule: Schedule,
     pub store: StoreName,
     pub retention: Retention,
+    /// How often a restore drill verifies the newest snapshot in a throwaway etcd.
+    pub drill_every: Option<Duration>,
 }
 
 /// When snapshots are taken.

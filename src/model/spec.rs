@@ -150,6 +150,11 @@ pub struct SnapshotSpec {
     /// The name of a snapshot store in the daemon's configuration. Credentials never live in Git.
     pub store: String,
     pub retention: RetentionSpec,
+    /// Restore drills: how often the newest snapshot is restored into a throwaway etcd on one
+    /// of the cluster's members and its revision and keys read back (at least one minute), so
+    /// a snapshot that would not restore is known before the day it is needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_every: Option<String>,
 }
 
 /// How many snapshots to keep. The newest `last` are always kept; each tier keeps the newest

@@ -322,10 +322,18 @@ fn check_snapshots(s: &spec::SnapshotSpec, c: &mut Checker<'_>) -> Option<Snapsh
         StoreName::parse,
     );
     let retention = check_retention(&s.retention, c);
+    let drill_every = match &s.drill_every {
+        None => Some(None),
+        Some(every) => match check_interval(&format!("{at}.drillEvery"), every, c)? {
+            Schedule::Every(d) => Some(Some(d)),
+            Schedule::Cron { .. } => None,
+        },
+    };
     Some(SnapshotPolicy {
         schedule: schedule?,
         store: store?,
         retention: retention?,
+        drill_every: drill_every?,
     })
 }
 

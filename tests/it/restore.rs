@@ -1,7 +1,7 @@
 //! Restoring a cluster's etcd from a snapshot, all real: a daemon, three etcd members and a
 //! worker run by agents on Docker, snapshots in the daemon's file store.
 
-use drover::api::snapshots::{RestorePhase, RestoresDocument, SnapshotView};
+use drover::api::snapshots::{RestorePhase, RestoresDocument, SnapshotView, Verification};
 use drover::api::ConditionType;
 
 use crate::serve::{ready_at, CONVERGE};
@@ -43,7 +43,9 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
     let layout = Layout::new("restore");
     let _cleanup = ClusterCleanup(layout.cluster.clone());
     let repo = TestRepo::init();
-    let with_snapshots = layout.yaml_with_snapshots("v1", "24h", 5);
+    let with_snapshots = layout
+        .yaml_with_snapshots("v1", "24h", 5)
+        .replace("store: backups,", "store: backups, drillEvery: 1m,");
     let first = repo.commit_files(&[(&layout.path(), &with_snapshots)], "dev");
     let mut daemon = TestDaemon::start(&repo.url()).await;
     let token = daemon.token_file(&layout.cluster).await;
@@ -73,6 +75,27 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
     let saved: SnapshotView = serde_json::from_str(&text).unwrap();
     etcd.put("after", "lost", None).await.unwrap();
     drop(etcd);
+
+    // Restored into a throwaway etcd on a member, it holds the key and the revision saved;
+    // nothing of the drill is left on the node.
+    let (code, text, err) = cli(
+        &daemon,
+        &[
+            "snapshot", "verify", cluster, &saved.id, "--deep", "--format", "json",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{text}{err}");
+    let deep: Verification = serde_json::from_str(&text).unwrap();
+    assert!(deep.passed && deep.deep, "{deep:?}");
+    assert_eq!(deep.revision, Some(saved.revision), "{deep:?}");
+    assert!(deep.keys >= Some(1), "{deep:?}");
+    assert!(["n1", "n2", "n3"].contains(&deep.by.as_str()), "{deep:?}");
+    let tasks = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=drover.dev/task"])
+        .output()
+        .unwrap();
+    assert!(tasks.stdout.is_empty(), "{tasks:?}");
 
     // Every member's data is lost: the agents stop, every container and data directory goes,
     // and the members come back empty.
@@ -192,6 +215,85 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
     .await;
     let doc: RestoresDocument = serde_json::from_str(&text).unwrap();
     assert_eq!(doc.restores.len(), 1, "{text}");
+
+    // An operator's restore of a snapshot whose data was damaged is refused before etcd stops.
+    let (code, text, err) = cli(&daemon, &["snapshot", "save", cluster, "--format", "json"]).await;
+    assert_eq!(code, Some(0), "{text}{err}");
+    let damaged: SnapshotView = serde_json::from_str(&text).unwrap();
+    let data = daemon
+        .snapshots_dir()
+        .join(cluster)
+        .join(format!("{}.db.zst", damaged.id));
+    let mut bytes = std::fs::read(&data).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&data, &bytes).unwrap();
+    let (code, text, err) = cli(&daemon, &["snapshot", "restore", cluster, &damaged.id]).await;
+    assert_eq!(code, Some(1), "{text}{err}");
+    assert!(
+        text.contains("FAILED") && text.contains("fails verification"),
+        "{text}"
+    );
+    let status = daemon.status(cluster).await.unwrap();
+    assert!(
+        status.condition(ConditionType::Ready).unwrap().status,
+        "{status:?}"
+    );
+
+    // An operator's restore of the good one takes the cluster back to it.
+    let (code, text, err) = cli(&daemon, &["snapshot", "restore", cluster, &saved.id]).await;
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(text.contains("restored from"), "{text}");
+    daemon
+        .await_status(
+            "the cluster after the operator's restore",
+            cluster,
+            CONVERGE,
+            ready_at(second.to_string()),
+        )
+        .await;
+    let mut etcd = etcd_client(&layout, &agents[0]).await;
+    assert_eq!(value(&mut etcd, "before").await.as_deref(), Some("kept"));
+    assert_eq!(value(&mut etcd, "written-after-the-restore").await, None);
+    drop(etcd);
+    // Restore drills: a minute after the last deep verification (the one above counts), the
+    // newest snapshot (the damaged one) is restored into a throwaway etcd, fails, and says so.
+    let status = daemon
+        .await_status(
+            "a restore drill of the newest",
+            cluster,
+            CONVERGE,
+            |s| match s.snapshots.as_ref().and_then(|s| s.last_drill.as_ref()) {
+                Some(d) if d.id == damaged.id => Ok(()),
+                other => Err(format!("last drill {other:?}")),
+            },
+        )
+        .await;
+    let drill = status.snapshots.unwrap().last_drill.unwrap();
+    assert_eq!(
+        (drill.deep, drill.passed, drill.id.as_str()),
+        (true, false, damaged.id.as_str()),
+        "{drill:?}"
+    );
+    assert!(
+        drill
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("sha256"),
+        "{drill:?}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", daemon.http()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failed = format!("drover_snapshot_drill_passed{{cluster=\"{cluster}\"}} 0");
+    assert!(
+        metrics.contains(&failed),
+        "{failed} missing from:\n{metrics}"
+    );
     for agent in &mut agents {
         agent.stop();
     }

@@ -7,6 +7,7 @@
 //! - When the scheduler first sees a cluster it reads the newest snapshot in the store, so a
 //!   restarted daemon keeps the schedule rather than start it over.
 
+pub mod offer;
 pub mod record;
 pub mod routes;
 pub mod take;
@@ -94,6 +95,10 @@ struct ClusterSnapshots {
     condition: Option<(bool, SystemTime)>,
     /// A restore holds the cluster: no snapshot is taken or pruned.
     restoring: bool,
+    /// The newest restore drill (a deep verification the policy asks for), and whether one
+    /// runs now.
+    last_drill: Option<Verification>,
+    drilling: bool,
 }
 
 impl ClusterSnapshots {
@@ -110,6 +115,17 @@ impl ClusterSnapshots {
         }
     }
 
+    /// When the next restore drill is due, if the policy asks for drills: `every` after the
+    /// last one (or after the policy was first seen).
+    fn next_drill(&self, policy: &SnapshotPolicy, now: SystemTime) -> Option<SystemTime> {
+        let every = policy.drill_every?;
+        let last = self
+            .last_drill
+            .as_ref()
+            .and_then(|v| humantime::parse_rfc3339(&v.at).ok());
+        Some(last.or(self.since).unwrap_or(now) + every)
+    }
+
     /// How long past twice the schedule's period the newest snapshot is.
     fn overdue(&self, policy: &SnapshotPolicy, now: SystemTime) -> Option<Duration> {
         let newest = self.last_success.as_ref().map(|m| m.finished_at);
@@ -120,6 +136,7 @@ impl ClusterSnapshots {
 /// What one snapshot of a cluster needs.
 struct Target {
     cluster: ClusterName,
+    image: String,
     policy: SnapshotPolicy,
     store: Arc<dyn ObjectStore>,
     members: Vec<String>,
@@ -286,6 +303,10 @@ impl Scheduler {
             next_run,
             overdue_ms: state.overdue(policy, now).map(views::millis),
             last_verification: state.last_verification.clone(),
+            next_drill: state
+                .next_drill(policy, now)
+                .map(|at| views::time(at.max(now))),
+            last_drill: state.last_drill.clone(),
         })
     }
 
@@ -327,6 +348,12 @@ impl Scheduler {
                 now.duration_since(at).unwrap_or_default().as_secs_f64()
             });
             self.metrics.snapshot_age.get_or_create(&label).set(age);
+            if let Some(drill) = &view.last_drill {
+                self.metrics
+                    .drill_passed
+                    .get_or_create(&label)
+                    .set(i64::from(drill.passed));
+            }
             let overdue = view.overdue_ms.is_some() || view.blocked.is_some();
             self.metrics
                 .snapshot_overdue
@@ -353,6 +380,16 @@ impl Scheduler {
             let state = clusters.entry(name.to_string()).or_default();
             state.blocked = None;
             state.since.get_or_insert(now);
+            let drill_due = state.seeded
+                && !state.restoring
+                && !state.drilling
+                && state.last_success.is_some()
+                && state.next_drill(policy, now).is_some_and(|due| due <= now);
+            if drill_due {
+                state.drilling = true;
+                let (me, cluster) = (self.clone(), name.to_string());
+                self.runs.spawn(async move { me.drill(cluster).await });
+            }
             if !state.seeded {
                 if !state.seeding {
                     state.seeding = true;
@@ -373,6 +410,45 @@ impl Scheduler {
         self.runs.spawn(async move {
             let _ = me.run_once(target).await;
         });
+    }
+
+    /// A restore drill: the newest snapshot restored into a throwaway etcd by a member's
+    /// agent, recorded as a deep verification.
+    async fn drill(self: Arc<Self>, cluster: String) {
+        let drilled = tokio::select! {
+            () = self.cancel.cancelled() => return,
+            drilled = self.verify_deep(&cluster, None) => drilled,
+        };
+        let verification = match drilled {
+            Ok(v) => v,
+            Err(e) => Verification {
+                id: String::new(),
+                at: views::time(SystemTime::now()),
+                deep: true,
+                passed: false,
+                bytes: None,
+                revision: None,
+                keys: None,
+                error: Some(crate::error_chain(&e)),
+                by: "nobody".into(),
+            },
+        };
+        match &verification.error {
+            None => tracing::info!(
+                cluster,
+                id = verification.id,
+                node = verification.by,
+                keys = verification.keys,
+                "restore drill passed"
+            ),
+            Some(error) => {
+                tracing::warn!(cluster, id = verification.id, error, "restore drill failed")
+            }
+        }
+        let mut clusters = self.lock();
+        let state = clusters.entry(cluster).or_default();
+        state.drilling = false;
+        state.last_drill = Some(verification);
     }
 
     /// Notes why `cluster`'s snapshots cannot be taken, warning once.
@@ -404,7 +480,13 @@ impl Scheduler {
             }
         };
         let verification = match record::load(&self.state, cluster.as_str()).await {
-            Ok(record) => record.newest().cloned(),
+            Ok(record) => {
+                let drill = record.verifications.iter().rev().find(|v| v.deep).cloned();
+                let mut clusters = self.lock();
+                let state = clusters.entry(cluster.to_string()).or_default();
+                state.last_drill = state.last_drill.take().or(drill);
+                record.newest().cloned()
+            }
             Err(e) => {
                 tracing::warn!(cluster = %cluster, error = %crate::error_chain(&e), "cannot read the snapshot record");
                 None
@@ -546,6 +628,7 @@ impl Scheduler {
                 })?;
         Ok(Target {
             cluster: cluster.name.clone(),
+            image: cluster.etcd.image.to_string(),
             members: cluster
                 .nodes
                 .iter()

@@ -34,6 +34,13 @@ struct PruneQuery {
     dry_run: bool,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifyQuery {
+    #[serde(default)]
+    deep: bool,
+}
+
 async fn list(State(cell): State<Cell>, Path(name): Path<String>) -> Response {
     let Some(scheduler) = cell.get() else {
         return starting();
@@ -87,12 +94,21 @@ async fn prune(
     }
 }
 
-async fn verify(State(cell): State<Cell>, Path((name, id)): Path<(String, String)>) -> Response {
+async fn verify(
+    State(cell): State<Cell>,
+    Path((name, id)): Path<(String, String)>,
+    Query(query): Query<VerifyQuery>,
+) -> Response {
     let Some(scheduler) = cell.get() else {
         return starting();
     };
     let id = (id != "newest").then_some(id.as_str());
-    match scheduler.verify(&name, id).await {
+    let verified = if query.deep {
+        scheduler.verify_deep(&name, id).await
+    } else {
+        scheduler.verify(&name, id).await
+    };
+    match verified {
         Ok(verification) => crate::daemon::operator::json(&verification),
         Err(e) => refused(&e),
     }

@@ -21,14 +21,12 @@
 //!    to the same Garage bucket (rclone's S3 remote given in `RCLONE_CONFIG_*` variables, the
 //!    secret never in argv); the wall time of both steps.
 //! 2. *drover save*: `drover snapshot save CLUSTER --format json` (the operator API takes a
-//!    snapshot through the member's agent, streams it to the daemon, compresses and uploads
-//!    it, and answers the manifest). Until that command exists the save is triggered through
-//!    the scheduler instead (the cluster file switched to `every: 1m` and back), and the time
-//!    is the manifest's `finishedAt - startedAt`: from the first bytes at the daemon to the
-//!    manifest written, without the member's choice and the agent's connection to etcd.
-//!    `DROVER_BENCH_SAVE=cli|scheduled` forces one. Meanwhile the daemon's and the agent's
-//!    resident memory is watched: the peak (`VmHWM`, reset through `/proc/PID/clear_refs`
-//!    before the save, and `VmRSS` sampled every 5 ms) above what they held before it.
+//!    snapshot now through the member's agent, which streams it to the daemon; the daemon
+//!    compresses and uploads it, and answers the snapshot's document once stored); the
+//!    command's wall time, and the daemon's own `durationMs` beside it. Meanwhile the
+//!    daemon's and the agent's resident memory is watched: the peak (`VmHWM`, reset through
+//!    `/proc/PID/clear_refs` before the save, and `VmRSS` sampled every 5 ms) above what each
+//!    held before it. "n/a (not built)" when the command does not exist.
 //! 3. *baseline restore*: `rclone copyto` of the object down, then `etcdctl snapshot restore`
 //!    into a fresh data directory.
 //! 4. *drover restore*: `drover snapshot restore CLUSTER ID --wait`, then until the cluster is
@@ -39,18 +37,16 @@
 //!
 //! Settings: `DROVER_BENCH_SIZES` (default `256MiB,1GiB`; `32MiB` for a quick run),
 //! `DROVER_BENCH_KINDS` (default `random,typical`), `DROVER_BENCH_ROUNDS`,
-//! `DROVER_BENCH_VALUE_BYTES`, `DROVER_BENCH_SAVE`, and `DROVER_BENCH_LOG=DIR` to keep the
+//! `DROVER_BENCH_VALUE_BYTES`, and `DROVER_BENCH_LOG=DIR` to keep the
 //! daemon's and agents' logs. SIGINT and SIGTERM stop the run and clean up.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use drover::model::{ClusterName, SnapshotId};
-use drover::snapshot::manifest::Manifest;
 use futures::StreamExt as _;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use tempfile::TempDir;
@@ -63,7 +59,7 @@ mod snapshot_cluster;
 #[path = "../tests/it/support/mod.rs"]
 mod support;
 
-use snapshot_cluster::{BenchCluster, Policy, NODE};
+use snapshot_cluster::{BenchCluster, NODE};
 use support::docker::{self, ETCD_IMAGE};
 use support::garage::{S3Prefix, S3Settings};
 use support::{private_tempdir, require};
@@ -91,13 +87,8 @@ fn main() {
     require!(runtime.block_on(docker::require_image(&engine, ETCD_IMAGE)));
     let s3 = require!(S3Settings::from_env());
     let tools = runtime.block_on(Tools::prepare(s3));
-    let save = settings.save.unwrap_or(if tools.cli_save {
-        SaveMode::Cli
-    } else {
-        SaveMode::Scheduled
-    });
     println!(
-        "snapshot benchmark: sizes {}, {} values of {} each, {} rounds; drover save through {}; \
+        "snapshot benchmark: sizes {}, {} values of {} each, {} rounds; drover save {}; \
          drover restore {}",
         settings
             .sizes
@@ -113,11 +104,15 @@ fn main() {
             .join(" and "),
         mib(settings.value_bytes as u64),
         settings.rounds,
-        save.describe(),
+        if tools.cli_save {
+            "through `drover snapshot save`"
+        } else {
+            "not built (`drover snapshot save` does not exist)"
+        },
         if tools.cli_restore {
             "through `drover snapshot restore --wait`"
         } else {
-            "not built (`drover snapshot restore` does not exist yet)"
+            "not built (`drover snapshot restore` does not exist)"
         },
     );
     println!(
@@ -130,7 +125,7 @@ fn main() {
             let mut rows = Vec::new();
             for &size in &settings.sizes {
                 for &kind in &settings.kinds {
-                    rows.push(data_set(&settings, &tools, save, kind, size).await);
+                    rows.push(data_set(&settings, &tools, kind, size).await);
                 }
             }
             rows
@@ -146,7 +141,7 @@ fn main() {
     let Some(rows) = rows else {
         std::process::exit(130);
     };
-    print_table(&settings, save, &rows);
+    print_table(&settings, &rows);
 }
 
 // --- settings -------------------------------------------------------------------------------
@@ -156,7 +151,6 @@ struct Settings {
     kinds: Vec<Kind>,
     rounds: usize,
     value_bytes: usize,
-    save: Option<SaveMode>,
     logs: Option<PathBuf>,
 }
 
@@ -188,17 +182,11 @@ impl Settings {
             (1024..=1 << 20).contains(&value_bytes),
             "DROVER_BENCH_VALUE_BYTES must be 1 KiB to 1 MiB (etcd takes requests up to 1.5 MiB)"
         );
-        let save = var("DROVER_BENCH_SAVE").map(|v| match v.as_str() {
-            "cli" => SaveMode::Cli,
-            "scheduled" => SaveMode::Scheduled,
-            other => panic!("DROVER_BENCH_SAVE: {other:?} is neither cli nor scheduled"),
-        });
         Settings {
             sizes,
             kinds,
             rounds,
             value_bytes,
-            save,
             logs: var("DROVER_BENCH_LOG").map(PathBuf::from),
         }
     }
@@ -234,25 +222,6 @@ impl Kind {
         match self {
             Kind::Random => "random",
             Kind::Typical => "typical",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SaveMode {
-    /// `drover snapshot save`.
-    Cli,
-    /// A scheduled run, timed by its manifest.
-    Scheduled,
-}
-
-impl SaveMode {
-    fn describe(self) -> &'static str {
-        match self {
-            SaveMode::Cli => "`drover snapshot save` (the operator API)",
-            SaveMode::Scheduled => {
-                "the scheduler (no `drover snapshot save` yet; timed by the manifest)"
-            }
         }
     }
 }
@@ -302,22 +271,18 @@ impl Round {
 }
 
 struct DroverSave {
+    /// The command's wall time.
     time: Duration,
+    /// The daemon's own account of the save (`durationMs`).
+    daemon: Duration,
     /// The object's size in the store.
     stored: u64,
-    raw: u64,
     /// Peak resident memory above what each held before the save.
     daemon_rss: u64,
     agent_rss: u64,
 }
 
-async fn data_set(
-    settings: &Settings,
-    tools: &Tools,
-    save: SaveMode,
-    kind: Kind,
-    size: u64,
-) -> Row {
+async fn data_set(settings: &Settings, tools: &Tools, kind: Kind, size: u64) -> Row {
     let tag = format!("{}-{}", kind.name(), mib(size).replace(' ', ""));
     println!("\n== {} values, {} ==", kind.name(), mib(size));
     let prefix = S3Prefix::new(&format!("bench-snapshot-{tag}"))
@@ -332,22 +297,15 @@ async fn data_set(
         let store = cluster.store();
         let name = ClusterName::parse(&cluster.name).expect("a cluster name");
         let object = format!("{}/baseline/snapshot.db", prefix.prefix);
-        let mut last_started = None;
         let mut rounds = Vec::new();
         for i in 1..=settings.rounds {
             let saved = files.path().join(format!("save-{i}.db"));
             let etcdctl_save = timed(tools.etcdctl_save(&cluster, &saved)).await;
             let rclone_up =
                 timed(tools.rclone_copyto(&local(&saved), &tools.remote(&object))).await;
-            let drover = match save {
-                SaveMode::Cli if tools.cli_save => Some(cli_save(&cluster, &*store, &name).await),
-                SaveMode::Cli => None,
-                SaveMode::Scheduled => {
-                    let (saved, started) =
-                        scheduled_save(&cluster, &*store, &name, last_started).await;
-                    last_started = Some(started);
-                    Some(saved)
-                }
+            let drover = match tools.cli_save {
+                true => Some(cli_save(&cluster, &*store, &name).await),
+                false => None,
             };
             let fetched = files.path().join(format!("restore-{i}.db"));
             let rclone_down =
@@ -413,8 +371,9 @@ fn local(path: &Path) -> String {
 fn round_line(r: &Round) -> String {
     let drover = match &r.drover {
         Some(d) => format!(
-            "drover save {} (daemon +{}, agent +{}, stored {})",
+            "drover save {} (daemon's own {}; RSS daemon +{}, agent +{}; stored {})",
             show(d.time),
+            show(d.daemon),
             mib(d.daemon_rss),
             mib(d.agent_rss),
             mib(d.stored)
@@ -812,14 +771,13 @@ async fn cli_save(cluster: &BenchCluster, store: &dyn ObjectStore, name: &Cluste
         .and_then(|v| v.as_str())
         .unwrap_or_else(|| panic!("no snapshot id in {json}"))
         .to_string();
-    let raw = find_field(&json, "rawSize")
-        .and_then(|v| v.as_u64())
-        .unwrap_or_default();
+    let field = |key: &str| find_field(&json, key).and_then(|v| v.as_u64());
+    let daemon = Duration::from_millis(field("durationMs").unwrap_or_default());
     Saved {
         save: DroverSave {
             time,
+            daemon,
             stored: stored_size(store, name, &id).await,
-            raw,
             daemon_rss: peaks[0],
             agent_rss: peaks[1],
         },
@@ -847,70 +805,6 @@ async fn stored_size(store: &dyn ObjectStore, name: &ClusterName, id: &str) -> u
         .await
         .unwrap_or_else(|e| panic!("HEAD {path}: {e}"))
         .size
-}
-
-/// Until `drover snapshot save` exists: one scheduled run. The cluster file switches to
-/// `every: 1m`, so a run is due at once (at the earliest a minute after the previous one,
-/// `last_started`); once it started (or the manifest is there) the file switches back, so no
-/// second run follows. The time is the manifest's, from the first bytes to the manifest.
-async fn scheduled_save(
-    cluster: &BenchCluster,
-    store: &dyn ObjectStore,
-    name: &ClusterName,
-    last_started: Option<SystemTime>,
-) -> (Saved, SystemTime) {
-    let before = list(store, name).await;
-    let now = SystemTime::now();
-    let due = last_started.map_or(now, |t| (t + Duration::from_secs(60)).max(now));
-    let switch_back =
-        Instant::now() + due.duration_since(now).unwrap_or_default() + Duration::from_secs(30);
-    let watch = RssWatch::start(&[cluster.daemon_pid(), cluster.agent_pid()]);
-    cluster.write_policy(Policy::EveryMinute);
-    let mut idle = false;
-    let deadline = Instant::now() + STEP_LIMIT;
-    let id = loop {
-        if let Some(id) = list(store, name).await.difference(&before).next() {
-            break id.clone();
-        }
-        if !idle && Instant::now() > switch_back {
-            cluster.write_policy(Policy::Idle);
-            idle = true;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no scheduled snapshot within {STEP_LIMIT:?}\ndaemon log:\n{}",
-            cluster.tail_daemon()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    if !idle {
-        cluster.write_policy(Policy::Idle);
-    }
-    let peaks = watch.finish();
-    let manifest: Manifest = drover::snapshot::download::read_manifest(store, name, &id)
-        .await
-        .unwrap_or_else(|e| panic!("the manifest of {id}: {e}"));
-    let time = manifest
-        .finished_at
-        .duration_since(manifest.started_at)
-        .unwrap_or_default();
-    let saved = Saved {
-        save: DroverSave {
-            time,
-            stored: stored_size(store, name, id.as_str()).await,
-            raw: manifest.raw_size,
-            daemon_rss: peaks[0],
-            agent_rss: peaks[1],
-        },
-        id: id.as_str().to_string(),
-    };
-    (saved, manifest.started_at)
-}
-
-async fn list(store: &dyn ObjectStore, name: &ClusterName) -> BTreeSet<SnapshotId> {
-    drover::snapshot::list(store, name)
-        .await
-        .unwrap_or_else(|e| panic!("listing the snapshots: {e}"))
 }
 
 /// `drover snapshot restore CLUSTER ID --wait`, then until the cluster is Ready again.
@@ -1046,7 +940,7 @@ fn times(values: impl Iterator<Item = Duration>) -> String {
     }
 }
 
-fn print_table(settings: &Settings, save: SaveMode, rows: &[Row]) {
+fn print_table(settings: &Settings, rows: &[Row]) {
     let not_built = "n/a (not built)";
     println!(
         "\n| data, {} rounds | snapshot | etcdctl save + rclone copyto (median / min) | drover save (median / min) | save ratio (target ≤ {SAVE_TARGET}x) | daemon RSS + (max; ≤ {}) | agent RSS + (max; ≤ {}) | stored by drover | zstd -3 | stored / zstd -3 (≤ 1.0) | rclone copyto + etcdctl snapshot restore | drover restore | restore ratio (≤ {RESTORE_TARGET}x) |",
@@ -1112,17 +1006,11 @@ fn print_table(settings: &Settings, save: SaveMode, rows: &[Row]) {
         );
     }
     println!("\nRSS: median (max) over the rounds of the peak above what the process held before the save.");
-    if save == SaveMode::Scheduled {
-        println!(
-            "drover save: a scheduled run (`drover snapshot save` does not exist yet), timed from \
-             its manifest (first bytes at the daemon → manifest written)."
-        );
-    }
     for row in rows {
         let step = |pick: fn(&Round) -> Duration| times(row.rounds.iter().map(pick));
         println!(
             "{} {}: fill {}; etcdctl save {}, rclone copyto up {}; rclone copyto down {}, \
-             etcdctl snapshot restore {}; zstd -3 of the file {} ({:.1}x); raw per drover's manifest {}",
+             etcdctl snapshot restore {}; zstd -3 of the file {} ({:.1}x); drover save as the daemon timed it {}",
             mib(row.size),
             row.kind.name(),
             show(row.fill),
@@ -1132,10 +1020,11 @@ fn print_table(settings: &Settings, save: SaveMode, rows: &[Row]) {
             step(|r| r.etcdctl_restore),
             show(row.zstd_time),
             row.raw as f64 / row.zstd as f64,
-            row.rounds
-                .iter()
-                .find_map(|r| r.drover.as_ref())
-                .map_or("-".into(), |d| mib(d.raw)),
+            times(
+                row.rounds
+                    .iter()
+                    .filter_map(|r| r.drover.as_ref().map(|d| d.daemon))
+            ),
         );
     }
 }

@@ -1,6 +1,6 @@
 //! A one-member etcd cluster run by real drover processes, for the snapshot benchmark:
-//! `drover serve` watching a local directory (the cluster file is rewritten to change the
-//! snapshot policy) with one S3 store, `backups`, on the test Garage; and one `drover agent`
+//! `drover serve` watching a local directory that holds the cluster file, with one S3 store,
+//! `backups`, on the test Garage; and one `drover agent`
 //! whose node runs the etcd member (TLS, the daemon's per-cluster CA) on the local Docker
 //! engine, all on loopback. Processes, containers and the working directory (etcd's data lives
 //! under the agent's host root) go on drop, in that order, also on a panic.
@@ -30,15 +30,6 @@ pub const NODE: &str = "n1";
 const START_LIMIT: Duration = Duration::from_secs(30);
 /// The first rollout bootstraps etcd.
 const READY_LIMIT: Duration = Duration::from_secs(180);
-
-/// When the cluster's snapshots are scheduled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    /// A cron occurrence months away: the scheduler stays out of the way.
-    Idle,
-    /// `every: 1m`, the shortest interval: a run is due at once (see `scheduled_save`).
-    EveryMinute,
-}
 
 /// The running cluster. Fields drop in order: agent, daemon, containers, then the directory.
 pub struct BenchCluster {
@@ -77,7 +68,7 @@ impl BenchCluster {
             client: None,
         };
         std::fs::create_dir_all(cluster.source_dir().join("clusters")).unwrap();
-        cluster.write_policy(Policy::Idle);
+        cluster.write_cluster();
         cluster.write_daemon_config(s3, prefix);
         cluster.start_daemon().await;
         let token = cluster.token_file().await;
@@ -138,12 +129,10 @@ impl BenchCluster {
         self.agent.as_ref().expect("a running agent").child.id()
     }
 
-    /// Rewrites the cluster file with `policy`; the daemon's watcher picks it up.
-    pub fn write_policy(&self, policy: Policy) {
-        let snapshots = match policy {
-            Policy::Idle => format!("schedule: '0 0 1 {} *'", far_month()),
-            Policy::EveryMinute => "every: 1m".to_string(),
-        };
+    /// Writes the cluster file. Its snapshot policy is a yearly cron occurrence months away,
+    /// so the scheduler never runs during the benchmark: every save is the benchmark's.
+    fn write_cluster(&self) {
+        let snapshots = format!("schedule: '0 0 1 {} *'", far_month());
         let yaml = format!(
             "apiVersion: drover.dev/v1alpha1
 kind: Cluster

@@ -18,8 +18,8 @@
 //! **Per round** (`DROVER_BENCH_ROUNDS`, default 3), on the filled member:
 //! 1. *baseline save*: `etcdctl snapshot save` to a file (the etcdctl of the member's image,
 //!    run on the host with the node's client certificate), then `rclone copyto` of that file
-//!    to the same Garage bucket (rclone's S3 remote given in `RCLONE_CONFIG_*` variables, the
-//!    secret never in argv); the wall time of both steps.
+//!    to the same Garage bucket, a new object each round (rclone's S3 remote given in
+//!    `RCLONE_CONFIG_*` variables, the secret never in argv); the wall time of both steps.
 //! 2. *drover save*: `drover snapshot save CLUSTER --format json` (the operator API takes a
 //!    snapshot now through the member's agent, which streams it to the daemon; the daemon
 //!    compresses and uploads it, and answers the snapshot's document once stored); the
@@ -296,10 +296,12 @@ async fn data_set(settings: &Settings, tools: &Tools, kind: Kind, size: u64) -> 
         let files = private_tempdir();
         let store = cluster.store();
         let name = ClusterName::parse(&cluster.name).expect("a cluster name");
-        let object = format!("{}/baseline/snapshot.db", prefix.prefix);
         let mut rounds = Vec::new();
         for i in 1..=settings.rounds {
             let saved = files.path().join(format!("save-{i}.db"));
+            // A new object each round, as a dated name would be: rclone skips a copy whose
+            // destination already holds the same bytes, and every round's snapshot is the same.
+            let object = format!("{}/baseline/snapshot-{i}.db", prefix.prefix);
             let etcdctl_save = timed(tools.etcdctl_save(&cluster, &saved)).await;
             let rclone_up =
                 timed(tools.rclone_copyto(&local(&saved), &tools.remote(&object))).await;

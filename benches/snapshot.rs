@@ -29,8 +29,9 @@
 //!    held before it. "n/a (not built)" when the command does not exist.
 //! 3. *baseline restore*: `rclone copyto` of the object down, then `etcdctl snapshot restore`
 //!    into a fresh data directory.
-//! 4. *drover restore*: `drover snapshot restore CLUSTER ID --wait`, then until the cluster is
-//!    Ready again; "n/a (not built)" until that command exists.
+//! 4. *drover restore*: `drover snapshot restore CLUSTER ID` of that round's snapshot (it
+//!    waits until the restore ended), then until the cluster is Ready again; "n/a (not
+//!    built)" when the command does not exist.
 //!
 //! Bytes: the raw snapshot, the object drover stored (its size in the store), and `zstd -3`
 //! of the baseline's file (the zstd CLI).
@@ -110,7 +111,7 @@ fn main() {
             "not built (`drover snapshot save` does not exist)"
         },
         if tools.cli_restore {
-            "through `drover snapshot restore --wait`"
+            "through `drover snapshot restore`"
         } else {
             "not built (`drover snapshot restore` does not exist)"
         },
@@ -809,11 +810,11 @@ async fn stored_size(store: &dyn ObjectStore, name: &ClusterName, id: &str) -> u
         .size
 }
 
-/// `drover snapshot restore CLUSTER ID --wait`, then until the cluster is Ready again.
+/// `drover snapshot restore CLUSTER ID` (it waits until the restore ended), then until the
+/// cluster is Ready again.
 async fn cli_restore(cluster: &BenchCluster, id: &str) -> Duration {
     let started = Instant::now();
-    let mut command =
-        Command::from(cluster.drover(&["snapshot", "restore", &cluster.name, id, "--wait"]));
+    let mut command = Command::from(cluster.drover(&["snapshot", "restore", &cluster.name, id]));
     let out = tokio::time::timeout(STEP_LIMIT, command.output())
         .await
         .expect("drover snapshot restore within the step limit")

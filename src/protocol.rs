@@ -119,15 +119,21 @@ pub enum EtcdTask {
     Snapshot {
         transfer: String,
     },
-    /// Restores the member's data from a snapshot. The agent fetches the daemon's transfer
-    /// `transfer` (the raw snapshot, its sha256 in a header) into a private file beside the
-    /// member's data directory, runs `etcdutl snapshot restore` (or, in an image without it,
-    /// `etcdctl snapshot restore`) in a container of `image` into a fresh directory, with
-    /// `name`, `initial_cluster`, `peer_url` and the new cluster `token`, and swaps it in: the
-    /// directory it replaces is kept as `etcd.replaced-<request_id>`. Refused while the
-    /// node's etcd container exists: the daemon stops every member first.
-    Restore {
+    /// Fetches the daemon's transfer `transfer` (a snapshot to restore, its sha256 in a
+    /// header) into a private file beside the member's data directory, for the `Restore` of
+    /// the same `request_id`. etcd still runs meanwhile: it stops only once every member holds
+    /// the snapshot, checked.
+    Fetch {
         transfer: String,
+        request_id: String,
+    },
+    /// Restores the member's data from the snapshot fetched for `request_id`: the agent runs
+    /// `etcdutl snapshot restore` (or, in an image without it, `etcdctl snapshot restore`) in
+    /// a container of `image` into a fresh directory, with `name`, `initial_cluster`,
+    /// `peer_url` and the new cluster `token`, and swaps it in: the directory it replaces is
+    /// kept as `etcd.replaced-<request_id>`. Refused while the node's etcd container exists:
+    /// the daemon stops every member first.
+    Restore {
         image: String,
         name: String,
         initial_cluster: Vec<String>,
@@ -189,8 +195,10 @@ pub enum EtcdTaskOutcome {
     },
     /// The snapshot was sent whole (`Snapshot`): `bytes` of it, at etcd `revision`.
     Sent { revision: i64, bytes: u64 },
-    /// The snapshot of `bytes` was restored into the member's data directory (`Restore`).
-    Restored { bytes: u64 },
+    /// The snapshot of `bytes` was fetched and checked (`Fetch`).
+    Fetched { bytes: u64 },
+    /// The snapshot was restored into the member's data directory (`Restore`).
+    Restored,
     /// The throwaway etcd restored from the snapshot serves `keys` keys at `revision`
     /// (`Verify`).
     Verified {

@@ -188,9 +188,10 @@ async fn perform(
         }
         // It needs the daemon's address and the node's credential: the session sends it
         // through `transfer::send_snapshot`.
-        EtcdTask::Snapshot { .. } | EtcdTask::Restore { .. } | EtcdTask::Verify { .. } => {
-            Err(EtcdTaskError::NeedsSession)
-        }
+        EtcdTask::Snapshot { .. }
+        | EtcdTask::Fetch { .. }
+        | EtcdTask::Restore { .. }
+        | EtcdTask::Verify { .. } => Err(EtcdTaskError::NeedsSession),
     }
 }
 

@@ -1,10 +1,11 @@
 //! Snapshots restored on a node, with the cluster's own etcd image:
 //!
-//! - `restore` (`EtcdTask::Restore`): the snapshot fetched from the daemon into
-//!   `<cluster dir>/restore-<request>/snapshot.db` (0600), restored beside it into `data/`,
-//!   then swapped in for the member's data directory, which is kept as
-//!   `etcd.replaced-<request>`. Run again for the same request (the daemon restarted before it
-//!   recorded the answer), it replaces its own earlier result and keeps the original.
+//! - `fetch` (`EtcdTask::Fetch`): the snapshot fetched from the daemon into
+//!   `<cluster dir>/restore-<request>/snapshot.db` (0600), checked, while etcd still runs.
+//! - `restore` (`EtcdTask::Restore`): that file restored beside it into `data/`, then swapped
+//!   in for the member's data directory, which is kept as `etcd.replaced-<request>`. Run
+//!   again for the same request (the daemon restarted before it recorded the answer), it
+//!   replaces its own earlier result and keeps the original.
 //! - `verify` (`EtcdTask::Verify`): the snapshot restored into a scratch directory, a
 //!   throwaway etcd started on it with no network, and its revision and key count read with
 //!   `etcdctl` in a second container sharing that etcd's network namespace. Nothing is left.
@@ -50,6 +51,8 @@ pub enum RestoreError {
     },
     #[error("cannot fetch the snapshot")]
     Fetch(#[from] TransferError),
+    #[error("no snapshot was fetched for this restore ({0} is missing)")]
+    NotFetched(PathBuf),
     #[error(transparent)]
     Container(#[from] OneOffError),
     #[error("`{command}` failed with exit code {code}: {output}")]
@@ -78,12 +81,42 @@ pub struct Member {
     pub token: String,
 }
 
-/// Restores the snapshot of `transfer` into the node's etcd data directory (see the module).
-pub async fn restore(
+/// Where the snapshot for `request_id` is fetched to and restored beside, and the member's
+/// data directory.
+fn restore_dirs(driver: &Driver, request_id: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let data = driver.host_path(&crate::nodeplan::etcd_data_dir(driver.cluster()));
+    let parent = data.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let scratch = parent.join(format!("restore-{request_id}"));
+    let replaced = parent.join(format!("etcd.replaced-{request_id}"));
+    (scratch, data, replaced)
+}
+
+/// Fetches the snapshot of `transfer` for the restore `request_id` (see the module).
+pub async fn fetch(
     driver: &Driver,
     dial: &Dial,
     identity: Identity,
     transfer_id: &str,
+    request_id: &str,
+) -> EtcdTaskOutcome {
+    let (scratch, _, _) = restore_dirs(driver, request_id);
+    let done = async {
+        fresh_dir(&scratch).await?;
+        let file = scratch.join("snapshot.db");
+        Ok::<_, RestoreError>(transfer::fetch_to_file(dial, identity, transfer_id, &file).await?)
+    };
+    match done.await {
+        Ok(fetched) => EtcdTaskOutcome::Fetched {
+            bytes: fetched.bytes,
+        },
+        Err(e) => failed(&e),
+    }
+}
+
+/// Restores the snapshot fetched for `request_id` into the node's etcd data directory (see
+/// the module).
+pub async fn restore(
+    driver: &Driver,
     image: &str,
     member: &Member,
     request_id: &str,
@@ -96,14 +129,12 @@ pub async fn restore(
             ));
         }
         let image = parse_image(image)?;
-        let data = driver.host_path(&crate::nodeplan::etcd_data_dir(driver.cluster()));
-        let parent = data.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let scratch = parent.join(format!("restore-{request_id}"));
-        fresh_dir(&scratch).await?;
-        let bytes =
-            transfer::fetch_to_file(dial, identity, transfer_id, &scratch.join("snapshot.db"))
-                .await?
-                .bytes;
+        let (scratch, data, replaced) = restore_dirs(driver, request_id);
+        let snapshot = scratch.join("snapshot.db");
+        if !tokio::fs::try_exists(&snapshot).await.unwrap_or(false) {
+            return Err(RestoreError::NotFetched(snapshot));
+        }
+        let _ = remove_dir(scratch.join("data")).await;
         let args = restore_args(
             &member.name,
             &member.initial_cluster,
@@ -111,12 +142,10 @@ pub async fn restore(
             &member.token,
         );
         restore_into(driver, &image, &scratch, args).await?;
-        let replaced = parent.join(format!("etcd.replaced-{request_id}"));
-        swap(scratch, data, replaced).await?;
-        Ok::<_, RestoreError>(bytes)
+        swap(scratch, data, replaced).await
     };
     match done.await {
-        Ok(bytes) => EtcdTaskOutcome::Restored { bytes },
+        Ok(()) => EtcdTaskOutcome::Restored,
         Err(e) => failed(&e),
     }
 }

@@ -269,7 +269,7 @@ async fn run_task(
 ) -> EtcdTaskOutcome {
     let needs_transfer = matches!(
         task,
-        EtcdTask::Snapshot { .. } | EtcdTask::Restore { .. } | EtcdTask::Verify { .. }
+        EtcdTask::Snapshot { .. } | EtcdTask::Fetch { .. } | EtcdTask::Verify { .. }
     );
     let identity = match needs_transfer.then(|| DataDir::identity(credential)) {
         None => None,
@@ -282,8 +282,15 @@ async fn run_task(
     };
     match (task, url, identity) {
         (
-            EtcdTask::Restore {
+            EtcdTask::Fetch {
                 transfer,
+                request_id,
+            },
+            _,
+            Some(identity),
+        ) => super::restore::fetch(driver, dial, identity, transfer, request_id).await,
+        (
+            EtcdTask::Restore {
                 image,
                 name,
                 initial_cluster,
@@ -292,7 +299,7 @@ async fn run_task(
                 request_id,
             },
             _,
-            Some(identity),
+            _,
         ) => {
             let member = super::restore::Member {
                 name: name.clone(),
@@ -300,8 +307,7 @@ async fn run_task(
                 peer_url: peer_url.clone(),
                 token: token.clone(),
             };
-            super::restore::restore(driver, dial, identity, transfer, image, &member, request_id)
-                .await
+            super::restore::restore(driver, image, &member, request_id).await
         }
         (EtcdTask::Verify { transfer, image }, _, Some(identity)) => {
             super::restore::verify(driver, dial, identity, transfer, image).await

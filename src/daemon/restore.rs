@@ -2,14 +2,14 @@
 //! (`restores-<cluster>.json`; a request id never runs twice, across restarts and daemons) with
 //! a reason at every step and a final `Failed` state:
 //!
-//! 1. **Verifying**: the snapshot is downloaded and both hashes and etcd's are checked; a
-//!    snapshot that fails is never restored.
+//! 1. **Verifying**: each member's agent fetches the snapshot while etcd still runs (a
+//!    transfer the daemon fills from the store, both hashes and etcd's checked as it streams);
+//!    a snapshot that fails stops nothing and is never restored.
 //! 2. **Stopping**: the cluster is held (`Hold`): its members' plans are published without the
-//!    etcd container, and the runner waits until no member's agent reports one.
-//! 3. **Restoring**: each member's agent fetches the snapshot (a transfer the daemon fills from
-//!    the store, verified again as it streams) and restores it with the cluster's etcd image,
-//!    its member name and peer URL, every member in `--initial-cluster`, and a new cluster
-//!    token; the data directory it replaces is kept on the node.
+//!    etcd container, and the runner waits until every agent applied that and runs none.
+//! 3. **Restoring**: each member's agent restores its copy with the cluster's etcd image, its
+//!    member name and peer URL, every member in `--initial-cluster`, and a new cluster token;
+//!    the data directory it replaces is kept on the node.
 //! 4. **Starting**: the members' plans have etcd again; every member must answer healthy.
 //!
 //! While a restore holds a cluster its reconciler runs no plan, and its snapshots are neither
@@ -32,6 +32,8 @@ use crate::server::Hub;
 use crate::state::StateError;
 use crate::store::DurableState;
 
+/// How long the members' agents have to be connected when a restore starts.
+const CONNECT_LIMIT: Duration = Duration::from_secs(300);
 /// How long the members' agents have to stop etcd, and to start it again healthy.
 const STOP_LIMIT: Duration = Duration::from_secs(300);
 const START_LIMIT: Duration = Duration::from_secs(300);
@@ -160,6 +162,7 @@ impl Restores {
             id,
             store,
             run,
+            fetched: false,
         };
         self.runs.spawn(runner.run());
         Ok(None)
@@ -271,6 +274,8 @@ struct Runner {
     id: SnapshotId,
     store: Arc<dyn ObjectStore>,
     run: RestoreRun,
+    /// Every member fetched the snapshot in this run.
+    fetched: bool,
 }
 
 impl Runner {
@@ -313,7 +318,7 @@ impl Runner {
         loop {
             let next = match self.run.phase {
                 RestorePhase::Verifying => {
-                    self.verify().await?;
+                    self.fetch().await?;
                     RestorePhase::Stopping
                 }
                 RestorePhase::Stopping => {
@@ -321,6 +326,10 @@ impl Runner {
                     RestorePhase::Restoring
                 }
                 RestorePhase::Restoring => {
+                    if !self.fetched {
+                        // Resumed after a restart: the members' copies may be gone.
+                        self.fetch().await?;
+                    }
                     self.restore_members().await?;
                     RestorePhase::Starting
                 }
@@ -335,22 +344,82 @@ impl Runner {
         }
     }
 
-    async fn verify(&mut self) -> Result<(), String> {
-        let verified = self
-            .restores
-            .scheduler
-            .verify(self.cluster.name.as_str(), Some(self.id.as_str()))
-            .await
-            .map_err(|e| crate::error_chain(&e))?;
-        if !verified.passed {
-            let why = verified.error.unwrap_or_default();
-            return Err(format!("snapshot {} fails verification: {why}", self.id));
-        }
+    /// Every member's agent fetches the snapshot while etcd still runs; each copy is checked
+    /// as it streams (both hashes and etcd's), so a damaged snapshot stops nothing.
+    async fn fetch(&mut self) -> Result<(), String> {
+        let members = self.members();
         self.note(&format!(
-            "verified: both hashes and etcd's check out (revision {})",
-            verified.revision.unwrap_or_default()
+            "fetching snapshot {} to {}, checked as it streams",
+            self.id,
+            members.join(", ")
         ));
+        let hub = self.restores.hub.clone();
+        let cluster = self.cluster.name.to_string();
+        let connected = self
+            .wait_for(CONNECT_LIMIT, || {
+                members
+                    .iter()
+                    .filter(|n| hub.node_status(&cluster, n).is_none_or(|s| !s.connected))
+                    .cloned()
+                    .collect()
+            })
+            .await;
+        if let Err(away) = connected {
+            return Err(format!(
+                "the agents of {} did not connect within {}",
+                away.join(", "),
+                humantime::format_duration(CONNECT_LIMIT)
+            ));
+        }
+        let fetches = members.iter().map(|node| self.fetch_member(node.clone()));
+        let mut failures = Vec::new();
+        for outcome in futures::future::join_all(fetches).await {
+            match outcome {
+                Ok((node, bytes)) => {
+                    self.note(&format!("{node}: fetched and checked ({bytes} bytes)"))
+                }
+                Err(why) => failures.push(why),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(format!(
+                "snapshot {} fails verification or cannot be fetched: {}",
+                self.id,
+                failures.join("; ")
+            ));
+        }
+        self.fetched = true;
+        self.note("verified: every member holds the snapshot, checked");
         Ok(())
+    }
+
+    /// One member's fetch, tried up to `MEMBER_ATTEMPTS` times unless the snapshot itself is
+    /// damaged.
+    async fn fetch_member(&self, node: String) -> Result<(String, u64), String> {
+        let mut last = String::new();
+        for attempt in 1..=MEMBER_ATTEMPTS {
+            let fetched = offer::run_with_snapshot(
+                &self.restores.hub,
+                self.store.clone(),
+                &self.cluster.name,
+                &self.id,
+                &node,
+                |transfer| EtcdTask::Fetch {
+                    transfer,
+                    request_id: self.run.request_id.clone(),
+                },
+                RESTORE_TASK_LIMIT,
+            )
+            .await;
+            match fetched {
+                Ok(EtcdTaskOutcome::Fetched { bytes }) => return Ok((node, bytes)),
+                Ok(other) => last = format!("unexpected answer {other:?}"),
+                Err(offer::OfferError::Damaged(why)) => return Err(format!("{node}: {why}")),
+                Err(offer::OfferError::Task(why)) => last = why,
+            }
+            tracing::warn!(cluster = %self.cluster.name, node, attempt, reason = last, "a member's fetch failed");
+        }
+        Err(format!("{node}: {last}"))
     }
 
     async fn stop(&mut self) -> Result<(), String> {
@@ -411,7 +480,6 @@ impl Runner {
             .collect();
         let tasks = self.cluster.nodes_with(Role::Etcd).map(|n| {
             let task = EtcdTask::Restore {
-                transfer: String::new(),
                 image: image.clone(),
                 name: n.name.to_string(),
                 initial_cluster: initial.clone(),
@@ -425,7 +493,7 @@ impl Runner {
         let mut failures = Vec::new();
         for outcome in outcomes {
             match outcome {
-                Ok((node, bytes)) => self.note(&format!("{node}: restored ({bytes} bytes)")),
+                Ok((node, _)) => self.note(&format!("{node}: restored")),
                 Err(why) => failures.push(why),
             }
         }
@@ -436,56 +504,29 @@ impl Runner {
         }
     }
 
-    /// One member's restore, tried up to `MEMBER_ATTEMPTS` times.
+    /// One member's restore from its fetched copy, tried up to `MEMBER_ATTEMPTS` times.
     async fn restore_member(&self, node: String, task: EtcdTask) -> Result<(String, u64), String> {
         let mut last = String::new();
         for attempt in 1..=MEMBER_ATTEMPTS {
-            match self.restore_once(&node, task.clone()).await {
-                Ok(bytes) => return Ok((node, bytes)),
-                Err(why) => {
-                    tracing::warn!(cluster = %self.cluster.name, node, attempt, reason = why, "a member's restore failed");
-                    last = why;
-                }
+            let restored = self
+                .restores
+                .hub
+                .etcd_task(
+                    self.cluster.name.as_str(),
+                    &node,
+                    task.clone(),
+                    RESTORE_TASK_LIMIT,
+                )
+                .await;
+            match restored {
+                Ok(EtcdTaskOutcome::Restored) => return Ok((node, 0)),
+                Ok(EtcdTaskOutcome::Failed { error }) => last = error,
+                Ok(other) => last = format!("unexpected answer {other:?}"),
+                Err(e) => last = e.to_string(),
             }
+            tracing::warn!(cluster = %self.cluster.name, node, attempt, reason = last, "a member's restore failed");
         }
         Err(format!("{node}: {last}"))
-    }
-
-    /// Offers `node` the snapshot and asks its agent to restore it.
-    async fn restore_once(&self, node: &str, task: EtcdTask) -> Result<u64, String> {
-        let outcome = offer::run_with_snapshot(
-            &self.restores.hub,
-            self.store.clone(),
-            &self.cluster.name,
-            &self.id,
-            node,
-            |id| match task {
-                EtcdTask::Restore {
-                    image,
-                    name,
-                    initial_cluster,
-                    peer_url,
-                    token,
-                    request_id,
-                    ..
-                } => EtcdTask::Restore {
-                    transfer: id,
-                    image,
-                    name,
-                    initial_cluster,
-                    peer_url,
-                    token,
-                    request_id,
-                },
-                other => other,
-            },
-            RESTORE_TASK_LIMIT,
-        )
-        .await?;
-        match outcome {
-            EtcdTaskOutcome::Restored { bytes } => Ok(bytes),
-            other => Err(format!("unexpected answer {other:?}")),
-        }
     }
 
     async fn start(&mut self) -> Result<(), String> {

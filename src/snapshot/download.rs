@@ -197,7 +197,7 @@ struct Reader {
     /// zstd's hint after the last call: 0 once a frame is whole.
     frame_hint: usize,
     compressed: Hasher,
-    raw: Hasher,
+    /// etcd's check, and the raw sha256 with it.
     etcd: EtcdChecksum,
     done: bool,
 }
@@ -219,7 +219,6 @@ impl Reader {
             decoder: Decoder::new().map_err(DownloadError::Decompress)?,
             frame_hint: 1,
             compressed: Hasher::new(),
-            raw: Hasher::new(),
             etcd: EtcdChecksum::default(),
             done: false,
         })
@@ -270,7 +269,6 @@ impl Reader {
             self.frame_hint = hint;
         }
         let _ = self.input.split_to(used);
-        self.raw.update(&out);
         self.etcd.update(&out);
         if self.etcd.size() > self.manifest.raw_size {
             return Err(DownloadError::Size {
@@ -336,7 +334,7 @@ impl Reader {
                 found: self.etcd.size(),
             });
         }
-        if self.raw.clone().finalize().as_slice() != manifest.raw_sha256.0 {
+        if self.etcd.raw_sha256() != manifest.raw_sha256.0 {
             return Err(DownloadError::Digest { layer: Layer::Raw });
         }
         std::mem::take(&mut self.etcd).finish()?;

@@ -221,8 +221,8 @@ struct Sums {
 
 /// The synchronous core of a save: bytes in, compressed bytes out, every digest kept.
 struct Pipeline {
+    /// etcd's check, and the raw sha256 with it.
     etcd: EtcdChecksum,
-    raw: Hasher,
     encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
     compressed: Hasher,
     compressed_size: u64,
@@ -232,7 +232,6 @@ impl Pipeline {
     fn new() -> io::Result<Pipeline> {
         Ok(Pipeline {
             etcd: EtcdChecksum::default(),
-            raw: Hasher::new(),
             encoder: zstd::stream::write::Encoder::new(Vec::new(), COMPRESSION_LEVEL)?,
             compressed: Hasher::new(),
             compressed_size: 0,
@@ -242,7 +241,6 @@ impl Pipeline {
     /// Takes raw bytes; returns the compressed bytes the encoder produced from them (often none).
     fn push(&mut self, chunk: &[u8]) -> io::Result<Vec<u8>> {
         self.etcd.update(chunk);
-        self.raw.update(chunk);
         self.encoder.write_all(chunk)?;
         let out = std::mem::take(self.encoder.get_mut());
         self.count(&out);
@@ -253,18 +251,18 @@ impl Pipeline {
     fn finish(self) -> Result<(Vec<u8>, Sums), SaveError> {
         let Pipeline {
             etcd,
-            raw,
             encoder,
             mut compressed,
             compressed_size,
         } = self;
         let raw_size = etcd.size();
+        let raw_sha256 = Sha256(etcd.raw_sha256());
         etcd.finish()?;
         let out = encoder.finish().map_err(SaveError::Compress)?;
         compressed.update(&out);
         let sums = Sums {
             raw_size,
-            raw_sha256: Sha256(raw.finalize().into()),
+            raw_sha256,
             compressed_size: compressed_size + out.len() as u64,
             compressed_sha256: Sha256(compressed.finalize().into()),
         };

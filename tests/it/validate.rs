@@ -270,6 +270,21 @@ fn snapshot_schedules_and_retention() {
         "#]],
     );
     check(
+        &with("{every: 6h, store: local, retention: {last: 1}, drillEvery: 24h}"),
+        expect![[r#"
+            loaded: dev from clusters/c.yaml
+        "#]],
+    );
+    check(
+        &with("{every: 6h, store: local, retention: {last: 1}, drillEvery: 10s}"),
+        expect![[r#"
+            clusters/c.yaml:11:76: error: interval `10s` is shorter than the minimum of 1m
+               |
+            11 |     snapshots: {every: 6h, store: local, retention: {last: 1}, drillEvery: 10s}
+               |                                                                            ^^^
+        "#]],
+    );
+    check(
         &with("{schedule: '61 * * * *', store: local, retention: {last: 1}}"),
         expect![[r#"
             clusters/c.yaml:11:27: error: invalid cron schedule `61 * * * *`: Component error: Number out of bounds.

@@ -18,8 +18,19 @@ use crate::snapshot::download;
 /// How long an agent has to start fetching the snapshot offered to it.
 pub const OFFER_TTL: Duration = Duration::from_secs(120);
 
+/// Why a task with a snapshot did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OfferError {
+    /// The stored snapshot is damaged or missing: trying again cannot help.
+    #[error("the stored snapshot cannot be used: {0}")]
+    Damaged(String),
+    /// The task could not run or failed on the node.
+    #[error("{0}")]
+    Task(String),
+}
+
 /// Offers `node` the snapshot `id` of `cluster` and runs the task `task` makes of the
-/// transfer's id, within `limit`. `Err` is the reason the task could not run or failed.
+/// transfer's id, within `limit`.
 pub async fn run_with_snapshot(
     hub: &Hub,
     store: Arc<dyn ObjectStore>,
@@ -28,10 +39,13 @@ pub async fn run_with_snapshot(
     node: &str,
     task: impl FnOnce(String) -> EtcdTask,
     limit: Duration,
-) -> Result<EtcdTaskOutcome, String> {
+) -> Result<EtcdTaskOutcome, OfferError> {
     let (manifest, bytes) = download::download_verified(store, cluster, id)
         .await
-        .map_err(|e| crate::error_chain(&e))?;
+        .map_err(|e| match e {
+            download::DownloadError::Store(_) => OfferError::Task(crate::error_chain(&e)),
+            damaged => OfferError::Damaged(crate::error_chain(&damaged)),
+        })?;
     let (transfer, fill) = hub
         .transfers()
         .offer(
@@ -40,7 +54,7 @@ pub async fn run_with_snapshot(
             OFFER_TTL,
             &manifest.raw_sha256.to_string(),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| OfferError::Task(e.to_string()))?;
     // What went wrong with the stored bytes, which the agent only sees as a transfer cut off.
     let damaged = Arc::new(std::sync::Mutex::new(None::<String>));
     let seen = damaged.clone();
@@ -63,11 +77,11 @@ pub async fn run_with_snapshot(
         .await;
     pump.abort();
     if let Some(why) = damaged.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        return Err(format!("the stored snapshot is damaged: {why}"));
+        return Err(OfferError::Damaged(why));
     }
     match outcome {
-        Ok(EtcdTaskOutcome::Failed { error }) => Err(error),
+        Ok(EtcdTaskOutcome::Failed { error }) => Err(OfferError::Task(error)),
         Ok(outcome) => Ok(outcome),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(OfferError::Task(e.to_string())),
     }
 }

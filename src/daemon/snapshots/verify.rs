@@ -86,6 +86,7 @@ impl Scheduler {
                     DEEP_LIMIT,
                 )
                 .await
+                .map_err(|e| e.to_string())
             }
             None => Err("no member's agent is connected to run it".to_string()),
         };

@@ -37,6 +37,11 @@ pub const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest one S3 request may take, a part upload included (`call::CALL_TIMEOUT` bounds it
 /// again, with its retries).
 pub const S3_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Retries of one S3 request (a part, a manifest) that failed on the way or with a 5xx, and
+/// how long they may go on: a store that stays away fails the save within this, and the
+/// next scheduled run tries again.
+pub const S3_RETRIES: usize = 5;
+pub const S3_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a store could not be opened or listed.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +112,12 @@ fn open_s3(s3: &S3Store) -> Result<Arc<dyn ObjectStore>, StoreError> {
                 .with_connect_timeout(S3_CONNECT_TIMEOUT)
                 .with_timeout(S3_REQUEST_TIMEOUT),
         )
-        .with_allow_http(s3.allow_http);
+        .with_allow_http(s3.allow_http)
+        .with_retry(object_store::RetryConfig {
+            max_retries: S3_RETRIES,
+            retry_timeout: S3_RETRY_TIMEOUT,
+            ..Default::default()
+        });
     if let Some(endpoint) = &s3.endpoint {
         builder = builder.with_endpoint(endpoint.as_str());
     }

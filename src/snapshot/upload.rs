@@ -1,7 +1,11 @@
 //! A multipart upload with a bounded number of parts in flight, each request under a timeout
 //! (and retried by the object_store client's retry policy), aborted on any failure so that no
 //! part is left behind, also when the upload is dropped unfinished (a cancelled save): the abort
-//! then runs as a task of its own. Memory: at most `PARTS_IN_FLIGHT + 1` parts of [`PART_BYTES`].
+//! then runs as a task of its own. An abort that fails (the store went away mid-upload) is
+//! kept and tried again by [`retry_abandoned`], which the scheduler calls before each run.
+//! Memory: at most `PARTS_IN_FLIGHT + 1` parts of [`PART_BYTES`].
+
+use std::sync::Mutex;
 
 use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, PutMultipartOptions};
@@ -13,6 +17,37 @@ use super::call::{bounded, Call, CallError};
 pub const PART_BYTES: usize = 8 * 1024 * 1024;
 /// Parts uploading at once.
 pub const PARTS_IN_FLIGHT: usize = 2;
+/// Failed aborts kept for another try; beyond this the oldest is given up (with a warning:
+/// the store's own expiry of incomplete uploads is then what cleans it).
+pub const MAX_ABANDONED: usize = 64;
+
+/// Uploads whose abort failed, to abort again.
+static ABANDONED: Mutex<Vec<Box<dyn MultipartUpload>>> = Mutex::new(Vec::new());
+
+/// Keeps `upload`, whose abort failed, for [`retry_abandoned`].
+fn abandon(upload: Box<dyn MultipartUpload>) {
+    let mut left = ABANDONED.lock().unwrap_or_else(|e| e.into_inner());
+    if left.len() >= MAX_ABANDONED {
+        left.remove(0);
+        tracing::warn!("too many failed aborts of snapshot uploads; giving the oldest up");
+    }
+    left.push(upload);
+}
+
+/// Aborts again every upload whose abort failed; returns how many are still left.
+pub async fn retry_abandoned() -> usize {
+    let uploads: Vec<_> = std::mem::take(&mut *ABANDONED.lock().unwrap_or_else(|e| e.into_inner()));
+    for mut upload in uploads {
+        match bounded(Call::AbortUpload, upload.abort()).await {
+            Ok(()) => tracing::info!("an abandoned snapshot upload was aborted"),
+            Err(e) => {
+                tracing::warn!(error = %e, "aborting an abandoned snapshot upload failed again");
+                abandon(upload);
+            }
+        }
+    }
+    ABANDONED.lock().unwrap_or_else(|e| e.into_inner()).len()
+}
 
 /// One upload in progress. Finish it with [`Upload::complete`], or [`Upload::abort`] it;
 /// dropped before it completed, it is aborted in the background.
@@ -59,13 +94,18 @@ impl Upload {
         Ok(())
     }
 
-    /// Stops the parts in flight and aborts the upload, so the store drops every part.
+    /// Stops the parts in flight and aborts the upload, so the store drops every part. An
+    /// abort that fails is kept to be tried again.
     pub async fn abort(mut self) -> Result<(), CallError> {
         self.parts.shutdown().await;
-        match self.upload.take() {
-            Some(mut upload) => bounded(Call::AbortUpload, upload.abort()).await,
-            None => Ok(()),
+        let Some(mut upload) = self.upload.take() else {
+            return Ok(());
+        };
+        let aborted = bounded(Call::AbortUpload, upload.abort()).await;
+        if aborted.is_err() {
+            abandon(upload);
         }
+        aborted
     }
 
     fn open(&mut self) -> Result<&mut Box<dyn MultipartUpload>, CallError> {
@@ -102,7 +142,8 @@ impl Drop for Upload {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     if let Err(e) = bounded(Call::AbortUpload, upload.abort()).await {
-                        tracing::warn!(error = %e, "aborting a dropped snapshot upload failed");
+                        tracing::warn!(error = %e, "aborting a dropped snapshot upload failed; it is tried again before the next snapshot");
+                        abandon(upload);
                     }
                 });
             }

@@ -29,6 +29,7 @@ mod serve_crash;
 mod serve_http;
 mod server_limits;
 mod smoke;
+mod snapshot_faults;
 mod snapshot_prune;
 mod snapshot_store;
 mod snapshot_transfer;

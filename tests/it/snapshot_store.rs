@@ -235,7 +235,7 @@ impl Under {
 /// Multipart uploads in progress under the cluster's prefix, through the aws CLI (object_store
 /// cannot list them; `scripts/test` installs Debian's awscli). Without the CLI, a failure in CI;
 /// elsewhere only objects are checked, and the test says so.
-fn multipart_uploads(s3: &S3Prefix, cluster: &ClusterName) -> Vec<String> {
+pub(crate) fn multipart_uploads(s3: &S3Prefix, cluster: &ClusterName) -> Vec<String> {
     let settings = &s3.settings;
     let output = std::process::Command::new("aws")
         .args([
@@ -302,7 +302,11 @@ contract!(a_damaged_stream_is_refused_and_leaves_nothing_behind);
 contract!(a_save_dropped_mid_upload_leaves_nothing_behind);
 
 /// Writes `keys` keys of `value_bytes` bytes each (incompressible); returns the revision after.
-async fn write_keys(client: &mut etcd_client::Client, keys: usize, value_bytes: usize) -> u64 {
+pub(crate) async fn write_keys(
+    client: &mut etcd_client::Client,
+    keys: usize,
+    value_bytes: usize,
+) -> u64 {
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut revision = 0;
     for i in 0..keys {

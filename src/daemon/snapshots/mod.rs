@@ -530,6 +530,13 @@ impl Scheduler {
 
     /// One run: a snapshot, its record and metrics, then the cluster's retention.
     async fn run_once(&self, target: Target) -> Result<Manifest, String> {
+        let left = crate::snapshot::upload::retry_abandoned().await;
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "snapshot uploads whose abort failed are still in their stores"
+            );
+        }
         let started = Instant::now();
         let taken = tokio::select! {
             () = self.cancel.cancelled() => Err("the daemon is stopping".to_string()),

@@ -140,6 +140,8 @@ pub struct TestDaemon {
     source: String,
     /// `source.git.pollInterval`; `None` leaves the daemon's default.
     poll_interval: Option<String>,
+    /// More entries of `stores`, as YAML flow mappings (`name: {url: ...}`).
+    pub extra_stores: Vec<String>,
 }
 
 impl TestDaemon {
@@ -166,7 +168,17 @@ impl TestDaemon {
             hook_secret,
             source: source.to_string(),
             poll_interval: poll_interval.map(str::to_string),
+            extra_stores: Vec::new(),
         };
+        daemon.spawn().await;
+        daemon
+    }
+
+    /// Like [`TestDaemon::start`], with more snapshot stores (`name: {url: ...}` each).
+    pub async fn start_with_stores(source: &str, stores: &[String]) -> TestDaemon {
+        let mut daemon = Self::start(source).await;
+        daemon.terminate();
+        daemon.extra_stores = stores.to_vec();
         daemon.spawn().await;
         daemon
     }
@@ -212,7 +224,7 @@ listen: {{agents: '{}:{}', http: '{}:{}'}}
 stateDir: {}
 tlsNames: ['{}']
 webhooks: {{genericSecretFile: {}}}
-stores: {{backups: {{url: 'file://{}'}}}}
+stores: {{backups: {{url: 'file://{}'}}{}}}
 ",
             self.source,
             poll,
@@ -224,6 +236,10 @@ stores: {{backups: {{url: 'file://{}'}}}}
             self.ip,
             self.work.path().join("hook-secret").display(),
             self.snapshots_dir().display(),
+            self.extra_stores
+                .iter()
+                .map(|s| format!(", {s}"))
+                .collect::<String>(),
         );
         std::fs::write(&config, text).unwrap();
         let log = std::fs::OpenOptions::new()

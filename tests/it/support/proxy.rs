@@ -73,3 +73,92 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut frozen: watch
         }
     }
 }
+
+/// A TCP proxy on loopback that can be cut, as a server that went away: every connection is
+/// closed and new ones are closed as soon as they are accepted, until `mend`. It counts the
+/// bytes sent upstream.
+pub struct CuttingProxy {
+    pub addr: SocketAddr,
+    cut: watch::Sender<bool>,
+    upstream_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    _accept: AbortOnDropHandle<()>,
+}
+
+impl CuttingProxy {
+    pub async fn start(ip: IpAddr, upstream: SocketAddr) -> CuttingProxy {
+        use std::sync::atomic::AtomicU64;
+        let listener = TcpListener::bind((ip, 0)).await.expect("the proxy listens");
+        let addr = listener.local_addr().expect("the proxy's address");
+        let (cut, _) = watch::channel(false);
+        let watch = cut.clone();
+        let upstream_bytes = std::sync::Arc::new(AtomicU64::new(0));
+        let counter = upstream_bytes.clone();
+        let accept = tokio::spawn(async move {
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                let counted = counter.clone();
+                pipes.spawn(cut_pipe(
+                    client_read,
+                    server_write,
+                    watch.subscribe(),
+                    Some(counted),
+                ));
+                pipes.spawn(cut_pipe(server_read, client_write, watch.subscribe(), None));
+            }
+        });
+        CuttingProxy {
+            addr,
+            cut,
+            upstream_bytes,
+            _accept: AbortOnDropHandle::new(accept),
+        }
+    }
+
+    /// Closes every connection and refuses new ones until `mend`.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn mend(&self) {
+        self.cut.send_replace(false);
+    }
+
+    /// Bytes passed upstream so far.
+    pub fn upstream_bytes(&self) -> u64 {
+        self.upstream_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Copies `from` to `to` until either side closes or the proxy is cut.
+async fn cut_pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mut cut: watch::Receiver<bool>,
+    counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = cut.wait_for(|c| *c) => return,
+        };
+        if let Some(counter) = &counter {
+            counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

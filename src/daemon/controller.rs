@@ -511,6 +511,14 @@ impl ClusterTask {
         save: bool,
     ) -> Result<(), String> {
         let cx = self.controller.clone();
+        // A restore that began during this pass holds the plans from now on: a pass that
+        // started before it must not publish etcd back on the members.
+        if let Some(hold) = cx.restores.get().and_then(|r| r.hold(&self.name)) {
+            if save {
+                self.save_record(reconciler).await?;
+            }
+            return self.publish_held(reconciler, entry, &hold).await;
+        }
         let declared = reconciler.declared(&entry.cluster);
         let names: BTreeSet<String> = declared.keys().cloned().collect();
         let held = std::mem::take(&mut self.held);
@@ -534,6 +542,19 @@ impl ClusterTask {
         }
         self.status.send_replace(self.status_of(reconciler));
         Ok(())
+    }
+
+    /// Saves the rollout record.
+    async fn save_record(&self, reconciler: &Reconciler) -> Result<(), String> {
+        let (state, name) = (self.controller.state.clone(), self.name.clone());
+        let intent = reconciler.intent().clone();
+        tokio::task::spawn_blocking(move || {
+            state
+                .save(&record_name(&name), &intent)
+                .map_err(|e| crate::error_chain(&e))
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// The reconciler's status with the generation the hub handed each node.

@@ -97,8 +97,9 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
         .unwrap();
     assert!(tasks.stdout.is_empty(), "{tasks:?}");
 
-    // Every member's data is lost: the agents stop, every container and data directory goes,
-    // and the members come back empty.
+    // Every member's machine is lost: its containers, its data, its agent's credential. New
+    // machines of the same names join with new keys (after `drover node reset`) and come up
+    // empty; the worker keeps its own.
     for agent in &mut agents {
         agent.stop();
     }
@@ -109,14 +110,10 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
             .unwrap();
         assert!(out.status.success(), "{out:?}");
     }
-    for agent in &agents {
-        let data = agent
-            .dir
-            .join("root")
-            .join(drover::nodeplan::etcd_data_dir(cluster).trim_start_matches('/'));
-        if data.exists() {
-            std::fs::remove_dir_all(&data).unwrap();
-        }
+    for agent in agents.iter().filter(|a| a.node.starts_with('n')) {
+        std::fs::remove_dir_all(&agent.dir).unwrap();
+        let (code, text, err) = cli(&daemon, &["node", "reset", cluster, &agent.node]).await;
+        assert_eq!(code, Some(0), "{text}{err}");
     }
     let mut agents = start_agents(&daemon);
 
@@ -176,14 +173,6 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
             "{step}: {:#?}",
             run.steps
         );
-    }
-    for agent in agents.iter().take(3) {
-        let replaced = agent
-            .dir
-            .join("root")
-            .join(drover::nodeplan::etcd_data_dir(cluster).trim_start_matches('/'))
-            .with_file_name("etcd.replaced-wiped-1");
-        assert!(replaced.is_dir(), "{} kept nothing", agent.node);
     }
 
     // A restarted daemon never runs it again: what was written after it stays.
@@ -256,6 +245,30 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
     assert_eq!(value(&mut etcd, "before").await.as_deref(), Some("kept"));
     assert_eq!(value(&mut etcd, "written-after-the-restore").await, None);
     drop(etcd);
+    // Each member kept the data the restore replaced.
+    let (_, text, _) = cli(
+        &daemon,
+        &["snapshot", "restores", cluster, "--format", "json"],
+    )
+    .await;
+    let doc: RestoresDocument = serde_json::from_str(&text).unwrap();
+    let by_operator = doc
+        .restores
+        .iter()
+        .find(|r| r.by == "operator" && r.phase == RestorePhase::Done)
+        .expect("the operator's restore is recorded done");
+    for agent in agents.iter().take(3) {
+        let replaced = agent
+            .dir
+            .join("root")
+            .join(drover::nodeplan::etcd_data_dir(cluster).trim_start_matches('/'))
+            .with_file_name(format!("etcd.replaced-{}", by_operator.request_id));
+        assert!(
+            replaced.join("member").is_dir(),
+            "{} kept nothing",
+            agent.node
+        );
+    }
     // Restore drills: a minute after the last deep verification (the one above counts), the
     // newest snapshot (the damaged one) is restored into a throwaway etcd, fails, and says so.
     let status = daemon

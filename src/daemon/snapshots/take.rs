@@ -61,13 +61,23 @@ pub async fn take(
     let task = EtcdTask::Snapshot { transfer: id };
     let sent = hub.etcd_task(cluster.as_str(), &node, task, TAKE_LIMIT);
     tokio::pin!(sent);
-    // The agent answers only after the bytes went, so its answer is awaited beside them.
-    let incoming = tokio::select! {
-        incoming = tokio::time::timeout(START_LIMIT, arrives) => match incoming {
-            Ok(Ok(incoming)) => incoming,
-            _ => return Err(TakeError::NeverStarted { node: node.clone() }),
-        },
-        outcome = &mut sent => return Err(agent_failure(&node, outcome)),
+    let arrives = tokio::time::timeout(START_LIMIT, arrives);
+    tokio::pin!(arrives);
+    // The agent answers only after the bytes went, so its answer is awaited beside them; a
+    // small snapshot's answer may come before the transfer is handed over here.
+    let mut answered = None;
+    let incoming = loop {
+        tokio::select! {
+            biased;
+            incoming = &mut arrives => match incoming {
+                Ok(Ok(incoming)) => break incoming,
+                _ => return Err(TakeError::NeverStarted { node: node.clone() }),
+            },
+            outcome = &mut sent, if answered.is_none() => match outcome {
+                Ok(EtcdTaskOutcome::Sent { .. }) => answered = Some(outcome),
+                other => return Err(agent_failure(&node, other)),
+            },
+        }
     };
     let source = Source {
         member: NodeName::parse(&node).map_err(|e| TakeError::NoMember(e.to_string()))?,
@@ -78,7 +88,13 @@ pub async fn take(
     let bytes = futures::stream::unfold(incoming.bytes, |mut pieces| async move {
         pieces.recv().await.map(|piece| (piece, pieces))
     });
-    let (saved, outcome) = tokio::join!(save(store, cluster, &source, bytes), sent);
+    let answer = async {
+        match answered {
+            Some(outcome) => outcome,
+            None => sent.await,
+        }
+    };
+    let (saved, outcome) = tokio::join!(save(store, cluster, &source, bytes), answer);
     let manifest = saved.map_err(|source| TakeError::Save {
         node: node.clone(),
         source,

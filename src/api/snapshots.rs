@@ -67,6 +67,9 @@ pub struct SnapshotSchedule {
     /// Runs failed in a row since the last success.
     pub failures: u32,
     pub running: bool,
+    /// Bytes of the running snapshot received from its member so far.
+    #[serde(default)]
+    pub received_bytes: Option<u64>,
     pub next_run: Option<String>,
     /// How long past twice the schedule's period the newest snapshot is; `None` while on time.
     pub overdue_ms: Option<u64>,

@@ -171,9 +171,28 @@ async fn list(client: &Client, a: &ListArgs) -> Result<(String, Exit), ClientErr
 
 async fn save(client: &Client, a: &ClusterArgs) -> Result<(String, Exit), ClientError> {
     let waiting = spinner(&format!("taking a snapshot of {}", a.cluster));
-    let saved: Result<SnapshotView, _> = client
-        .post_for(&path(&a.cluster, ""), MAX_ANSWER_BYTES, LONG_WAIT)
-        .await;
+    let save_path = path(&a.cluster, "");
+    let saving = client.post_for::<SnapshotView>(&save_path, MAX_ANSWER_BYTES, LONG_WAIT);
+    let saved = match &waiting {
+        None => saving.await,
+        Some(bar) => {
+            // On a terminal: the bytes received so far, as the cluster's status says them.
+            tokio::pin!(saving);
+            loop {
+                tokio::select! {
+                    saved = &mut saving => break saved,
+                    () = tokio::time::sleep(PROGRESS_POLL) => {
+                        let status: Result<crate::api::ClusterStatus, _> = client
+                            .get(&format!("{CLUSTERS_PATH}/{}", a.cluster), MAX_SNAPSHOTS_DOCUMENT_BYTES)
+                            .await;
+                        if let Some(n) = status.ok().and_then(|s| s.snapshots?.received_bytes) {
+                            bar.set_message(format!("taking a snapshot of {}: {} received", a.cluster, bytes(n)));
+                        }
+                    }
+                }
+            }
+        }
+    };
     drop(waiting);
     let saved = saved?;
     let text = match a.format {
@@ -256,6 +275,8 @@ async fn prune(client: &Client, a: &PruneArgs) -> Result<(String, Exit), ClientE
     Ok((text, if failed { Exit::Io } else { Exit::Ok }))
 }
 
+/// How often `save` looks at the bytes received, on a terminal.
+const PROGRESS_POLL: Duration = Duration::from_millis(500);
 /// How often `restore` looks at the restore's progress.
 const RESTORE_POLL: Duration = Duration::from_secs(1);
 

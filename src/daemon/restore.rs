@@ -43,8 +43,9 @@ const RESTORE_TASK_LIMIT: Duration = Duration::from_secs(3 * 3600);
 const MEMBER_ATTEMPTS: u32 = 3;
 /// Runs a record keeps, the oldest dropped first.
 const MAX_RUNS: usize = 50;
-/// How often the phases that wait look again, besides the agents' reports.
-const LOOK_AGAIN: Duration = Duration::from_secs(1);
+/// How often the phases that wait look again, besides the agents' reports: etcd is
+/// asked for its health this often while it starts from the restored data.
+const LOOK_AGAIN: Duration = Duration::from_millis(250);
 
 /// The document of `cluster`'s restores.
 pub fn record_name(cluster: &str) -> String {

@@ -108,7 +108,14 @@ async fn a_store_gone_mid_upload_leaves_no_snapshot_and_the_next_run_cleans_up()
     })
     .await
     .expect("parts go to the store");
+    // Held there, the save shows as running with the bytes received so far.
+    proxy.pause();
+    let status = daemon.status(cluster).await.unwrap();
+    let schedule = status.snapshots.expect("a policy");
+    assert!(schedule.running, "{schedule:?}");
+    assert!(schedule.received_bytes >= Some(10 << 20), "{schedule:?}");
     proxy.cut();
+    proxy.resume();
     let failed = save.await.unwrap();
     let err = String::from_utf8_lossy(&failed.stderr);
     assert_eq!(failed.status.code(), Some(77), "{err}");

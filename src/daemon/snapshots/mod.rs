@@ -86,6 +86,8 @@ struct ClusterSnapshots {
     /// When the scheduler first saw the cluster's policy.
     since: Option<SystemTime>,
     running: bool,
+    /// Bytes received from the member by the run in progress.
+    received: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The newest snapshot in the store was looked up (or could not be).
     seeded: bool,
     seeding: bool,
@@ -300,6 +302,10 @@ impl Scheduler {
                 }),
             failures: state.failures,
             running: state.running,
+            received_bytes: state
+                .received
+                .as_ref()
+                .map(|r| r.load(std::sync::atomic::Ordering::Relaxed)),
             next_run,
             overdue_ms: state.overdue(policy, now).map(views::millis),
             last_verification: state.last_verification.clone(),
@@ -538,14 +544,20 @@ impl Scheduler {
             );
         }
         let started = Instant::now();
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        self.lock()
+            .entry(target.cluster.to_string())
+            .or_default()
+            .received = Some(received.clone());
         let taken = tokio::select! {
             () = self.cancel.cancelled() => Err("the daemon is stopping".to_string()),
-            taken = take(
+            taken = take::take_counted(
                 &self.hub,
                 target.store.as_ref(),
                 &target.cluster,
                 &target.members,
                 &target.commit,
+                &received,
             ) => taken.map_err(|e| crate::error_chain(&e)),
         };
         self.finish(&target.cluster, &taken, started.elapsed());
@@ -570,6 +582,7 @@ impl Scheduler {
         let mut clusters = self.lock();
         let state = clusters.entry(cluster.to_string()).or_default();
         state.running = false;
+        state.received = None;
         match outcome {
             Ok(manifest) => {
                 tracing::info!(cluster = %cluster, id = %manifest.id, member = %manifest.member, bytes = manifest.compressed_size, seconds = took.as_secs_f64(), "snapshot saved");

@@ -3,8 +3,10 @@
 //! member's snapshot to the daemon on a transfer (`server::transfer`), and `snapshot::save`
 //! checks, compresses and stores it, manifest last.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use object_store::ObjectStore;
 
 use crate::model::{ClusterName, NodeName};
@@ -53,6 +55,18 @@ pub async fn take(
     members: &[String],
     git_commit: &str,
 ) -> Result<Manifest, TakeError> {
+    take_counted(hub, store, cluster, members, git_commit, &AtomicU64::new(0)).await
+}
+
+/// `take`, adding the bytes received from the member to `received` as they arrive.
+pub async fn take_counted(
+    hub: &Hub,
+    store: &dyn ObjectStore,
+    cluster: &ClusterName,
+    members: &[String],
+    git_commit: &str,
+    received: &AtomicU64,
+) -> Result<Manifest, TakeError> {
     let node = choose(hub, cluster.as_str(), members).await?;
     let (id, arrives) = hub
         .transfers()
@@ -87,6 +101,11 @@ pub async fn take(
     };
     let bytes = futures::stream::unfold(incoming.bytes, |mut pieces| async move {
         pieces.recv().await.map(|piece| (piece, pieces))
+    })
+    .inspect(|piece| {
+        if let Ok(piece) = piece {
+            received.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        }
     });
     let answer = async {
         match answered {

@@ -75,11 +75,12 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut frozen: watch
 }
 
 /// A TCP proxy on loopback that can be cut, as a server that went away: every connection is
-/// closed and new ones are closed as soon as they are accepted, until `mend`. It counts the
-/// bytes sent upstream.
+/// closed and new ones are closed as soon as they are accepted, until `mend`. It can also
+/// hold every byte (`pause`) until cut or resumed. It counts the bytes sent upstream.
 pub struct CuttingProxy {
     pub addr: SocketAddr,
     cut: watch::Sender<bool>,
+    paused: watch::Sender<bool>,
     upstream_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     _accept: AbortOnDropHandle<()>,
 }
@@ -90,7 +91,9 @@ impl CuttingProxy {
         let listener = TcpListener::bind((ip, 0)).await.expect("the proxy listens");
         let addr = listener.local_addr().expect("the proxy's address");
         let (cut, _) = watch::channel(false);
+        let (paused, _) = watch::channel(false);
         let watch = cut.clone();
+        let hold = paused.clone();
         let upstream_bytes = std::sync::Arc::new(AtomicU64::new(0));
         let counter = upstream_bytes.clone();
         let accept = tokio::spawn(async move {
@@ -105,18 +108,20 @@ impl CuttingProxy {
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
                 let counted = counter.clone();
+                let signals = || (watch.subscribe(), hold.subscribe());
                 pipes.spawn(cut_pipe(
                     client_read,
                     server_write,
-                    watch.subscribe(),
+                    signals(),
                     Some(counted),
                 ));
-                pipes.spawn(cut_pipe(server_read, client_write, watch.subscribe(), None));
+                pipes.spawn(cut_pipe(server_read, client_write, signals(), None));
             }
         });
         CuttingProxy {
             addr,
             cut,
+            paused,
             upstream_bytes,
             _accept: AbortOnDropHandle::new(accept),
         }
@@ -131,6 +136,15 @@ impl CuttingProxy {
         self.cut.send_replace(false);
     }
 
+    /// Holds every byte until `cut` or `resume`.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+
     /// Bytes passed upstream so far.
     pub fn upstream_bytes(&self) -> u64 {
         self.upstream_bytes
@@ -142,11 +156,15 @@ impl CuttingProxy {
 async fn cut_pipe(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    mut cut: watch::Receiver<bool>,
+    (mut cut, mut paused): (watch::Receiver<bool>, watch::Receiver<bool>),
     counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        tokio::select! {
+            _ = paused.wait_for(|p| !*p) => {}
+            _ = cut.wait_for(|c| *c) => return,
+        }
         let n = tokio::select! {
             read = from.read(&mut buf) => match read {
                 Ok(0) | Err(_) => return,

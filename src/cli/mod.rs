@@ -93,6 +93,17 @@ enum CertCommand {
     Rotate(status::RotateArgs),
 }
 
+/// The async runtime a command's requests run on; `Exit::Io`, said, when there is none.
+fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            Exit::Io
+        })
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -115,15 +115,9 @@ pub fn run(command: &Command, out: &mut dyn Write) -> Exit {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return Exit::Io;
-        }
+        Err(exit) => return exit,
     };
     let answered = runtime.block_on(async {
         match command {

@@ -38,15 +38,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return Exit::Io;
-        }
+        Err(exit) => return exit,
     };
     runtime.block_on(async {
         let clear = args.watch && std::io::stdout().is_terminal();
@@ -403,15 +397,9 @@ fn post(target: &Target, path: &str, done: &str, out: &mut dyn Write) -> Exit {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return Exit::Io;
-        }
+        Err(exit) => return exit,
     };
     match runtime.block_on(client.post(path)) {
         Ok(()) => {
@@ -438,15 +426,9 @@ pub fn node_show(args: &NodeShowArgs, out: &mut dyn Write) -> Exit {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return Exit::Io;
-        }
+        Err(exit) => return exit,
     };
     let path = format!("{CLUSTERS_PATH}/{}/nodes/{}", args.cluster, args.node);
     let view: crate::api::NodeView =

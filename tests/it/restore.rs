@@ -11,22 +11,6 @@ use crate::support::fleet::{containers_of, ClusterCleanup};
 use crate::support::git::TestRepo;
 use crate::support::require;
 
-/// Runs `drover ARGS --state-dir <the daemon's>`: exit code, stdout, stderr.
-async fn cli(daemon: &TestDaemon, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = crate::support::cli::command()
-        .args(args)
-        .arg("--state-dir")
-        .arg(daemon.state_dir())
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 async fn value(etcd: &mut etcd_client::Client, key: &str) -> Option<String> {
     let answer = etcd.get(key, None).await.unwrap();
     answer
@@ -49,14 +33,7 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
     let first = repo.commit_files(&[(&layout.path(), &with_snapshots)], "dev");
     let mut daemon = TestDaemon::start(&repo.url()).await;
     let token = daemon.token_file(&layout.cluster).await;
-    let start_agents = |daemon: &TestDaemon| -> Vec<AgentProcess> {
-        layout
-            .nodes
-            .iter()
-            .map(|(n, _, _)| AgentProcess::start(daemon, n, &token))
-            .collect()
-    };
-    let mut agents = start_agents(&daemon);
+    let mut agents = AgentProcess::start_all(&daemon, &layout, &token);
     let cluster = layout.cluster.as_str();
     daemon
         .await_status(
@@ -70,7 +47,9 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
     // A key before the snapshot, one after it.
     let mut etcd = etcd_client(&layout, &agents[0]).await;
     etcd.put("before", "kept", None).await.unwrap();
-    let (code, text, err) = cli(&daemon, &["snapshot", "save", cluster, "--format", "json"]).await;
+    let (code, text, err) = daemon
+        .cli(&["snapshot", "save", cluster, "--format", "json"])
+        .await;
     assert_eq!(code, Some(0), "{text}{err}");
     let saved: SnapshotView = serde_json::from_str(&text).unwrap();
     etcd.put("after", "lost", None).await.unwrap();
@@ -78,13 +57,11 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
 
     // Restored into a throwaway etcd on a member, it holds the key and the revision saved;
     // nothing of the drill is left on the node.
-    let (code, text, err) = cli(
-        &daemon,
-        &[
+    let (code, text, err) = daemon
+        .cli(&[
             "snapshot", "verify", cluster, &saved.id, "--deep", "--format", "json",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_eq!(code, Some(0), "{text}{err}");
     let deep: Verification = serde_json::from_str(&text).unwrap();
     assert!(deep.passed && deep.deep, "{deep:?}");
@@ -112,10 +89,10 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
     }
     for agent in agents.iter().filter(|a| a.node.starts_with('n')) {
         std::fs::remove_dir_all(&agent.dir).unwrap();
-        let (code, text, err) = cli(&daemon, &["node", "reset", cluster, &agent.node]).await;
+        let (code, text, err) = daemon.cli(&["node", "reset", cluster, &agent.node]).await;
         assert_eq!(code, Some(0), "{text}{err}");
     }
-    let mut agents = start_agents(&daemon);
+    let mut agents = AgentProcess::start_all(&daemon, &layout, &token);
 
     // The restore, committed to Git.
     let request = with_snapshots.replace(
@@ -149,11 +126,9 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
     drop(etcd);
 
     // Recorded once, done, with a reason at every step; each member kept the data it had.
-    let (code, text, err) = cli(
-        &daemon,
-        &["snapshot", "restores", cluster, "--format", "json"],
-    )
-    .await;
+    let (code, text, err) = daemon
+        .cli(&["snapshot", "restores", cluster, "--format", "json"])
+        .await;
     assert_eq!(code, Some(0), "{text}{err}");
     let doc: RestoresDocument = serde_json::from_str(&text).unwrap();
     assert_eq!(doc.restores.len(), 1, "{text}");
@@ -197,16 +172,16 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
     let status = daemon.status(cluster).await.unwrap();
     let ready = status.condition(ConditionType::Ready).unwrap();
     assert!(ready.status, "{ready:?}");
-    let (_, text, _) = cli(
-        &daemon,
-        &["snapshot", "restores", cluster, "--format", "json"],
-    )
-    .await;
+    let (_, text, _) = daemon
+        .cli(&["snapshot", "restores", cluster, "--format", "json"])
+        .await;
     let doc: RestoresDocument = serde_json::from_str(&text).unwrap();
     assert_eq!(doc.restores.len(), 1, "{text}");
 
     // An operator's restore of a snapshot whose data was damaged is refused before etcd stops.
-    let (code, text, err) = cli(&daemon, &["snapshot", "save", cluster, "--format", "json"]).await;
+    let (code, text, err) = daemon
+        .cli(&["snapshot", "save", cluster, "--format", "json"])
+        .await;
     assert_eq!(code, Some(0), "{text}{err}");
     let damaged: SnapshotView = serde_json::from_str(&text).unwrap();
     let data = daemon
@@ -217,7 +192,9 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&data, &bytes).unwrap();
-    let (code, text, err) = cli(&daemon, &["snapshot", "restore", cluster, &damaged.id]).await;
+    let (code, text, err) = daemon
+        .cli(&["snapshot", "restore", cluster, &damaged.id])
+        .await;
     assert_eq!(code, Some(1), "{text}{err}");
     assert!(
         text.contains("FAILED") && text.contains("fails verification"),
@@ -230,7 +207,9 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
     );
 
     // An operator's restore of the good one takes the cluster back to it.
-    let (code, text, err) = cli(&daemon, &["snapshot", "restore", cluster, &saved.id]).await;
+    let (code, text, err) = daemon
+        .cli(&["snapshot", "restore", cluster, &saved.id])
+        .await;
     assert_eq!(code, Some(0), "{text}{err}");
     assert!(text.contains("restored from"), "{text}");
     daemon
@@ -246,11 +225,9 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
     assert_eq!(value(&mut etcd, "written-after-the-restore").await, None);
     drop(etcd);
     // Each member kept the data the restore replaced.
-    let (_, text, _) = cli(
-        &daemon,
-        &["snapshot", "restores", cluster, "--format", "json"],
-    )
-    .await;
+    let (_, text, _) = daemon
+        .cli(&["snapshot", "restores", cluster, "--format", "json"])
+        .await;
     let doc: RestoresDocument = serde_json::from_str(&text).unwrap();
     let by_operator = doc
         .restores

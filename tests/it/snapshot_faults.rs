@@ -1,6 +1,7 @@
 //! Snapshots when the store goes away mid-upload: a daemon whose S3 store (Garage) is reached
 //! through a proxy the test cuts while parts are uploading.
 
+use std::process::Output;
 use std::time::Duration;
 
 use drover::api::snapshots::{SnapshotView, SnapshotsDocument};
@@ -17,24 +18,30 @@ use crate::support::net::unique_loopback;
 use crate::support::proxy::CuttingProxy;
 use crate::support::{require, test_name};
 
-/// Runs `drover ARGS --state-dir <the daemon's>`: exit code, stdout, stderr.
-async fn cli(daemon: &TestDaemon, args: Vec<String>) -> (Option<i32>, String, String) {
-    let out = crate::support::cli::command()
-        .args(&args)
-        .arg("--state-dir")
-        .arg(daemon.state_dir())
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// `drover snapshot save CLUSTER` in the background.
+fn save_in_background(daemon: &TestDaemon, cluster: &str) -> tokio::task::JoinHandle<Output> {
+    let state = daemon.state_dir();
+    let cluster = cluster.to_string();
+    tokio::spawn(async move {
+        crate::support::cli::command()
+            .args(["snapshot", "save", &cluster, "--state-dir"])
+            .arg(state)
+            .output()
+            .await
+            .unwrap()
+    })
 }
 
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
+/// Waits until more than `bytes` went to the store through `proxy` since `from`.
+async fn await_upstream(proxy: &CuttingProxy, from: u64, bytes: u64) {
+    crate::support::wait::poll_until(Duration::from_secs(120), || async {
+        match proxy.upstream_bytes() - from {
+            n if n > bytes => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await
+    .expect("parts go to the store");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,27 +94,8 @@ async fn a_store_gone_mid_upload_leaves_no_snapshot_and_the_next_run_cleans_up()
     drop(etcd);
 
     // The store goes away once more than a part went to it.
-    let save = {
-        let state = daemon.state_dir();
-        let list = args(&["snapshot", "save", cluster, "--format", "json"]);
-        tokio::spawn(async move {
-            crate::support::cli::command()
-                .args(&list)
-                .arg("--state-dir")
-                .arg(state)
-                .output()
-                .await
-                .unwrap()
-        })
-    };
-    crate::support::wait::poll_until(Duration::from_secs(120), || async {
-        match proxy.upstream_bytes() {
-            n if n > 10 << 20 => Ok(()),
-            n => Err(n),
-        }
-    })
-    .await
-    .expect("parts go to the store");
+    let save = save_in_background(&daemon, cluster);
+    await_upstream(&proxy, 0, 10 << 20).await;
     // Held there, the save shows as running with the bytes received so far.
     proxy.pause();
     let status = daemon.status(cluster).await.unwrap();
@@ -134,11 +122,9 @@ async fn a_store_gone_mid_upload_leaves_no_snapshot_and_the_next_run_cleans_up()
     // Back: nothing was listed, since no manifest was written; the parts sent are still in
     // Garage, since the abort could not reach it either.
     proxy.mend();
-    let (code, text, err) = cli(
-        &daemon,
-        args(&["snapshot", "list", cluster, "--format", "json"]),
-    )
-    .await;
+    let (code, text, err) = daemon
+        .cli(&["snapshot", "list", cluster, "--format", "json"])
+        .await;
     assert_eq!(code, Some(0), "{text}{err}");
     let listed: SnapshotsDocument = serde_json::from_str(&text).unwrap();
     assert!(listed.snapshots.is_empty(), "{text}");
@@ -148,19 +134,15 @@ async fn a_store_gone_mid_upload_leaves_no_snapshot_and_the_next_run_cleans_up()
     );
 
     // The next run aborts the abandoned upload first, then saves.
-    let (code, text, err) = cli(
-        &daemon,
-        args(&["snapshot", "save", cluster, "--format", "json"]),
-    )
-    .await;
+    let (code, text, err) = daemon
+        .cli(&["snapshot", "save", cluster, "--format", "json"])
+        .await;
     assert_eq!(code, Some(0), "{text}{err}\n{}", tail(&daemon.log(), 30));
     let saved: SnapshotView = serde_json::from_str(&text).unwrap();
     assert_eq!(multipart_uploads(&s3, &name), Vec::<String>::new());
-    let (_, text, _) = cli(
-        &daemon,
-        args(&["snapshot", "list", cluster, "--format", "json"]),
-    )
-    .await;
+    let (_, text, _) = daemon
+        .cli(&["snapshot", "list", cluster, "--format", "json"])
+        .await;
     let listed: SnapshotsDocument = serde_json::from_str(&text).unwrap();
     let ids: Vec<&str> = listed.snapshots.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, [saved.id.as_str()]);
@@ -169,37 +151,16 @@ async fn a_store_gone_mid_upload_leaves_no_snapshot_and_the_next_run_cleans_up()
         .contains("an abandoned snapshot upload was aborted"));
 
     // A daemon killed mid-upload leaves nothing listed once it is back.
-    let save = {
-        let state = daemon.state_dir();
-        let list = args(&["snapshot", "save", cluster]);
-        tokio::spawn(async move {
-            crate::support::cli::command()
-                .args(&list)
-                .arg("--state-dir")
-                .arg(state)
-                .output()
-                .await
-                .unwrap()
-        })
-    };
     let before = proxy.upstream_bytes();
-    crate::support::wait::poll_until(Duration::from_secs(120), || async {
-        match proxy.upstream_bytes() - before {
-            n if n > 10 << 20 => Ok(()),
-            n => Err(n),
-        }
-    })
-    .await
-    .expect("parts go to the store");
+    let save = save_in_background(&daemon, cluster);
+    await_upstream(&proxy, before, 10 << 20).await;
     daemon.kill();
     let cut_off = save.await.unwrap();
     assert_ne!(cut_off.status.code(), Some(0));
     daemon.spawn().await;
-    let (code, text, err) = cli(
-        &daemon,
-        args(&["snapshot", "list", cluster, "--format", "json"]),
-    )
-    .await;
+    let (code, text, err) = daemon
+        .cli(&["snapshot", "list", cluster, "--format", "json"])
+        .await;
     assert_eq!(code, Some(0), "{text}{err}");
     let listed: SnapshotsDocument = serde_json::from_str(&text).unwrap();
     let ids: Vec<&str> = listed.snapshots.iter().map(|s| s.id.as_str()).collect();

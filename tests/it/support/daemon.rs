@@ -356,6 +356,22 @@ stores: {{backups: {{url: 'file://{}'}}{}}}
         }
     }
 
+    /// Runs `drover ARGS --state-dir <this daemon's>` to its end: exit code, stdout, stderr.
+    pub async fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = super::cli::command()
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .output()
+            .await
+            .expect("drover runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// A reusable join token for `cluster`, in a file.
     pub async fn token_file(&self, cluster: &str) -> PathBuf {
         let file = self.work.path().join(format!("token-{cluster}"));
@@ -443,6 +459,15 @@ impl AgentProcess {
             node: node.to_string(),
             dir,
         }
+    }
+
+    /// An agent for every node of `layout`, joining with `token`.
+    pub fn start_all(daemon: &TestDaemon, layout: &Layout, token: &Path) -> Vec<AgentProcess> {
+        layout
+            .nodes
+            .iter()
+            .map(|(n, _, _)| AgentProcess::start(daemon, n, token))
+            .collect()
     }
 
     pub fn log(&self) -> String {

@@ -3,11 +3,13 @@
 //! temporary file and memory bounded by the upload's parts whatever the database's size. The
 //! manifest is written last, create-only, so a snapshot is listed only once it is whole.
 //!
-//! Compression runs inline, chunk by chunk, with libzstd's streaming encoder (the `zstd` crate):
-//! etcd sends 32 KiB chunks, which level 3 compresses in well under a millisecond, so the task
-//! never holds its worker long, and the part uploads run as their own tasks meanwhile. A
-//! `spawn_blocking` thread behind channels would add a copy and a hand-off per chunk for no gain
-//! at this chunk size.
+//! Compression is libzstd's streaming encoder (the `zstd` crate) with one worker thread of its
+//! own, as the `zstd` command runs by default: the task hands each 32 KiB chunk over and takes
+//! whatever compressed bytes are ready, so it never holds its async worker for the compression,
+//! and the part uploads run as their own tasks meanwhile. libzstd compresses in jobs of
+//! [`JOB_BYTES`], each primed with the whole window before it ([`OVERLAP_LOG`]): the memory is
+//! two jobs' worth (about 7 MiB) where the command's 8 MiB jobs take 35, and the output is no
+//! larger than `zstd -3`'s (the single-threaded encoder's is 0.3 % larger on etcd's pages).
 
 use std::error::Error as StdError;
 use std::io::{self, Write};
@@ -18,6 +20,7 @@ use futures::{Stream, StreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use sha2::{Digest, Sha256 as Hasher};
+use zstd::zstd_safe::CParameter;
 
 use super::call::{bounded, Call, CallError};
 use super::integrity::{EtcdChecksum, IntegrityError};
@@ -28,6 +31,10 @@ use crate::model::{ClusterName, NodeName, SnapshotId};
 
 /// zstd's level for snapshots: most of the gain of higher levels at a fraction of their time.
 pub const COMPRESSION_LEVEL: i32 = 3;
+/// The size of libzstd's compression jobs (see the module's comment).
+const JOB_BYTES: u32 = 2 << 20;
+/// Each job is primed with a full window of the input before it (9 is the whole window).
+const OVERLAP_LOG: u32 = 9;
 /// Longest wait for the next chunk of the snapshot stream.
 pub const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -232,7 +239,7 @@ impl Pipeline {
     fn new() -> io::Result<Pipeline> {
         Ok(Pipeline {
             etcd: EtcdChecksum::default(),
-            encoder: zstd::stream::write::Encoder::new(Vec::new(), COMPRESSION_LEVEL)?,
+            encoder: encoder()?,
             compressed: Hasher::new(),
             compressed_size: 0,
         })
@@ -273,6 +280,15 @@ impl Pipeline {
         self.compressed.update(out);
         self.compressed_size += out.len() as u64;
     }
+}
+
+/// libzstd's encoder at [`COMPRESSION_LEVEL`] with one worker thread (see the module's comment).
+fn encoder() -> io::Result<zstd::stream::write::Encoder<'static, Vec<u8>>> {
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), COMPRESSION_LEVEL)?;
+    encoder.multithread(1)?;
+    encoder.set_parameter(CParameter::JobSize(JOB_BYTES))?;
+    encoder.set_parameter(CParameter::OverlapSizeLog(OVERLAP_LOG))?;
+    Ok(encoder)
 }
 
 #[cfg(test)]

@@ -259,6 +259,8 @@ struct Round {
     rclone_down: Duration,
     etcdctl_restore: Duration,
     drover_restore: Option<Duration>,
+    /// How long etcd was down in drover's restore, by the daemon's record of it.
+    drover_down: Option<Duration>,
 }
 
 impl Round {
@@ -317,9 +319,12 @@ async fn data_set(settings: &Settings, tools: &Tools, kind: Kind, size: u64) -> 
             let etcdctl_restore = timed(tools.etcdctl_restore(&cluster, &fetched, &data)).await;
             let _ = std::fs::remove_dir_all(&data);
             let _ = std::fs::remove_file(&fetched);
-            let drover_restore = match (&drover, tools.cli_restore) {
-                (Some(d), true) => Some(cli_restore(&cluster, &d.id).await),
-                _ => None,
+            let (drover_restore, drover_down) = match (&drover, tools.cli_restore) {
+                (Some(d), true) => {
+                    let took = cli_restore(&cluster, &d.id).await;
+                    (Some(took), etcd_down(&cluster).await)
+                }
+                _ => (None, None),
             };
             let round = Round {
                 etcdctl_save,
@@ -328,6 +333,7 @@ async fn data_set(settings: &Settings, tools: &Tools, kind: Kind, size: u64) -> 
                 rclone_down,
                 etcdctl_restore,
                 drover_restore,
+                drover_down,
             };
             println!("round {i}: {}", round_line(&round));
             rounds.push(round);
@@ -383,9 +389,10 @@ fn round_line(r: &Round) -> String {
         ),
         None => "drover save n/a".into(),
     };
-    let restore = match r.drover_restore {
-        Some(t) => format!("drover restore {}", show(t)),
-        None => "drover restore n/a".into(),
+    let restore = match (r.drover_restore, r.drover_down) {
+        (Some(t), Some(down)) => format!("drover restore {} (etcd down {})", show(t), show(down)),
+        (Some(t), None) => format!("drover restore {}", show(t)),
+        _ => "drover restore n/a".into(),
     };
     format!(
         "etcdctl save {} + rclone up {} = {}; {drover}; rclone down {} + etcdctl restore {} = {}; {restore}",
@@ -837,6 +844,20 @@ async fn cli_restore(cluster: &BenchCluster, id: &str) -> Duration {
     started.elapsed()
 }
 
+/// How long etcd was down in the newest restore, as `drover snapshot restores` shows it.
+async fn etcd_down(cluster: &BenchCluster) -> Option<Duration> {
+    let mut command =
+        Command::from(cluster.drover(&["snapshot", "restores", &cluster.name, "--format", "json"]));
+    let out = tokio::time::timeout(STEP_LIMIT, command.output())
+        .await
+        .expect("drover snapshot restores within the step limit")
+        .expect("drover snapshot restores runs");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    find_field(&json, "etcdDownMs")
+        .and_then(|v| v.as_u64())
+        .map(Duration::from_millis)
+}
+
 // --- memory ---------------------------------------------------------------------------------
 
 /// Watches processes' resident memory: each one's peak above what it held at the start.
@@ -1013,7 +1034,8 @@ fn print_table(settings: &Settings, rows: &[Row]) {
         let step = |pick: fn(&Round) -> Duration| times(row.rounds.iter().map(pick));
         println!(
             "{} {}: fill {}; etcdctl save {}, rclone copyto up {}; rclone copyto down {}, \
-             etcdctl snapshot restore {}; zstd -3 of the file {} ({:.1}x); drover save as the daemon timed it {}",
+             etcdctl snapshot restore {}; zstd -3 of the file {} ({:.1}x); drover save as the daemon timed it {}; \
+             etcd down during drover's restore {}",
             mib(row.size),
             row.kind.name(),
             show(row.fill),
@@ -1028,6 +1050,7 @@ fn print_table(settings: &Settings, rows: &[Row]) {
                     .iter()
                     .filter_map(|r| r.drover.as_ref().map(|d| d.daemon))
             ),
+            times(row.rounds.iter().filter_map(|r| r.drover_down)),
         );
     }
 }

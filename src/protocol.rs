@@ -120,26 +120,22 @@ pub enum EtcdTask {
         transfer: String,
     },
     /// Fetches the daemon's transfer `transfer` (a snapshot to restore, its sha256 in a
-    /// header) into a private file beside the member's data directory, for the `Restore` of
-    /// the same `request_id`. etcd still runs meanwhile: it stops only once every member holds
-    /// the snapshot, checked.
+    /// header) into a private directory beside the member's data directory and restores it
+    /// there for `member`, ready for the `Restore` of the same `request_id`. etcd still runs
+    /// meanwhile: it stops only once every member holds the snapshot, checked and restored, so
+    /// the time etcd is down is the swap and its start.
     Fetch {
         transfer: String,
         request_id: String,
+        member: RestoreMember,
     },
-    /// Restores the member's data from the snapshot fetched for `request_id`: the agent runs
-    /// `etcdutl snapshot restore` (or, in an image without it, `etcdctl snapshot restore`) in
-    /// a container of `image` into a fresh directory, with `name`, `initial_cluster`,
-    /// `peer_url` and the new cluster `token`, and swaps it in: the directory it replaces is
-    /// kept as `etcd.replaced-<request_id>`. Refused while the node's etcd container exists:
-    /// the daemon stops every member first.
+    /// Puts the data restored for `request_id` in place of the member's data directory, which
+    /// is kept as `etcd.replaced-<request_id>`; the fetched snapshot is restored again first
+    /// when what `Fetch` prepared is missing or was made for another `member`. Refused while
+    /// the node's etcd container exists: the daemon stops every member first.
     Restore {
-        image: String,
-        name: String,
-        initial_cluster: Vec<String>,
-        peer_url: String,
-        token: String,
         request_id: String,
+        member: RestoreMember,
     },
     /// Restores the snapshot of transfer `transfer` into a scratch directory with `image`,
     /// starts a throwaway etcd from it with no network, and reports its revision and key
@@ -148,6 +144,20 @@ pub enum EtcdTask {
         transfer: String,
         image: String,
     },
+}
+
+/// How one member's data is restored from a snapshot: `etcdutl snapshot restore` (or, in an
+/// image without it, `etcdctl snapshot restore`) in a container of the cluster's etcd `image`,
+/// with the member's `name` and `peer_url`, every member in `initial_cluster`, and the new
+/// cluster `token`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestoreMember {
+    pub image: String,
+    pub name: String,
+    pub initial_cluster: Vec<String>,
+    pub peer_url: String,
+    pub token: String,
 }
 
 /// Where an agent sends the bytes of a transfer the daemon asked for (`EtcdTask::Snapshot`).

@@ -1,17 +1,19 @@
 //! Snapshots restored on a node, with the cluster's own etcd image:
 //!
 //! - `fetch` (`EtcdTask::Fetch`): the snapshot fetched from the daemon into
-//!   `<cluster dir>/restore-<request>/snapshot.db` (0600), checked, while etcd still runs.
-//! - `restore` (`EtcdTask::Restore`): that file restored beside it into `data/`, then swapped
-//!   in for the member's data directory, which is kept as `etcd.replaced-<request>`. Run
-//!   again for the same request (the daemon restarted before it recorded the answer), it
-//!   replaces its own earlier result and keeps the original.
+//!   `<cluster dir>/restore-<request>/snapshot.db` (0600), checked, and restored beside it
+//!   into `data/`, all while etcd still runs; `prepared.json` records for which member.
+//! - `restore` (`EtcdTask::Restore`): `data/` swapped in for the member's data directory,
+//!   which is kept as `etcd.replaced-<request>`; restored again first if what `fetch`
+//!   prepared is missing or was made for another member. Run again for the same request (the
+//!   daemon restarted before it recorded the answer), it replaces its own earlier result and
+//!   keeps the original.
 //! - `verify` (`EtcdTask::Verify`): the snapshot restored into a scratch directory, a
 //!   throwaway etcd started on it with no network, and its revision and key count read with
 //!   `etcdctl` in a second container sharing that etcd's network namespace. Nothing is left.
 //!
 //! etcd 3.5 and later restore with `etcdutl`; 3.4 images have only `etcdctl snapshot restore`,
-//! which is used when the image has no `etcdutl`.
+//! tried first on images tagged 3.4 or older and whenever the image has no `etcdutl`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,7 +24,7 @@ use super::session::Dial;
 use super::transfer::{self, TransferError};
 use crate::model::names::ImageRef;
 use crate::pki::Identity;
-use crate::protocol::{short_text, EtcdTaskOutcome};
+use crate::protocol::{short_text, EtcdTaskOutcome, RestoreMember};
 
 /// The longest a restore of the snapshot into a directory may take.
 const RESTORE_LIMIT: Duration = Duration::from_secs(30 * 60);
@@ -72,14 +74,8 @@ pub enum RestoreError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// What a restore of a member needs.
-#[derive(Debug, Clone)]
-pub struct Member {
-    pub name: String,
-    pub initial_cluster: Vec<String>,
-    pub peer_url: String,
-    pub token: String,
-}
+/// What `fetch` restored a snapshot for, beside the restored data.
+const PREPARED: &str = "prepared.json";
 
 /// Where the snapshot for `request_id` is fetched to and restored beside, and the member's
 /// data directory.
@@ -91,19 +87,30 @@ fn restore_dirs(driver: &Driver, request_id: &str) -> (PathBuf, PathBuf, PathBuf
     (scratch, data, replaced)
 }
 
-/// Fetches the snapshot of `transfer` for the restore `request_id` (see the module).
+/// Fetches the snapshot of `transfer` for the restore `request_id` and restores it for
+/// `member`, while etcd runs (see the module).
 pub async fn fetch(
     driver: &Driver,
     dial: &Dial,
     identity: Identity,
     transfer_id: &str,
     request_id: &str,
+    member: &RestoreMember,
 ) -> EtcdTaskOutcome {
     let (scratch, _, _) = restore_dirs(driver, request_id);
     let done = async {
         fresh_dir(&scratch).await?;
         let file = scratch.join("snapshot.db");
-        Ok::<_, RestoreError>(transfer::fetch_to_file(dial, identity, transfer_id, &file).await?)
+        let started = std::time::Instant::now();
+        let fetched = transfer::fetch_to_file(dial, identity, transfer_id, &file).await?;
+        tracing::info!(
+            bytes = fetched.bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            request = request_id,
+            "snapshot fetched and checked"
+        );
+        prepare(driver, &scratch, member).await?;
+        Ok::<_, RestoreError>(fetched)
     };
     match done.await {
         Ok(fetched) => EtcdTaskOutcome::Fetched {
@@ -113,14 +120,9 @@ pub async fn fetch(
     }
 }
 
-/// Restores the snapshot fetched for `request_id` into the node's etcd data directory (see
-/// the module).
-pub async fn restore(
-    driver: &Driver,
-    image: &str,
-    member: &Member,
-    request_id: &str,
-) -> EtcdTaskOutcome {
+/// Puts the data `fetch` restored for `request_id` in place of the node's etcd data
+/// directory, restoring it again first when it is not there for `member` (see the module).
+pub async fn restore(driver: &Driver, member: &RestoreMember, request_id: &str) -> EtcdTaskOutcome {
     let done = async {
         let running = driver.observe().await?;
         if let Some(etcd) = running.get(crate::nodeplan::ETCD_COMPONENT) {
@@ -128,26 +130,58 @@ pub async fn restore(
                 etcd.id.chars().take(12).collect(),
             ));
         }
-        let image = parse_image(image)?;
         let (scratch, data, replaced) = restore_dirs(driver, request_id);
         let snapshot = scratch.join("snapshot.db");
         if !tokio::fs::try_exists(&snapshot).await.unwrap_or(false) {
             return Err(RestoreError::NotFetched(snapshot));
         }
-        let _ = remove_dir(scratch.join("data")).await;
-        let args = restore_args(
-            &member.name,
-            &member.initial_cluster,
-            &member.peer_url,
-            &member.token,
-        );
-        restore_into(driver, &image, &scratch, args).await?;
+        if !prepared_for(&scratch, member).await {
+            prepare(driver, &scratch, member).await?;
+        }
         swap(scratch, data, replaced).await
     };
     match done.await {
         Ok(()) => EtcdTaskOutcome::Restored,
         Err(e) => failed(&e),
     }
+}
+
+/// Restores `scratch/snapshot.db` into `scratch/data` for `member`, then records that in
+/// `scratch/prepared.json`.
+async fn prepare(
+    driver: &Driver,
+    scratch: &Path,
+    member: &RestoreMember,
+) -> Result<(), RestoreError> {
+    let image = parse_image(&member.image)?;
+    let marker = scratch.join(PREPARED);
+    let _ = tokio::fs::remove_file(&marker).await;
+    let _ = remove_dir(scratch.join("data")).await;
+    let args = restore_args(
+        &member.name,
+        &member.initial_cluster,
+        &member.peer_url,
+        &member.token,
+    );
+    restore_into(driver, &image, scratch, args).await?;
+    let record = serde_json::to_vec(member).expect("a member serializes");
+    tokio::fs::write(&marker, record)
+        .await
+        .map_err(|source| RestoreError::Files {
+            path: marker,
+            source,
+        })
+}
+
+/// Whether `scratch/data` holds the snapshot restored for `member`.
+async fn prepared_for(scratch: &Path, member: &RestoreMember) -> bool {
+    let Ok(record) = tokio::fs::read(scratch.join(PREPARED)).await else {
+        return false;
+    };
+    let same = serde_json::from_slice::<RestoreMember>(&record).is_ok_and(|m| &m == member);
+    same && tokio::fs::try_exists(scratch.join("data"))
+        .await
+        .unwrap_or(false)
 }
 
 /// Verifies the snapshot of `transfer` in a throwaway etcd (see the module).
@@ -214,6 +248,45 @@ fn restore_args(name: &str, initial: &[String], peer: &str, token: &str) -> Vec<
     ]
 }
 
+/// A command that restores a snapshot: `etcdutl` from etcd 3.5 on, `etcdctl` before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tool {
+    Etcdutl,
+    Etcdctl,
+}
+
+impl Tool {
+    fn entrypoint(self) -> &'static str {
+        match self {
+            Tool::Etcdutl => "etcdutl",
+            Tool::Etcdctl => "etcdctl",
+        }
+    }
+
+    fn env(self) -> Vec<String> {
+        match self {
+            Tool::Etcdutl => Vec::new(),
+            Tool::Etcdctl => vec!["ETCDCTL_API=3".into()],
+        }
+    }
+}
+
+/// The restore commands to try in `image`, the likelier first: an image tagged 3.4 or older
+/// has no `etcdutl`. The other one is tried when the first is missing, so a tag that says
+/// nothing (`latest`, a digest) only costs a container.
+fn tools(image: &ImageRef) -> [Tool; 2] {
+    let tag = image.tag().unwrap_or_default();
+    let version = tag.strip_prefix('v').unwrap_or(tag);
+    let mut parts = version.split('.').map(|p| p.parse::<u32>());
+    let old = matches!((parts.next(), parts.next()), (Some(Ok(3)), Some(Ok(minor))) if minor <= 4)
+        || matches!(version.split('.').next().map(str::parse::<u32>), Some(Ok(major)) if major < 3);
+    if old {
+        [Tool::Etcdctl, Tool::Etcdutl]
+    } else {
+        [Tool::Etcdutl, Tool::Etcdctl]
+    }
+}
+
 /// Runs `snapshot restore` in a container of `image`, `scratch` mounted at `/restore`.
 async fn restore_into(
     driver: &Driver,
@@ -221,30 +294,37 @@ async fn restore_into(
     scratch: &Path,
     args: Vec<String>,
 ) -> Result<(), RestoreError> {
-    let mut job = OneOff {
+    let [first, second] = tools(image);
+    let job = |tool: Tool| OneOff {
         task: "restore",
         image: image.clone(),
-        entrypoint: vec!["etcdutl".into()],
-        args,
-        env: Vec::new(),
+        entrypoint: vec![tool.entrypoint().into()],
+        args: args.clone(),
+        env: tool.env(),
         binds: vec![format!("{}:/restore", scratch.display())],
         network: "none".into(),
     };
-    let ended = match oneoff::run(driver, &job, RESTORE_LIMIT).await {
-        Err(e) if e.is_missing_executable() => {
-            job.entrypoint = vec!["etcdctl".into()];
-            job.env = vec!["ETCDCTL_API=3".into()];
-            oneoff::run(driver, &job, RESTORE_LIMIT).await?
-        }
-        other => other?,
+    let started = std::time::Instant::now();
+    let (tool, ended) = match oneoff::run(driver, &job(first), RESTORE_LIMIT).await {
+        Err(e) if e.is_missing_executable() => (
+            second,
+            oneoff::run(driver, &job(second), RESTORE_LIMIT).await?,
+        ),
+        other => (first, other?),
     };
     if ended.code != 0 {
         return Err(RestoreError::Failed {
-            command: format!("{} snapshot restore", job.entrypoint[0]),
+            command: format!("{} snapshot restore", tool.entrypoint()),
             code: ended.code,
             output: ended.output,
         });
     }
+    tracing::info!(
+        tool = tool.entrypoint(),
+        seconds = started.elapsed().as_secs_f64(),
+        "snapshot restored into {}",
+        scratch.display()
+    );
     Ok(())
 }
 
@@ -409,6 +489,65 @@ async fn swap(scratch: PathBuf, data: PathBuf, replaced: PathBuf) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn member(token: &str) -> RestoreMember {
+        RestoreMember {
+            image: "quay.io/coreos/etcd:v3.5.17".into(),
+            name: "n1".into(),
+            initial_cluster: vec!["n1=https://127.0.0.1:2380".into()],
+            peer_url: "https://127.0.0.1:2380".into(),
+            token: token.into(),
+        }
+    }
+
+    #[test]
+    fn images_tagged_3_4_or_older_restore_with_etcdctl_first() {
+        let cases = [
+            ("quay.io/coreos/etcd:v3.4.23", Tool::Etcdctl),
+            ("drover-test/etcd:3.4.23", Tool::Etcdctl),
+            ("registry:5000/etcd:v3.3.27", Tool::Etcdctl),
+            ("quay.io/coreos/etcd:v3.5.17", Tool::Etcdutl),
+            ("gcr.io/etcd-development/etcd:v3.6.0", Tool::Etcdutl),
+            ("registry:5000/etcd", Tool::Etcdutl),
+            ("etcd:latest", Tool::Etcdutl),
+            (
+                "etcd@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                Tool::Etcdutl,
+            ),
+        ];
+        for (image, first) in cases {
+            let tools = tools(&ImageRef::parse(image).unwrap());
+            assert_eq!(tools[0], first, "{image}");
+            assert_ne!(tools[1], first, "{image}: the other one is the fallback");
+        }
+    }
+
+    #[tokio::test]
+    async fn prepared_data_is_used_only_for_the_member_it_was_made_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path();
+        assert!(
+            !prepared_for(scratch, &member("t1")).await,
+            "nothing prepared"
+        );
+        std::fs::write(
+            scratch.join(PREPARED),
+            serde_json::to_vec(&member("t1")).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            !prepared_for(scratch, &member("t1")).await,
+            "no data beside the record"
+        );
+        std::fs::create_dir(scratch.join("data")).unwrap();
+        assert!(prepared_for(scratch, &member("t1")).await);
+        assert!(
+            !prepared_for(scratch, &member("t2")).await,
+            "another cluster token"
+        );
+        std::fs::write(scratch.join(PREPARED), b"{").unwrap();
+        assert!(!prepared_for(scratch, &member("t1")).await, "a torn record");
+    }
 
     #[test]
     fn etcdctl_counts_are_read_with_their_revision() {

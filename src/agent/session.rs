@@ -285,29 +285,13 @@ async fn run_task(
             EtcdTask::Fetch {
                 transfer,
                 request_id,
+                member,
             },
             _,
             Some(identity),
-        ) => super::restore::fetch(driver, dial, identity, transfer, request_id).await,
-        (
-            EtcdTask::Restore {
-                image,
-                name,
-                initial_cluster,
-                peer_url,
-                token,
-                request_id,
-            },
-            _,
-            _,
-        ) => {
-            let member = super::restore::Member {
-                name: name.clone(),
-                initial_cluster: initial_cluster.clone(),
-                peer_url: peer_url.clone(),
-                token: token.clone(),
-            };
-            super::restore::restore(driver, image, &member, request_id).await
+        ) => super::restore::fetch(driver, dial, identity, transfer, request_id, member).await,
+        (EtcdTask::Restore { request_id, member }, _, _) => {
+            super::restore::restore(driver, member, request_id).await
         }
         (EtcdTask::Verify { transfer, image }, _, Some(identity)) => {
             super::restore::verify(driver, dial, identity, transfer, image).await

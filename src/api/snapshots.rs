@@ -9,7 +9,9 @@
 //! - `POST /v1/clusters/{name}/snapshots/{id}/verify[?deep=true]`: a `Verification`;
 //! - `POST /v1/clusters/{name}/restores` with a `RestoreRequestBody`: a restore of the cluster
 //!   from that snapshot starts (202, its `RestoreRun`); 409 while another runs;
-//! - `GET /v1/clusters/{name}/restores`: a `RestoresDocument`.
+//! - `GET /v1/clusters/{name}/restores`: a `RestoresDocument`;
+//! - `GET /v1/clusters/{name}/restores/{request}[?afterSteps=N]`: that request's `RestoreRun`,
+//!   answered once it has more than N steps or has ended, or as it is after ten seconds.
 //!
 //! Times are RFC 3339; durations are milliseconds.
 
@@ -151,11 +153,12 @@ pub struct Deletion {
 /// The phases of a restore, in order; `Done` and `Failed` are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestorePhase {
-    /// The snapshot is downloaded and both hashes and etcd's are checked.
+    /// Each member's agent fetches the snapshot, checked as it streams (both hashes and
+    /// etcd's), and restores it into a fresh directory beside etcd's data; etcd still runs.
     Verifying,
     /// Every member's etcd is stopped.
     Stopping,
-    /// Each member's agent fetches the snapshot and restores it into a fresh data directory.
+    /// Each member's agent puts the restored data in place of etcd's, keeping the old.
     Restoring,
     /// etcd starts from the restored data; every member must answer healthy.
     Starting,
@@ -183,6 +186,10 @@ pub struct RestoreRun {
     pub finished_at: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+    /// How long etcd was down, from the stop to every member healthy (milliseconds), when
+    /// one daemon ran those phases without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_down_ms: Option<u64>,
     /// What happened, a line a step, oldest first.
     pub steps: Vec<String>,
 }

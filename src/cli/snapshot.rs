@@ -271,8 +271,6 @@ async fn prune(client: &Client, a: &PruneArgs) -> Result<(String, Exit), ClientE
 
 /// How often `save` looks at the bytes received, on a terminal.
 const PROGRESS_POLL: Duration = Duration::from_millis(500);
-/// How often `restore` looks at the restore's progress.
-const RESTORE_POLL: Duration = Duration::from_secs(1);
 
 async fn restore(client: &Client, a: &RestoreArgs) -> Result<(String, Exit), ClientError> {
     let body = RestoreRequestBody {
@@ -302,23 +300,22 @@ async fn restore(client: &Client, a: &RestoreArgs) -> Result<(String, Exit), Cli
     let mut printed = 0;
     let mut out = String::new();
     let run = loop {
-        let doc: RestoresDocument = client
+        let run: RestoreRun = client
             .get(
-                &format!("{CLUSTERS_PATH}/{}/restores", a.cluster),
+                &format!(
+                    "{CLUSTERS_PATH}/{}/restores/{request}?afterSteps={printed}",
+                    a.cluster
+                ),
                 MAX_SNAPSHOTS_DOCUMENT_BYTES,
             )
             .await?;
-        let Some(run) = doc.restores.into_iter().find(|r| r.request_id == request) else {
-            tokio::time::sleep(RESTORE_POLL).await;
-            continue;
-        };
         for step in run.steps.iter().skip(printed) {
             match &waiting {
                 Some(bar) => bar.println(step),
                 None => out.push_str(&format!("{step}\n")),
             }
         }
-        printed = run.steps.len();
+        printed = printed.max(run.steps.len());
         if let Some(bar) = &waiting {
             bar.set_message(format!(
                 "restoring {} from {}: {:?}",
@@ -328,11 +325,19 @@ async fn restore(client: &Client, a: &RestoreArgs) -> Result<(String, Exit), Cli
         if run.phase.is_final() {
             break run;
         }
-        tokio::time::sleep(RESTORE_POLL).await;
     };
     drop(waiting);
     let exit = if run.phase == RestorePhase::Done {
-        out.push_str(&format!("{} restored from {}\n", a.cluster, a.id));
+        let down = run
+            .etcd_down_ms
+            .map(|ms| {
+                format!(
+                    " (etcd was down {})",
+                    humantime::format_duration(Duration::from_millis(ms))
+                )
+            })
+            .unwrap_or_default();
+        out.push_str(&format!("{} restored from {}{down}\n", a.cluster, a.id));
         Exit::Ok
     } else {
         out.push_str(&format!(

@@ -59,6 +59,10 @@ pub fn router(operator: Operator) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(MAX_RESTORE_BODY_BYTES))
                 .get(restores),
         )
+        .route(
+            &format!("{CLUSTERS_PATH}/{{name}}/restores/{{request}}"),
+            get(restore_run),
+        )
         .with_state(Arc::new(operator.clone()))
         .merge(crate::daemon::snapshots::routes::router(operator.snapshots))
 }
@@ -218,6 +222,44 @@ async fn restores(State(op): State<Arc<Operator>>, Path(name): Path<String>) -> 
             cluster: name,
             restores: runs,
         }),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, &crate::error_chain(&e)),
+    }
+}
+
+/// The query of `GET .../restores/{request}`: answer once the run has more steps than this.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RestoreWatch {
+    #[serde(default)]
+    after_steps: usize,
+}
+
+/// The longest `GET .../restores/{request}` waits for the run to move.
+const RESTORE_WATCH_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn restore_run(
+    State(op): State<Arc<Operator>>,
+    Path((name, request)): Path<(String, String)>,
+    axum::extract::Query(watch): axum::extract::Query<RestoreWatch>,
+) -> Response {
+    let Some(restores) = op.controller.get().and_then(|c| c.restores().cloned()) else {
+        return starting();
+    };
+    if op.controller.get().and_then(|c| c.status(&name)).is_none() {
+        return not_found(&name);
+    }
+    let run = restores
+        .watch(&name, &request, watch.after_steps, RESTORE_WATCH_LIMIT)
+        .await;
+    match run {
+        Ok(Some(run)) => json(&run),
+        Ok(None) => api_error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "cluster {name} has no restore {}",
+                crate::protocol::cut_text(&request, crate::protocol::MAX_REFUSAL_TEXT_BYTES)
+            ),
+        ),
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, &crate::error_chain(&e)),
     }
 }

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::snapshots::{RestorePhase, RestoreRun};
 use crate::daemon::snapshots::{offer, views, Scheduler};
 use crate::model::{Cluster, Role, SnapshotId};
-use crate::protocol::{EtcdTask, EtcdTaskOutcome};
+use crate::protocol::{EtcdTask, EtcdTaskOutcome, RestoreMember};
 use crate::server::Hub;
 use crate::state::StateError;
 use crate::store::DurableState;
@@ -43,9 +43,11 @@ const RESTORE_TASK_LIMIT: Duration = Duration::from_secs(3 * 3600);
 const MEMBER_ATTEMPTS: u32 = 3;
 /// Runs a record keeps, the oldest dropped first.
 const MAX_RUNS: usize = 50;
-/// How often the phases that wait look again, besides the agents' reports: etcd is
-/// asked for its health this often while it starts from the restored data.
+/// How often the phases that wait look again, besides the agents' reports.
 const LOOK_AGAIN: Duration = Duration::from_millis(250);
+/// How often the starting members are asked whether they serve: the cluster is down until
+/// they do, and a health task is one round trip to each agent.
+const HEALTH_AGAIN: Duration = Duration::from_millis(50);
 
 /// The document of `cluster`'s restores.
 pub fn record_name(cluster: &str) -> String {
@@ -94,6 +96,8 @@ pub struct Restores {
     running: Mutex<BTreeMap<String, String>>,
     runs: TaskTracker,
     cancel: CancellationToken,
+    /// Counts the recorded changes of any run, for those who wait on one.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Restores {
@@ -113,6 +117,7 @@ impl Restores {
             running: Mutex::new(BTreeMap::new()),
             runs: TaskTracker::new(),
             cancel,
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -164,6 +169,7 @@ impl Restores {
             store,
             run,
             fetched: false,
+            stopped_at: None,
         };
         self.runs.spawn(runner.run());
         Ok(None)
@@ -179,6 +185,39 @@ impl Restores {
         let mut runs: Vec<RestoreRun> = record.runs.into_values().collect();
         runs.sort_by(|a, b| b.started_at.cmp(&a.started_at));
         Ok(runs)
+    }
+
+    /// The run of `request_id` of `cluster`, once it has more than `after_steps` steps or has
+    /// ended, or as it is after `limit`; `None` when no such run is recorded.
+    pub async fn watch(
+        &self,
+        cluster: &str,
+        request_id: &str,
+        after_steps: usize,
+        limit: Duration,
+    ) -> Result<Option<RestoreRun>, StateError> {
+        let mut changes = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            changes.borrow_and_update();
+            let run = self
+                .list(cluster)
+                .await?
+                .into_iter()
+                .find(|r| r.request_id == request_id);
+            let moved = run
+                .as_ref()
+                .is_none_or(|r| r.phase.is_final() || r.steps.len() > after_steps);
+            if moved {
+                return Ok(run);
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Ok(run);
+            }
+        }
     }
 
     /// Waits for the running restores (after the daemon's cancel).
@@ -204,6 +243,7 @@ impl Restores {
             started_at: views::time(SystemTime::now()),
             finished_at: None,
             error: None,
+            etcd_down_ms: None,
             steps: vec![format!("requested by {by}: restore snapshot {snapshot}")],
         };
         let (state, name) = (self.state.clone(), record_name(cluster));
@@ -236,7 +276,9 @@ impl Restores {
                 .map(drop)
         })
         .await
-        .expect("saving does not panic")
+        .expect("saving does not panic")?;
+        self.changes.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     fn set_hold(&self, cluster: &str, hold: Option<Hold>) {
@@ -277,6 +319,8 @@ struct Runner {
     run: RestoreRun,
     /// Every member fetched the snapshot in this run.
     fetched: bool,
+    /// When this run stopped etcd.
+    stopped_at: Option<std::time::Instant>,
 }
 
 impl Runner {
@@ -295,6 +339,7 @@ impl Runner {
             }
             Some(Ok(())) => {
                 self.run.phase = RestorePhase::Done;
+                self.run.etcd_down_ms = self.stopped_at.map(|at| views::millis(at.elapsed()));
                 self.note("etcd answers healthy on every member: restored");
                 tracing::info!(cluster = name, request = self.run.request_id, snapshot = %self.id, "restore done");
             }
@@ -372,19 +417,22 @@ impl Runner {
                 humantime::format_duration(CONNECT_LIMIT)
             ));
         }
-        let fetches = members.iter().map(|node| self.fetch_member(node.clone()));
+        let fetches = self
+            .restore_members_as()
+            .into_iter()
+            .map(|(node, member)| self.fetch_member(node, member));
         let mut failures = Vec::new();
         for outcome in futures::future::join_all(fetches).await {
             match outcome {
-                Ok((node, bytes)) => {
-                    self.note(&format!("{node}: fetched and checked ({bytes} bytes)"))
-                }
+                Ok((node, bytes)) => self.note(&format!(
+                    "{node}: fetched and checked ({bytes} bytes), restored beside etcd's data"
+                )),
                 Err(why) => failures.push(why),
             }
         }
         if !failures.is_empty() {
             return Err(format!(
-                "snapshot {} fails verification or cannot be fetched: {}",
+                "snapshot {} fails verification, or cannot be fetched or restored: {}",
                 self.id,
                 failures.join("; ")
             ));
@@ -396,7 +444,11 @@ impl Runner {
 
     /// One member's fetch, tried up to `MEMBER_ATTEMPTS` times unless the snapshot itself is
     /// damaged.
-    async fn fetch_member(&self, node: String) -> Result<(String, u64), String> {
+    async fn fetch_member(
+        &self,
+        node: String,
+        member: RestoreMember,
+    ) -> Result<(String, u64), String> {
         let mut last = String::new();
         for attempt in 1..=MEMBER_ATTEMPTS {
             let fetched = offer::run_with_snapshot(
@@ -408,6 +460,7 @@ impl Runner {
                 |transfer| EtcdTask::Fetch {
                     transfer,
                     request_id: self.run.request_id.clone(),
+                    member: member.clone(),
                 },
                 RESTORE_TASK_LIMIT,
             )
@@ -424,6 +477,7 @@ impl Runner {
     }
 
     async fn stop(&mut self) -> Result<(), String> {
+        self.stopped_at = Some(std::time::Instant::now());
         let members = self.members();
         self.hold(true, format!("stopping etcd on {}", members.join(", ")));
         let hub = self.restores.hub.clone();
@@ -464,31 +518,18 @@ impl Runner {
         let members = self.members();
         self.hold(
             true,
-            format!("restoring snapshot {} on {}", self.id, members.join(", ")),
+            format!(
+                "putting snapshot {}'s restored data in place on {}",
+                self.id,
+                members.join(", ")
+            ),
         );
-        let image = self.cluster.etcd.image.to_string();
-        let token = format!("{}-{}", self.cluster.name, self.run.request_id);
-        let initial: Vec<String> = self
-            .cluster
-            .nodes_with(Role::Etcd)
-            .map(|n| {
-                format!(
-                    "{}={}",
-                    n.name,
-                    crate::plan::container::peer_url(&self.cluster, n)
-                )
-            })
-            .collect();
-        let tasks = self.cluster.nodes_with(Role::Etcd).map(|n| {
+        let tasks = self.restore_members_as().into_iter().map(|(node, member)| {
             let task = EtcdTask::Restore {
-                image: image.clone(),
-                name: n.name.to_string(),
-                initial_cluster: initial.clone(),
-                peer_url: crate::plan::container::peer_url(&self.cluster, n),
-                token: token.clone(),
                 request_id: self.run.request_id.clone(),
+                member,
             };
-            self.restore_member(n.name.to_string(), task)
+            self.restore_member(node, task)
         });
         let outcomes = futures::future::join_all(tasks).await;
         let mut failures = Vec::new();
@@ -563,7 +604,7 @@ impl Runner {
                     unhealthy.join("; ")
                 ));
             }
-            tokio::time::sleep(LOOK_AGAIN).await;
+            tokio::time::sleep(HEALTH_AGAIN).await;
         }
     }
 
@@ -589,6 +630,27 @@ impl Runner {
                 () = tokio::time::sleep(LOOK_AGAIN) => {}
             }
         }
+    }
+
+    /// How each member's data is restored: the cluster's image, its own name and peer URL,
+    /// every member, and a cluster token new with this request.
+    fn restore_members_as(&self) -> Vec<(String, RestoreMember)> {
+        let peer = |n| crate::plan::container::peer_url(&self.cluster, n);
+        let etcd = || self.cluster.nodes_with(Role::Etcd);
+        let initial: Vec<String> = etcd().map(|n| format!("{}={}", n.name, peer(n))).collect();
+        let token = format!("{}-{}", self.cluster.name, self.run.request_id);
+        etcd()
+            .map(|n| {
+                let member = RestoreMember {
+                    image: self.cluster.etcd.image.to_string(),
+                    name: n.name.to_string(),
+                    initial_cluster: initial.clone(),
+                    peer_url: peer(n),
+                    token: token.clone(),
+                };
+                (n.name.to_string(), member)
+            })
+            .collect()
     }
 
     fn members(&self) -> Vec<String> {

@@ -7,8 +7,8 @@ use drover::model::{load_sources, SourceFile};
 use drover::plan::container::desired_nodes;
 use drover::protocol::TokenRefusal;
 use drover::protocol::{
-    decode, encode, AgentMessage, AppliedMark, ContainerState, ProtocolError, Refusal,
-    ServerMessage, StepReport, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+    decode, encode, AgentMessage, AppliedMark, ContainerState, EtcdTask, ProtocolError, Refusal,
+    RestoreMember, ServerMessage, StepReport, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
 use drover::secret::Secret;
 use proptest::prelude::*;
@@ -73,6 +73,59 @@ fn server_messages() -> Vec<ServerMessage> {
                 cluster: "dev".into(),
                 node: "intruder".into(),
             },
+        },
+    ]
+    .into_iter()
+    .chain(
+        etcd_tasks()
+            .into_iter()
+            .enumerate()
+            .map(|(id, task)| ServerMessage::EtcdTask {
+                id: id as u64,
+                task,
+            }),
+    )
+    .collect()
+}
+
+/// One of every etcd task.
+fn etcd_tasks() -> Vec<EtcdTask> {
+    let member = RestoreMember {
+        image: "quay.io/coreos/etcd:v3.5.17".into(),
+        name: "node-1".into(),
+        initial_cluster: vec!["node-1=https://10.0.0.1:2380".into()],
+        peer_url: "https://10.0.0.1:2380".into(),
+        token: "dev-r1".into(),
+    };
+    vec![
+        EtcdTask::Health,
+        EtcdTask::Status,
+        EtcdTask::MemberList,
+        EtcdTask::MemberAdd {
+            peer_url: "https://10.0.0.2:2380".into(),
+        },
+        EtcdTask::MemberRemove {
+            id: "8e9e05c52164694d".into(),
+        },
+        EtcdTask::MemberUpdate {
+            id: "8e9e05c52164694d".into(),
+            peer_url: "https://10.0.0.3:2380".into(),
+        },
+        EtcdTask::Snapshot {
+            transfer: "t1".into(),
+        },
+        EtcdTask::Fetch {
+            transfer: "t2".into(),
+            request_id: "r1".into(),
+            member: member.clone(),
+        },
+        EtcdTask::Restore {
+            request_id: "r1".into(),
+            member,
+        },
+        EtcdTask::Verify {
+            transfer: "t3".into(),
+            image: "quay.io/coreos/etcd:v3.5.17".into(),
         },
     ]
 }

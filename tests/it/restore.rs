@@ -212,6 +212,7 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
         .await;
     assert_eq!(code, Some(0), "{text}{err}");
     assert!(text.contains("restored from"), "{text}");
+    assert!(text.contains("etcd was down"), "{text}");
     daemon
         .await_status(
             "the cluster after the operator's restore",
@@ -234,6 +235,33 @@ async fn a_restore_in_git_brings_back_a_wiped_cluster_once_across_a_restart() {
         .iter()
         .find(|r| r.by == "operator" && r.phase == RestorePhase::Done)
         .expect("the operator's restore is recorded done");
+    // etcd was down only for the swap and its start: the fetch and the restore into a fresh
+    // directory came before the stop, while it served.
+    assert!(by_operator.etcd_down_ms.is_some(), "{by_operator:?}");
+    let stopped = by_operator
+        .steps
+        .iter()
+        .position(|s| s.contains("stopping etcd"))
+        .expect("a stop step");
+    let fetched = by_operator
+        .steps
+        .iter()
+        .filter(|s| s.contains("fetched and checked") && s.contains("restored beside"))
+        .count();
+    assert_eq!(
+        fetched, 3,
+        "every member prepared its data: {:?}",
+        by_operator.steps
+    );
+    assert!(
+        by_operator.steps[..stopped]
+            .iter()
+            .filter(|s| s.contains("restored beside"))
+            .count()
+            == 3,
+        "the members' data was restored before etcd stopped: {:?}",
+        by_operator.steps
+    );
     for agent in agents.iter().take(3) {
         let replaced = agent
             .dir

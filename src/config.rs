@@ -43,6 +43,61 @@ pub struct DaemonConfigFile {
     /// Snapshot stores by name; cluster files refer to them by that name.
     #[serde(default)]
     pub stores: BTreeMap<String, StoreSpec>,
+    /// Where the daemon tells each commit what became of it.
+    #[serde(default)]
+    pub verdicts: VerdictsSpec,
+}
+
+/// Where the daemon reports what became of each commit: a status per cluster on the forge
+/// that hosts the repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerdictsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forge: Option<ForgeSpec>,
+    /// The dashboard's address, linked from every status (`<url>/clusters/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard_url: Option<String>,
+}
+
+/// The forge that hosts the source repository, and a token that may post commit statuses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForgeSpec {
+    pub kind: ForgeKind,
+    /// The API's base URL: `https://api.github.com`, `https://gitlab.com/api/v4`,
+    /// `https://gitea.example/api/v1`. Plain `http` only to a loopback address.
+    pub api_url: String,
+    /// `owner/name` on GitHub, Gitea and Forgejo; the project's path on GitLab.
+    pub repository: String,
+    /// A file holding the token (GitHub: a token with commit status write access; GitLab: one
+    /// with the `api` scope; Gitea: one with repository write access).
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeKind {
+    Github,
+    Gitlab,
+    /// Gitea and Forgejo, which share the API.
+    Gitea,
+}
+
+/// A checked `ForgeSpec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forge {
+    pub kind: ForgeKind,
+    pub api: url::Url,
+    pub repository: String,
+    pub token_file: PathBuf,
+}
+
+/// Checked `VerdictsSpec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    pub forge: Option<Forge>,
+    pub dashboard_url: Option<url::Url>,
 }
 
 /// Exactly one of `git` and `local`.
@@ -183,6 +238,7 @@ pub struct DaemonConfig {
     pub tls_names: Vec<String>,
     pub webhooks: WebhooksSpec,
     pub stores: BTreeMap<StoreName, Store>,
+    pub verdicts: Verdicts,
 }
 
 impl Default for DaemonConfig {
@@ -195,6 +251,7 @@ impl Default for DaemonConfig {
             tls_names: vec!["localhost".into(), "127.0.0.1".into()],
             webhooks: WebhooksSpec::default(),
             stores: BTreeMap::new(),
+            verdicts: Verdicts::default(),
         }
     }
 }
@@ -367,6 +424,7 @@ fn check(doc: &DaemonConfigFile, c: &mut Checker<'_>) -> Option<DaemonConfig> {
         }
     }
     let source = doc.source.as_ref().and_then(|s| check_source(s, c));
+    let verdicts = check_verdicts(&doc.verdicts, c);
     let listen = |at: &str, value: &Option<String>, default: &str, c: &mut Checker<'_>| {
         let text = value.as_deref().unwrap_or(default);
         text.parse::<SocketAddr>().ok().or_else(|| {
@@ -401,7 +459,66 @@ fn check(doc: &DaemonConfigFile, c: &mut Checker<'_>) -> Option<DaemonConfig> {
         tls_names,
         webhooks: doc.webhooks.clone(),
         stores,
+        verdicts,
     })
+}
+
+fn check_verdicts(v: &VerdictsSpec, c: &mut Checker<'_>) -> Verdicts {
+    use crate::model::diagnostic::Problem;
+    let bad = |reason| Problem::InvalidDaemonSetting { reason };
+    let dashboard_url = v.dashboard_url.as_deref().and_then(|text| {
+        let url = url::Url::parse(text)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if url.is_none() {
+            c.at("verdicts.dashboardUrl", bad("an http or https URL"));
+        }
+        url
+    });
+    let forge = v.forge.as_ref().and_then(|f| {
+        let api = url::Url::parse(&f.api_url)
+            .ok()
+            .filter(|u| match u.scheme() {
+                "https" => u.host_str().is_some(),
+                "http" => is_loopback(u),
+                _ => false,
+            });
+        if api.is_none() {
+            let reason = "an https URL (plain http only to a loopback address)";
+            c.at("verdicts.forge.apiUrl", bad(reason));
+        }
+        let parts: Vec<&str> = f.repository.split('/').collect();
+        let well_formed = parts
+            .iter()
+            .all(|p| !p.is_empty() && !p.contains(['?', '#', '%']))
+            && match f.kind {
+                ForgeKind::Github | ForgeKind::Gitea => parts.len() == 2,
+                ForgeKind::Gitlab => parts.len() >= 2,
+            };
+        if !well_formed {
+            let reason = "owner/name (on GitLab, the project's path: group/.../name)";
+            c.at("verdicts.forge.repository", bad(reason));
+        }
+        Some(Forge {
+            kind: f.kind,
+            api: api?,
+            repository: well_formed.then(|| f.repository.clone())?,
+            token_file: f.token_file.clone(),
+        })
+    });
+    Verdicts {
+        forge,
+        dashboard_url,
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    }
 }
 
 fn check_source(s: &SourceSpec, c: &mut Checker<'_>) -> Option<SourceConfig> {

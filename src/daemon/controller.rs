@@ -66,6 +66,8 @@ pub struct Controller {
     clusters: Mutex<HashMap<String, Handle>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// Counts the changes of any cluster's status, for those who follow them all.
+    changes: watch::Sender<u64>,
 }
 
 impl Controller {
@@ -83,7 +85,17 @@ impl Controller {
             clusters: Mutex::new(HashMap::new()),
             cancel,
             tasks: TaskTracker::new(),
+            changes: watch::Sender::new(0),
         })
+    }
+
+    /// Wakes on every change of a cluster's status, or of the set of clusters.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Publishes every saved rollout record to the hub, so agents get the plans they were
@@ -113,6 +125,7 @@ impl Controller {
             let state = desired.borrow_and_update().clone();
             if state.revision.is_some() {
                 self.follow(&state);
+                self.changed();
             }
             tokio::select! {
                 changed = desired.changed() => if changed.is_err() { break },
@@ -262,6 +275,7 @@ impl ClusterTask {
             if std::mem::take(&mut only_the_entry_changed) && reconciler.follow_unchanged(&entry) {
                 // A commit that left this cluster alone: no pass, no write, no etcd round trip.
                 self.status.send_replace(self.status_of(&reconciler));
+                self.controller.changed();
                 tokio::select! {
                     changed = self.entry.changed() => if changed.is_err() { return },
                     changed = reports.changed() => if changed.is_err() { return },
@@ -284,6 +298,7 @@ impl ClusterTask {
                 Err(e) => {
                     tracing::error!(cluster = self.name, error = %e, "reconcile failed; retrying");
                     self.status.send_modify(|s| failed(s, &e));
+                    self.controller.changed();
                     backoff.next_delay()
                 }
             };
@@ -455,6 +470,7 @@ impl ClusterTask {
         let mut status = self.status_of(reconciler);
         restoring(&mut status, &hold.message);
         self.status.send_replace(status);
+        self.controller.changed();
         Ok(())
     }
 
@@ -541,6 +557,7 @@ impl ClusterTask {
             self.declared = Some(names);
         }
         self.status.send_replace(self.status_of(reconciler));
+        self.controller.changed();
         Ok(())
     }
 
@@ -590,6 +607,7 @@ impl ClusterTask {
             "cannot read the cluster's rollout record"
         );
         self.status.send_modify(|s| failed(s, error));
+        self.controller.changed();
     }
 }
 

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod operator;
 pub mod restore;
 pub mod snapshots;
+pub mod verdict;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -133,6 +134,7 @@ struct Prepared {
     trigger: Trigger,
     hooks: WebhookSecrets,
     stores: BTreeMap<StoreName, Arc<dyn object_store::ObjectStore>>,
+    verdicts: Option<verdict::Verdicts>,
 }
 
 /// A running daemon.
@@ -157,6 +159,7 @@ impl Daemon {
             trigger,
             hooks,
             stores,
+            verdicts,
         } = prepared;
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new();
@@ -239,6 +242,9 @@ impl Daemon {
         tasks.spawn(source.run(shutdown.clone()));
         tasks.spawn(controller.clone().run(desired.clone()));
         tasks.spawn(snapshots.clone().run());
+        if let Some(verdicts) = verdicts {
+            tasks.spawn(verdicts.run(controller.clone(), desired.clone(), shutdown.clone()));
+        }
         let stopping = shutdown.clone();
         tasks.spawn(async move {
             stopping.cancelled().await;
@@ -321,6 +327,7 @@ async fn admit_when_loaded(
 /// was checked; then the state directory is made (owner-only) before anything goes in it.
 async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
     let hooks = read_hooks(config)?;
+    let verdicts = verdicts(config)?;
     let Some(source) = &config.source else {
         return Err(DaemonError::Usage(
             "no source: give --source (a directory or a Git URL) or `source:` in the configuration"
@@ -371,6 +378,7 @@ async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
         trigger,
         hooks,
         stores,
+        verdicts,
     })
 }
 
@@ -451,6 +459,20 @@ fn git_auth(auth: &GitCredentials) -> Result<Auth, DaemonError> {
             known_hosts: known_hosts.clone(),
         },
     })
+}
+
+/// The forge's client for the commits' verdicts, when the configuration names a forge.
+fn verdicts(config: &DaemonConfig) -> Result<Option<verdict::Verdicts>, DaemonError> {
+    let Some(forge) = &config.verdicts.forge else {
+        return Ok(None);
+    };
+    let token = read_secret("verdicts.forge.tokenFile", &forge.token_file)?;
+    let client = verdict::forge::ForgeClient::new(forge.clone(), token)
+        .map_err(|e| DaemonError::Usage(format!("cannot make the forge's client: {e}")))?;
+    Ok(Some(verdict::Verdicts::new(
+        client,
+        config.verdicts.dashboard_url.clone(),
+    )))
 }
 
 fn read_hooks(config: &DaemonConfig) -> Result<WebhookSecrets, DaemonError> {

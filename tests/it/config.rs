@@ -107,3 +107,88 @@ fn an_inline_secret_is_refused_without_echoing_it() {
     assert!(!out.contains("hunter2"), "{out}");
     assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
 }
+
+fn check_verdicts(text: &str, expect: Expect) {
+    let out = match config::parse("daemon.yaml", text.as_bytes().to_vec()) {
+        Ok(c) => format!("{:#?}\n", c.verdicts),
+        Err(e @ ConfigError::Invalid { .. }) => e.render(),
+        Err(e) => panic!("unexpected error: {e}"),
+    };
+    expect.assert_eq(&out);
+}
+
+#[test]
+fn a_forge_for_verdicts_is_checked_before_use() {
+    check_verdicts(
+        &format!(
+            "{HEAD}verdicts:
+  forge: {{kind: gitlab, apiUrl: 'https://gitlab.example/api/v4', repository: ops/infra/clusters, tokenFile: /etc/drover/forge-token}}
+  dashboardUrl: 'https://drover.example/'
+"
+        ),
+        expect![[r#"
+            Verdicts {
+                forge: Some(
+                    Forge {
+                        kind: Gitlab,
+                        api: Url {
+                            scheme: "https",
+                            cannot_be_a_base: false,
+                            username: "",
+                            password: None,
+                            host: Some(
+                                Domain(
+                                    "gitlab.example",
+                                ),
+                            ),
+                            port: None,
+                            path: "/api/v4",
+                            query: None,
+                            fragment: None,
+                        },
+                        repository: "ops/infra/clusters",
+                        token_file: "/etc/drover/forge-token",
+                    },
+                ),
+                dashboard_url: Some(
+                    Url {
+                        scheme: "https",
+                        cannot_be_a_base: false,
+                        username: "",
+                        password: None,
+                        host: Some(
+                            Domain(
+                                "drover.example",
+                            ),
+                        ),
+                        port: None,
+                        path: "/",
+                        query: None,
+                        fragment: None,
+                    },
+                ),
+            }
+        "#]],
+    );
+    let cases = [
+        "{kind: github, apiUrl: 'http://api.github.com', repository: o/r, tokenFile: /t}",
+        "{kind: github, apiUrl: 'https://api.github.com', repository: o/r/x, tokenFile: /t}",
+        "{kind: gitea, apiUrl: 'https://gitea.example/api/v1', repository: o, tokenFile: /t}",
+        "{kind: gitlab, apiUrl: 'https://gitlab.example/api/v4', repository: 'g//r', tokenFile: /t}",
+        "{kind: sourcehut, apiUrl: 'https://x', repository: o/r, tokenFile: /t}",
+        "{kind: github, apiUrl: 'https://api.github.com', repository: o/r, token: inline}",
+    ];
+    for forge in cases {
+        let text = format!("{HEAD}verdicts:\n  forge: {forge}\n");
+        let out = config::parse("daemon.yaml", text.into_bytes());
+        assert!(
+            matches!(out, Err(ConfigError::Invalid { .. })),
+            "{forge}: {out:?}"
+        );
+    }
+    // Plain http is for a forge on this machine (a test server, a local proxy).
+    let text = format!(
+        "{HEAD}verdicts:\n  forge: {{kind: gitea, apiUrl: 'http://127.0.0.1:3000/api/v1', repository: o/r, tokenFile: /t}}\n"
+    );
+    assert!(config::parse("daemon.yaml", text.into_bytes()).is_ok());
+}

@@ -36,3 +36,4 @@ mod snapshot_transfer;
 mod source;
 mod support;
 mod validate;
+mod verdict;

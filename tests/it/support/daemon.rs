@@ -142,6 +142,8 @@ pub struct TestDaemon {
     poll_interval: Option<String>,
     /// More entries of `stores`, as YAML flow mappings (`name: {url: ...}`).
     pub extra_stores: Vec<String>,
+    /// More top-level settings, YAML appended to the configuration.
+    pub extra_config: String,
 }
 
 impl TestDaemon {
@@ -169,6 +171,7 @@ impl TestDaemon {
             source: source.to_string(),
             poll_interval: poll_interval.map(str::to_string),
             extra_stores: Vec::new(),
+            extra_config: String::new(),
         };
         daemon.spawn().await;
         daemon
@@ -179,6 +182,15 @@ impl TestDaemon {
         let mut daemon = Self::start(source).await;
         daemon.terminate();
         daemon.extra_stores = stores.to_vec();
+        daemon.spawn().await;
+        daemon
+    }
+
+    /// Like [`TestDaemon::start`], with `extra` (top-level YAML) in its configuration.
+    pub async fn start_with_config(source: &str, extra: &str) -> TestDaemon {
+        let mut daemon = Self::start(source).await;
+        daemon.terminate();
+        daemon.extra_config = extra.to_string();
         daemon.spawn().await;
         daemon
     }
@@ -225,7 +237,7 @@ stateDir: {}
 tlsNames: ['{}']
 webhooks: {{genericSecretFile: {}}}
 stores: {{backups: {{url: 'file://{}'}}{}}}
-",
+{}",
             self.source,
             poll,
             self.ip,
@@ -240,6 +252,7 @@ stores: {{backups: {{url: 'file://{}'}}{}}}
                 .iter()
                 .map(|s| format!(", {s}"))
                 .collect::<String>(),
+            self.extra_config,
         );
         std::fs::write(&config, text).unwrap();
         let log = std::fs::OpenOptions::new()

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod docker;
 pub mod etcd;
 pub mod fleet;
+pub mod forge;
 pub mod garage;
 pub mod git;
 pub mod git_remote;

@@ -58,6 +58,10 @@ pub struct VerdictsSpec {
     /// The dashboard's address, linked from every status (`<url>/clusters/<name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dashboard_url: Option<String>,
+    /// Also write each commit's verdicts as a Git note under `refs/notes/drover`, pushed to
+    /// the source's remote (with the source's credentials, which must allow pushing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notes: bool,
 }
 
 /// The forge that hosts the source repository, and a token that may post commit statuses.
@@ -98,6 +102,7 @@ pub struct Forge {
 pub struct Verdicts {
     pub forge: Option<Forge>,
     pub dashboard_url: Option<url::Url>,
+    pub notes: bool,
 }
 
 /// Exactly one of `git` and `local`.
@@ -509,6 +514,7 @@ fn check_verdicts(v: &VerdictsSpec, c: &mut Checker<'_>) -> Verdicts {
     Verdicts {
         forge,
         dashboard_url,
+        notes: v.notes,
     }
 }
 

@@ -327,7 +327,7 @@ async fn admit_when_loaded(
 /// was checked; then the state directory is made (owner-only) before anything goes in it.
 async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
     let hooks = read_hooks(config)?;
-    let verdicts = verdicts(config)?;
+    let forge = forge_client(config)?;
     let Some(source) = &config.source else {
         return Err(DaemonError::Usage(
             "no source: give --source (a directory or a Git URL) or `source:` in the configuration"
@@ -371,6 +371,7 @@ async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
         (SourceConfig::Git(_), None) => unreachable!("a Git source was checked above"),
     };
     let stores = open_stores(config).await?;
+    let verdicts = verdicts(config, forge, &source);
     Ok(Prepared {
         state,
         source,
@@ -461,18 +462,35 @@ fn git_auth(auth: &GitCredentials) -> Result<Auth, DaemonError> {
     })
 }
 
-/// The forge's client for the commits' verdicts, when the configuration names a forge.
-fn verdicts(config: &DaemonConfig) -> Result<Option<verdict::Verdicts>, DaemonError> {
+/// The forge's client for the commits' verdicts, when the configuration names a forge; a
+/// refusal of notes without a Git source. Checked before anything is written.
+fn forge_client(config: &DaemonConfig) -> Result<Option<verdict::forge::ForgeClient>, DaemonError> {
+    if config.verdicts.notes && matches!(config.source, Some(SourceConfig::Local { .. })) {
+        return Err(DaemonError::Usage(
+            "verdicts.notes needs a Git source: a watched directory has no commits to note".into(),
+        ));
+    }
     let Some(forge) = &config.verdicts.forge else {
         return Ok(None);
     };
     let token = read_secret("verdicts.forge.tokenFile", &forge.token_file)?;
-    let client = verdict::forge::ForgeClient::new(forge.clone(), token)
-        .map_err(|e| DaemonError::Usage(format!("cannot make the forge's client: {e}")))?;
-    Ok(Some(verdict::Verdicts::new(
-        client,
-        config.verdicts.dashboard_url.clone(),
-    )))
+    verdict::forge::ForgeClient::new(forge.clone(), token)
+        .map(Some)
+        .map_err(|e| DaemonError::Usage(format!("cannot make the forge's client: {e}")))
+}
+
+/// Where the commits' verdicts go: the forge, and notes through the source's mirror.
+fn verdicts(
+    config: &DaemonConfig,
+    forge: Option<verdict::forge::ForgeClient>,
+    source: &Source,
+) -> Option<verdict::Verdicts> {
+    let notes = match source {
+        Source::Git(git) if config.verdicts.notes => Some(git.mirror()),
+        _ => None,
+    };
+    (forge.is_some() || notes.is_some())
+        .then(|| verdict::Verdicts::new(forge, notes, config.verdicts.dashboard_url.clone()))
 }
 
 fn read_hooks(config: &DaemonConfig) -> Result<WebhookSecrets, DaemonError> {

@@ -30,7 +30,7 @@ use std::time::Duration;
 pub use crate::secret::{Secret, SecretError};
 pub use local::LocalSource;
 pub use poll::{GitSource, Trigger};
-pub use remote::{GitError, Mirror};
+pub use remote::{GitError, Mirror, NOTES_REF};
 pub use state::{ClusterEntry, DesiredState, ErrorReason, Revision, SourceStatus, StatusError};
 
 /// Where a remote lives. Credentials are never part of the URL.

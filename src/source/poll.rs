@@ -70,7 +70,8 @@ impl CheckError {
             Self::Git(GitError::Tree { .. } | GitError::ClustersDirMissing { .. }) => {
                 ErrorReason::Tree
             }
-            Self::Git(GitError::Mirror { .. }) | Self::Panicked(_) => ErrorReason::Local,
+            Self::Git(GitError::Mirror { .. } | GitError::Note { .. } | GitError::Push { .. })
+            | Self::Panicked(_) => ErrorReason::Local,
             Self::Timeout(_) | Self::Git(GitError::Busy) => ErrorReason::Timeout,
         }
     }
@@ -111,6 +112,11 @@ impl GitSource {
             desired,
             status,
         })
+    }
+
+    /// The mirror, for writing notes on the commits it follows (it serialises its users).
+    pub fn mirror(&self) -> Mirror {
+        self.mirror.clone()
     }
 
     /// A handle that makes the loop check at once (webhooks use it).

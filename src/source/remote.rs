@@ -69,6 +69,14 @@ pub enum GitError {
     ClustersDirMissing { path: String, commit: String },
     #[error("an earlier git operation on this mirror is still running (it timed out)")]
     Busy,
+    #[error("cannot write the note on {commit}")]
+    Note {
+        commit: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("pushing {what} failed: {reason}")]
+    Push { what: String, reason: String },
 }
 
 impl GitError {
@@ -80,6 +88,11 @@ impl GitError {
         }
     }
 }
+
+/// The ref drover's notes on commits live under.
+pub const NOTES_REF: &str = "refs/notes/drover";
+/// Tries at pushing a note while other writers move the remote's notes ref.
+const NOTE_ATTEMPTS: usize = 3;
 
 /// What a poll found.
 #[derive(Debug, Clone, Copy)]
@@ -275,6 +288,83 @@ impl Mirror {
         options
     }
 
+    /// Sets the note on `commit` under [`NOTES_REF`] to `text` and pushes that ref to the
+    /// remote. The remote's notes are fetched first and the note written on top of them, so
+    /// the notes others pushed stay; a push that lost a race to another writer is tried
+    /// again on the new tip.
+    ///
+    /// Notes live in a bare repository of their own beside the mirror, holding nothing but the
+    /// notes ref: the mirror is shallow, and a push from it would walk past its boundary.
+    pub fn push_note(&self, commit: Oid, text: &str) -> Result<(), GitError> {
+        let _guard = self.guard()?;
+        let repo = self.notes_repo()?;
+        let note_error = |source| GitError::Note {
+            commit: commit.to_string(),
+            source,
+        };
+        let mut rejected = String::new();
+        for _ in 0..NOTE_ATTEMPTS {
+            self.fetch_notes(&repo)?;
+            let signature =
+                git2::Signature::now("drover", "drover@localhost").map_err(note_error)?;
+            repo.note(&signature, &signature, Some(NOTES_REF), commit, text, true)
+                .map_err(note_error)?;
+            match self.push_notes(&repo)? {
+                None => return Ok(()),
+                Some(reason) => rejected = reason,
+            }
+        }
+        Err(GitError::Push {
+            what: NOTES_REF.into(),
+            reason: rejected,
+        })
+    }
+
+    /// The remote's notes, if it has any, in place of the mirror's.
+    fn fetch_notes(&self, repo: &Repository) -> Result<(), GitError> {
+        let mut remote = repo
+            .remote_anonymous(&self.url.as_git_url())
+            .map_err(GitError::from_connect)?;
+        let refspec = format!("+{NOTES_REF}:{NOTES_REF}");
+        remote
+            .fetch(
+                &[refspec.as_str()],
+                Some(&mut self.fetch_options(false)),
+                None,
+            )
+            .map_err(|source| fetch_error(source, NOTES_REF))
+    }
+
+    /// Pushes the notes ref; `Some(reason)` when the remote took another writer's update first.
+    fn push_notes(&self, repo: &Repository) -> Result<Option<String>, GitError> {
+        let mut remote = repo
+            .remote_anonymous(&self.url.as_git_url())
+            .map_err(GitError::from_connect)?;
+        let refused = Arc::new(Mutex::new(None::<String>));
+        let mut callbacks = self.callbacks();
+        let seen = refused.clone();
+        callbacks.push_update_reference(move |_name, status| {
+            if let Some(status) = status {
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.to_string());
+            }
+            Ok(())
+        });
+        let mut options = git2::PushOptions::new();
+        options.remote_callbacks(callbacks);
+        let refspec = format!("{NOTES_REF}:{NOTES_REF}");
+        match remote.push(&[refspec.as_str()], Some(&mut options)) {
+            Ok(()) => Ok(refused.lock().unwrap_or_else(|e| e.into_inner()).take()),
+            Err(e) if e.code() == ErrorCode::NotFastForward => Ok(Some(e.message().to_string())),
+            Err(source) => Err(match source.code() {
+                ErrorCode::Auth | ErrorCode::Certificate => GitError::from_connect(source),
+                _ => GitError::Push {
+                    what: NOTES_REF.into(),
+                    reason: source.message().to_string(),
+                },
+            }),
+        }
+    }
+
     /// Exclusive use of the mirror. An operation that timed out may still hold it: the next
     /// one fails fast rather than queueing blocked threads behind it.
     fn guard(&self) -> Result<std::sync::MutexGuard<'_, ()>, GitError> {
@@ -282,6 +372,18 @@ impl Mirror {
             Ok(guard) => Ok(guard),
             Err(std::sync::TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => Err(GitError::Busy),
+        }
+    }
+
+    fn notes_repo(&self) -> Result<Repository, GitError> {
+        let path = self.path.with_extension("notes");
+        let error = |source| GitError::Mirror {
+            path: path.clone(),
+            source,
+        };
+        match Repository::open_bare(&path) {
+            Ok(repo) => Ok(repo),
+            Err(_) => Repository::init_bare(&path).map_err(error),
         }
     }
 

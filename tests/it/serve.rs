@@ -560,10 +560,29 @@ async fn serve_refuses_bad_settings_before_it_binds() {
         "apiVersion: drover.dev/v1alpha1\nkind: DaemonConfig\nlisten: {http: 'nowhere'}\n",
     )
     .unwrap();
+    let notes = dir.path().join("notes.yaml");
+    std::fs::create_dir_all(dir.path().join("clusters")).unwrap();
+    std::fs::write(
+        &notes,
+        format!(
+            "apiVersion: drover.dev/v1alpha1\nkind: DaemonConfig\nsource: {{local: {{path: {}}}}}\nverdicts: {{notes: true}}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["--config".into(), config.display().to_string()],
             "invalid daemon setting: a listen address is ip:port",
+        ),
+        (
+            vec![
+                "--config".into(),
+                notes.display().to_string(),
+                "--state-dir".into(),
+                state.display().to_string(),
+            ],
+            "verdicts.notes needs a Git source",
         ),
         (
             vec!["--state-dir".into(), state.display().to_string()],

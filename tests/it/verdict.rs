@@ -14,6 +14,7 @@ use crate::support::docker::{self, BUSYBOX_IMAGE, ETCD_IMAGE};
 use crate::support::fleet::ClusterCleanup;
 use crate::support::forge::{Recorded, TestForge};
 use crate::support::git::TestRepo;
+use crate::support::git_remote::HttpRemote;
 use crate::support::net::unique_loopback;
 use crate::support::require;
 
@@ -155,6 +156,19 @@ async fn every_commit_is_told_what_became_of_it() {
     let token = format!("forge-secret-{}", crate::support::unique_token());
     let forge = TestForge::start(unique_loopback(&[]), &token).await;
     let repo = TestRepo::init();
+    // Someone's note on an earlier commit stays when the daemon adds its own.
+    let readme = repo.commit_files(&[("README.md", "clusters\n")], "readme");
+    let alice = git2::Signature::now("alice", "alice@example.com").unwrap();
+    repo.repo()
+        .note(
+            &alice,
+            &alice,
+            Some("refs/notes/drover"),
+            readme,
+            "reviewed by alice",
+            false,
+        )
+        .unwrap();
     let first = repo.commit_files(
         &[(&layout.path(), &layout.yaml("v1", BUSYBOX_IMAGE))],
         "dev",
@@ -163,11 +177,21 @@ async fn every_commit_is_told_what_became_of_it() {
     let token_file = work.path().join("forge-token");
     std::fs::write(&token_file, &token).unwrap();
     let config = format!(
-        "verdicts:\n  forge: {{kind: github, apiUrl: '{}', repository: ops/clusters, tokenFile: {}}}\n  dashboardUrl: 'https://drover.example/'\n",
+        "verdicts:\n  forge: {{kind: github, apiUrl: '{}', repository: ops/clusters, tokenFile: {}}}\n  dashboardUrl: 'https://drover.example/'\n  notes: true\n",
         forge.api_url("github"),
         token_file.display()
     );
-    let mut daemon = TestDaemon::start_with_config(&repo.url(), &config).await;
+    // The remote is smart HTTP with basic auth: notes are pushed the way a forge takes them.
+    let remote = require!(HttpRemote::start());
+    let password = work.path().join("git-password");
+    std::fs::write(&password, &remote.password).unwrap();
+    let auth = format!(
+        "{{username: {}, tokenFile: {}}}",
+        remote.username,
+        password.display()
+    );
+    let mut daemon =
+        TestDaemon::start_with_config(&remote.url(repo.path()), Some(&auth), &config).await;
     let join = daemon.token_file(&cluster).await;
     let agents = AgentProcess::start_all(&daemon, &layout, &join);
 
@@ -265,6 +289,28 @@ async fn every_commit_is_told_what_became_of_it() {
     .unwrap_or_else(|e| panic!("{:?}\n{}", e.last_error, tail(&daemon.log(), 30)));
 
     assert_eq!(forge.violations(), Vec::<String>::new());
+
+    // The same verdicts, as notes on the commits in the remote, beside alice's.
+    let note = |commit: git2::Oid| {
+        repo.repo()
+            .find_note(Some("refs/notes/drover"), commit)
+            .ok()
+            .and_then(|n| n.message().ok().map(String::from))
+    };
+    crate::support::wait::poll_until(CONVERGE, || async {
+        let text = note(broken).unwrap_or_default();
+        match text.contains("failure") && text.contains("held back") {
+            true => Ok(()),
+            false => Err(text),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{:?}\n{}", e.last_error, tail(&daemon.log(), 30)));
+    assert_eq!(
+        note(first).as_deref(),
+        Some(format!("drover/{cluster} success: {success}\n").as_str())
+    );
+    assert_eq!(note(readme).as_deref(), Some("reviewed by alice"));
     drop(agents);
     let exit = daemon.terminate();
     assert!(exit.success(), "{exit}");

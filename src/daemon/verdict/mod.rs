@@ -7,6 +7,10 @@
 //! (the last good one stays). A status is posted once per change: the newest verdict of a
 //! cluster replaces one still waiting to go. A forge that is down is retried with capped
 //! backoff and never holds anything else up: the posts run in this task alone.
+//!
+//! With notes on, the same verdicts are written as a note on each commit under
+//! `refs/notes/drover` (a line per cluster) and pushed to the source's remote, on top of the
+//! notes already there.
 
 pub mod forge;
 
@@ -23,12 +27,15 @@ use crate::api::{ClusterStatus, ConditionType};
 use crate::backoff::Backoff;
 use crate::daemon::controller::Controller;
 use crate::source::{DesiredState, Revision};
+use crate::source::{Mirror, NOTES_REF};
 
 /// The first wait after a failed post, and the longest.
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(300);
 /// Posts in flight at once.
 const PARALLEL_POSTS: usize = 4;
+/// The longest a note's fetch, write and push may take.
+const NOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The verdict on `status`'s desired revision, when it is a commit.
 pub fn verdict(status: &ClusterStatus, dashboard: Option<&url::Url>) -> Option<Status> {
@@ -114,29 +121,123 @@ fn verdicts(
     out
 }
 
-/// A status waiting to be posted.
-struct Waiting {
-    status: Status,
+/// The note on each commit that has a verdict: a line per cluster, by commit.
+fn notes(verdicts: &BTreeMap<String, Status>) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for v in verdicts.values() {
+        let state = match v.state {
+            State::Pending => "pending",
+            State::Success => "success",
+            State::Failure => "failure",
+        };
+        let line = format!("{} {state}: {}\n", v.context, v.description);
+        out.entry(v.commit.clone()).or_default().push_str(&line);
+    }
+    out
+}
+
+/// What became of one delivery.
+enum Delivery {
+    Posted,
+    /// Worth trying again later.
+    Retry(String),
+    /// Not worth trying again until what is wanted changes.
+    Refused(String),
+}
+
+/// Something waiting to be delivered.
+struct Waiting<T> {
+    item: T,
     due: Instant,
     backoff: Backoff,
 }
 
-/// Posts the verdicts of the daemon's clusters on the forge.
+/// Deliveries by key: each change delivered once, a newer one replacing one still waiting,
+/// a failure worth retrying waiting its backoff.
+struct Outbox<T> {
+    /// What was last delivered (or refused), by key.
+    posted: BTreeMap<String, T>,
+    waiting: BTreeMap<String, Waiting<T>>,
+}
+
+impl<T: Clone + PartialEq> Outbox<T> {
+    fn new() -> Outbox<T> {
+        Outbox {
+            posted: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    fn want(&mut self, wanted: BTreeMap<String, T>) {
+        self.posted.retain(|key, _| wanted.contains_key(key));
+        for (key, item) in wanted {
+            if self.posted.get(&key) == Some(&item) {
+                self.waiting.remove(&key);
+                continue;
+            }
+            match self.waiting.get_mut(&key) {
+                Some(w) => w.item = item,
+                None => {
+                    let backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
+                    let due = Instant::now();
+                    self.waiting.insert(key, Waiting { item, due, backoff });
+                }
+            }
+        }
+    }
+
+    fn due(&self) -> Vec<(String, T)> {
+        let now = Instant::now();
+        self.waiting
+            .iter()
+            .filter(|(_, w)| w.due <= now)
+            .map(|(k, w)| (k.clone(), w.item.clone()))
+            .collect()
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.waiting.values().map(|w| w.due).min()
+    }
+
+    /// Records what became of delivering `item` under `key`; the wait before the next try
+    /// when it is to be retried.
+    fn done(&mut self, key: String, item: T, delivery: &Delivery) -> Option<Duration> {
+        if let Delivery::Retry(_) = delivery {
+            let w = self.waiting.get_mut(&key)?;
+            let wait = w.backoff.next_delay().max(RETRY_BASE);
+            w.due = Instant::now() + wait;
+            return Some(wait);
+        }
+        let replaced = self.waiting.get(&key).is_some_and(|w| w.item != item);
+        if !replaced {
+            self.waiting.remove(&key);
+        }
+        self.posted.insert(key, item);
+        None
+    }
+}
+
+/// Where the verdicts go: the forge's commit statuses, and notes on the commits.
 pub struct Verdicts {
-    client: ForgeClient,
+    forge: Option<ForgeClient>,
+    notes: Option<Mirror>,
     dashboard: Option<url::Url>,
-    /// What was last posted (or given up on), by key.
-    posted: BTreeMap<String, Status>,
-    waiting: BTreeMap<String, Waiting>,
+    statuses: Outbox<Status>,
+    commit_notes: Outbox<String>,
 }
 
 impl Verdicts {
-    pub fn new(client: ForgeClient, dashboard: Option<url::Url>) -> Verdicts {
+    pub fn new(
+        forge: Option<ForgeClient>,
+        notes: Option<Mirror>,
+        dashboard: Option<url::Url>,
+    ) -> Verdicts {
         Verdicts {
-            client,
+            forge,
+            notes,
             dashboard,
-            posted: BTreeMap::new(),
-            waiting: BTreeMap::new(),
+            statuses: Outbox::new(),
+            commit_notes: Outbox::new(),
         }
     }
 
@@ -151,13 +252,19 @@ impl Verdicts {
         loop {
             changes.borrow_and_update();
             let state = desired.borrow_and_update().clone();
-            self.want(verdicts(
-                &controller.statuses(),
-                &state,
-                self.dashboard.as_ref(),
-            ));
+            let wanted = verdicts(&controller.statuses(), &state, self.dashboard.as_ref());
+            if self.notes.is_some() {
+                self.commit_notes.want(notes(&wanted));
+            }
+            if self.forge.is_some() {
+                self.statuses.want(wanted);
+            }
             self.post_due().await;
-            let next = self.waiting.values().map(|w| w.due).min();
+            self.note_due().await;
+            let next = [self.statuses.next_due(), self.commit_notes.next_due()]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match next {
                     Some(due) => tokio::time::sleep_until(due).await,
@@ -173,79 +280,74 @@ impl Verdicts {
         }
     }
 
-    /// Queues every verdict that differs from what was posted; a newer verdict replaces one
-    /// still waiting under the same key.
-    fn want(&mut self, verdicts: BTreeMap<String, Status>) {
-        self.posted.retain(|key, _| verdicts.contains_key(key));
-        for (key, status) in verdicts {
-            if self.posted.get(&key) == Some(&status) {
-                self.waiting.remove(&key);
-                continue;
-            }
-            match self.waiting.get_mut(&key) {
-                Some(w) if w.status == status => {}
-                Some(w) => w.status = status,
-                None => {
-                    let backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
-                    let due = Instant::now();
-                    self.waiting.insert(
-                        key,
-                        Waiting {
-                            status,
-                            due,
-                            backoff,
-                        },
-                    );
-                }
-            }
-        }
-    }
-
-    /// Posts what is due, a few at once; a transient failure waits its backoff.
+    /// Posts the statuses that are due, a few at once.
     async fn post_due(&mut self) {
         use futures::StreamExt as _;
-        let now = Instant::now();
-        let due: Vec<(String, Status)> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| w.due <= now)
-            .map(|(k, w)| (k.clone(), w.status.clone()))
-            .collect();
-        let client = &self.client;
-        let outcomes: Vec<_> = futures::stream::iter(due)
+        let Some(client) = &self.forge else { return };
+        let outcomes: Vec<_> = futures::stream::iter(self.statuses.due())
             .map(|(key, status)| async move {
-                let outcome = client.post(&status).await;
-                (key, status, outcome)
+                let delivery = match client.post(&status).await {
+                    Ok(()) => Delivery::Posted,
+                    Err(e) if e.is_transient() => Delivery::Retry(crate::error_chain(&e)),
+                    Err(e) => Delivery::Refused(crate::error_chain(&e)),
+                };
+                (key, status, delivery)
             })
             .buffer_unordered(PARALLEL_POSTS)
             .collect()
             .await;
-        for (key, status, outcome) in outcomes {
-            self.posted_one(key, status, outcome);
+        for (key, status, delivery) in outcomes {
+            let retry = self.statuses.done(key, status.clone(), &delivery);
+            log(
+                "commit status",
+                &status.commit,
+                &status.context,
+                &delivery,
+                retry,
+            );
         }
     }
 
-    fn posted_one(&mut self, key: String, status: Status, outcome: Result<(), forge::ForgeError>) {
-        let replaced = self.waiting.get(&key).is_some_and(|w| w.status != status);
-        match outcome {
-            Ok(()) => {
-                tracing::debug!(commit = status.commit, context = status.context, state = ?status.state, "commit status posted");
-            }
-            Err(e) if e.is_transient() => {
-                if let Some(w) = self.waiting.get_mut(&key) {
-                    let wait = w.backoff.next_delay().max(RETRY_BASE);
-                    w.due = Instant::now() + wait;
-                    tracing::warn!(commit = status.commit, context = status.context, attempt = w.backoff.attempt(), retry_in = ?wait, error = %crate::error_chain(&e), "cannot post a commit status; trying again");
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::error!(commit = status.commit, context = status.context, error = %crate::error_chain(&e), "the forge refused a commit status; the next verdict tries again");
-            }
+    /// Writes and pushes the notes that are due, one at a time (they share the mirror).
+    async fn note_due(&mut self) {
+        let Some(mirror) = &self.notes else { return };
+        for (commit, text) in self.commit_notes.due() {
+            let delivery = push_note(mirror.clone(), &commit, &text).await;
+            let retry = self.commit_notes.done(commit.clone(), text, &delivery);
+            log("note", &commit, NOTES_REF, &delivery, retry);
         }
-        self.posted.insert(key.clone(), status);
-        if !replaced {
-            self.waiting.remove(&key);
+    }
+}
+
+/// Writes `text` as the note on `commit` and pushes it, off the async workers.
+async fn push_note(mirror: Mirror, commit: &str, text: &str) -> Delivery {
+    let Ok(oid) = git2::Oid::from_str(commit) else {
+        return Delivery::Refused(format!("{commit} is not a commit id"));
+    };
+    let text = text.to_string();
+    let task = tokio::task::spawn_blocking(move || mirror.push_note(oid, &text));
+    match tokio::time::timeout(NOTE_TIMEOUT, task).await {
+        Ok(Ok(Ok(()))) => Delivery::Posted,
+        Ok(Ok(Err(e))) => Delivery::Retry(crate::error_chain(&e)),
+        Ok(Err(e)) => Delivery::Retry(format!("the git task failed: {e}")),
+        Err(_) => Delivery::Retry(format!("no answer within {NOTE_TIMEOUT:?}")),
+    }
+}
+
+fn log(what: &str, commit: &str, at: &str, delivery: &Delivery, retry: Option<Duration>) {
+    match (delivery, retry) {
+        (Delivery::Posted, _) => tracing::debug!(commit, at, "{what} posted"),
+        (Delivery::Retry(error), Some(wait)) => {
+            tracing::warn!(commit, at, retry_in = ?wait, error, "cannot post the {what}; trying again")
+        }
+        (Delivery::Retry(_), None) => {}
+        (Delivery::Refused(error), _) => {
+            tracing::error!(
+                commit,
+                at,
+                error,
+                "the {what} was refused; the next verdict tries again"
+            )
         }
     }
 }

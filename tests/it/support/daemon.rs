@@ -144,6 +144,8 @@ pub struct TestDaemon {
     pub extra_stores: Vec<String>,
     /// More top-level settings, YAML appended to the configuration.
     pub extra_config: String,
+    /// `source.git.auth`, as a YAML flow mapping.
+    pub source_auth: Option<String>,
 }
 
 impl TestDaemon {
@@ -172,6 +174,7 @@ impl TestDaemon {
             poll_interval: poll_interval.map(str::to_string),
             extra_stores: Vec::new(),
             extra_config: String::new(),
+            source_auth: None,
         };
         daemon.spawn().await;
         daemon
@@ -186,11 +189,13 @@ impl TestDaemon {
         daemon
     }
 
-    /// Like [`TestDaemon::start`], with `extra` (top-level YAML) in its configuration.
-    pub async fn start_with_config(source: &str, extra: &str) -> TestDaemon {
-        let mut daemon = Self::start(source).await;
+    /// Like [`TestDaemon::start`], with `extra` (top-level YAML) in its configuration and
+    /// `auth` (a YAML flow mapping) as the source's credentials.
+    pub async fn start_with_config(source: &str, auth: Option<&str>, extra: &str) -> TestDaemon {
+        let mut daemon = Self::start_polling(source, Some("5m")).await;
         daemon.terminate();
         daemon.extra_config = extra.to_string();
+        daemon.source_auth = auth.map(str::to_string);
         daemon.spawn().await;
         daemon
     }
@@ -223,10 +228,13 @@ impl TestDaemon {
     /// Writes the configuration and starts the process; returns once `/healthz` answers.
     pub async fn spawn(&mut self) {
         let config = self.work.path().join("daemon.yaml");
-        let poll = match &self.poll_interval {
+        let mut poll = match &self.poll_interval {
             Some(interval) => format!(", pollInterval: {interval}"),
             None => String::new(),
         };
+        if let Some(auth) = &self.source_auth {
+            poll.push_str(&format!(", auth: {auth}"));
+        }
         let text = format!(
             "apiVersion: drover.dev/v1alpha1
 kind: DaemonConfig

@@ -6,13 +6,18 @@ use std::path::Path;
 use drover::config::{self, ConfigError, Credentials, Store};
 use expect_test::{expect, Expect};
 
-fn check(text: &str, expect: Expect) {
+/// Checks what `show` prints of the parsed configuration, or its diagnostics.
+fn check_shown(text: &str, show: fn(&config::DaemonConfig) -> String, expect: Expect) {
     let out = match config::parse("daemon.yaml", text.as_bytes().to_vec()) {
-        Ok(c) => format!("{:#?}\n", c.stores),
+        Ok(c) => show(&c),
         Err(e @ ConfigError::Invalid { .. }) => e.render(),
         Err(e) => panic!("unexpected error: {e}"),
     };
     expect.assert_eq(&out);
+}
+
+fn check(text: &str, expect: Expect) {
+    check_shown(text, |c| format!("{:#?}\n", c.stores), expect);
 }
 
 const HEAD: &str = "apiVersion: drover.dev/v1alpha1\nkind: DaemonConfig\n";
@@ -109,12 +114,7 @@ fn an_inline_secret_is_refused_without_echoing_it() {
 }
 
 fn check_verdicts(text: &str, expect: Expect) {
-    let out = match config::parse("daemon.yaml", text.as_bytes().to_vec()) {
-        Ok(c) => format!("{:#?}\n", c.verdicts),
-        Err(e @ ConfigError::Invalid { .. }) => e.render(),
-        Err(e) => panic!("unexpected error: {e}"),
-    };
-    expect.assert_eq(&out);
+    check_shown(text, |c| format!("{:#?}\n", c.verdicts), expect);
 }
 
 #[test]
@@ -167,6 +167,7 @@ fn a_forge_for_verdicts_is_checked_before_use() {
                         fragment: None,
                     },
                 ),
+                notes: false,
             }
         "#]],
     );

@@ -135,31 +135,13 @@ impl ForgeClient {
                 .bearer_auth(token)
                 .header(reqwest::header::ACCEPT, "application/vnd.github+json")
                 .header("X-GitHub-Api-Version", GITHUB_API_VERSION)
-                .json(&ContextBody {
-                    state: match status.state {
-                        State::Pending => "pending",
-                        State::Success => "success",
-                        State::Failure => "failure",
-                    },
-                    target_url: status.target_url.as_deref(),
-                    description: &description,
-                    context: &status.context,
-                }),
+                .json(&ContextBody::of(status, &description)),
             ForgeKind::Gitea => self
                 .http
                 .post(self.url(&["repos", &self.forge.repository, "statuses", &status.commit]))
                 .header(reqwest::header::AUTHORIZATION, format!("token {token}"))
                 .header(reqwest::header::ACCEPT, "application/json")
-                .json(&ContextBody {
-                    state: match status.state {
-                        State::Pending => "pending",
-                        State::Success => "success",
-                        State::Failure => "failure",
-                    },
-                    target_url: status.target_url.as_deref(),
-                    description: &description,
-                    context: &status.context,
-                }),
+                .json(&ContextBody::of(status, &description)),
             ForgeKind::Gitlab => {
                 let project = urlencoding(&self.forge.repository);
                 self.http
@@ -196,6 +178,21 @@ struct ContextBody<'a> {
     target_url: Option<&'a str>,
     description: &'a str,
     context: &'a str,
+}
+
+impl<'a> ContextBody<'a> {
+    fn of(status: &'a Status, description: &'a str) -> ContextBody<'a> {
+        ContextBody {
+            state: match status.state {
+                State::Pending => "pending",
+                State::Success => "success",
+                State::Failure => "failure",
+            },
+            target_url: status.target_url.as_deref(),
+            description,
+            context: &status.context,
+        }
+    }
 }
 
 /// The body GitLab takes.

@@ -252,6 +252,26 @@ fn record(
     (StatusCode::CREATED, r#"{"id":1}"#.into())
 }
 
+/// GitHub's and Gitea's body: `state` among `states`, the status named by `context`.
+fn context_status(
+    shared: &Shared,
+    forge: &'static str,
+    repository: String,
+    sha: String,
+    body: &serde_json::Map<String, Value>,
+    states: &[&str],
+) -> Answer {
+    match fields(
+        shared,
+        body,
+        states,
+        &["target_url", "description", "context"],
+    ) {
+        Ok(state) => record(shared, forge, repository, sha, state, body, "context"),
+        Err(a) => a,
+    }
+}
+
 async fn github(
     State(shared): State<Arc<Shared>>,
     Path((owner, repo, sha)): Path<(String, String, String)>,
@@ -291,23 +311,14 @@ async fn github(
         );
     }
     let states = ["error", "failure", "pending", "success"];
-    match fields(
+    context_status(
         &shared,
+        "github",
+        format!("{owner}/{repo}"),
+        sha,
         &body,
         &states,
-        &["target_url", "description", "context"],
-    ) {
-        Ok(state) => record(
-            &shared,
-            "github",
-            format!("{owner}/{repo}"),
-            sha,
-            state,
-            &body,
-            "context",
-        ),
-        Err(a) => a,
-    }
+    )
 }
 
 async fn gitlab(
@@ -372,21 +383,12 @@ async fn gitea(
         );
     }
     let states = ["pending", "success", "error", "failure", "warning"];
-    match fields(
+    context_status(
         &shared,
+        "gitea",
+        format!("{owner}/{repo}"),
+        sha,
         &body,
         &states,
-        &["target_url", "description", "context"],
-    ) {
-        Ok(state) => record(
-            &shared,
-            "gitea",
-            format!("{owner}/{repo}"),
-            sha,
-            state,
-            &body,
-            "context",
-        ),
-        Err(a) => a,
-    }
+    )
 }

@@ -9,6 +9,7 @@
 //! and lets agents in once the source's first state is followed.
 
 pub mod controller;
+pub mod dashboard;
 pub mod http;
 pub mod metrics;
 pub mod operator;
@@ -181,19 +182,24 @@ impl Daemon {
         let controller_cell = Arc::new(std::sync::OnceLock::<Arc<Controller>>::new());
         let snapshots_cell = Arc::new(std::sync::OnceLock::<Arc<snapshots::Scheduler>>::new());
         let source_status = source.status();
-        let operator = operator::router(operator::Operator {
+        let operator_state = operator::Operator {
             controller: controller_cell.clone(),
             snapshots: snapshots_cell.clone(),
             source: source_status.clone(),
             location: location.clone(),
             desired: source.desired(),
-        });
+        };
+        let operator = operator::router(operator_state.clone());
         let mut settings = Settings::new(config.listen_agents);
         settings.names = config.tls_names.clone();
         // The durable state on the state directory; the directory also holds this machine's
         // own files (where the API is, the local operator token, the source's clone).
         let shared = DurableState::from(state.clone());
-        let server = AgentServer::start_with(shared.clone(), settings, operator).await?;
+        let dashboard = dashboard::router(Arc::new(dashboard::Dashboard::new(
+            operator_state,
+            shared.clone(),
+        )));
+        let server = AgentServer::start_with(shared.clone(), settings, operator, dashboard).await?;
         let hub = server.hub().clone();
         let controller = Controller::new(
             hub.clone(),

@@ -265,7 +265,7 @@ async fn restore_run(
 }
 
 /// Adds the cluster's snapshots and their condition to its status.
-fn with_snapshots(op: &Operator, status: &mut crate::api::ClusterStatus) {
+pub(crate) fn with_snapshots(op: &Operator, status: &mut crate::api::ClusterStatus) {
     let Some(scheduler) = op.snapshots.get() else {
         return;
     };
@@ -286,7 +286,7 @@ fn not_found(name: &str) -> Response {
     )
 }
 
-fn source_view(op: &Operator) -> SourceView {
+pub(crate) fn source_view(op: &Operator) -> SourceView {
     let status = op.source.borrow().clone();
     let desired = op.desired.borrow().clone();
     let at = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();

@@ -135,15 +135,17 @@ impl AgentServer {
         state: DurableState,
         settings: Settings,
     ) -> Result<AgentServer, ServerError> {
-        Self::start_with(state, settings, Router::new()).await
+        Self::start_with(state, settings, Router::new(), Router::new()).await
     }
 
     /// Like `start`, also serving `operator`'s routes (already given their state) behind the
-    /// operator token, beside `/v1/nodes`.
+    /// operator token, beside `/v1/nodes`, and `public`'s routes, which authenticate their
+    /// requests themselves (the dashboard's session cookie).
     pub async fn start_with(
         state: DurableState,
         settings: Settings,
         operator: Router,
+        public: Router,
     ) -> Result<AgentServer, ServerError> {
         let (ca, hub) = tokio::task::spawn_blocking({
             let state = state.clone();
@@ -199,7 +201,8 @@ impl AgentServer {
                 axum::routing::put(transfer::receive).get(transfer::send_out),
             )
             .with_state(cx.clone())
-            .merge(operator);
+            .merge(operator)
+            .merge(public);
         let accept = tokio::spawn(accept_loop(
             listener,
             tls,

@@ -11,6 +11,7 @@ mod agents;
 mod bench_apply;
 mod cli;
 mod config;
+mod dashboard;
 mod etcd_quorum;
 mod etcd_tasks;
 mod fuzz;

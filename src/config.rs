@@ -4,7 +4,7 @@
 //! secrets are read from files or the environment, and the configuration says only where.
 //! Every field has a default that serves a local trial.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,6 +46,11 @@ pub struct DaemonConfigFile {
     /// Where the daemon tells each commit what became of it.
     #[serde(default)]
     pub verdicts: VerdictsSpec,
+    /// Clusters whose revisions run only when the commit approves the plan the daemon computes
+    /// against what runs (a `Drover-Plan: sha256:...` trailer, or the reviewed-digest file);
+    /// `"*"` for every cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub require_approved_plan: Vec<String>,
 }
 
 /// Where the daemon reports what became of each commit: a status per cluster on the forge
@@ -244,6 +249,26 @@ pub struct DaemonConfig {
     pub webhooks: WebhooksSpec,
     pub stores: BTreeMap<StoreName, Store>,
     pub verdicts: Verdicts,
+    pub require_approved_plan: RequireApproval,
+}
+
+/// The clusters that need an approved plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RequireApproval {
+    #[default]
+    None,
+    Clusters(BTreeSet<String>),
+    Every,
+}
+
+impl RequireApproval {
+    pub fn applies_to(&self, cluster: &str) -> bool {
+        match self {
+            RequireApproval::None => false,
+            RequireApproval::Clusters(names) => names.contains(cluster),
+            RequireApproval::Every => true,
+        }
+    }
 }
 
 impl Default for DaemonConfig {
@@ -257,6 +282,7 @@ impl Default for DaemonConfig {
             webhooks: WebhooksSpec::default(),
             stores: BTreeMap::new(),
             verdicts: Verdicts::default(),
+            require_approved_plan: RequireApproval::None,
         }
     }
 }
@@ -430,6 +456,7 @@ fn check(doc: &DaemonConfigFile, c: &mut Checker<'_>) -> Option<DaemonConfig> {
     }
     let source = doc.source.as_ref().and_then(|s| check_source(s, c));
     let verdicts = check_verdicts(&doc.verdicts, c);
+    let require_approved_plan = check_approvals(&doc.require_approved_plan, c);
     let listen = |at: &str, value: &Option<String>, default: &str, c: &mut Checker<'_>| {
         let text = value.as_deref().unwrap_or(default);
         text.parse::<SocketAddr>().ok().or_else(|| {
@@ -465,7 +492,28 @@ fn check(doc: &DaemonConfigFile, c: &mut Checker<'_>) -> Option<DaemonConfig> {
         webhooks: doc.webhooks.clone(),
         stores,
         verdicts,
+        require_approved_plan,
     })
+}
+
+fn check_approvals(names: &[String], c: &mut Checker<'_>) -> RequireApproval {
+    use crate::model::diagnostic::Problem;
+    if names.iter().any(|n| n == "*") {
+        return RequireApproval::Every;
+    }
+    for (i, name) in names.iter().enumerate() {
+        if crate::model::ClusterName::parse(name).is_err() {
+            let reason = "a cluster name, or \"*\" for every cluster";
+            c.at(
+                &format!("requireApprovedPlan[{i}]"),
+                Problem::InvalidDaemonSetting { reason },
+            );
+        }
+    }
+    match names.is_empty() {
+        true => RequireApproval::None,
+        false => RequireApproval::Clusters(names.iter().cloned().collect()),
+    }
 }
 
 fn check_verdicts(v: &VerdictsSpec, c: &mut Checker<'_>) -> Verdicts {

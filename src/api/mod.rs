@@ -82,6 +82,40 @@ pub struct ClusterStatus {
     /// Its scheduled snapshots, when its definition has a snapshot policy.
     #[serde(default)]
     pub snapshots: Option<snapshots::SnapshotSchedule>,
+    /// Why the desired revision waits for an approved plan, while it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<PlanHold>,
+}
+
+/// A revision held because the plan against what runs is not one its commit approves
+/// (`requireApprovedPlan`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanHold {
+    pub revision: String,
+    /// The digest of the plan against what runs: the one the commit must approve.
+    pub digest: String,
+    /// That plan's steps.
+    pub steps: Vec<String>,
+    /// The digests the commit approves (`Drover-Plan:` trailers, the reviewed-digest file).
+    pub approved: Vec<String>,
+    /// The plan a reviewer sees: this revision against the last applied one, as `drover plan
+    /// --base <applied> --head <revision>` prints it. Unknown until the daemon has seen the
+    /// cluster converge since it started.
+    pub reviewed: Option<ReviewedPlan>,
+}
+
+/// The reviewed plan, and how the plan against what runs differs from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewedPlan {
+    /// The revision it treats as running.
+    pub base: String,
+    pub digest: String,
+    /// Steps the plan against what runs has and the reviewed plan lacks: what drifted.
+    pub only_running: Vec<String>,
+    /// Steps the reviewed plan has and the plan against what runs lacks.
+    pub only_reviewed: Vec<String>,
 }
 
 impl ClusterStatus {

@@ -494,6 +494,14 @@ fn write_text(
         writeln!(out, "{diagnostics}")?;
     }
     write!(out, "{}", render::text_styled(plan, palette))?;
+    let trailers = approval_trailers(plan);
+    if !trailers.is_empty() {
+        writeln!(
+            out,
+            "approve with (requireApprovedPlan), in the commit message:"
+        )?;
+        write!(out, "{trailers}")?;
+    }
     if let Some((server, drift)) = drift {
         write!(
             out,
@@ -524,10 +532,28 @@ fn write_markdown(
         writeln!(out, "```")?;
     }
     write!(out, "{rest}")?;
+    let trailers = approval_trailers(plan);
+    if !trailers.is_empty() {
+        writeln!(
+            out,
+            "\nWhere the daemon requires an approved plan, merge with these trailers in the \
+             commit message:\n\n```\n{trailers}```"
+        )?;
+    }
     if let Some((server, drift)) = drift {
         write!(out, "{}", drift::render::drift_markdown(server, drift))?;
     }
     Ok(())
+}
+
+/// A `Drover-Plan:` trailer per cluster whose plan has steps: a commit that carries them
+/// approves exactly these plans.
+fn approval_trailers(plan: &Plan) -> String {
+    plan.clusters
+        .iter()
+        .filter(|c| c.steps().next().is_some())
+        .map(|c| format!("{}: {}\n", crate::source::approval::TRAILER, c.digest))
+        .collect()
 }
 
 /// The `--format json` document.

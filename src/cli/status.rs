@@ -231,6 +231,34 @@ fn snapshot_cell(c: &ClusterStatus) -> String {
 }
 
 /// The cluster's snapshot schedule, its last runs and verification.
+/// A revision held for an approved plan: the trailer that would approve it, and how the plan
+/// against what runs differs from the one a reviewer saw.
+fn hold_text(hold: &crate::api::PlanHold) -> String {
+    let mut out = format!(
+        "\nheld: revision {} runs only with an approved plan; the commit must carry\n  {}: {}\n",
+        &hold.revision[..hold.revision.len().min(12)],
+        crate::source::approval::TRAILER,
+        hold.digest
+    );
+    for d in &hold.approved {
+        out.push_str(&format!("  it approves {d}\n"));
+    }
+    if let Some(r) = &hold.reviewed {
+        out.push_str(&format!(
+            "  against {} (as drover plan shows it) the plan is {}\n",
+            &r.base[..r.base.len().min(12)],
+            r.digest
+        ));
+        for step in &r.only_running {
+            out.push_str(&format!("  + {step}\n"));
+        }
+        for step in &r.only_reviewed {
+            out.push_str(&format!("  - {step}\n"));
+        }
+    }
+    out
+}
+
 fn snapshots_text(s: &crate::api::snapshots::SnapshotSchedule) -> String {
     let mut out = format!(
         "
@@ -332,6 +360,9 @@ fn cluster_text(c: &ClusterStatus) -> String {
     }
     for f in &c.findings {
         out.push_str(&format!("{f}\n"));
+    }
+    if let Some(hold) = &c.hold {
+        out.push_str(&hold_text(hold));
     }
     if let Some(s) = &c.snapshots {
         out.push_str(&snapshots_text(s));

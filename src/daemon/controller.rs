@@ -68,6 +68,8 @@ pub struct Controller {
     tasks: TaskTracker,
     /// Counts the changes of any cluster's status, for those who follow them all.
     changes: watch::Sender<u64>,
+    /// The clusters whose revisions need an approved plan.
+    approvals: crate::config::RequireApproval,
 }
 
 impl Controller {
@@ -75,6 +77,7 @@ impl Controller {
         hub: Arc<Hub>,
         state: DurableState,
         observer: Arc<dyn Observer>,
+        approvals: crate::config::RequireApproval,
         cancel: CancellationToken,
     ) -> Arc<Controller> {
         Arc::new(Controller {
@@ -86,6 +89,7 @@ impl Controller {
             cancel,
             tasks: TaskTracker::new(),
             changes: watch::Sender::new(0),
+            approvals,
         })
     }
 
@@ -327,7 +331,9 @@ impl ClusterTask {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| crate::error_chain(&e))?;
-        Ok(Reconciler::new(&self.name, intent.unwrap_or_default()))
+        let mut reconciler = Reconciler::new(&self.name, intent.unwrap_or_default());
+        reconciler.require_approved_plan(self.controller.approvals.applies_to(&self.name));
+        Ok(reconciler)
     }
 
     /// One pass: ask etcd for its membership, reconcile, run the membership task the pass asks

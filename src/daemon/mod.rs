@@ -205,6 +205,7 @@ impl Daemon {
             hub.clone(),
             shared.clone(),
             metrics.clone(),
+            config.require_approved_plan.clone(),
             shutdown.clone(),
         );
         let _ = controller_cell.set(controller.clone());

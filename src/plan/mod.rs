@@ -66,6 +66,9 @@ impl Plan {
 #[serde(rename_all = "camelCase")]
 pub struct ClusterPlan {
     pub cluster: String,
+    /// The definition the plan takes the cluster to (`sha256:` over its canonical JSON): the
+    /// digest pins what each step creates, not only which steps run.
+    pub definition: String,
     /// True when nothing of the cluster runs yet.
     pub new_cluster: bool,
     pub phases: Vec<Phase>,
@@ -456,7 +459,11 @@ pub fn plan_cluster(
 
     let mut plan = ClusterPlan {
         cluster: cluster.name.to_string(),
-        new_cluster: observed.nodes.is_empty() && observed.etcd_members.is_empty(),
+        definition: format!("sha256:{}", cluster.source.digest),
+        // Nodes that only hold files (certificates issued ahead of their first step) run
+        // nothing yet.
+        new_cluster: observed.nodes.values().all(|n| n.containers.is_empty())
+            && observed.etcd_members.is_empty(),
         phases,
         errors,
         warnings,

@@ -107,7 +107,8 @@ fn snapshot_policy(from: &Option<PolicyState>, to: &Option<PolicyState>) -> Stri
     }
 }
 
-fn step_line(step: &Step) -> String {
+/// One step as a line: `node: what`, or `what` for a cluster-wide step.
+pub fn step_line(step: &Step) -> String {
     match describe(step) {
         (Some(node), text) => format!("{node}: {text}"),
         (None, text) => text,

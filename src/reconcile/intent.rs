@@ -24,6 +24,10 @@ pub struct Intent {
     pub restores_done: BTreeSet<String>,
     /// The revision whose plan last completed with every node converged and healthy.
     pub applied_revision: Option<String>,
+    /// The revision whose plan an approval let start (`requireApprovedPlan`): its rollout goes
+    /// on without asking again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_revision: Option<String>,
     /// How many certificate rotations operators asked for; a node whose certificates were
     /// issued at a lower count gets new ones.
     #[serde(default)]

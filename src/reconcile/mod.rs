@@ -13,6 +13,7 @@
 //! `Reconciler::reconcile` is the synchronous core (no IO); `task::run` is the loop around it
 //! that saves, publishes to the hub, and waits for the next reason to look again.
 
+pub mod approval;
 pub mod certs;
 pub mod health;
 pub mod intent;
@@ -129,6 +130,13 @@ pub struct Reconciler {
     unsaved: bool,
     /// Each recorded node's plan with its checksum, resealed only when the plan changed.
     sealed: std::sync::Mutex<BTreeMap<String, SealedSpec>>,
+    /// A revision's plan runs only when its commit approves it (`requireApprovedPlan`).
+    require_approval: bool,
+    /// The revision and definition the cluster last converged at since the daemon started:
+    /// the base of the plan a reviewer saw.
+    converged: Option<(String, std::sync::Arc<Cluster>)>,
+    /// Why the last pass held the revision for an approved plan.
+    hold: Option<crate::api::PlanHold>,
 }
 
 impl Reconciler {
@@ -146,6 +154,9 @@ impl Reconciler {
             failed_restore: None,
             unsaved: false,
             sealed: std::sync::Mutex::new(BTreeMap::new()),
+            require_approval: false,
+            converged: None,
+            hold: None,
             conditions: Vec::new(),
             status: ClusterStatus {
                 name: name.to_string(),
@@ -157,8 +168,14 @@ impl Reconciler {
                 findings: Vec::new(),
                 nodes: Vec::new(),
                 snapshots: None,
+                hold: None,
             },
         }
+    }
+
+    /// From now on, a revision's plan runs only when its commit approves that plan.
+    pub fn require_approved_plan(&mut self, on: bool) {
+        self.require_approval = on;
     }
 
     pub fn intent(&self) -> &Intent {
@@ -241,7 +258,8 @@ impl Reconciler {
         let revision = entry.revision.to_string();
         self.intent.applied_revision = Some(revision.clone());
         self.status.desired_revision = Some(revision.clone());
-        self.status.applied_revision = Some(revision);
+        self.status.applied_revision = Some(revision.clone());
+        self.converged = Some((revision, entry.cluster.clone()));
         true
     }
 
@@ -481,6 +499,14 @@ impl Reconciler {
         task: &mut Option<TaskCall>,
         restore: &mut Option<RestoreCall>,
     ) -> Verdict {
+        if let Some(hold) = self.unapproved(inputs.entry, plan) {
+            let message = approval::summary(&hold);
+            self.hold = Some(hold);
+            return Verdict::Stalled {
+                reason: "PlanNotApproved",
+                message,
+            };
+        }
         if let Some(verdict) = self.restore_first(plan, restore) {
             return verdict;
         }
@@ -500,6 +526,7 @@ impl Reconciler {
             return match unready.next() {
                 None => {
                     self.intent.applied_revision = Some(revision.to_string());
+                    self.converged = Some((revision.to_string(), inputs.entry.cluster.clone()));
                     Verdict::Ready
                 }
                 Some((_, h)) => waiting(h),
@@ -583,6 +610,21 @@ impl Reconciler {
             reason: "RollingOut",
             message: format!("rolling out to {}", batch.nodes.join(", ")),
         }
+    }
+
+    /// What holds the plan back: nothing, unless an approval is required and the revision
+    /// does not approve it. Clears the last hold.
+    fn unapproved(
+        &mut self,
+        entry: &ClusterEntry,
+        plan: &ClusterPlan,
+    ) -> Option<crate::api::PlanHold> {
+        self.hold = None;
+        if !self.require_approval {
+            return None;
+        }
+        let converged = self.converged.as_ref().map(|(r, c)| (r.as_str(), &**c));
+        approval::hold(&mut self.intent, entry, plan, converged)
     }
 
     /// A plan that starts with a restore runs it first, whatever else it finds (a lost quorum
@@ -689,6 +731,7 @@ impl Reconciler {
                 .collect(),
             nodes,
             snapshots: None,
+            hold: self.hold.clone(),
         };
     }
 

@@ -15,6 +15,7 @@ use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::approval::{self, Approvals, APPROVALS_FILE};
 use super::state::{DesiredState, ErrorReason, LastGood, Revision, SourceStatus, StatusError};
 use crate::error_chain;
 use crate::model::load::load_dir;
@@ -121,12 +122,13 @@ impl LocalSource {
         let started = SystemTime::now();
         let result = tokio::task::spawn_blocking(move || {
             let present = present_files(&root, &clusters_dir);
-            load_dir(&root, &clusters_dir).map(|loaded| (loaded, present))
+            let approvals = read_approvals(&root);
+            load_dir(&root, &clusters_dir).map(|loaded| (loaded, present, approvals))
         })
         .await;
         match result {
-            Ok(Ok((loaded, present))) => {
-                let read = fingerprint(&loaded);
+            Ok(Ok((loaded, present, approvals))) => {
+                let read = fingerprint(&loaded, &approvals);
                 if self.last_read.as_ref() == Some(&read) {
                     self.status.send_modify(|s| {
                         s.checks += 1;
@@ -137,7 +139,9 @@ impl LocalSource {
                 self.last_read = Some(read);
                 self.generation += 1;
                 let revision = Revision::WorkTree(self.generation);
-                let state = self.last_good.advance(revision.clone(), loaded, &present);
+                let state = self
+                    .last_good
+                    .advance(revision.clone(), loaded, &present, approvals);
                 tracing::info!(%revision, clusters = state.clusters.len(), diagnostics = state.diagnostics.len(), "working tree loaded");
                 self.desired.send_replace(Arc::new(state.clone()));
                 self.status.send_modify(|s| {
@@ -176,15 +180,28 @@ impl LocalSource {
 type Fingerprint = (
     Vec<crate::model::diagnostic::Diagnostic>,
     Vec<(String, String)>,
+    Approvals,
 );
 
-fn fingerprint(loaded: &crate::model::Repository) -> Fingerprint {
+fn fingerprint(loaded: &crate::model::Repository, approvals: &Approvals) -> Fingerprint {
     let clusters = loaded
         .clusters
         .iter()
         .map(|c| (c.name.to_string(), c.source.digest.clone()))
         .collect();
-    (loaded.diagnostics.clone(), clusters)
+    (loaded.diagnostics.clone(), clusters, approvals.clone())
+}
+
+/// The reviewed-digest file's approvals; a working tree has no commit message. At most one
+/// byte more than the file's limit is read, so an oversized file approves nothing.
+fn read_approvals(root: &Path) -> Approvals {
+    use std::io::Read as _;
+    let mut text = String::new();
+    let read = std::fs::File::open(root.join(APPROVALS_FILE)).and_then(|file| {
+        file.take(approval::MAX_FILE_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+    });
+    Approvals::read(None, read.ok().map(|_| text.as_str()))
 }
 
 /// Waits until events stop for [`DEBOUNCE`] (at most [`DEBOUNCE_MAX`]). False if cancelled.

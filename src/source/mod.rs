@@ -18,6 +18,7 @@
 //! workers. Credentials are [`Secret`]s, read from files or the environment, and never appear
 //! in logs, errors or status.
 
+pub mod approval;
 mod local;
 mod poll;
 mod remote;

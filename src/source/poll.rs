@@ -11,6 +11,7 @@ use git2::Oid;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::approval::Approvals;
 use super::remote::{GitError, Mirror, Polled};
 use super::state::{DesiredState, ErrorReason, LastGood, Revision, SourceStatus, StatusError};
 use super::{GitRef, GitSourceConfig, PollPolicy};
@@ -83,6 +84,8 @@ enum Checked {
     Changed {
         commit: Oid,
         loaded: Repository,
+        /// The plan digests the commit approves.
+        approvals: Approvals,
         present: BTreeSet<String>,
         force_pushed: bool,
         received_bytes: usize,
@@ -168,6 +171,7 @@ impl GitSource {
             Ok(Checked::Changed {
                 commit,
                 loaded,
+                approvals,
                 present,
                 force_pushed,
                 received_bytes,
@@ -182,7 +186,9 @@ impl GitSource {
                         "force-push: the new commit does not descend from the last one; it is the new desired state"
                     );
                 }
-                let state = self.last_good.advance(revision.clone(), loaded, &present);
+                let state = self
+                    .last_good
+                    .advance(revision.clone(), loaded, &present, approvals);
                 let held: Vec<&str> = state.held_back().map(|n| n.as_str()).collect();
                 if held.is_empty() {
                     tracing::info!(
@@ -282,9 +288,11 @@ fn check_remote(
     let (files, diagnostics) = mirror.read_files(fetched.commit, subdir, clusters_dir)?;
     let present = files.iter().map(|f| f.path.clone()).collect();
     let loaded = load_sources(files, diagnostics);
+    let approvals = mirror.approvals(fetched.commit, subdir)?;
     Ok(Checked::Changed {
         commit: fetched.commit,
         loaded,
+        approvals,
         present,
         force_pushed,
         received_bytes: fetched.received_bytes,

@@ -13,6 +13,7 @@ use git2::{
 };
 use sha2::{Digest as _, Sha256};
 
+use super::approval::{self, Approvals, APPROVALS_FILE};
 use super::{Auth, GitRef, RemoteUrl};
 use crate::model::diagnostic::Diagnostic;
 use crate::model::tree::{read_tree, TreeError};
@@ -231,6 +232,29 @@ impl Mirror {
             TreeError::NotFound { path, commit } => GitError::ClustersDirMissing { path, commit },
             TreeError::Git { commit, source } => GitError::Tree { commit, source },
         })
+    }
+
+    /// The plan digests `commit` approves: its message's trailers and the reviewed-digest file
+    /// under `subdir`. The file's size is checked before its content is read.
+    pub fn approvals(&self, commit: Oid, subdir: Option<&str>) -> Result<Approvals, GitError> {
+        let _guard = self.guard()?;
+        let repo = self.repo()?;
+        let tree_error = |source| GitError::Tree {
+            commit: commit.to_string(),
+            source,
+        };
+        let found = repo.find_commit(commit).map_err(tree_error)?;
+        let message = found.message_raw().ok().map(str::to_owned);
+        let path = match subdir.map(|s| s.trim_matches('/')) {
+            Some(sub) if !sub.is_empty() => format!("{sub}/{APPROVALS_FILE}"),
+            _ => APPROVALS_FILE.to_string(),
+        };
+        let tree = found.tree().map_err(tree_error)?;
+        let file = match tree.get_path(Path::new(&path)) {
+            Ok(entry) => small_blob(&repo, entry.id(), approval::MAX_FILE_BYTES),
+            Err(_) => None,
+        };
+        Ok(Approvals::read(message.as_deref(), file.as_deref()))
     }
 
     fn fetch_pinned(&self, repo: &Repository, hex: &str) -> Result<Fetched, GitError> {
@@ -526,4 +550,15 @@ fn tip_commit(repo: &Repository) -> Option<Oid> {
         .and_then(|r| r.peel_to_commit())
         .map(|c| c.id())
         .ok()
+}
+
+/// The text of blob `id` when it is UTF-8 and at most `max` bytes; its size is read from the
+/// object's header first.
+fn small_blob(repo: &Repository, id: Oid, max: usize) -> Option<String> {
+    let (size, kind) = repo.odb().ok()?.read_header(id).ok()?;
+    if kind != git2::ObjectType::Blob || size > max {
+        return None;
+    }
+    let blob = repo.find_blob(id).ok()?;
+    String::from_utf8(blob.content().to_vec()).ok()
 }

@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::approval::Approvals;
 use crate::model::diagnostic::{Diagnostic, Severity};
 use crate::model::{Cluster, ClusterName, Repository};
 
@@ -36,6 +37,8 @@ pub struct ClusterEntry {
     pub revision: Revision,
     /// True when the current revision's definition failed to load and this is the last good one.
     pub held_back: bool,
+    /// The plan digests `revision` approves.
+    pub approvals: Arc<Approvals>,
 }
 
 /// The desired state a source publishes. Never emptied because the source failed.
@@ -73,13 +76,16 @@ impl LastGood {
     ///   it, keeps its last good definition (`held_back`);
     /// - a cluster whose file is gone or loaded cleanly without it is removed.
     ///
-    /// `present` holds every cluster file path of the revision.
+    /// `present` holds every cluster file path of the revision; `approvals` are the plan
+    /// digests it approves.
     pub fn advance(
         &mut self,
         revision: Revision,
         loaded: Repository,
         present: &BTreeSet<String>,
+        approvals: Approvals,
     ) -> &DesiredState {
+        let approvals = Arc::new(approvals);
         let broken_files: BTreeSet<&str> = loaded
             .diagnostics
             .iter()
@@ -92,6 +98,7 @@ impl LastGood {
                 cluster: Arc::new(cluster),
                 revision: revision.clone(),
                 held_back: false,
+                approvals: approvals.clone(),
             };
             clusters.insert(entry.cluster.name.clone(), entry);
         }

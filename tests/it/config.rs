@@ -193,3 +193,37 @@ fn a_forge_for_verdicts_is_checked_before_use() {
     );
     assert!(config::parse("daemon.yaml", text.into_bytes()).is_ok());
 }
+
+#[test]
+fn the_clusters_that_need_an_approved_plan_are_named() {
+    let show = |c: &config::DaemonConfig| format!("{:?}\n", c.require_approved_plan);
+    let cases = [
+        (
+            "",
+            expect![[r#"
+            None
+        "#]],
+        ),
+        (
+            "requireApprovedPlan: [prod, stage]\n",
+            expect![[r#"
+            Clusters({"prod", "stage"})
+        "#]],
+        ),
+        (
+            "requireApprovedPlan: [prod, '*']\n",
+            expect![[r#"
+            Every
+        "#]],
+        ),
+        (
+            "requireApprovedPlan: [prod, 'Not A Name']\n",
+            expect![[r#"
+            daemon.yaml:3:29: error: invalid daemon setting: a cluster name, or "*" for every cluster
+        "#]],
+        ),
+    ];
+    for (text, expect) in cases {
+        check_shown(&format!("{HEAD}{text}"), show, expect);
+    }
+}

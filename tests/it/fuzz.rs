@@ -286,3 +286,28 @@ fn the_manifest_seed_is_valid() {
     let manifest = drover::snapshot::manifest::Manifest::parse(MANIFEST_SEED.as_bytes());
     assert!(manifest.is_ok(), "{manifest:?}");
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Whatever a commit message or a reviewed-digest file holds, reading its approvals never
+    /// panics and yields only well-formed digests, at most `MAX_APPROVALS` of them; a trailer
+    /// appended to any message approves its digest.
+    #[test]
+    fn approvals_are_only_ever_digests(
+        message in ".{0,400}",
+        file in prop::option::of("(sha256:[0-9a-f]{64}|.{0,80})(\n(sha256:[0-9a-f]{64}|.{0,80})){0,6}"),
+        digest in "[0-9a-f]{64}",
+    ) {
+        use drover::source::approval::{Approvals, MAX_APPROVALS};
+        let approvals = Approvals::read(Some(&message), file.as_deref());
+        prop_assert!(approvals.iter().count() <= MAX_APPROVALS);
+        for d in approvals.iter() {
+            let hex = d.strip_prefix("sha256:").unwrap_or("");
+            prop_assert!(hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{d}");
+        }
+        let signed = format!("{}\n\nDrover-Plan: sha256:{digest}\n", message.trim_end());
+        let want = format!("sha256:{digest}");
+        prop_assert!(Approvals::read(Some(&signed), None).approves(&want), "{signed:?}");
+    }
+}

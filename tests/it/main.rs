@@ -8,6 +8,7 @@ mod agent_events;
 mod agent_probe;
 mod agent_security;
 mod agents;
+mod approval;
 mod bench_apply;
 mod cli;
 mod config;

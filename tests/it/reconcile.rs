@@ -74,6 +74,7 @@ fn entry(text: &str, revision: u64) -> ClusterEntry {
         cluster: load(text),
         revision: Revision::WorkTree(revision),
         held_back: false,
+        approvals: Default::default(),
     }
 }
 

@@ -395,6 +395,40 @@ fn rollout(status: &ClusterStatus) -> Markup {
             @if !status.findings.is_empty() {
                 ul.findings { @for f in &status.findings { li { (f) } } }
             }
+            @if let Some(hold) = &status.hold { (plan_hold(hold)) }
+        }
+    }
+}
+
+/// A revision held for an approved plan: what would run, what the commit approves, and how
+/// the plan against what runs differs from the one a reviewer saw.
+fn plan_hold(hold: &crate::api::PlanHold) -> Markup {
+    html! {
+        div.hold role="status" {
+            h3 { "Held for an approved plan" }
+            p {
+                "Revision " (short(Some(&hold.revision))) " runs only when its commit carries "
+                code { "Drover-Plan: " (hold.digest) }
+            }
+            @if hold.approved.is_empty() {
+                p { "The commit approves no plan." }
+            } @else {
+                p { "The commit approves: " @for d in &hold.approved { code { (d) } " " } }
+            }
+            h4 { "The plan against what runs" }
+            ol.steps { @for step in &hold.steps { li { (step) } } }
+            @if let Some(r) = &hold.reviewed {
+                h4 { "Against " (short(Some(&r.base))) ", as drover plan shows it" }
+                p { "Plan " code { (r.digest) } }
+                @if r.only_running.is_empty() && r.only_reviewed.is_empty() {
+                    p { "The same steps: nothing drifted." }
+                } @else {
+                    ul.diff {
+                        @for step in &r.only_running { li.added { "+ " (step) } }
+                        @for step in &r.only_reviewed { li.removed { "- " (step) } }
+                    }
+                }
+            }
         }
     }
 }

@@ -48,11 +48,13 @@ pub fn verdict(status: &ClusterStatus, dashboard: Option<&url::Url>) -> Option<S
     let total = status.nodes.len();
     let ready = status.nodes.iter().filter(|n| n.ready).count();
     let (state, description) = if holds(ConditionType::Stalled) {
-        let why = status
-            .condition(ConditionType::Stalled)
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        (State::Failure, format!("{name}: stalled: {why}"))
+        let stalled = status.condition(ConditionType::Stalled);
+        let why = stalled.map(|c| c.message.clone()).unwrap_or_default();
+        let how = match status.hold {
+            Some(_) => "held",
+            None => "stalled",
+        };
+        (State::Failure, format!("{name}: {how}: {why}"))
     } else if holds(ConditionType::Ready) && status.applied_revision.as_deref() == Some(commit) {
         (
             State::Success,

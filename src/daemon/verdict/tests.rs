@@ -56,6 +56,7 @@ fn status(
             .map(|(i, r)| node(&format!("node-{i}"), *r))
             .collect(),
         snapshots: None,
+        hold: None,
     }
 }
 

@@ -158,12 +158,19 @@ impl TestDaemon {
     /// Like [`TestDaemon::start`], polling `source` every `poll_interval` (a duration such as
     /// `30s`; `None`: the daemon's default).
     pub async fn start_polling(source: &str, poll_interval: Option<&str>) -> TestDaemon {
+        let mut daemon = Self::unstarted(source, poll_interval);
+        daemon.spawn().await;
+        daemon
+    }
+
+    /// A daemon's addresses, secrets and work directory, its process not started yet.
+    fn unstarted(source: &str, poll_interval: Option<&str>) -> TestDaemon {
         let ip = unique_loopback(&[]);
         let (agents_port, http_port) = (free_port(ip), free_port(ip));
         let work = private_tempdir();
         let hook_secret = format!("hook-{}", unique_token());
         std::fs::write(work.path().join("hook-secret"), &hook_secret).unwrap();
-        let mut daemon = TestDaemon {
+        TestDaemon {
             process: None,
             work,
             ip,
@@ -175,9 +182,7 @@ impl TestDaemon {
             extra_stores: Vec::new(),
             extra_config: String::new(),
             source_auth: None,
-        };
-        daemon.spawn().await;
-        daemon
+        }
     }
 
     /// Like [`TestDaemon::start`], with more snapshot stores (`name: {url: ...}` each).
@@ -192,8 +197,7 @@ impl TestDaemon {
     /// Like [`TestDaemon::start`], with `extra` (top-level YAML) in its configuration and
     /// `auth` (a YAML flow mapping) as the source's credentials.
     pub async fn start_with_config(source: &str, auth: Option<&str>, extra: &str) -> TestDaemon {
-        let mut daemon = Self::start_polling(source, Some("5m")).await;
-        daemon.terminate();
+        let mut daemon = Self::unstarted(source, Some("5m"));
         daemon.extra_config = extra.to_string();
         daemon.source_auth = auth.map(str::to_string);
         daemon.spawn().await;

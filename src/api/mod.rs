@@ -158,6 +158,50 @@ pub struct PlanProgress {
     pub phases: Vec<PhaseProgress>,
     /// What the rollout waits on now, if anything.
     pub waiting_on: Option<String>,
+    /// Every step of the rollout since it started at this revision, in plan order, each with
+    /// where it stands.
+    #[serde(default)]
+    pub steps: Vec<StepProgress>,
+}
+
+/// One step of a rollout and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepProgress {
+    /// The phase's title (`etcd`, `control plane`, ...).
+    pub phase: String,
+    /// The batch within the phase, from 1.
+    pub batch: usize,
+    /// The node it acts on; none for a cluster-wide step or a gate.
+    pub node: Option<String>,
+    pub text: String,
+    pub state: StepState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StepState {
+    /// Not reached yet.
+    Pending,
+    /// Its node was told; it has not converged yet.
+    Applying,
+    /// A gate whose batch ran, waiting for its nodes to be healthy.
+    Waiting,
+    /// Its node failed to apply it.
+    Failed,
+    Done,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Applying => "applying",
+            StepState::Waiting => "waiting",
+            StepState::Failed => "failed",
+            StepState::Done => "done",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

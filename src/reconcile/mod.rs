@@ -18,6 +18,7 @@ pub mod certs;
 pub mod health;
 pub mod intent;
 pub mod membership;
+pub mod progress;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
@@ -27,9 +28,7 @@ pub use self::health::NodeReport;
 use self::health::{judge, NodeHealth};
 use self::intent::Intent;
 pub use self::membership::TaskCall;
-use crate::api::{
-    ClusterNode, ClusterStatus, Condition, ConditionType, PhaseProgress, PlanProgress,
-};
+use crate::api::{ClusterNode, ClusterStatus, Condition, ConditionType};
 use crate::backoff::Backoff;
 use crate::etcd_pki::ClusterCa;
 use crate::model::Cluster;
@@ -137,6 +136,9 @@ pub struct Reconciler {
     converged: Option<(String, std::sync::Arc<Cluster>)>,
     /// Why the last pass held the revision for an approved plan.
     hold: Option<crate::api::PlanHold>,
+    /// The revision being rolled out and its plan when the rollout started, to draw each
+    /// step's state; cleared once the cluster is ready.
+    rollout: Option<(String, ClusterPlan)>,
 }
 
 impl Reconciler {
@@ -157,6 +159,7 @@ impl Reconciler {
             require_approval: false,
             converged: None,
             hold: None,
+            rollout: None,
             conditions: Vec::new(),
             status: ClusterStatus {
                 name: name.to_string(),
@@ -705,6 +708,17 @@ impl Reconciler {
                 Some(message.clone())
             }
         };
+        let revision = entry.revision.to_string();
+        match verdict {
+            Verdict::Ready => self.rollout = None,
+            _ if plan.steps().next().is_some()
+                && self.rollout.as_ref().is_none_or(|(r, _)| *r != revision) =>
+            {
+                self.rollout = Some((revision, plan.clone()));
+            }
+            _ => {}
+        }
+        let started = self.rollout.as_ref().map(|(_, p)| p);
         let cluster = &entry.cluster;
         let mut nodes: Vec<ClusterNode> = cluster
             .nodes
@@ -722,7 +736,7 @@ impl Reconciler {
             applied_revision: self.intent.applied_revision.clone(),
             held_back: entry.held_back,
             conditions: self.conditions.clone(),
-            plan: progress(plan, waiting_on),
+            plan: progress::progress(started, plan, health, waiting_on),
             findings: plan
                 .errors
                 .iter()
@@ -809,24 +823,4 @@ fn waiting(h: &NodeHealth) -> Verdict {
             message: other.reason().unwrap_or_default().to_string(),
         },
     }
-}
-
-/// The plan's phases still to run, or `None` when nothing is left.
-fn progress(plan: &ClusterPlan, waiting_on: Option<String>) -> Option<PlanProgress> {
-    if plan.phases.is_empty() && waiting_on.is_none() {
-        return None;
-    }
-    Some(PlanProgress {
-        digest: plan.digest.clone(),
-        phases: plan
-            .phases
-            .iter()
-            .map(|p| PhaseProgress {
-                phase: p.kind.title().to_string(),
-                batches: p.batches.len(),
-                steps: p.batches.iter().map(|b| b.steps.len()).sum(),
-            })
-            .collect(),
-        waiting_on,
-    })
 }

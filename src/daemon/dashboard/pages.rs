@@ -380,14 +380,18 @@ fn rollout(status: &ClusterStatus) -> Markup {
                     @if let Some(waiting) = &plan.waiting_on {
                         p.waiting { "Waiting on: " (waiting) }
                     }
-                    ol.phases {
-                        @for (i, phase) in plan.phases.iter().enumerate() {
-                            li class={ "phase " (if i == 0 { "running" } else { "pending" }) } {
-                                strong { (phase.phase) }
-                                " " (phase.batches) " batches, " (phase.steps) " steps"
-                                @if i == 0 { " (running now)" }
+                    @if plan.steps.is_empty() {
+                        ol.phases {
+                            @for (i, phase) in plan.phases.iter().enumerate() {
+                                li class={ "phase " (if i == 0 { "running" } else { "pending" }) } {
+                                    strong { (phase.phase) }
+                                    " " (phase.batches) " batches, " (phase.steps) " steps"
+                                    @if i == 0 { " (running now)" }
+                                }
                             }
                         }
+                    } @else {
+                        (steps(&plan.steps))
                     }
                     p.hint { "Plan " code { (plan.digest) } }
                 }
@@ -396,6 +400,46 @@ fn rollout(status: &ClusterStatus) -> Markup {
                 ul.findings { @for f in &status.findings { li { (f) } } }
             }
             @if let Some(hold) = &status.hold { (plan_hold(hold)) }
+        }
+    }
+}
+
+/// The rollout's steps grouped by phase and batch, each marked with its state in words (for
+/// screen readers and scripts-off) and in colour.
+fn steps(steps: &[crate::api::StepProgress]) -> Markup {
+    /// A batch's number and its steps; a phase's title and its batches.
+    type Batch<'a> = (usize, Vec<&'a crate::api::StepProgress>);
+    let mut phases: Vec<(&str, Vec<Batch>)> = Vec::new();
+    for step in steps {
+        if phases.last().is_none_or(|(p, _)| *p != step.phase) {
+            phases.push((&step.phase, Vec::new()));
+        }
+        let batches = &mut phases.last_mut().expect("pushed").1;
+        if batches.last().is_none_or(|(b, _)| *b != step.batch) {
+            batches.push((step.batch, Vec::new()));
+        }
+        batches.last_mut().expect("pushed").1.push(step);
+    }
+    html! {
+        ol.phases {
+            @for (phase, batches) in &phases {
+                li.phase {
+                    strong { (phase) }
+                    @for (batch, steps) in batches {
+                        @if batches.len() > 1 { div.batch { "batch " (batch) } }
+                        ol.steps {
+                            @for step in steps {
+                                li class={ "step " (step.state.as_str()) } data-state=(step.state.as_str()) {
+                                    span.state { (step.state.as_str()) }
+                                    " "
+                                    @if let Some(node) = &step.node { (node) ": " }
+                                    (step.text)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

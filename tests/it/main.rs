@@ -10,6 +10,7 @@ mod agent_security;
 mod agents;
 mod approval;
 mod bench_apply;
+mod browser;
 mod cli;
 mod config;
 mod dashboard;

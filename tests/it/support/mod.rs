@@ -10,6 +10,7 @@
 // not a mistake in the suite.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cli;
 pub mod daemon;
 pub mod docker;

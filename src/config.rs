@@ -102,6 +102,32 @@ pub struct Forge {
     pub token_file: PathBuf,
 }
 
+impl Forge {
+    /// The forge's web page of `commit`, from the API URL: `api.github.com` is served from
+    /// `github.com`, GitHub Enterprise's `/api/v3`, GitLab's `/api/v4` and Gitea's `/api/v1`
+    /// from the host's root.
+    pub fn commit_url(&self, commit: &str) -> String {
+        let mut web = self.api.clone();
+        if web.host_str() == Some("api.github.com") {
+            let _ = web.set_host(Some("github.com"));
+        }
+        let suffix = match self.kind {
+            ForgeKind::Github => "/api/v3",
+            ForgeKind::Gitlab => "/api/v4",
+            ForgeKind::Gitea => "/api/v1",
+        };
+        let path = web.path().trim_end_matches('/');
+        let root = path.strip_suffix(suffix).unwrap_or(path).to_string();
+        web.set_path(&root);
+        let page = match self.kind {
+            ForgeKind::Gitlab => "-/commit",
+            ForgeKind::Github | ForgeKind::Gitea => "commit",
+        };
+        let base = web.as_str().trim_end_matches('/');
+        format!("{base}/{}/{page}/{commit}", self.repository)
+    }
+}
+
 /// Checked `VerdictsSpec`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verdicts {

@@ -188,6 +188,8 @@ impl Daemon {
             source: source_status.clone(),
             location: location.clone(),
             desired: source.desired(),
+            webhooks: stats.clone(),
+            forge: config.verdicts.forge.clone(),
         };
         let operator = operator::router(operator_state.clone());
         let mut settings = Settings::new(config.listen_agents);

@@ -35,6 +35,10 @@ pub struct Operator {
     pub source: watch::Receiver<SourceStatus>,
     pub location: String,
     pub desired: watch::Receiver<Arc<DesiredState>>,
+    /// Webhook deliveries, for the dashboard.
+    pub webhooks: Arc<crate::source::webhook::WebhookStats>,
+    /// The forge that hosts the source, to link each commit to its page.
+    pub forge: Option<crate::config::Forge>,
 }
 
 pub fn router(operator: Operator) -> Router {

@@ -39,13 +39,50 @@ pub struct WebhookSecrets {
     pub generic: Option<Secret>,
 }
 
-/// Counters for status and metrics.
+/// How many recent deliveries are kept for the dashboard.
+pub const RECENT_DELIVERIES: usize = 20;
+/// The longest delivery id kept; a longer one is cut.
+const MAX_DELIVERY_ID: usize = 64;
+
+/// Counters for status and metrics, and the last deliveries for the dashboard.
 #[derive(Debug, Default)]
 pub struct WebhookStats {
     /// Verified requests (each fired the trigger).
     pub accepted: AtomicU64,
     /// Requests refused for a missing or wrong signature or token.
     pub rejected: AtomicU64,
+    recent: std::sync::Mutex<std::collections::VecDeque<Delivery>>,
+}
+
+/// One webhook request that reached its route (bodies over the limit never do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub at: std::time::SystemTime,
+    pub provider: &'static str,
+    /// The provider's delivery id, when it sent one (printable ASCII, cut to 64 bytes).
+    pub id: Option<String>,
+    pub accepted: bool,
+}
+
+impl WebhookStats {
+    /// The last deliveries, newest first.
+    pub fn recent(&self) -> Vec<Delivery> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().rev().cloned().collect()
+    }
+
+    fn record(&self, delivery: Delivery) {
+        let counter = match delivery.accepted {
+            true => &self.accepted,
+            false => &self.rejected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_DELIVERIES {
+            recent.pop_front();
+        }
+        recent.push_back(delivery);
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +91,35 @@ enum Provider {
     GitLab,
     Gitea,
     Generic,
+}
+
+impl Provider {
+    fn name(self) -> &'static str {
+        match self {
+            Provider::GitHub => "github",
+            Provider::GitLab => "gitlab",
+            Provider::Gitea => "gitea",
+            Provider::Generic => "generic",
+        }
+    }
+
+    /// The header that carries the provider's id of a delivery.
+    fn delivery_header(self) -> &'static str {
+        match self {
+            Provider::GitHub => "x-github-delivery",
+            Provider::GitLab => "x-gitlab-event-uuid",
+            Provider::Gitea => "x-gitea-delivery",
+            Provider::Generic => "x-drover-delivery",
+        }
+    }
+}
+
+/// The delivery id `headers` carry for `provider`, when it is printable ASCII; cut to
+/// `MAX_DELIVERY_ID` bytes.
+fn delivery_id(provider: Provider, headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(provider.delivery_header())?.to_str().ok()?;
+    let value: String = value.chars().take(MAX_DELIVERY_ID).collect();
+    (!value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic())).then_some(value)
 }
 
 struct Hook {
@@ -91,13 +157,18 @@ pub fn router(
 }
 
 async fn receive(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    if verify(hook.provider, &hook.secret, &headers, &body) {
-        hook.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    let accepted = verify(hook.provider, &hook.secret, &headers, &body);
+    hook.stats.record(Delivery {
+        at: std::time::SystemTime::now(),
+        provider: hook.provider.name(),
+        id: delivery_id(hook.provider, &headers),
+        accepted,
+    });
+    if accepted {
         tracing::debug!(provider = ?hook.provider, "webhook verified; checking the source");
         hook.trigger.fire();
         StatusCode::ACCEPTED
     } else {
-        hook.stats.rejected.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(provider = ?hook.provider, "webhook refused: missing or wrong signature");
         StatusCode::UNAUTHORIZED
     }

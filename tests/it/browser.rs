@@ -213,9 +213,13 @@ async fn an_operator_watches_the_cluster_in_a_browser() {
     browser.screenshot("node").await;
     assert_accessible(&browser, "node").await;
     c.goto(&format!("{base}/ui/daemon")).await.unwrap();
-    browser
-        .await_text("the daemon page", "h1", |t| !t.is_empty())
+    // Every commit above was announced by a webhook: the deliveries are listed.
+    let deliveries = browser
+        .await_text("the webhook deliveries", "table.deliveries tbody", |t| {
+            t.contains("generic")
+        })
         .await;
+    assert!(deliveries.contains("accepted"), "{deliveries}");
     browser.screenshot("daemon").await;
     assert_accessible(&browser, "daemon").await;
 

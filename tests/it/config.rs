@@ -227,3 +227,51 @@ fn the_clusters_that_need_an_approved_plan_are_named() {
         check_shown(&format!("{HEAD}{text}"), show, expect);
     }
 }
+
+#[test]
+fn a_forge_links_each_commit_to_its_page() {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let cases = [
+        (
+            "github",
+            "https://api.github.com",
+            "ops/clusters",
+            "https://github.com/ops/clusters/commit/",
+        ),
+        (
+            "github",
+            "https://ghe.example/api/v3/",
+            "ops/clusters",
+            "https://ghe.example/ops/clusters/commit/",
+        ),
+        (
+            "gitlab",
+            "https://gitlab.com/api/v4",
+            "ops/infra/clusters",
+            "https://gitlab.com/ops/infra/clusters/-/commit/",
+        ),
+        (
+            "gitlab",
+            "https://git.example/gitlab/api/v4",
+            "ops/clusters",
+            "https://git.example/gitlab/ops/clusters/-/commit/",
+        ),
+        (
+            "gitea",
+            "https://codeberg.org/api/v1",
+            "ops/clusters",
+            "https://codeberg.org/ops/clusters/commit/",
+        ),
+    ];
+    for (kind, api, repository, want) in cases {
+        let text = format!(
+            "{HEAD}verdicts:\n  forge: {{kind: {kind}, apiUrl: '{api}', repository: {repository}, tokenFile: /t}}\n"
+        );
+        let forge = config::parse("daemon.yaml", text.into_bytes())
+            .unwrap()
+            .verdicts
+            .forge
+            .unwrap();
+        assert_eq!(forge.commit_url(commit), format!("{want}{commit}"), "{api}");
+    }
+}

@@ -152,16 +152,30 @@ pub fn router(dashboard: Arc<Dashboard>) -> Router {
         .route(&format!("{UI_PATH}/events"), get(events))
         .route(&format!("{UI_PATH}/assets/{{name}}"), get(asset))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
-        .layer(axum::middleware::map_response(close_after_refusal))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(dashboard)
 }
 
-/// A body refused unread leaves the connection mid-request: it is closed after the answer,
-/// and the client is told so rather than sending its next request into it.
-async fn close_after_refusal(mut response: Response) -> Response {
-    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+/// Refuses a body announced over `MAX_FORM_BYTES` on its length alone, before a byte of it is
+/// read (one without a length is cut at the limit by `DefaultBodyLimit`). A refused body
+/// leaves the connection mid-request: it is closed after the answer, and the client told so
+/// rather than sending its next request into it.
+async fn refuse_oversized(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut response = match announced {
+        Some(n) if n > MAX_FORM_BYTES as u64 => StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+        _ => next.run(request).await,
+    };
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
         response.headers_mut().insert(
-            axum::http::header::CONNECTION,
+            header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),
         );
     }

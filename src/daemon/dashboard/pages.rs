@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup, DOCTYPE};
 
 use super::{ClustersQuery, PAGE_SIZE, UI_PATH};
 use crate::api::snapshots::SnapshotView;
@@ -135,6 +135,17 @@ fn short(revision: Option<&str>) -> Markup {
     }
 }
 
+/// A revision, linked to its commit's page when the forge is known and it is a commit.
+fn revision(op: &Operator, revision: Option<&str>) -> Markup {
+    let commit = revision.filter(|r| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()));
+    match (&op.forge, commit) {
+        (Some(forge), Some(commit)) => html! {
+            a href=(forge.commit_url(commit)) { (short(Some(commit))) }
+        },
+        _ => short(revision),
+    }
+}
+
 /// How long ago an RFC 3339 time was, in a few words.
 fn age(at: &str) -> String {
     match humantime::parse_rfc3339_weak(at) {
@@ -235,8 +246,8 @@ pub fn clusters(op: &Operator, query: &ClustersQuery, csrf: &str) -> Markup {
                         tr data-cluster=(s.name) {
                             th scope="row" { a href=(cluster_href(&s.name)) { (s.name) } }
                             td.condition { (condition_badge(s)) }
-                            td { (short(s.desired_revision.as_deref())) }
-                            td { (short(s.applied_revision.as_deref())) }
+                            td { (revision(op, s.desired_revision.as_deref())) }
+                            td { (revision(op, s.applied_revision.as_deref())) }
                             td.ready { (s.nodes.iter().filter(|n| n.ready).count()) "/" (s.nodes.len()) }
                             td { (s.nodes.iter().filter(|n| n.connected).count()) "/" (s.nodes.len()) }
                             td { (newest_snapshot(s)) }
@@ -303,8 +314,8 @@ pub async fn cluster(op: &Operator, name: &str, csrf: &str) -> Option<Markup> {
                 h2 id="state" { "State" }
                 p.state { (condition_badge(&status)) }
                 dl.facts {
-                    dt { "Desired revision" } dd { (short(status.desired_revision.as_deref())) }
-                    dt { "Applied revision" } dd { (short(status.applied_revision.as_deref())) }
+                    dt { "Desired revision" } dd { (revision(op, status.desired_revision.as_deref())) }
+                    dt { "Applied revision" } dd { (revision(op, status.applied_revision.as_deref())) }
                 }
                 ul.conditions {
                     @for c in &status.conditions {
@@ -678,6 +689,38 @@ pub fn node(op: &Operator, cluster: &str, node: &str, csrf: &str) -> Option<Mark
     ))
 }
 
+/// The last webhook deliveries, newest first.
+fn deliveries(recent: &[crate::source::webhook::Delivery]) -> Markup {
+    html! {
+        section aria-labelledby="webhooks" {
+            h2 id="webhooks" { "Webhook deliveries" }
+            @if recent.is_empty() {
+                p { "None since the daemon started." }
+            } @else {
+                table.deliveries {
+                    caption.visually-hidden { "The last webhook deliveries, newest first" }
+                    thead { tr {
+                        th scope="col" { "Received" }
+                        th scope="col" { "Provider" }
+                        th scope="col" { "Delivery" }
+                        th scope="col" { "Outcome" }
+                    } }
+                    tbody {
+                        @for d in recent {
+                            tr {
+                                td { (humantime::format_rfc3339_seconds(d.at).to_string()) }
+                                td { (d.provider) }
+                                td { @match &d.id { Some(id) => code { (id) }, None => span.none { "none" } } }
+                                td { @if d.accepted { span.badge.ok { "accepted" } } @else { span.badge.bad { "refused: bad signature" } } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub fn daemon(op: &Operator, csrf: &str) -> Markup {
     let source = source_view(op);
     let agents = op
@@ -694,16 +737,16 @@ pub fn daemon(op: &Operator, csrf: &str) -> Markup {
             dl.facts {
                 dt { "Version" } dd { (env!("CARGO_PKG_VERSION")) }
                 dt { "Source" } dd { code { (source.location) } }
-                dt { "Revision" } dd { (short(source.revision.as_deref())) }
+                dt { "Revision" } dd { (revision(op, source.revision.as_deref())) }
                 dt { "Last check" } dd { (source.last_check.clone().unwrap_or_else(|| "never".into())) }
                 dt { "Agents connected" } dd { (connected) " of " (agents.len()) " declared nodes" }
             }
             @if let Some(error) = &source.error { p.error role="alert" { (error) } }
+            (deliveries(&op.webhooks.recent()))
             @if !source.diagnostics.is_empty() {
                 h2 { "Invalid cluster files" }
                 @for d in &source.diagnostics { pre.diagnostic { (d) } }
             }
-            (PreEscaped(""))
         },
     )
 }

@@ -118,6 +118,8 @@ pub enum StateError {
     LoosePermissions { path: PathBuf, mode: u32 },
     #[error("{path} is owned by uid {owner}, not by uid {uid} that runs drover; run drover as its owner, or `chown -R {uid} {path}`")]
     OtherOwner { path: PathBuf, owner: u32, uid: u32 },
+    #[error("{document}: {why}")]
+    Backend { document: String, why: String },
     #[error("{document} is not a valid state document; move it aside to start afresh")]
     Corrupt {
         document: String,

@@ -37,6 +37,7 @@ mod snapshot_prune;
 mod snapshot_store;
 mod snapshot_transfer;
 mod source;
+mod state_etcd;
 mod support;
 mod validate;
 mod verdict;

@@ -17,6 +17,8 @@
 //! writers racing on empty state keep one CA. Every call blocks: async callers run it on
 //! `spawn_blocking` (a backend with an async client blocks on it from there).
 
+pub mod etcd;
+
 use std::fmt;
 use std::sync::Arc;
 

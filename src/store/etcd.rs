@@ -1,0 +1,365 @@
+//! The daemon's documents in an etcd cluster, for several daemons sharing them: a key per
+//! document under a prefix, each value sealed (AES-256-GCM, the document's name as associated
+//! data, so a value moved to another key does not open) with a key the operator gives as a
+//! file. `modify` is a transaction comparing the key's mod revision (or its absence) and is
+//! retried on conflict; `create` is thus create-if-absent across daemons.
+//!
+//! The client runs on a small runtime of the store's own, so every call blocks its caller
+//! (always a blocking thread, per the `Store` contract) and never the daemon's workers; each
+//! request has a timeout.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp,
+};
+
+use super::{Change, Decide, Stamp, Store};
+use crate::secret::Secret;
+use crate::state::{StateError, MAX_STATE_BYTES};
+
+/// What a sealed value starts with: the format, for a later change of cipher.
+const SEALED_V1: &[u8] = b"drover-sealed-v1\0";
+/// Each request to etcd, connecting included, ends within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// `modify` gives up after this many conflicting writes in a row.
+const MAX_CONFLICTS: usize = 32;
+
+/// Where the state lives in etcd, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdStateConfig {
+    /// `https://host:port` (plain `http` only to a loopback address).
+    pub endpoints: Vec<String>,
+    /// The CA that signed the etcd servers' certificates, and the client's certificate and
+    /// key; all three or none (plain http).
+    pub tls: Option<EtcdTls>,
+    /// Every key starts with this (e.g. `/drover/`).
+    pub prefix: String,
+    /// 64 hex characters: the AES-256 key values are sealed with.
+    pub encryption_key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Why the etcd state could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdStateError {
+    #[error("cannot read {path}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the encryption key in {path} is not 64 hex characters (make one with `openssl rand -hex 32`)")]
+    BadKey { path: PathBuf },
+    #[error("cannot connect to the state etcd at {endpoints}")]
+    Connect {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("the state etcd at {endpoints} did not answer within {timeout:?}")]
+    Timeout {
+        endpoints: String,
+        timeout: Duration,
+    },
+    #[error("cannot start the state store's runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// The documents in etcd.
+pub struct EtcdStore {
+    client: Client,
+    runtime: OwnRuntime,
+    prefix: String,
+    seal: LessSafeKey,
+    endpoints: String,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdStore {
+    /// Reads the key and the TLS files, connects, and checks etcd answers. Blocks.
+    pub fn open(config: &EtcdStateConfig) -> Result<EtcdStore, EtcdStateError> {
+        let seal = read_key(&config.encryption_key_file)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("drover-state-etcd")
+            .enable_all()
+            .build()
+            .map_err(EtcdStateError::Runtime)?;
+        let endpoints = config.endpoints.join(",");
+        let options = connect_options(config)?;
+        let connect = Client::connect(config.endpoints.clone(), Some(options));
+        let mut client = runtime
+            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, connect).await })
+            .map_err(|_| EtcdStateError::Timeout {
+                endpoints: endpoints.clone(),
+                timeout: REQUEST_TIMEOUT,
+            })?
+            .map_err(|source| EtcdStateError::Connect {
+                endpoints: endpoints.clone(),
+                source,
+            })?;
+        // A read proves the endpoint, the certificates and a leader.
+        let probe = client.get(
+            config.prefix.clone(),
+            Some(GetOptions::new().with_count_only()),
+        );
+        runtime
+            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, probe).await })
+            .map_err(|_| EtcdStateError::Timeout {
+                endpoints: endpoints.clone(),
+                timeout: REQUEST_TIMEOUT,
+            })?
+            .map_err(|source| EtcdStateError::Connect {
+                endpoints: endpoints.clone(),
+                source,
+            })?;
+        Ok(EtcdStore {
+            client,
+            runtime: OwnRuntime(Some(runtime)),
+            prefix: config.prefix.clone(),
+            seal,
+            endpoints,
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Runs one request on the store's runtime, within `REQUEST_TIMEOUT`.
+    fn call<T>(
+        &self,
+        name: &str,
+        request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StateError> {
+        let outcome = self
+            .runtime
+            .get()
+            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, request).await });
+        let failed = |why: String| StateError::Backend {
+            document: self.locate(name),
+            why,
+        };
+        match outcome {
+            Err(_) => Err(failed(format!("no answer within {REQUEST_TIMEOUT:?}"))),
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Ok(Ok(value)) => Ok(value),
+        }
+    }
+
+    /// The document's sealed bytes and mod revision.
+    fn get(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, StateError> {
+        let mut kv = self.client.kv_client();
+        let answer = self.call(name, kv.get(self.key(name), None))?;
+        let Some(found) = answer.kvs().first() else {
+            return Ok(None);
+        };
+        let size = found.value().len() as u64;
+        if size > MAX_STATE_BYTES + 64 {
+            return Err(StateError::TooLarge {
+                path: self.locate(name).into(),
+                size,
+                limit: MAX_STATE_BYTES,
+            });
+        }
+        Ok(Some((found.value().to_vec(), found.mod_revision())))
+    }
+
+    fn seal(&self, name: &str, plain: &[u8]) -> Result<Vec<u8>, StateError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| self.sealing(name, "no randomness"))?;
+        let mut sealed = plain.to_vec();
+        self.seal
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(name.as_bytes()),
+                &mut sealed,
+            )
+            .map_err(|_| self.sealing(name, "sealing failed"))?;
+        Ok([SEALED_V1, &nonce, &sealed].concat())
+    }
+
+    fn open_sealed(&self, name: &str, stored: &[u8]) -> Result<Vec<u8>, StateError> {
+        let body = stored
+            .strip_prefix(SEALED_V1)
+            .filter(|b| b.len() >= NONCE_LEN)
+            .ok_or_else(|| self.sealing(name, "not a sealed drover document"))?;
+        let (nonce, sealed) = body.split_at(NONCE_LEN);
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| self.sealing(name, "bad nonce"))?;
+        let mut buffer = sealed.to_vec();
+        let plain = self
+            .seal
+            .open_in_place(nonce, Aad::from(name.as_bytes()), &mut buffer)
+            .map_err(|_| {
+                self.sealing(
+                    name,
+                    "it does not open with this encryption key (another key, or a value moved from another document)",
+                )
+            })?;
+        Ok(plain.to_vec())
+    }
+
+    fn sealing(&self, name: &str, why: &str) -> StateError {
+        StateError::Backend {
+            document: self.locate(name),
+            why: why.to_string(),
+        }
+    }
+}
+
+impl Store for EtcdStore {
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
+        match self.get(name)? {
+            Some((sealed, _)) => self.open_sealed(name, &sealed).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn stamp(&self, name: &str) -> Result<Option<Stamp>, StateError> {
+        let mut kv = self.client.kv_client();
+        let options = GetOptions::new().with_keys_only();
+        let answer = self.call(name, kv.get(self.key(name), Some(options)))?;
+        Ok(answer
+            .kvs()
+            .first()
+            .map(|kv| Stamp::new([kv.mod_revision() as u64, 0, 0])))
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+        let sealed = self.seal(name, bytes)?;
+        let mut kv = self.client.kv_client();
+        self.call(name, kv.put(self.key(name), sealed, None))?;
+        Ok(())
+    }
+
+    fn names(&self, prefix: &str) -> Result<Vec<String>, StateError> {
+        let mut kv = self.client.kv_client();
+        let options = GetOptions::new().with_prefix().with_keys_only();
+        let answer = self.call(prefix, kv.get(self.key(prefix), Some(options)))?;
+        let mut names: Vec<String> = answer
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok())
+            .filter_map(|key| key.strip_prefix(&self.prefix))
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn modify(&self, name: &str, change: &mut Decide<'_>) -> Result<Option<Stamp>, StateError> {
+        let key = self.key(name);
+        for _ in 0..MAX_CONFLICTS {
+            let current = self.get(name)?;
+            let plain = match &current {
+                Some((sealed, _)) => Some(self.open_sealed(name, sealed)?),
+                None => None,
+            };
+            let bytes = match change(plain.as_deref())? {
+                Change::Keep => {
+                    return Ok(current.map(|(_, rev)| Stamp::new([rev as u64, 0, 0])));
+                }
+                Change::Write(bytes) => bytes,
+            };
+            // Unchanged since the read: the same mod revision, or still absent.
+            let guard = match &current {
+                Some((_, rev)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *rev),
+                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            };
+            let sealed = self.seal(name, &bytes)?;
+            let txn = Txn::new()
+                .when([guard])
+                .and_then([TxnOp::put(key.clone(), sealed, None)]);
+            let mut kv = self.client.kv_client();
+            let answer = self.call(name, kv.txn(txn))?;
+            if answer.succeeded() {
+                let revision = answer.header().map_or(0, |h| h.revision());
+                return Ok(Some(Stamp::new([revision as u64, 0, 0])));
+            }
+        }
+        Err(StateError::Backend {
+            document: self.locate(name),
+            why: format!("{MAX_CONFLICTS} conflicting writes in a row"),
+        })
+    }
+
+    fn locate(&self, name: &str) -> String {
+        format!("etcd key {} at {}", self.key(name), self.endpoints)
+    }
+}
+
+/// The store's runtime, shut down without waiting when the store goes: the store may be
+/// dropped on an async worker, where a runtime must not block.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The AES-256 key from its file: 64 hex characters, a trailing newline allowed.
+fn read_key(path: &std::path::Path) -> Result<LessSafeKey, EtcdStateError> {
+    let text = Secret::from_file(path).map_err(|_| EtcdStateError::BadKey {
+        path: path.to_path_buf(),
+    })?;
+    let bytes = hex::decode(text.expose().trim())
+        .ok()
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| EtcdStateError::BadKey {
+            path: path.to_path_buf(),
+        })?;
+    let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| EtcdStateError::BadKey {
+        path: path.to_path_buf(),
+    })?;
+    Ok(LessSafeKey::new(key))
+}
+
+fn connect_options(config: &EtcdStateConfig) -> Result<ConnectOptions, EtcdStateError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT);
+    let Some(tls) = &config.tls else {
+        return Ok(options);
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| EtcdStateError::File {
+            path: path.clone(),
+            source,
+        })
+    };
+    let tls_options = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(read(&tls.ca_file)?))
+        .identity(Identity::from_pem(
+            read(&tls.cert_file)?,
+            read(&tls.key_file)?,
+        ));
+    Ok(options.with_tls(tls_options))
+}

@@ -1,0 +1,188 @@
+//! The daemon's durable state in a real etcd: the same contract as the state directory, run
+//! on both; no lost update and one CA when several daemons (each with its own client) write
+//! at once; values sealed at rest, bound to their key, and refused under another key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use drover::pki::DaemonCa;
+use drover::state::StateDir;
+use drover::store::etcd::{EtcdStateConfig, EtcdStore};
+use drover::store::{DurableState, Store};
+
+use crate::support::docker;
+use crate::support::etcd::EtcdMember;
+use crate::support::require;
+
+/// A store on `member` under `prefix`, sealed with the key in `key_file`.
+fn etcd_store(member: &EtcdMember, prefix: &str, key_file: &std::path::Path) -> EtcdStore {
+    EtcdStore::open(&EtcdStateConfig {
+        endpoints: vec![member.endpoint.clone()],
+        tls: None,
+        prefix: prefix.to_string(),
+        encryption_key_file: key_file.to_path_buf(),
+    })
+    .unwrap()
+}
+
+fn key_file(dir: &std::path::Path, name: &str, hex: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{hex}\n")).unwrap();
+    path
+}
+
+/// What every backend must do, on `state`.
+fn contract(state: &DurableState, store: &dyn Store, backend: &str) {
+    assert_eq!(state.load::<u32>("absent.json").unwrap(), None, "{backend}");
+    assert_eq!(store.stamp("absent.json").unwrap(), None, "{backend}");
+    state.save("record-b.json", &2u32).unwrap();
+    state.save("record-a.json", &1u32).unwrap();
+    state.save("other.json", &3u32).unwrap();
+    assert_eq!(
+        state.load::<u32>("record-a.json").unwrap(),
+        Some(1),
+        "{backend}"
+    );
+    assert_eq!(
+        state.names("record-").unwrap(),
+        ["record-a.json", "record-b.json"],
+        "{backend}"
+    );
+    let before = store.stamp("record-a.json").unwrap();
+    assert!(before.is_some(), "{backend}");
+    let updated = state
+        .update::<u32, u32, std::convert::Infallible>("record-a.json", |n| {
+            *n += 10;
+            Ok(*n)
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.value, 11, "{backend}");
+    assert_ne!(store.stamp("record-a.json").unwrap(), before, "{backend}");
+    // Create-if-absent: the second make never runs.
+    let made: u32 = state
+        .create("created.json", || Ok::<_, drover::state::StateError>(7))
+        .unwrap();
+    let again: u32 = state
+        .create(
+            "created.json",
+            || -> Result<u32, drover::state::StateError> { panic!("{backend}: created twice") },
+        )
+        .unwrap();
+    assert_eq!((made, again), (7, 7), "{backend}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_lives_in_etcd_as_it_does_in_a_directory() {
+    let engine = require!(docker::connect().await);
+    require!(docker::require_image(&engine, docker::ETCD_IMAGE).await);
+    let member = require!(EtcdMember::start(&engine, "state-contract").await);
+    let dir = crate::support::private_tempdir();
+    let key = key_file(dir.path(), "state.key", &"ab".repeat(32));
+    let endpoint_member = member;
+    tokio::task::spawn_blocking(move || {
+        let on_disk = StateDir::new(dir.path().join("state"));
+        on_disk.ensure().unwrap();
+        let disk_state: DurableState = on_disk.clone().into();
+        contract(&disk_state, &on_disk, "state directory");
+        let store = Arc::new(etcd_store(&endpoint_member, "/drover-a/", &key));
+        let etcd_state = DurableState::new(store.clone());
+        contract(&etcd_state, store.as_ref(), "etcd");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_sharing_etcd_lose_no_update_and_mint_one_ca() {
+    let engine = require!(docker::connect().await);
+    require!(docker::require_image(&engine, docker::ETCD_IMAGE).await);
+    let member = Arc::new(require!(EtcdMember::start(&engine, "state-race").await));
+    let dir = crate::support::private_tempdir();
+    let key = key_file(dir.path(), "state.key", &"cd".repeat(32));
+    const DAEMONS: usize = 3;
+    const ROUNDS: u32 = 20;
+    let handles: Vec<_> = (0..DAEMONS)
+        .map(|_| {
+            let (member, key) = (member.clone(), key.clone());
+            std::thread::spawn(move || {
+                // Each its own client, as separate daemons.
+                let state = DurableState::new(Arc::new(etcd_store(&member, "/drover-b/", &key)));
+                let ca = DaemonCa::ensure(&state).unwrap();
+                for _ in 0..ROUNDS {
+                    state
+                        .update::<BTreeMap<String, u32>, (), std::convert::Infallible>(
+                            "counter.json",
+                            |m| {
+                                *m.entry("n".into()).or_default() += 1;
+                                Ok(())
+                            },
+                        )
+                        .unwrap()
+                        .unwrap();
+                }
+                ca.pin().to_string()
+            })
+        })
+        .collect();
+    let pins: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(pins.iter().all(|p| *p == pins[0]), "several CAs: {pins:?}");
+    let member2 = member.clone();
+    let total = tokio::task::spawn_blocking(move || {
+        let state = DurableState::new(Arc::new(etcd_store(&member2, "/drover-b/", &key)));
+        state.load::<BTreeMap<String, u32>>("counter.json").unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        total.and_then(|m| m.get("n").copied()),
+        Some(DAEMONS as u32 * ROUNDS),
+        "an update was lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_in_etcd_is_sealed_and_bound_to_its_key() {
+    let engine = require!(docker::connect().await);
+    require!(docker::require_image(&engine, docker::ETCD_IMAGE).await);
+    let member = require!(EtcdMember::start(&engine, "state-sealed").await);
+    let mut raw = member.client().await;
+    let dir = crate::support::private_tempdir();
+    let key = key_file(dir.path(), "state.key", &"ef".repeat(32));
+    let other_key = key_file(dir.path(), "other.key", &"01".repeat(32));
+    let secret = format!("private-key-{}", crate::support::unique_token());
+    let member = Arc::new(member);
+    {
+        let (member, key, secret) = (member.clone(), key.clone(), secret.clone());
+        tokio::task::spawn_blocking(move || {
+            let state = DurableState::new(Arc::new(etcd_store(&member, "/drover-c/", &key)));
+            state.save("ca.json", &secret).unwrap();
+            state.save("tokens.json", &"tokens").unwrap();
+        })
+        .await
+        .unwrap();
+    }
+    // At rest, the value is not the secret.
+    let stored = raw.get("/drover-c/ca.json", None).await.unwrap();
+    let sealed = stored.kvs()[0].value().to_vec();
+    assert!(
+        !String::from_utf8_lossy(&sealed).contains(&secret),
+        "the secret is in etcd in the clear"
+    );
+    // Moved to another document's key, it does not open; nor under another key.
+    raw.put("/drover-c/tokens.json", sealed, None)
+        .await
+        .unwrap();
+    let (member2, key2) = (member.clone(), key.clone());
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let state = DurableState::new(Arc::new(etcd_store(&member2, "/drover-c/", &key2)));
+        let moved = state.load::<String>("tokens.json").map(|_| ());
+        let wrong = DurableState::new(Arc::new(etcd_store(&member2, "/drover-c/", &other_key)));
+        let other = wrong.load::<String>("ca.json").map(|_| ());
+        let own = state.load::<String>("ca.json").unwrap();
+        (moved.is_err(), other.is_err(), own)
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcomes, (true, true, Some(secret)));
+}

@@ -51,6 +51,38 @@ pub struct DaemonConfigFile {
     /// `"*"` for every cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub require_approved_plan: Vec<String>,
+    /// Where the daemon keeps its durable state (CAs, tokens, bindings, rollout records): the
+    /// state directory (the default), or an etcd cluster several daemons share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateSpec {
+    pub etcd: EtcdStateSpec,
+}
+
+/// An etcd cluster for the daemon's state, separate from the clusters drover manages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdStateSpec {
+    /// Client URLs: `https://host:2379` (plain `http` only to a loopback address).
+    pub endpoints: Vec<String>,
+    /// The CA of the etcd servers, and this daemon's client certificate and key (PEM files);
+    /// required with https endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Every key starts with this; it starts and ends with `/` [default: `/drover/`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// A file of 64 hex characters (`openssl rand -hex 32`): the key every value is sealed
+    /// with. Every daemon sharing the state needs the same one.
+    pub encryption_key_file: PathBuf,
 }
 
 /// Where the daemon reports what became of each commit: a status per cluster on the forge
@@ -276,6 +308,8 @@ pub struct DaemonConfig {
     pub stores: BTreeMap<StoreName, Store>,
     pub verdicts: Verdicts,
     pub require_approved_plan: RequireApproval,
+    /// The durable state in etcd; `None`: in the state directory.
+    pub state_etcd: Option<crate::store::etcd::EtcdStateConfig>,
 }
 
 /// The clusters that need an approved plan.
@@ -309,6 +343,7 @@ impl Default for DaemonConfig {
             stores: BTreeMap::new(),
             verdicts: Verdicts::default(),
             require_approved_plan: RequireApproval::None,
+            state_etcd: None,
         }
     }
 }
@@ -483,6 +518,10 @@ fn check(doc: &DaemonConfigFile, c: &mut Checker<'_>) -> Option<DaemonConfig> {
     let source = doc.source.as_ref().and_then(|s| check_source(s, c));
     let verdicts = check_verdicts(&doc.verdicts, c);
     let require_approved_plan = check_approvals(&doc.require_approved_plan, c);
+    let state_etcd = doc
+        .state
+        .as_ref()
+        .and_then(|s| check_state_etcd(&s.etcd, c));
     let listen = |at: &str, value: &Option<String>, default: &str, c: &mut Checker<'_>| {
         let text = value.as_deref().unwrap_or(default);
         text.parse::<SocketAddr>().ok().or_else(|| {
@@ -519,6 +558,70 @@ fn check(doc: &DaemonConfigFile, c: &mut Checker<'_>) -> Option<DaemonConfig> {
         stores,
         verdicts,
         require_approved_plan,
+        state_etcd,
+    })
+}
+
+fn check_state_etcd(
+    spec: &EtcdStateSpec,
+    c: &mut Checker<'_>,
+) -> Option<crate::store::etcd::EtcdStateConfig> {
+    use crate::model::diagnostic::Problem;
+    use crate::store::etcd::{EtcdStateConfig, EtcdTls};
+    let bad = |reason| Problem::InvalidDaemonSetting { reason };
+    let mut ok = true;
+    if spec.endpoints.is_empty() {
+        c.at("state.etcd.endpoints", bad("at least one client URL"));
+        ok = false;
+    }
+    let mut https = false;
+    for (i, text) in spec.endpoints.iter().enumerate() {
+        let url = url::Url::parse(text).ok().filter(|u| {
+            u.host_str().is_some()
+                && u.port().is_some()
+                && matches!(u.path(), "" | "/")
+                && match u.scheme() {
+                    "https" => true,
+                    "http" => is_loopback(u),
+                    _ => false,
+                }
+        });
+        match url {
+            Some(u) => https |= u.scheme() == "https",
+            None => {
+                let reason = "https://host:port (plain http only to a loopback address)";
+                c.at(&format!("state.etcd.endpoints[{i}]"), bad(reason));
+                ok = false;
+            }
+        }
+    }
+    let tls = match (&spec.ca_file, &spec.cert_file, &spec.key_file) {
+        (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
+            ca_file: ca.clone(),
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+        }),
+        (None, None, None) if !https => None,
+        _ => {
+            let reason = "https endpoints need caFile, certFile and keyFile, all three";
+            c.at("state.etcd", bad(reason));
+            ok = false;
+            None
+        }
+    };
+    let prefix = spec.prefix.clone().unwrap_or_else(|| "/drover/".into());
+    if !(prefix.starts_with('/') && prefix.ends_with('/') && prefix.len() > 1) {
+        c.at(
+            "state.etcd.prefix",
+            bad("a key prefix that starts and ends with /"),
+        );
+        ok = false;
+    }
+    ok.then(|| EtcdStateConfig {
+        endpoints: spec.endpoints.clone(),
+        tls,
+        prefix,
+        encryption_key_file: spec.encryption_key_file.clone(),
     })
 }
 

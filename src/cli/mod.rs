@@ -8,6 +8,7 @@ mod plan;
 mod schema;
 mod serve;
 mod snapshot;
+mod state;
 mod status;
 mod token;
 mod validate;
@@ -84,6 +85,9 @@ enum Command {
     /// A cluster's etcd snapshots: list, save, verify, prune.
     #[command(subcommand)]
     Snapshot(snapshot::Command),
+    /// The daemon's durable state: move it from a state directory into etcd.
+    #[command(subcommand)]
+    State(state::Command),
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +135,7 @@ pub fn main() -> ExitCode {
         Command::Reconcile(args) => status::reconcile(&args, &mut out),
         Command::Cert(CertCommand::Rotate(args)) => status::rotate(&args, &mut out),
         Command::Snapshot(command) => snapshot::run(&command, &mut out),
+        Command::State(command) => state::run(&command, &mut out),
     };
     let _ = out.flush();
     exit.into()

@@ -6,13 +6,11 @@
 //! of the daemon (see `status`).
 
 use std::io::Write;
-use std::path::PathBuf;
 
+use super::state::StateArgs;
 use super::Exit;
 use crate::join::{Bindings, BINDINGS};
 use crate::model::{ClusterName, NodeName};
-use crate::state::StateDir;
-use crate::store::DurableState;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -33,18 +31,16 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ListArgs {
-    /// The daemon's state directory.
-    #[arg(long, default_value = "/var/lib/drover", env = "DROVER_STATE_DIR")]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 #[derive(Debug, clap::Args)]
 struct ResetArgs {
     cluster: String,
     node: String,
-    /// The daemon's state directory.
-    #[arg(long, default_value = "/var/lib/drover", env = "DROVER_STATE_DIR")]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
@@ -56,8 +52,11 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
 }
 
 fn list(args: &ListArgs, out: &mut dyn Write) -> Exit {
-    let bindings: Bindings = match DurableState::from(StateDir::new(&args.state_dir)).load(BINDINGS)
-    {
+    let state = match args.state.open() {
+        Ok(state) => state,
+        Err(exit) => return exit,
+    };
+    let bindings: Bindings = match state.load(BINDINGS) {
         Ok(b) => b.unwrap_or_default(),
         Err(e) => {
             eprintln!("error: {}", super::error_chain(&e));
@@ -95,7 +94,10 @@ fn reset(args: &ResetArgs, out: &mut dyn Write) -> Exit {
         eprintln!("error: node name `{}`: {e}", args.node);
         return Exit::Usage;
     }
-    let state = DurableState::from(StateDir::new(&args.state_dir));
+    let state = match args.state.open() {
+        Ok(state) => state,
+        Err(exit) => return exit,
+    };
     let outcome = state.update(BINDINGS, |b: &mut Bindings| {
         Ok::<_, std::convert::Infallible>(b.reset(&args.cluster, &args.node))
     });

@@ -75,6 +75,14 @@ async fn serve(config: DaemonConfig) -> Exit {
                 | DaemonError::Git(_)
                 | DaemonError::Store { .. } => Exit::Usage,
                 DaemonError::Listen { .. } => Exit::Unavailable,
+                DaemonError::StateEtcd(e) => {
+                    use crate::store::etcd::EtcdStateError as E;
+                    match e {
+                        E::File { .. } | E::BadKey { .. } | E::LooseKey { .. } => Exit::Usage,
+                        E::Connect { .. } | E::Timeout { .. } => Exit::Unavailable,
+                        E::Runtime(_) => Exit::Io,
+                    }
+                }
                 DaemonError::State(_) | DaemonError::Token(_) | DaemonError::Server(_) => Exit::Io,
             };
         }

@@ -11,13 +11,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use super::state::StateArgs;
 use super::Exit;
 use crate::api::create_operator_token;
 use crate::join::{create_token, list_tokens, revoke_token, JoinError, TokenRules, MAX_TOKEN_TTL};
 use crate::model::{ClusterName, NodeName};
 use crate::pki::DaemonCa;
-use crate::state::StateDir;
-use crate::store::DurableState;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -48,13 +47,6 @@ struct OperatorArgs {
 }
 
 #[derive(Debug, clap::Args)]
-struct StateArgs {
-    /// The daemon's state directory.
-    #[arg(long, default_value = "/var/lib/drover", env = "DROVER_STATE_DIR")]
-    state_dir: PathBuf,
-}
-
-#[derive(Debug, clap::Args)]
 struct RevokeArgs {
     /// The token's id: the 8 hex digits before the dot, as `token create` and `token list` show.
     id: String,
@@ -78,9 +70,8 @@ struct CreateArgs {
     /// The URL agents dial, e.g. `wss://drover.example.net:7443`.
     #[arg(long, env = "DROVER_SERVER")]
     server: String,
-    /// The daemon's state directory.
-    #[arg(long, default_value = "/var/lib/drover", env = "DROVER_STATE_DIR")]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    state: StateArgs,
     /// Write the token to this new file (mode 0600) instead of printing it.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -109,7 +100,11 @@ fn operator(args: &OperatorArgs, out: &mut dyn Write) -> Exit {
             return Exit::Io;
         }
     }
-    let token = match create_operator_token(&StateDir::new(&args.state.state_dir).into()) {
+    let state = match args.state.open() {
+        Ok(state) => state,
+        Err(exit) => return exit,
+    };
+    let token = match create_operator_token(&state) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {}", super::error_chain(&e));
@@ -139,7 +134,11 @@ fn operator(args: &OperatorArgs, out: &mut dyn Write) -> Exit {
 }
 
 fn list(args: &StateArgs, out: &mut dyn Write) -> Exit {
-    let tokens = match list_tokens(&StateDir::new(&args.state_dir).into()) {
+    let state = match args.open() {
+        Ok(state) => state,
+        Err(exit) => return exit,
+    };
+    let tokens = match list_tokens(&state) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {}", super::error_chain(&e));
@@ -183,7 +182,11 @@ fn revoke(args: &RevokeArgs, out: &mut dyn Write) -> Exit {
         );
         return Exit::Usage;
     }
-    match revoke_token(&StateDir::new(&args.state.state_dir).into(), &args.id) {
+    let state = match args.state.open() {
+        Ok(state) => state,
+        Err(exit) => return exit,
+    };
+    match revoke_token(&state, &args.id) {
         Ok(true) => match writeln!(out, "join token {} revoked", args.id) {
             Ok(()) => Exit::Ok,
             Err(_) => Exit::Io,
@@ -225,7 +228,10 @@ fn create(args: &CreateArgs, out: &mut dyn Write) -> Exit {
         );
         return Exit::Usage;
     }
-    let state = DurableState::from(StateDir::new(&args.state_dir));
+    let state = match args.state.open() {
+        Ok(state) => state,
+        Err(exit) => return exit,
+    };
     let ca = match DaemonCa::ensure(&state) {
         Ok(ca) => ca,
         Err(e) => {

@@ -58,6 +58,8 @@ pub enum DaemonError {
     Usage(String),
     #[error("the state directory")]
     State(#[source] StateError),
+    #[error("the state in etcd")]
+    StateEtcd(#[source] crate::store::etcd::EtcdStateError),
     #[error("{what}")]
     Secret {
         what: String,
@@ -130,6 +132,8 @@ impl Source {
 /// Everything checked and read before a port is bound.
 struct Prepared {
     state: StateDir,
+    /// The durable state: on the state directory, or in etcd.
+    shared: DurableState,
     source: Source,
     location: String,
     trigger: Trigger,
@@ -155,6 +159,7 @@ impl Daemon {
         let prepared = prepare(config).await?;
         let Prepared {
             state,
+            shared,
             source,
             location,
             trigger,
@@ -194,9 +199,9 @@ impl Daemon {
         let operator = operator::router(operator_state.clone());
         let mut settings = Settings::new(config.listen_agents);
         settings.names = config.tls_names.clone();
-        // The durable state on the state directory; the directory also holds this machine's
-        // own files (where the API is, the local operator token, the source's clone).
-        let shared = DurableState::from(state.clone());
+        // The durable state (on the state directory or in etcd); the directory also holds
+        // this machine's own files (where the API is, the local operator token, the source's
+        // clone).
         let dashboard = dashboard::router(Arc::new(dashboard::Dashboard::new(
             operator_state,
             shared.clone(),
@@ -381,8 +386,10 @@ async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
     };
     let stores = open_stores(config).await?;
     let verdicts = verdicts(config, forge, &source);
+    let shared = open_state(config, &state).await?;
     Ok(Prepared {
         state,
+        shared,
         source,
         location,
         trigger,
@@ -390,6 +397,20 @@ async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
         stores,
         verdicts,
     })
+}
+
+/// The durable state: in etcd when the configuration says so (connected, and the key read,
+/// before a port is bound), else on the state directory.
+async fn open_state(config: &DaemonConfig, dir: &StateDir) -> Result<DurableState, DaemonError> {
+    let Some(etcd) = config.state_etcd.clone() else {
+        return Ok(DurableState::from(dir.clone()));
+    };
+    let store = tokio::task::spawn_blocking(move || crate::store::etcd::EtcdStore::open(&etcd))
+        .await
+        .expect("opening the state store does not panic")
+        .map_err(DaemonError::StateEtcd)?;
+    tracing::info!(store = ?store, "the durable state is in etcd");
+    Ok(DurableState::new(Arc::new(store)))
 }
 
 /// Opens every configured snapshot store (credentials read now, a file store's directory

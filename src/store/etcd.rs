@@ -60,6 +60,8 @@ pub enum EtcdStateError {
     },
     #[error("the encryption key in {path} is not 64 hex characters (make one with `openssl rand -hex 32`)")]
     BadKey { path: PathBuf },
+    #[error("{path} has mode {mode:03o}: others may read the state's encryption key; run `chmod 600 {path}`")]
+    LooseKey { path: PathBuf, mode: u32 },
     #[error("cannot connect to the state etcd at {endpoints}")]
     Connect {
         endpoints: String,
@@ -327,6 +329,18 @@ impl Drop for OwnRuntime {
 
 /// The AES-256 key from its file: 64 hex characters, a trailing newline allowed.
 fn read_key(path: &std::path::Path) -> Result<LessSafeKey, EtcdStateError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|source| EtcdStateError::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(EtcdStateError::LooseKey {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
     let text = Secret::from_file(path).map_err(|_| EtcdStateError::BadKey {
         path: path.to_path_buf(),
     })?;

@@ -275,3 +275,44 @@ fn a_forge_links_each_commit_to_its_page() {
         assert_eq!(forge.commit_url(commit), format!("{want}{commit}"), "{api}");
     }
 }
+
+#[test]
+fn state_in_etcd_is_checked_before_use() {
+    let show = |c: &config::DaemonConfig| format!("{:?}\n", c.state_etcd);
+    let cases = [
+        (
+            "state: {etcd: {endpoints: ['http://127.0.0.1:2379'], encryptionKeyFile: /k}}\n",
+            expect![[r#"
+                Some(EtcdStateConfig { endpoints: ["http://127.0.0.1:2379"], tls: None, prefix: "/drover/", encryption_key_file: "/k" })
+            "#]],
+        ),
+        (
+            "state: {etcd: {endpoints: ['https://etcd.example:2379'], caFile: /ca, certFile: /c, keyFile: /k, prefix: /d1/, encryptionKeyFile: /e}}\n",
+            expect![[r#"
+                Some(EtcdStateConfig { endpoints: ["https://etcd.example:2379"], tls: Some(EtcdTls { ca_file: "/ca", cert_file: "/c", key_file: "/k" }), prefix: "/d1/", encryption_key_file: "/e" })
+            "#]],
+        ),
+        (
+            "state: {etcd: {endpoints: ['http://etcd.example:2379'], encryptionKeyFile: /k}}\n",
+            expect![[r#"
+                daemon.yaml:3:28: error: invalid daemon setting: https://host:port (plain http only to a loopback address)
+            "#]],
+        ),
+        (
+            "state: {etcd: {endpoints: ['https://etcd.example:2379'], caFile: /ca, encryptionKeyFile: /k}}\n",
+            expect![[r#"
+                daemon.yaml:3:15: error: invalid daemon setting: https endpoints need caFile, certFile and keyFile, all three
+            "#]],
+        ),
+        (
+            "state: {etcd: {endpoints: [], prefix: drover, encryptionKeyFile: /k}}\n",
+            expect![[r#"
+                daemon.yaml:3:27: error: invalid daemon setting: at least one client URL
+                daemon.yaml:3:39: error: invalid daemon setting: a key prefix that starts and ends with /
+            "#]],
+        ),
+    ];
+    for (text, expect) in cases {
+        check_shown(&format!("{HEAD}{text}"), show, expect);
+    }
+}

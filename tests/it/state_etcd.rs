@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use drover::pki::DaemonCa;
 use drover::state::StateDir;
-use drover::store::etcd::{EtcdStateConfig, EtcdStore};
+use drover::store::etcd::{EtcdStateConfig, EtcdStateError, EtcdStore};
 use drover::store::{DurableState, Store};
 
 use crate::support::docker;
@@ -26,8 +26,10 @@ fn etcd_store(member: &EtcdMember, prefix: &str, key_file: &std::path::Path) -> 
 }
 
 fn key_file(dir: &std::path::Path, name: &str, hex: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
     let path = dir.join(name);
     std::fs::write(&path, format!("{hex}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
 
@@ -185,4 +187,151 @@ async fn state_in_etcd_is_sealed_and_bound_to_its_key() {
     .await
     .unwrap();
     assert_eq!(outcomes, (true, true, Some(secret)));
+
+    // A key file others may read is refused, as are one that is not a key and a missing one.
+    use std::os::unix::fs::PermissionsExt as _;
+    let loose = key_file(dir.path(), "loose.key", &"02".repeat(32));
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let short = key_file(dir.path(), "short.key", "abcd");
+    let missing = dir.path().join("missing.key");
+    let endpoint = member.endpoint.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        [loose, short, missing].map(|key| {
+            let opened = EtcdStore::open(&EtcdStateConfig {
+                endpoints: vec![endpoint.clone()],
+                tls: None,
+                prefix: "/drover-c/".into(),
+                encryption_key_file: key,
+            });
+            match opened {
+                Err(EtcdStateError::LooseKey { mode, .. }) => format!("loose {mode:o}"),
+                Err(EtcdStateError::BadKey { .. }) => "bad".to_string(),
+                Err(EtcdStateError::File { .. }) => "missing".to_string(),
+                other => format!("{other:?}"),
+            }
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused, ["loose 644", "bad", "missing"]);
+}
+
+/// A daemon on a state directory converges a cluster; stopped, its state is migrated into
+/// etcd and the directory's documents removed; started on etcd, it knows its agents (same CA,
+/// same credentials), keeps the cluster converged and rolls out the next commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_moves_its_state_into_etcd_and_carries_on() {
+    use crate::serve::{ready_at, CONVERGE};
+    use crate::support::daemon::{AgentProcess, Layout, TestDaemon};
+    use crate::support::fleet::ClusterCleanup;
+    use crate::support::git::TestRepo;
+
+    let engine = require!(docker::connect().await);
+    require!(docker::require_image(&engine, docker::ETCD_IMAGE).await);
+    require!(docker::require_image(&engine, docker::BUSYBOX_IMAGE).await);
+    let member = require!(EtcdMember::start(&engine, "state-migrate").await);
+    let layout = Layout::new("migrate");
+    let cluster = layout.cluster.clone();
+    let _cleanup = ClusterCleanup(cluster.clone());
+    let repo = TestRepo::init();
+    let first = repo.commit_files(
+        &[(&layout.path(), &layout.yaml("v1", docker::BUSYBOX_IMAGE))],
+        "dev",
+    );
+    let mut daemon = TestDaemon::start(&repo.url()).await;
+    let join = daemon.token_file(&cluster).await;
+    let _agents = AgentProcess::start_all(&daemon, &layout, &join);
+    daemon
+        .await_status(
+            "converged on the directory",
+            &cluster,
+            CONVERGE,
+            ready_at(first.to_string()),
+        )
+        .await;
+    let pin = daemon.pin();
+    assert!(daemon.terminate().success());
+
+    let key = key_file(daemon.work.path(), "state.key", &"5a".repeat(32));
+    daemon.extra_config = format!(
+        "state:\n  etcd: {{endpoints: ['{}'], prefix: /drover-migrated/, encryptionKeyFile: {}}}\n",
+        member.endpoint,
+        key.display()
+    );
+    let config = daemon.write_config();
+    let state_dir = daemon.state_dir();
+    let migrate = |dry_run: bool| {
+        let mut args = vec![
+            "state".to_string(),
+            "migrate".into(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        if dry_run {
+            args.push("--dry-run".into());
+        }
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            crate::support::cli::drover(&args).await
+        }
+    };
+    let dry = migrate(true).await;
+    assert_eq!(dry.status.code(), Some(0), "{dry:?}");
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains("ca.json: would copy"),
+        "{dry:?}"
+    );
+    let moved = migrate(false).await;
+    let said = String::from_utf8_lossy(&moved.stdout).into_owned();
+    assert_eq!(moved.status.code(), Some(0), "{moved:?}");
+    assert!(said.contains("ca.json: copied"), "{said}");
+    assert!(
+        !said.contains("endpoint.json"),
+        "a machine-local file was migrated: {said}"
+    );
+    let again = migrate(false).await;
+    let said_again = String::from_utf8_lossy(&again.stdout).into_owned();
+    assert_eq!(again.status.code(), Some(0), "{again:?}");
+    assert!(!said_again.contains("copied"), "copied twice: {said_again}");
+
+    // Only etcd holds the state now.
+    for entry in std::fs::read_dir(&state_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".json") && name != "endpoint.json" {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    daemon.spawn().await;
+    assert_eq!(daemon.pin(), pin, "the daemon made a new CA");
+    daemon
+        .await_status(
+            "converged on etcd",
+            &cluster,
+            CONVERGE,
+            ready_at(first.to_string()),
+        )
+        .await;
+    let second = repo.commit_files(
+        &[(&layout.path(), &layout.yaml("v2", docker::BUSYBOX_IMAGE))],
+        "v2",
+    );
+    daemon.hook().await;
+    daemon
+        .await_status(
+            "the next commit, on etcd",
+            &cluster,
+            CONVERGE,
+            ready_at(second.to_string()),
+        )
+        .await;
+    assert!(daemon.log().contains("the durable state is in etcd"));
+    // The operator's commands find the state through the daemon's configuration.
+    let listed =
+        crate::support::cli::drover(&["node", "list", "--config", config.to_str().unwrap()]).await;
+    let listed_text = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.status.code(), Some(0), "{listed:?}");
+    assert!(listed_text.contains(&cluster), "{listed_text}");
 }

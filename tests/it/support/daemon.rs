@@ -204,33 +204,9 @@ impl TestDaemon {
         daemon
     }
 
-    pub fn state_dir(&self) -> PathBuf {
-        self.work.path().join("state")
-    }
-
-    pub fn log_path(&self) -> PathBuf {
-        self.work.path().join("daemon.log")
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    pub fn agents_url(&self) -> String {
-        format!("wss://{}:{}", self.ip, self.agents_port)
-    }
-
-    pub fn http(&self) -> SocketAddr {
-        SocketAddr::from((self.ip, self.http_port))
-    }
-
-    /// Where the daemon's snapshot store `backups` keeps its objects (a `file://` store).
-    pub fn snapshots_dir(&self) -> std::path::PathBuf {
-        self.work.path().join("snapshots")
-    }
-
-    /// Writes the configuration and starts the process; returns once `/healthz` answers.
-    pub async fn spawn(&mut self) {
+    /// Writes the daemon's configuration file as the next start will read it; returns its
+    /// path.
+    pub fn write_config(&self) -> PathBuf {
         let config = self.work.path().join("daemon.yaml");
         let mut poll = match &self.poll_interval {
             Some(interval) => format!(", pollInterval: {interval}"),
@@ -267,6 +243,37 @@ stores: {{backups: {{url: 'file://{}'}}{}}}
             self.extra_config,
         );
         std::fs::write(&config, text).unwrap();
+        config
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.work.path().join("state")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.work.path().join("daemon.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn agents_url(&self) -> String {
+        format!("wss://{}:{}", self.ip, self.agents_port)
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.http_port))
+    }
+
+    /// Where the daemon's snapshot store `backups` keeps its objects (a `file://` store).
+    pub fn snapshots_dir(&self) -> std::path::PathBuf {
+        self.work.path().join("snapshots")
+    }
+
+    /// Writes the configuration and starts the process; returns once `/healthz` answers.
+    pub async fn spawn(&mut self) {
+        let config = self.write_config();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -32,6 +32,14 @@
 //! 5. reconcile passes and their durations (the `drover_reconcile_duration_seconds`
 //!    histogram: quantiles are bucket bounds).
 //!
+//! 6. the dashboard, signed in as an operator: the clusters page (first page, a search, a
+//!    condition filter's last page), a cluster's page and a node's, against the operator API's
+//!    clusters document that `drover status` reads; the median and slowest of 20 requests each.
+//!
+//! `DROVER_BENCH_NO_AGENTS=1` starts no agent: the daemon holds every cluster waiting for its
+//! agents, and only the time until every cluster has a status and the dashboard are measured
+//! (so 1,000 clusters of 100 nodes fit on one machine).
+//!
 //! The daemon logs as `drover serve` does (`DROVER_LOG`, default info) to a file;
 //! `DROVER_BENCH_LOG=PATH` keeps a copy. `DROVER_BENCH_TIMEOUT_S` (default 300) bounds each
 //! phase.
@@ -94,7 +102,9 @@ fn main() {
         nodes > CONTROLPLANE,
         "DROVER_BENCH_NODES must be above {CONTROLPLANE}"
     );
-    fleet::raise_fd_limit(clusters * nodes);
+    if std::env::var_os("DROVER_BENCH_NO_AGENTS").is_none() {
+        fleet::raise_fd_limit(clusters * nodes);
+    }
     if let Some(i) = args.iter().position(|a| a == "--daemon") {
         let usage = "--daemon STATE_DIR SOURCE_DIR";
         let state = args.get(i + 1).expect(usage);
@@ -825,6 +835,124 @@ impl DaemonChild {
     }
 }
 
+/// Only the daemon and its dashboard, every cluster waiting for agents that never come.
+fn without_agents(clusters: usize, nodes: usize, timeout: Duration) {
+    println!(
+        "dashboard benchmark: drover serve with {clusters} clusters of {nodes} nodes, no agents"
+    );
+    let work = tempfile::tempdir().expect("a work directory");
+    let source = Source {
+        root: work.path().join("source"),
+        scratch: work.path().to_path_buf(),
+        clusters,
+        nodes,
+    };
+    std::fs::create_dir_all(source.root.join("clusters")).expect("the source directory");
+    for c in 0..clusters {
+        source.write(c, 1);
+    }
+    let state_dir = fleet::owner_only_tempdir();
+    let log_path = work.path().join("daemon.log");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let started = Instant::now();
+        let (daemon, _, _) =
+            DaemonChild::start(state_dir.path(), &source.root, &log_path, started).await;
+        let client = Client::new(&daemon.agents, &daemon.pin, state_dir.path());
+        let (took, _) = poll_clusters(&client, started, timeout, |d| {
+            d.clusters.len() == clusters && d.clusters.iter().all(|c| c.nodes.len() == nodes)
+        })
+        .await;
+        println!(
+            "every cluster has a status {} after the daemon's start; daemon RSS {}",
+            took.map_or("not reached".into(), ms),
+            mib(memory_kib_of(daemon.pid).0)
+        );
+        dashboard(&daemon, state_dir.path(), clusters).await;
+        daemon.stop().await;
+    });
+}
+
+/// Requests per page in the dashboard's table; the first of each is not counted.
+const DASHBOARD_REQUESTS: usize = 21;
+
+/// Signs in to the dashboard and times its pages against the operator API's clusters
+/// document; prints a table.
+async fn dashboard(daemon: &DaemonChild, state: &Path, clusters: usize) {
+    use reqwest::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
+    let token = std::fs::read_to_string(state.join("operator-token")).expect("the operator token");
+    let tls = drover::pki::agent_config(&daemon.pin, None).expect("the pinned CA");
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("a client");
+    let base = format!("https://{}", daemon.agents);
+    let signed = http
+        .post(format!("{base}/ui/sign-in"))
+        .form(&[("token", token.trim())])
+        .send()
+        .await
+        .expect("signed in");
+    let cookie = signed.headers()[SET_COOKIE]
+        .to_str()
+        .expect("a cookie")
+        .split(';')
+        .next()
+        .expect("a session")
+        .to_string();
+    let last = clusters.div_ceil(50).saturating_sub(1);
+    let pages = [
+        (
+            format!("{CLUSTERS_PATH} (operator API, JSON)"),
+            CLUSTERS_PATH.to_string(),
+            true,
+        ),
+        ("clusters page 1".into(), "/ui/".into(), false),
+        ("search `c99`".into(), "/ui/?q=c99".into(), false),
+        (
+            format!("filter reconciling, page {}", last + 1),
+            format!("/ui/?condition=reconciling&page={last}"),
+            false,
+        ),
+        ("a cluster's page".into(), "/ui/clusters/c0".into(), false),
+        (
+            "a node's page".into(),
+            "/ui/clusters/c0/nodes/n5".into(),
+            false,
+        ),
+    ];
+    println!("\n| request | p50 | slowest | bytes |");
+    println!("|---|---:|---:|---:|");
+    for (what, path, api) in pages {
+        let mut times = Vec::with_capacity(DASHBOARD_REQUESTS);
+        let mut bytes = 0;
+        for _ in 0..DASHBOARD_REQUESTS {
+            let request = http.get(format!("{base}{path}"));
+            let request = match api {
+                true => request.header(AUTHORIZATION, format!("Bearer {}", token.trim())),
+                false => request.header(COOKIE, &cookie),
+            };
+            let began = Instant::now();
+            let answer = request.send().await.expect("an answer");
+            assert!(answer.status().is_success(), "{path}: {}", answer.status());
+            bytes = answer.bytes().await.expect("a body").len();
+            times.push(began.elapsed());
+        }
+        times.remove(0);
+        times.sort();
+        println!(
+            "| {what} | {} | {} | {bytes} |",
+            ms(times[times.len() / 2]),
+            ms(times[times.len() - 1])
+        );
+    }
+}
+
 /// One row of the table.
 struct Row {
     what: String,
@@ -878,6 +1006,9 @@ impl Phase {
 }
 
 fn drive(clusters: usize, nodes: usize, apply: Duration, timeout: Duration) {
+    if std::env::var_os("DROVER_BENCH_NO_AGENTS").is_some() {
+        return without_agents(clusters, nodes, timeout);
+    }
     let agents = clusters * nodes;
     println!(
         "reconcile benchmark: drover serve with {clusters} clusters of {nodes} nodes ({agents} fake agents), apply delay {} ms",
@@ -966,6 +1097,7 @@ fn drive(clusters: usize, nodes: usize, apply: Duration, timeout: Duration) {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let idle_cpu = cpu_seconds(daemon.pid) - idle_cpu;
         let idle_rss = memory_kib_of(daemon.pid).0;
+        dashboard(&daemon, state_dir.path(), clusters).await;
 
         if took.is_some() {
             // (2) A commit that changes every cluster.

@@ -217,6 +217,37 @@ impl Controller {
         out
     }
 
+    /// The statuses `keep` accepts, in name order: how many there are, and copies of those
+    /// from the `skip`-th on, at most `take` (the last ones when `skip` is past the end). Only
+    /// those are copied: a page of a large fleet costs a page, not the fleet.
+    pub fn select(
+        &self,
+        keep: impl Fn(&ClusterStatus) -> bool,
+        skip: usize,
+        take: usize,
+    ) -> (usize, Vec<ClusterStatus>) {
+        let clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<&String> = clusters.keys().collect();
+        names.sort();
+        let kept: Vec<&Handle> = names
+            .into_iter()
+            .map(|name| &clusters[name])
+            .filter(|h| keep(&h.status.borrow()))
+            .collect();
+        let total = kept.len();
+        let skip = match take {
+            0 => skip,
+            _ => skip.min(total.saturating_sub(1) / take * take),
+        };
+        let page = kept
+            .into_iter()
+            .skip(skip)
+            .take(take)
+            .map(|h| h.status.borrow().clone())
+            .collect();
+        (total, page)
+    }
+
     pub fn status(&self, cluster: &str) -> Option<ClusterStatus> {
         let clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
         clusters.get(cluster).map(|h| h.status.borrow().clone())

@@ -161,7 +161,13 @@ fn age(at: &str) -> String {
     }
 }
 
-fn matches(status: &ClusterStatus, query: &ClustersQuery) -> bool {
+/// Whether `status` is one `query` asks for; `overdue` says whether its snapshots are (the
+/// status itself carries that condition only once decorated).
+fn matches(
+    status: &ClusterStatus,
+    query: &ClustersQuery,
+    overdue: &dyn Fn(&ClusterStatus) -> bool,
+) -> bool {
     let named = query.q.is_empty()
         || status
             .name
@@ -172,31 +178,34 @@ fn matches(status: &ClusterStatus, query: &ClustersQuery) -> bool {
         "ready" => holds(ConditionType::Ready),
         "reconciling" => holds(ConditionType::Reconciling),
         "stalled" => holds(ConditionType::Stalled),
-        "overdue" => holds(ConditionType::SnapshotOverdue),
+        "overdue" => holds(ConditionType::SnapshotOverdue) || overdue(status),
         _ => true,
     };
     named && conditioned
 }
 
 pub fn clusters(op: &Operator, query: &ClustersQuery, csrf: &str) -> Markup {
-    let mut all = op
-        .controller
-        .get()
-        .map(|c| c.statuses())
-        .unwrap_or_default();
-    all.retain(|s| matches(s, query));
-    let total = all.len();
+    let desired = op.desired.borrow().clone();
+    let now = SystemTime::now();
+    let overdue = |s: &ClusterStatus| {
+        let entry = crate::model::ClusterName::parse(&s.name)
+            .ok()
+            .and_then(|name| desired.clusters.get(&name));
+        match (op.snapshots.get(), entry) {
+            (Some(scheduler), Some(entry)) => scheduler.overdue(entry, now),
+            _ => false,
+        }
+    };
+    let skip = query.page.saturating_mul(PAGE_SIZE);
+    let (total, mut shown) = match op.controller.get() {
+        Some(c) => c.select(|s| matches(s, query, &overdue), skip, PAGE_SIZE),
+        None => (0, Vec::new()),
+    };
     let pages = total.div_ceil(PAGE_SIZE).max(1);
     let page = query.page.min(pages - 1);
-    let shown: Vec<ClusterStatus> = all
-        .into_iter()
-        .skip(page * PAGE_SIZE)
-        .take(PAGE_SIZE)
-        .map(|mut s| {
-            with_snapshots(op, &mut s);
-            s
-        })
-        .collect();
+    for s in &mut shown {
+        with_snapshots(op, s);
+    }
     let link = |page: usize| {
         let q: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("q", &query.q)

@@ -336,6 +336,12 @@ impl Scheduler {
         }
     }
 
+    /// Whether `entry`'s cluster has the `SnapshotOverdue` condition, without a status.
+    pub fn overdue(&self, entry: &ClusterEntry, now: SystemTime) -> bool {
+        self.schedule_of(entry, now)
+            .is_some_and(|view| overdue_condition(&view).status)
+    }
+
     /// Sets the snapshot metrics of every cluster with a policy.
     pub fn export(&self, now: SystemTime) {
         let desired = self.desired.borrow().clone();

@@ -86,9 +86,17 @@ type ActionCase<'a> = (
 #[tokio::test]
 async fn the_dashboard_needs_a_session_and_refuses_forged_actions() {
     let layout = Layout::new("dash");
+    // A second cluster whose snapshots name a store the daemon lacks: overdue at once.
+    let late = Layout::new("dashlate");
+    let late_yaml = late
+        .yaml_with_snapshots("v1", "1h", 3)
+        .replace("store: backups", "store: offsite");
     let repo = TestRepo::init();
     let first = repo.commit_files(
-        &[(&layout.path(), &layout.yaml("v1", BUSYBOX_IMAGE))],
+        &[
+            (&layout.path(), &layout.yaml("v1", BUSYBOX_IMAGE)),
+            (&late.path(), &late_yaml),
+        ],
         "dev",
     );
     let daemon = TestDaemon::start(&repo.url()).await;
@@ -173,6 +181,12 @@ async fn the_dashboard_needs_a_session_and_refuses_forged_actions() {
     assert!(
         !ready.contains("data-cluster="),
         "nothing is Ready: {ready}"
+    );
+    let (_, overdue) = get(format!("{base}/ui/?condition=overdue")).await;
+    assert!(
+        overdue.contains(&format!("data-cluster=\"{}\"", late.cluster))
+            && !overdue.contains(&format!("data-cluster=\"{cluster}\"")),
+        "{overdue}"
     );
     let (_, busy) = get(format!(
         "{base}/ui/?condition=reconciling&q={}",

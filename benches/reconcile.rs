@@ -229,6 +229,21 @@ struct Source {
 }
 
 impl Source {
+    /// A source under `work` with every cluster's file at version 1.
+    fn first(work: &Path, clusters: usize, nodes: usize) -> Source {
+        let source = Source {
+            root: work.join("source"),
+            scratch: work.to_path_buf(),
+            clusters,
+            nodes,
+        };
+        std::fs::create_dir_all(source.root.join("clusters")).expect("the source directory");
+        for c in 0..clusters {
+            source.write(c, 1);
+        }
+        source
+    }
+
     /// Writes cluster `c`'s file at `version`, atomically (a rename from outside the tree).
     fn write(&self, c: usize, version: usize) {
         let tmp = self.scratch.join(format!("c{c}.yaml"));
@@ -841,16 +856,7 @@ fn without_agents(clusters: usize, nodes: usize, timeout: Duration) {
         "dashboard benchmark: drover serve with {clusters} clusters of {nodes} nodes, no agents"
     );
     let work = tempfile::tempdir().expect("a work directory");
-    let source = Source {
-        root: work.path().join("source"),
-        scratch: work.path().to_path_buf(),
-        clusters,
-        nodes,
-    };
-    std::fs::create_dir_all(source.root.join("clusters")).expect("the source directory");
-    for c in 0..clusters {
-        source.write(c, 1);
-    }
+    let source = Source::first(work.path(), clusters, nodes);
     let state_dir = fleet::owner_only_tempdir();
     let log_path = work.path().join("daemon.log");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1015,16 +1021,7 @@ fn drive(clusters: usize, nodes: usize, apply: Duration, timeout: Duration) {
         apply.as_millis()
     );
     let work = tempfile::tempdir().expect("a work directory");
-    let source = Source {
-        root: work.path().join("source"),
-        scratch: work.path().to_path_buf(),
-        clusters,
-        nodes,
-    };
-    std::fs::create_dir_all(source.root.join("clusters")).expect("the source directory");
-    for c in 0..clusters {
-        source.write(c, 1);
-    }
+    let source = Source::first(work.path(), clusters, nodes);
     let limits = source.limits();
     let state_dir = fleet::owner_only_tempdir();
     let started = Instant::now();

@@ -108,31 +108,13 @@ impl EtcdStore {
         let endpoints = config.endpoints.join(",");
         let options = connect_options(config)?;
         let connect = Client::connect(config.endpoints.clone(), Some(options));
-        let mut client = runtime
-            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, connect).await })
-            .map_err(|_| EtcdStateError::Timeout {
-                endpoints: endpoints.clone(),
-                timeout: REQUEST_TIMEOUT,
-            })?
-            .map_err(|source| EtcdStateError::Connect {
-                endpoints: endpoints.clone(),
-                source,
-            })?;
+        let mut client = first_answer(&runtime, &endpoints, connect)?;
         // A read proves the endpoint, the certificates and a leader.
         let probe = client.get(
             config.prefix.clone(),
             Some(GetOptions::new().with_count_only()),
         );
-        runtime
-            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, probe).await })
-            .map_err(|_| EtcdStateError::Timeout {
-                endpoints: endpoints.clone(),
-                timeout: REQUEST_TIMEOUT,
-            })?
-            .map_err(|source| EtcdStateError::Connect {
-                endpoints: endpoints.clone(),
-                source,
-            })?;
+        first_answer(&runtime, &endpoints, probe)?;
         Ok(EtcdStore {
             client,
             runtime: OwnRuntime(Some(runtime)),
@@ -307,6 +289,24 @@ impl Store for EtcdStore {
     fn locate(&self, name: &str) -> String {
         format!("etcd key {} at {}", self.key(name), self.endpoints)
     }
+}
+
+/// A request made while opening the store, within `REQUEST_TIMEOUT`.
+fn first_answer<T>(
+    runtime: &tokio::runtime::Runtime,
+    endpoints: &str,
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdStateError> {
+    runtime
+        .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, request).await })
+        .map_err(|_| EtcdStateError::Timeout {
+            endpoints: endpoints.to_string(),
+            timeout: REQUEST_TIMEOUT,
+        })?
+        .map_err(|source| EtcdStateError::Connect {
+            endpoints: endpoints.to_string(),
+            source,
+        })
 }
 
 /// The store's runtime, shut down without waiting when the store goes: the store may be

@@ -15,22 +15,22 @@ use crate::support::git::TestRepo;
 use crate::support::net::unique_loopback;
 use crate::support::require;
 
+/// `drover plan --base BASE --head HEAD` on `repo` with `format` (`--format json`, or text
+/// without colour): its standard output, once it said the plan has changes (exit 2).
+async fn plan(repo: &TestRepo, base: Oid, head: Oid, format: &[&str]) -> Vec<u8> {
+    let (base, head) = (base.to_string(), head.to_string());
+    let mut args = vec!["plan", "--repo", repo.path().to_str().unwrap()];
+    args.extend(["--base", &base, "--head", &head]);
+    args.extend(format);
+    let out = crate::support::cli::drover(&args).await;
+    assert_eq!(out.status.code(), Some(2), "the plan has changes: {out:?}");
+    out.stdout
+}
+
 /// The digest of `cluster`'s plan from `base` to `head`, as a reviewer's CI job computes it.
 async fn reviewed_digest(repo: &TestRepo, base: Oid, head: Oid, cluster: &str) -> String {
-    let out = crate::support::cli::drover(&[
-        "plan",
-        "--repo",
-        repo.path().to_str().unwrap(),
-        "--base",
-        &base.to_string(),
-        "--head",
-        &head.to_string(),
-        "--format",
-        "json",
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(2), "the plan has changes");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = plan(repo, base, head, &["--format", "json"]).await;
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let plans = report["plan"]["clusters"].as_array().unwrap();
     let plan = plans.iter().find(|c| c["cluster"] == cluster).unwrap();
     plan["digest"].as_str().unwrap().to_string()
@@ -38,19 +38,8 @@ async fn reviewed_digest(repo: &TestRepo, base: Oid, head: Oid, cluster: &str) -
 
 /// The text form of the same plan ends with the trailer that approves it.
 async fn proposed_trailer(repo: &TestRepo, base: Oid, head: Oid) -> String {
-    let out = crate::support::cli::drover(&[
-        "plan",
-        "--repo",
-        repo.path().to_str().unwrap(),
-        "--base",
-        &base.to_string(),
-        "--head",
-        &head.to_string(),
-        "--color",
-        "never",
-    ])
-    .await;
-    let text = String::from_utf8(out.stdout).unwrap();
+    let out = plan(repo, base, head, &["--color", "never"]).await;
+    let text = String::from_utf8(out).unwrap();
     text.lines()
         .find(|l| l.starts_with("Drover-Plan: sha256:"))
         .unwrap_or_else(|| panic!("no trailer in:\n{text}"))

@@ -41,12 +41,7 @@ async fn sign_in(browser: &Browser, token: &str) {
     let field = c.find(Locator::Id("token")).await.unwrap();
     field.clear().await.unwrap();
     field.send_keys(token).await.unwrap();
-    c.find(Locator::Css("form[action='/ui/sign-in'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("form[action='/ui/sign-in'] button").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,12 +186,7 @@ async fn an_operator_watches_the_cluster_in_a_browser() {
     browser.screenshot("held-back").await;
 
     // Snapshot now: the snapshot appears in the table, and in the chart.
-    c.find(Locator::Css("form[action$='/snapshot'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("form[action$='/snapshot'] button").await;
     browser
         .await_text("the snapshot", "table.snapshots tbody", |t| !t.is_empty())
         .await;
@@ -239,12 +229,7 @@ async fn an_operator_watches_the_cluster_in_a_browser() {
 
     // Signing out ends the session.
     c.goto(&format!("{base}/ui/")).await.unwrap();
-    c.find(Locator::Css("form[action='/ui/sign-out'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("form[action='/ui/sign-out'] button").await;
     browser
         .await_text("signed out", "h1", |t| t == "Sign in")
         .await;

@@ -112,6 +112,19 @@ impl Browser {
         std::fs::write(self.artifacts.join(format!("{name}.png")), png).expect("saved");
     }
 
+    /// Clicks the first element `css` selects.
+    pub async fn click(&self, css: &str) {
+        let element = self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        element
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+    }
+
     /// The text of the first element `css` selects, or an error saying it is not there.
     pub async fn text(&self, css: &str) -> Result<String, String> {
         let element = self

@@ -13,6 +13,7 @@ pub mod dashboard;
 pub mod http;
 pub mod metrics;
 pub mod operator;
+pub mod ownership;
 pub mod restore;
 pub mod snapshots;
 pub mod verdict;

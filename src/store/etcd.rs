@@ -124,12 +124,17 @@ impl EtcdStore {
         })
     }
 
-    fn key(&self, name: &str) -> String {
+    /// A handle on the client (clients are cheap to clone).
+    pub(super) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub(super) fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
 
     /// Runs one request on the store's runtime, within `REQUEST_TIMEOUT`.
-    fn call<T>(
+    pub(super) fn call<T>(
         &self,
         name: &str,
         request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -167,7 +172,7 @@ impl EtcdStore {
         Ok(Some((found.value().to_vec(), found.mod_revision())))
     }
 
-    fn seal(&self, name: &str, plain: &[u8]) -> Result<Vec<u8>, StateError> {
+    pub(super) fn seal(&self, name: &str, plain: &[u8]) -> Result<Vec<u8>, StateError> {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| self.sealing(name, "no randomness"))?;
         let mut sealed = plain.to_vec();

@@ -18,6 +18,7 @@
 //! `spawn_blocking` (a backend with an async client blocks on it from there).
 
 pub mod etcd;
+pub mod lease;
 
 use std::fmt;
 use std::sync::Arc;

@@ -335,3 +335,73 @@ async fn a_daemon_moves_its_state_into_etcd_and_carries_on() {
     assert_eq!(listed.status.code(), Some(0), "{listed:?}");
     assert!(listed_text.contains(&cluster), "{listed_text}");
 }
+
+/// Two daemons on one etcd: each registered under its lease; a cluster claimed by one is not
+/// the other's, and only its owner's fenced writes land. When the owner stops renewing, it
+/// stops acting before its lease expires; the other claims the cluster with a newer fence,
+/// and the old owner's writes are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_has_one_owner_and_a_lost_owner_is_fenced() {
+    use drover::store::lease::{Fence, Membership};
+    use std::time::{Duration, Instant};
+
+    let engine = require!(docker::connect().await);
+    require!(docker::require_image(&engine, docker::ETCD_IMAGE).await);
+    let member = require!(EtcdMember::start(&engine, "state-lease").await);
+    let dir = crate::support::private_tempdir();
+    let key = key_file(dir.path(), "state.key", &"77".repeat(32));
+    const TTL: Duration = Duration::from_secs(2);
+    const MARGIN: Duration = Duration::from_millis(500);
+    tokio::task::spawn_blocking(move || {
+        let open = || Arc::new(etcd_store(&member, "/drover-lease/", &key));
+        let a = Membership::join(open(), "daemon-a", TTL, MARGIN).unwrap();
+        let b = Membership::join(open(), "daemon-b", TTL, MARGIN).unwrap();
+        assert_eq!(a.members().unwrap(), ["daemon-a", "daemon-b"]);
+
+        let fence = a.claim("dev").unwrap().expect("nobody owned dev");
+        assert_eq!(
+            a.claim("dev").unwrap(),
+            Some(fence),
+            "claiming again keeps the fence"
+        );
+        assert_eq!(b.claim("dev").unwrap(), None, "dev is daemon-a's");
+        assert!(a
+            .fenced_write("dev", fence, "record-dev.json", b"1")
+            .unwrap());
+        assert!(!b
+            .fenced_write("dev", Fence(fence.0 + 1), "record-dev.json", b"2")
+            .unwrap());
+
+        // daemon-a stops renewing (frozen, or cut off); daemon-b keeps renewing.
+        let stopped_renewing = Instant::now();
+        let must_stop = a.acting_until();
+        assert!(must_stop <= stopped_renewing + TTL - MARGIN + Duration::from_millis(50));
+        let claimed = loop {
+            b.renew().unwrap();
+            if let Some(newer) = b.claim("dev").unwrap() {
+                break (newer, Instant::now());
+            }
+            assert!(stopped_renewing.elapsed() < TTL * 5, "dev was never freed");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let (newer, at) = claimed;
+        assert!(newer > fence, "{newer:?} after {fence:?}");
+        assert!(
+            must_stop < at,
+            "daemon-a could still act when daemon-b took dev over"
+        );
+        assert_eq!(b.members().unwrap(), ["daemon-b"]);
+        // daemon-a's late write is refused: its fence is gone.
+        assert!(!a
+            .fenced_write("dev", fence, "record-dev.json", b"late")
+            .unwrap());
+        assert!(a.renew().is_err(), "an expired lease renewed");
+        assert!(b
+            .fenced_write("dev", newer, "record-dev.json", b"3")
+            .unwrap());
+        b.release("dev", newer).unwrap();
+        b.leave().unwrap();
+    })
+    .await
+    .unwrap();
+}

@@ -1,0 +1,190 @@
+//! Daemons sharing the state in etcd: each holds a lease it keeps alive and a member key under
+//! it; a cluster's owner key is bound to its owner's lease and claimed only when absent. The
+//! owner key's create revision is the cluster's **fence**: every write for the cluster is a
+//! transaction that holds only while the owner key still has that create revision, so a
+//! daemon that lost the cluster (its lease expired, another claimed it) can write nothing.
+//!
+//! A daemon must stop acting before its lease can have expired. etcd restarts a lease's TTL
+//! when it handles a keep-alive, which is after the daemon sent it: so a keep-alive answered
+//! keeps the lease until at least the sending instant plus the TTL, on the daemon's monotonic
+//! clock, and `acting_until` is that instant minus a margin.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+
+use super::etcd::EtcdStore;
+use super::Store as _;
+use crate::state::StateError;
+
+/// Where daemons register, under the store's prefix.
+const MEMBERS: &str = "members/";
+/// Where clusters' owner keys live, under the store's prefix.
+const OWNERS: &str = "owners/";
+
+/// A cluster's fencing token: the create revision of its owner key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fence(pub i64);
+
+/// This daemon's registration: its lease and member key.
+#[derive(Debug)]
+pub struct Membership {
+    store: Arc<EtcdStore>,
+    id: String,
+    lease: i64,
+    ttl: Duration,
+    margin: Duration,
+    /// When the last answered keep-alive (or the grant) was sent.
+    renewed_from: Mutex<Instant>,
+}
+
+impl Membership {
+    /// Grants a lease of `ttl` and registers `id` under it. `margin` is how long before the
+    /// lease could expire the daemon stops acting. Blocks.
+    pub fn join(
+        store: Arc<EtcdStore>,
+        id: &str,
+        ttl: Duration,
+        margin: Duration,
+    ) -> Result<Membership, StateError> {
+        let sent = Instant::now();
+        let mut lease = store.client().lease_client();
+        let granted = store.call(id, lease.grant(ttl.as_secs().max(1) as i64, None))?;
+        let membership = Membership {
+            store,
+            id: id.to_string(),
+            lease: granted.id(),
+            ttl,
+            margin,
+            renewed_from: Mutex::new(sent),
+        };
+        let mut kv = membership.store.client().kv_client();
+        let key = membership.store.key(&format!("{MEMBERS}{id}"));
+        let options = PutOptions::new().with_lease(membership.lease);
+        membership
+            .store
+            .call(id, kv.put(key, id.as_bytes().to_vec(), Some(options)))?;
+        Ok(membership)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Keeps the lease alive once. On success, the daemon may act until `acting_until`.
+    pub fn renew(&self) -> Result<(), StateError> {
+        let sent = Instant::now();
+        let mut lease = self.store.client().lease_client();
+        let (mut keeper, mut answers) = self.store.call(&self.id, lease.keep_alive(self.lease))?;
+        self.store.call(&self.id, keeper.keep_alive())?;
+        let answer = self.store.call(&self.id, answers.message())?;
+        match answer {
+            Some(a) if a.ttl() > 0 => {
+                *self.renewed_from.lock().unwrap_or_else(|e| e.into_inner()) = sent;
+                Ok(())
+            }
+            _ => Err(StateError::Backend {
+                document: self.store.locate(&format!("{MEMBERS}{}", self.id)),
+                why: "the lease has expired".into(),
+            }),
+        }
+    }
+
+    /// The instant after which this daemon must not act: the lease may have expired by then.
+    pub fn acting_until(&self) -> Instant {
+        let from = *self.renewed_from.lock().unwrap_or_else(|e| e.into_inner());
+        from + self.ttl.saturating_sub(self.margin)
+    }
+
+    /// The live daemons' ids, sorted.
+    pub fn members(&self) -> Result<Vec<String>, StateError> {
+        let mut kv = self.store.client().kv_client();
+        let options = GetOptions::new().with_prefix();
+        let prefix = self.store.key(MEMBERS);
+        let answer = self.store.call(MEMBERS, kv.get(prefix, Some(options)))?;
+        let mut ids: Vec<String> = answer
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.value_str().ok().map(str::to_string))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Claims `cluster` when nobody owns it (or this daemon already does): its fence, or
+    /// `None` when another daemon owns it.
+    pub fn claim(&self, cluster: &str) -> Result<Option<Fence>, StateError> {
+        let key = self.store.key(&format!("{OWNERS}{cluster}"));
+        let absent = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
+        let options = PutOptions::new().with_lease(self.lease);
+        let txn = Txn::new()
+            .when([absent])
+            .and_then([TxnOp::put(
+                key.clone(),
+                self.id.as_bytes().to_vec(),
+                Some(options),
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let mut kv = self.store.client().kv_client();
+        let answer = self.store.call(cluster, kv.txn(txn))?;
+        if answer.succeeded() {
+            let revision = answer.header().map_or(0, |h| h.revision());
+            return Ok(Some(Fence(revision)));
+        }
+        let owner = answer.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
+                (
+                    kv.value().to_vec(),
+                    kv.create_revision(),
+                    kv.lease() == self.lease,
+                )
+            }),
+            _ => None,
+        });
+        Ok(match owner {
+            Some((id, revision, ours)) if ours && id == self.id.as_bytes() => Some(Fence(revision)),
+            _ => None,
+        })
+    }
+
+    /// Gives `cluster` up, if this fence still owns it.
+    pub fn release(&self, cluster: &str, fence: Fence) -> Result<(), StateError> {
+        let key = self.store.key(&format!("{OWNERS}{cluster}"));
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                fence.0,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let mut kv = self.store.client().kv_client();
+        self.store.call(cluster, kv.txn(txn))?;
+        Ok(())
+    }
+
+    /// Writes `name` for `cluster`, only while `fence` still owns it: false when the fence
+    /// has been lost (and nothing was written).
+    pub fn fenced_write(
+        &self,
+        cluster: &str,
+        fence: Fence,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<bool, StateError> {
+        let owner = self.store.key(&format!("{OWNERS}{cluster}"));
+        let sealed = self.store.seal(name, bytes)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(owner, CompareOp::Equal, fence.0)])
+            .and_then([TxnOp::put(self.store.key(name), sealed, None)]);
+        let mut kv = self.store.client().kv_client();
+        Ok(self.store.call(name, kv.txn(txn))?.succeeded())
+    }
+
+    /// Leaves at once: the lease is revoked, and every owner key under it goes with it.
+    pub fn leave(self) -> Result<(), StateError> {
+        let mut lease = self.store.client().lease_client();
+        self.store.call(&self.id, lease.revoke(self.lease))?;
+        Ok(())
+    }
+}

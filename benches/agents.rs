@@ -484,7 +484,7 @@ async fn agent(mut socket: Socket, receipts: Receipts) {
         tokio::select! {
             frame = socket.next() => {
                 let Some(Ok(Message::Text(text))) = frame else { return };
-                let Ok(ServerMessage::Plan { generation, checksum, spec }) =
+                let Ok(ServerMessage::Plan { generation, checksum, spec, .. }) =
                     drover::protocol::decode::<ServerMessage>(text.as_str()) else { continue };
                 receipts.lock().expect("receipts").push((generation, SystemTime::now()));
                 assert_eq!(spec.checksum(), checksum, "the plan arrived intact");

@@ -370,7 +370,7 @@ async fn agent(mut socket: Socket, node: Node, apply: Duration, tally: Arc<Tally
             frame = socket.next() => {
                 let Some(Ok(Message::Text(text))) = frame else { return };
                 match drover::protocol::decode::<ServerMessage>(text.as_str()) {
-                    Ok(ServerMessage::Plan { generation, checksum, spec }) => {
+                    Ok(ServerMessage::Plan { generation, checksum, spec, .. }) => {
                         tally.plans.fetch_add(1, Ordering::Relaxed);
                         let changes = running
                             .iter()
@@ -384,7 +384,7 @@ async fn agent(mut socket: Socket, node: Node, apply: Duration, tally: Arc<Tally
                         pending = Some((at, generation, checksum, spec));
                         apply.is_zero()
                     }
-                    Ok(ServerMessage::EtcdTask { id, task }) => {
+                    Ok(ServerMessage::EtcdTask { id, task, .. }) => {
                         tally.etcd_tasks.fetch_add(1, Ordering::Relaxed);
                         let outcome = match (&task, &members) {
                             (EtcdTask::MemberList, Some(members)) => {

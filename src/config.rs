@@ -83,6 +83,16 @@ pub struct EtcdStateSpec {
     /// A file of 64 hex characters (`openssl rand -hex 32`): the key every value is sealed
     /// with. Every daemon sharing the state needs the same one.
     pub encryption_key_file: PathBuf,
+    /// This daemon's name among those sharing the state; stable across restarts, so a
+    /// restarted daemon gets its clusters back [default: the host name and the agents'
+    /// listen address].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_id: Option<String>,
+    /// The URL agents reach this very daemon at (`wss://host:port`), where the others send
+    /// the agents of its clusters; never a name in front of several daemons [default: the
+    /// agents' listen address, when it is not a wildcard].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
 }
 
 /// Where the daemon reports what became of each commit: a status per cluster on the forge
@@ -310,6 +320,8 @@ pub struct DaemonConfig {
     pub require_approved_plan: RequireApproval,
     /// The durable state in etcd; `None`: in the state directory.
     pub state_etcd: Option<crate::store::etcd::EtcdStateConfig>,
+    /// How this daemon presents itself to the others sharing the state in etcd.
+    pub peer: PeerConfig,
 }
 
 /// The clusters that need an approved plan.
@@ -344,6 +356,7 @@ impl Default for DaemonConfig {
             verdicts: Verdicts::default(),
             require_approved_plan: RequireApproval::None,
             state_etcd: None,
+            peer: PeerConfig::default(),
         }
     }
 }
@@ -522,6 +535,11 @@ fn check(doc: &DaemonConfigFile, c: &mut Checker<'_>) -> Option<DaemonConfig> {
         .state
         .as_ref()
         .and_then(|s| check_state_etcd(&s.etcd, c));
+    let peer = doc
+        .state
+        .as_ref()
+        .map(|s| check_peer(&s.etcd, c))
+        .unwrap_or_default();
     let listen = |at: &str, value: &Option<String>, default: &str, c: &mut Checker<'_>| {
         let text = value.as_deref().unwrap_or(default);
         text.parse::<SocketAddr>().ok().or_else(|| {
@@ -559,7 +577,41 @@ fn check(doc: &DaemonConfigFile, c: &mut Checker<'_>) -> Option<DaemonConfig> {
         verdicts,
         require_approved_plan,
         state_etcd,
+        peer,
     })
+}
+
+/// This daemon among several sharing the state (`state.etcd.daemonId`, `.advertise`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub daemon_id: Option<String>,
+    pub advertise: Option<String>,
+}
+
+fn check_peer(spec: &EtcdStateSpec, c: &mut Checker<'_>) -> PeerConfig {
+    use crate::model::diagnostic::Problem;
+    let bad = |reason| Problem::InvalidDaemonSetting { reason };
+    if let Some(id) = &spec.daemon_id {
+        let fine = !id.is_empty() && id.len() <= 128 && id.chars().all(|ch| ch.is_ascii_graphic());
+        if !fine {
+            c.at(
+                "state.etcd.daemonId",
+                bad("1 to 128 visible ASCII characters"),
+            );
+        }
+    }
+    if let Some(url) = &spec.advertise {
+        let fine = url::Url::parse(url)
+            .ok()
+            .is_some_and(|u| u.scheme() == "wss" && u.host_str().is_some());
+        if !fine {
+            c.at("state.etcd.advertise", bad("a wss://host:port URL"));
+        }
+    }
+    PeerConfig {
+        daemon_id: spec.daemon_id.clone(),
+        advertise: spec.advertise.clone(),
+    }
 }
 
 fn check_state_etcd(

@@ -110,6 +110,20 @@ pub fn create_token(
     Ok((Secret::new(format!("{id}.{secret}")), record))
 }
 
+/// The cluster a presented token names, without checking or spending it: where a daemon that
+/// shares its state sends the join (the owner of that cluster checks it). `None` when no token
+/// has its id.
+pub fn token_cluster(
+    state: &DurableState,
+    presented: &Secret,
+) -> Result<Option<String>, JoinError> {
+    let Some((id, _)) = presented.expose().split_once('.') else {
+        return Ok(None);
+    };
+    let records: Vec<TokenRecord> = state.load(TOKENS)?.unwrap_or_default();
+    Ok(records.into_iter().find(|r| r.id == id).map(|r| r.cluster))
+}
+
 /// Checks a token presented to join `node`; when it is good, spends it and runs `join` with its
 /// record (which names the cluster). `join` admits the node, issues its credential and binds
 /// it. The token is spent first, in one atomic change of the tokens document, so of two joins

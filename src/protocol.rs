@@ -77,6 +77,14 @@ pub enum AgentMessage {
         id: u64,
         outcome: EtcdTaskOutcome,
     },
+    /// A plan or task was refused, not run: its fencing token (`None`: it had none) is older
+    /// than the newest this agent has seen. `what` names it (`plan generation 7`, `etcd task
+    /// 12`).
+    Fenced {
+        what: String,
+        fence: Option<u64>,
+        newest: u64,
+    },
 }
 
 /// Etcd tasks one session may have in flight: the daemon queues no more, and the agent runs no
@@ -249,16 +257,29 @@ pub enum ServerMessage {
     Heartbeat {
         seq: u64,
     },
-    /// Run an etcd task; the agent answers `EtcdTaskResult` with the same `id`.
+    /// Run an etcd task; the agent answers `EtcdTaskResult` with the same `id`. `fence` as in
+    /// `Plan`.
     EtcdTask {
         id: u64,
         task: EtcdTask,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<u64>,
     },
     /// The node's plan. `generation` only ever grows; `checksum` is `spec.checksum()`.
+    /// `fence` is the cluster's fencing token when several daemons share the state: the agent
+    /// refuses a plan or task whose token is older than the newest it has seen (`Fenced`).
     Plan {
         generation: u64,
         checksum: String,
         spec: NodeSpec,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<u64>,
+    },
+    /// Another daemon owns this agent's cluster: dial `url` (a `wss://` URL) instead. Sent
+    /// instead of `Welcome`, or when the cluster moves away during a session.
+    Redirect {
+        url: String,
+        reason: String,
     },
     /// Come back later: the daemon is busy or starting.
     RetryAfter {

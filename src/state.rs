@@ -120,6 +120,10 @@ pub enum StateError {
     OtherOwner { path: PathBuf, owner: u32, uid: u32 },
     #[error("{document}: {why}")]
     Backend { document: String, why: String },
+    /// A write for `cluster` guarded by a fencing token that no longer owns the cluster (or by
+    /// none): another daemon took it, or this one gave it up. Nothing was written.
+    #[error("{document}: not written, this daemon no longer owns cluster {cluster}")]
+    Fenced { document: String, cluster: String },
     #[error("{document} is not a valid state document; move it aside to start afresh")]
     Corrupt {
         document: String,

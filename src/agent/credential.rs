@@ -4,7 +4,8 @@
 //!   certificate the daemon issued for that key;
 //! - `credential-next.json`: a renewed key waiting for its certificate;
 //! - `plan.json`: the last node plan received, so a restarted agent reconciles at once;
-//! - `applied.json`: the generation and checksum it last applied without a failed step.
+//! - `applied.json`: the generation and checksum it last applied without a failed step;
+//! - `fence.json`: the newest fencing token it has seen (`fence`).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -149,5 +150,16 @@ impl DataDir {
 
     pub fn save_host_files(&self, paths: &BTreeSet<String>) -> Result<(), DataError> {
         Ok(self.state.save(HOST_FILES, paths)?)
+    }
+
+    pub(super) fn load<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, StateError> {
+        self.state.load(name)
+    }
+
+    pub(super) fn save<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        self.state.save(name, value)
     }
 }

@@ -8,6 +8,7 @@
 //! - `executor`: the task that applies the plan on every trigger and publishes results;
 //! - `session`: TLS with the pinned CA, the join, and the protocol session;
 //! - `credential`: the files of the agent's data directory;
+//! - `fence`: the newest fencing token seen, and the refusal of older ones;
 //! - `registry`: registry credentials for image pulls, from the node's Docker client config.
 //!
 //! `run` ties them: join once if there is no credential yet, start the executor (which
@@ -18,6 +19,7 @@ pub mod docker;
 pub mod etcd;
 pub mod events;
 pub mod executor;
+pub mod fence;
 pub mod oneoff;
 pub mod probe;
 pub mod registry;
@@ -41,6 +43,8 @@ use session::{Dial, SessionError};
 /// Everything an agent needs.
 pub struct AgentSettings {
     pub dial: Dial,
+    /// Further daemons sharing the state, tried in turn after `dial` when it cannot be reached.
+    pub also: Vec<Dial>,
     pub node: String,
     /// Needed only until the agent has a credential.
     pub token: Option<Secret>,
@@ -59,6 +63,7 @@ impl AgentSettings {
     pub fn new(dial: Dial, node: &str, data_dir: PathBuf, docker: Docker) -> AgentSettings {
         AgentSettings {
             dial,
+            also: Vec::new(),
             node: node.to_string(),
             token: None,
             data_dir,
@@ -91,6 +96,7 @@ pub enum AgentError {
 pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result<(), AgentError> {
     let data = DataDir::new(StateDir::new(&settings.data_dir));
     let mut backoff = Backoff::new(settings.reconnect_base, settings.reconnect_cap);
+    let mut route = Route::new(&settings);
     let credential = loop {
         if let Some(c) = data.off_thread(DataDir::credential).await? {
             if c.node != settings.node {
@@ -102,13 +108,13 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
             break c;
         }
         let token = settings.token.as_ref().ok_or(AgentError::NoToken)?;
-        match session::join(&settings.dial, &data, &settings.node, token).await {
+        match session::join(route.current(), &data, &settings.node, token).await {
             Ok(c) => {
                 tracing::info!(cluster = c.cluster, node = c.node, "joined the cluster");
                 break c;
             }
             Err(e) if e.is_transient_join() => {
-                let wait = retry_wait(&e, &mut backoff);
+                let wait = route.after(&e, &mut backoff);
                 tracing::warn!(error = %crate::error_chain(&e), retry_in = ?wait, "cannot join yet");
                 if wait_or_stop(wait, &shutdown).await {
                     return Ok(());
@@ -155,7 +161,7 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         };
         let mut established = false;
         let ended = tokio::select! {
-            r = session::session(&settings.dial, &data, &credential, &executor, &pki_dir, &mut established, &shutdown) => r,
+            r = session::session(route.current(), &data, &credential, &executor, &pki_dir, &mut established, &shutdown) => r,
             () = forward_events(&mut notices, &executor) => Ok(()),
         };
         match ended {
@@ -163,8 +169,9 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
             Err(e) if e.is_transient() => {
                 if established {
                     backoff.reset();
+                    route.established();
                 }
-                let wait = retry_wait(&e, &mut backoff);
+                let wait = route.after(&e, &mut backoff);
                 tracing::warn!(error = %crate::error_chain(&e), retry_in = ?wait, "session ended; dialling again");
                 if wait_or_stop_forwarding(wait, &shutdown, &mut notices, &executor).await {
                     break Ok(());
@@ -196,6 +203,67 @@ async fn forward_events(
         }
     }
     std::future::pending::<()>().await;
+}
+
+/// Which daemon the agent dials: the one a redirect named, else the configured ones in turn.
+struct Route {
+    servers: Vec<Dial>,
+    next: usize,
+    redirected: Option<Dial>,
+    /// Redirects followed since the last session was established.
+    hops: u32,
+}
+
+/// Redirects followed at once, one after another; past this they wait like any retry (two
+/// daemons that disagree on the owner for a moment must not make the agent spin).
+const MAX_HOPS: u32 = 3;
+
+impl Route {
+    fn new(settings: &AgentSettings) -> Route {
+        let mut servers = vec![settings.dial.clone()];
+        servers.extend(settings.also.iter().cloned());
+        Route {
+            servers,
+            next: 0,
+            redirected: None,
+            hops: 0,
+        }
+    }
+
+    fn current(&self) -> &Dial {
+        self.redirected
+            .as_ref()
+            .unwrap_or(&self.servers[self.next % self.servers.len()])
+    }
+
+    fn established(&mut self) {
+        self.hops = 0;
+    }
+
+    /// How long to wait after `e`, and where to dial next.
+    fn after(&mut self, e: &SessionError, backoff: &mut Backoff) -> Duration {
+        if let SessionError::Redirect { url, .. } = e {
+            match self.current().to(url) {
+                Ok(dial) => {
+                    self.redirected = Some(dial);
+                    self.hops += 1;
+                    if self.hops <= MAX_HOPS {
+                        return Duration::ZERO;
+                    }
+                    self.hops = 0;
+                    return backoff.next_delay();
+                }
+                Err(bad) => {
+                    tracing::warn!(url, error = %bad, "ignoring a redirect to a URL that is not wss://");
+                }
+            }
+        }
+        // The daemon a redirect named failed: back to the configured ones, the next in turn.
+        if self.redirected.take().is_none() {
+            self.next = self.next.wrapping_add(1);
+        }
+        retry_wait(e, backoff)
+    }
 }
 
 fn retry_wait(e: &SessionError, backoff: &mut Backoff) -> Duration {

@@ -53,6 +53,8 @@ pub enum SessionError {
     Refused(Refusal),
     #[error("the daemon asks to retry in {seconds}s: {reason}")]
     RetryAfter { seconds: u64, reason: String },
+    #[error("the daemon sends this agent to {url}: {reason}")]
+    Redirect { url: String, reason: String },
     #[error("the connection was lost")]
     Lost(#[source] Lost),
     #[error(transparent)]
@@ -137,6 +139,13 @@ impl Dial {
             ca_pin: ca_pin.to_string(),
             timeout: Duration::from_secs(10),
         })
+    }
+
+    /// The same daemon CA at another URL (where a redirect sends the agent).
+    pub fn to(&self, server: &str) -> Result<Dial, SessionError> {
+        let mut dial = Dial::new(server, &self.ca_pin)?;
+        dial.timeout = self.timeout;
+        Ok(dial)
     }
 
     fn addr(&self) -> String {
@@ -248,6 +257,7 @@ pub async fn join(
         ServerMessage::RetryAfter { seconds, reason } => {
             Err(SessionError::RetryAfter { seconds, reason })
         }
+        ServerMessage::Redirect { url, reason } => Err(SessionError::Redirect { url, reason }),
         other => Err(Lost::Unexpected {
             expected: "joined",
             got: server_kind(&other),
@@ -336,6 +346,9 @@ pub async fn session(
         ServerMessage::RetryAfter { seconds, reason } => {
             return Err(SessionError::RetryAfter { seconds, reason })
         }
+        ServerMessage::Redirect { url, reason } => {
+            return Err(SessionError::Redirect { url, reason })
+        }
         other => {
             return Err(Lost::Unexpected {
                 expected: "welcome",
@@ -358,7 +371,12 @@ pub async fn session(
                 liveness.heard();
                 let Some(message) = read_frame(frame)? else { continue };
                 match message {
-                    ServerMessage::EtcdTask { id, task } => {
+                    ServerMessage::EtcdTask { id, task, fence } => {
+                        if !admit_fence(&mut socket, data, fence, || format!("etcd task {id}")).await? {
+                            let error = "refused: its fencing token is older than one this agent has seen".into();
+                            send(&mut socket, &AgentMessage::EtcdTaskResult { id, outcome: EtcdTaskOutcome::Failed { error } }).await?;
+                            continue;
+                        }
                         let (url, dir, done) = (executor.etcd_url(), pki_dir.to_path_buf(), results_tx.clone());
                         let (dial, credential, driver) = (dial.clone(), credential.clone(), executor.driver());
                         // Off the session's loop: heartbeats and plans go on while it runs;
@@ -424,6 +442,7 @@ async fn handle(
             generation,
             checksum,
             spec,
+            fence,
         } => {
             let actual = spec.checksum();
             if actual != checksum {
@@ -444,6 +463,13 @@ async fn handle(
                     }],
                 };
                 return send(socket, &m).await;
+            }
+            if !admit_fence(socket, data, fence, || {
+                format!("plan generation {generation}")
+            })
+            .await?
+            {
+                return Ok(());
             }
             tracing::info!(generation, "received the node plan");
             executor
@@ -469,6 +495,9 @@ async fn handle(
             return Err(SessionError::RetryAfter { seconds, reason })
         }
         ServerMessage::Refused { reason } => return Err(SessionError::Refused(reason)),
+        ServerMessage::Redirect { url, reason } => {
+            return Err(SessionError::Redirect { url, reason })
+        }
         other @ (ServerMessage::Welcome { .. }
         | ServerMessage::Joined { .. }
         | ServerMessage::EtcdTask { .. }) => {
@@ -482,6 +511,33 @@ async fn handle(
     Ok(())
 }
 
+/// Judges a message's fencing token (see `super::fence`); false when it is refused, which the
+/// daemon is told with `Fenced`.
+async fn admit_fence(
+    socket: &mut Socket,
+    data: &DataDir,
+    fence: Option<u64>,
+    what: impl FnOnce() -> String,
+) -> Result<bool, SessionError> {
+    match data.off_thread(move |d| d.admit_fence(fence)).await? {
+        super::fence::Verdict::Accept { .. } => Ok(true),
+        super::fence::Verdict::Refuse { newest } => {
+            let what = what();
+            tracing::warn!(what, ?fence, newest, "refused: its fencing token is older than the newest this agent has seen; a daemon that lost this cluster sent it");
+            send(
+                socket,
+                &AgentMessage::Fenced {
+                    what,
+                    fence,
+                    newest,
+                },
+            )
+            .await?;
+            Ok(false)
+        }
+    }
+}
+
 fn server_kind(m: &ServerMessage) -> &'static str {
     match m {
         ServerMessage::Welcome { .. } => "welcome",
@@ -492,6 +548,7 @@ fn server_kind(m: &ServerMessage) -> &'static str {
         ServerMessage::Plan { .. } => "plan",
         ServerMessage::EtcdTask { .. } => "etcd-task",
         ServerMessage::RetryAfter { .. } => "retry-after",
+        ServerMessage::Redirect { .. } => "redirect",
         ServerMessage::Refused { .. } => "refused",
     }
 }

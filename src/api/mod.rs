@@ -34,6 +34,35 @@ pub const CLUSTERS_FORMAT_VERSION: u32 = 1;
 /// The path of the clusters document; `/v1/clusters/{name}` is one cluster, and a `POST` to
 /// `/v1/clusters/{name}/reconcile` asks for a reconcile now.
 pub const CLUSTERS_PATH: &str = "/v1/clusters";
+/// The daemons sharing the state (`SharingView`).
+pub const DAEMONS_PATH: &str = "/v1/daemons";
+
+/// What `drover status` shows of the daemons sharing the state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharingView {
+    /// This daemon's id.
+    pub me: String,
+    /// The live daemons, by id, with the URL their agents reach them at.
+    pub daemons: Vec<DaemonView>,
+    /// Each owned cluster's owner.
+    pub owners: BTreeMap<String, String>,
+    /// Whether a membership change waits to settle before clusters move.
+    pub settling: bool,
+    /// This daemon's lease (hex, as etcdctl prints it) and its time to live in seconds.
+    pub lease: String,
+    pub lease_ttl_seconds: u64,
+}
+
+/// One of the daemons sharing the state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonView {
+    pub id: String,
+    /// Where its agents reach it.
+    pub agents_url: String,
+}
+
 /// Most bytes a client reads of a clusters document.
 pub const MAX_CLUSTERS_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
 
@@ -413,19 +442,50 @@ pub enum ApiError {
     Random(#[source] getrandom::Error),
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StoredToken {
+    /// The operator token's hash (empty: none made yet).
     hash: String,
+    /// Where several daemons share the state: each daemon's own token for its machine's
+    /// `drover status`, by daemon id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    machines: BTreeMap<String, String>,
 }
 
-/// Makes a new operator token and keeps its hash; the previous token stops working.
+/// Makes a new operator token and keeps its hash; the previous token stops working. Machine
+/// tokens (`create_machine_token`) stay.
 pub fn create_operator_token(state: &DurableState) -> Result<Secret, ApiError> {
+    let token = random_token()?;
+    let digest = hash(&token);
+    state
+        .update(OPERATOR_TOKEN, |stored: &mut StoredToken| {
+            stored.hash = digest.clone();
+            Ok::<_, std::convert::Infallible>(())
+        })?
+        .unwrap_or_else(|never| match never {});
+    Ok(Secret::new(token))
+}
+
+/// Makes a new token for the daemon `daemon`'s own machine, beside the operator token, when
+/// several daemons share the state: each one's local `drover status` keeps working whichever
+/// started last. Its previous machine token stops working.
+pub fn create_machine_token(state: &DurableState, daemon: &str) -> Result<Secret, ApiError> {
+    let token = random_token()?;
+    let digest = hash(&token);
+    state
+        .update(OPERATOR_TOKEN, |stored: &mut StoredToken| {
+            stored.machines.insert(daemon.to_string(), digest.clone());
+            Ok::<_, std::convert::Infallible>(())
+        })?
+        .unwrap_or_else(|never| match never {});
+    Ok(Secret::new(token))
+}
+
+fn random_token() -> Result<String, ApiError> {
     let mut random = [0u8; 32];
     getrandom::fill(&mut random).map_err(ApiError::Random)?;
-    let token = hex::encode(random);
-    state.save(OPERATOR_TOKEN, &StoredToken { hash: hash(&token) })?;
-    Ok(Secret::new(token))
+    Ok(hex::encode(random))
 }
 
 /// Whether `presented` is the operator token, compared in constant time. `Ok(None)` when no
@@ -437,9 +497,14 @@ pub fn check_operator_token(
     let Some(stored) = state.load::<StoredToken>(OPERATOR_TOKEN)? else {
         return Ok(None);
     };
-    Ok(Some(bool::from(
-        hash(presented).as_bytes().ct_eq(stored.hash.as_bytes()),
-    )))
+    let presented = hash(presented);
+    let mut matched = subtle::Choice::from(0);
+    for known in std::iter::once(&stored.hash).chain(stored.machines.values()) {
+        if !known.is_empty() {
+            matched |= presented.as_bytes().ct_eq(known.as_bytes());
+        }
+    }
+    Ok(Some(bool::from(matched)))
 }
 
 fn hash(token: &str) -> String {
@@ -470,6 +535,35 @@ mod tests {
         );
         assert_eq!(
             check_operator_token(&state, second.expose()).unwrap(),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn each_daemon_sharing_the_state_keeps_its_machine_token() {
+        let dir = crate::state::private_tempdir();
+        let state: DurableState = crate::state::StateDir::new(dir.path()).into();
+        let a = create_machine_token(&state, "daemon-a").unwrap();
+        let b = create_machine_token(&state, "daemon-b").unwrap();
+        let operator = create_operator_token(&state).unwrap();
+        for token in [&a, &b, &operator] {
+            assert_eq!(
+                check_operator_token(&state, token.expose()).unwrap(),
+                Some(true)
+            );
+        }
+        assert_eq!(check_operator_token(&state, "").unwrap(), Some(false));
+        let a2 = create_machine_token(&state, "daemon-a").unwrap();
+        assert_eq!(
+            check_operator_token(&state, a.expose()).unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            check_operator_token(&state, a2.expose()).unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            check_operator_token(&state, b.expose()).unwrap(),
             Some(true)
         );
     }

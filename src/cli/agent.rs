@@ -25,7 +25,9 @@ use crate::state::StateDir;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The daemon's agent URL, e.g. `wss://drover.example.net:7443`.
+    /// The daemon's agent URL, e.g. `wss://drover.example.net:7443`. Where several daemons
+    /// share the state, their URLs separated by commas (or one name in front of them all): the
+    /// agent tries them in turn and goes where the daemon it reaches sends it.
     #[arg(long, env = "DROVER_SERVER")]
     server: String,
     /// The daemon CA's key hash, `sha256:<64 hex digits>`, as `drover token create` prints it.
@@ -104,8 +106,17 @@ async fn preflight(args: &Args) -> Result<AgentSettings, (Exit, String)> {
             "--ca-hash must be `sha256:` and 64 lowercase hex digits, as `drover token create` prints it".into(),
         ));
     }
-    let dial =
-        Dial::new(&args.server, &args.ca_hash).map_err(|e| usage(format!("--server: {e}")))?;
+    let mut dials = args
+        .server
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| Dial::new(s, &args.ca_hash).map_err(|e| usage(format!("--server: {e}"))))
+        .collect::<Result<Vec<Dial>, _>>()?;
+    if dials.is_empty() {
+        return Err(usage("--server: no URL given".into()));
+    }
+    let dial = dials.remove(0);
     NodeName::parse(&args.node_name)
         .map_err(|e| usage(format!("--node-name `{}`: {e}", args.node_name)))?;
     let data = DataDir::new(StateDir::new(&args.data_dir));
@@ -177,6 +188,7 @@ async fn preflight(args: &Args) -> Result<AgentSettings, (Exit, String)> {
         }
     };
     let mut settings = AgentSettings::new(dial, &args.node_name, args.data_dir.clone(), docker);
+    settings.also = dials;
     settings.token = token;
     settings.host_root = args.host_root.clone();
     settings.registry_auth = Some(match &args.docker_config {

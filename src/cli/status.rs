@@ -21,6 +21,10 @@ pub struct Args {
     /// Redraw every second until interrupted.
     #[arg(long)]
     watch: bool,
+    /// The daemons sharing the state (state in etcd): their leases and which owns each
+    /// cluster.
+    #[arg(long, conflicts_with = "cluster")]
+    daemons: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
     #[command(flatten)]
@@ -31,6 +35,30 @@ pub struct Args {
 enum Format {
     Text,
     Json,
+}
+
+/// The daemons sharing the state, then each cluster's owner.
+fn daemons_text(view: &crate::api::SharingView) -> String {
+    let mut out = format!(
+        "this daemon: {} (lease {}, {} s){}\n\nDAEMON\tAGENTS\tCLUSTERS\n",
+        view.me,
+        view.lease,
+        view.lease_ttl_seconds,
+        if view.settling {
+            "; a membership change is settling"
+        } else {
+            ""
+        }
+    );
+    for d in &view.daemons {
+        let owned = view.owners.values().filter(|o| **o == d.id).count();
+        out.push_str(&format!("{}\t{}\t{owned}\n", d.id, d.agents_url));
+    }
+    out.push_str("\nCLUSTER\tOWNER\n");
+    for (cluster, owner) in &view.owners {
+        out.push_str(&format!("{cluster}\t{owner}\n"));
+    }
+    out
 }
 
 pub fn run(args: &Args, out: &mut dyn Write) -> Exit {
@@ -82,6 +110,13 @@ pub(super) fn fail(e: &ClientError) -> Exit {
 /// The rendered answer.
 async fn fetch(client: &Client, args: &Args) -> Result<String, ClientError> {
     let limit = MAX_CLUSTERS_DOCUMENT_BYTES;
+    if args.daemons {
+        let view: crate::api::SharingView = client.get(crate::api::DAEMONS_PATH, limit).await?;
+        return Ok(match args.format {
+            Format::Json => json(&view),
+            Format::Text => daemons_text(&view),
+        });
+    }
     match &args.cluster {
         Some(name) => {
             let path = format!("{CLUSTERS_PATH}/{name}");

@@ -54,6 +54,9 @@ struct Handle {
     wake: Arc<Notify>,
     rotate: Arc<AtomicBool>,
     status: watch::Receiver<ClusterStatus>,
+    /// Ends the task after its pass (a drain, or ownership lost).
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Starts and ends the per-cluster tasks, and answers for their status.
@@ -70,6 +73,14 @@ pub struct Controller {
     changes: watch::Sender<u64>,
     /// The clusters whose revisions need an approved plan.
     approvals: crate::config::RequireApproval,
+    /// When several daemons share the state: the clusters this one owns, the only ones it
+    /// reconciles (`own`, `disown`). `None`: every declared cluster is this daemon's.
+    owned: Option<Mutex<BTreeSet<String>>>,
+    /// The desired state last followed, to start an owned cluster's task from.
+    last: Mutex<Option<Arc<DesiredState>>>,
+    /// Clusters whose task found its fence gone (a write refused): the ownership loop hears.
+    lost: tokio::sync::mpsc::UnboundedSender<String>,
+    lost_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
 }
 
 impl Controller {
@@ -80,7 +91,9 @@ impl Controller {
         approvals: crate::config::RequireApproval,
         cancel: CancellationToken,
     ) -> Arc<Controller> {
+        let (lost, lost_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Controller {
+            owned: state.shared().then(|| Mutex::new(BTreeSet::new())),
             hub,
             restores: std::sync::OnceLock::new(),
             state,
@@ -90,7 +103,86 @@ impl Controller {
             tasks: TaskTracker::new(),
             changes: watch::Sender::new(0),
             approvals,
+            last: Mutex::new(None),
+            lost,
+            lost_rx: Mutex::new(Some(lost_rx)),
         })
+    }
+
+    /// The clusters whose tasks stopped because their fence was lost; taken once, by the
+    /// ownership loop.
+    pub fn take_lost(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        self.lost_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Whether this daemon reconciles `cluster` (always, unless several share the state).
+    fn owns(&self, cluster: &str) -> bool {
+        self.owned.as_ref().is_none_or(|owned| {
+            owned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(cluster)
+        })
+    }
+
+    /// Starts reconciling `cluster`, which this daemon now owns (its fence is in the state).
+    pub fn own(self: &Arc<Self>, cluster: &str) {
+        if let Some(owned) = &self.owned {
+            owned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(cluster.to_string());
+        }
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(state) = last {
+            self.follow(&state);
+            self.changed();
+        }
+    }
+
+    /// Stops reconciling `cluster`: its task finishes the pass it is in (a step sent is
+    /// awaited, within the task limit) and ends. Returns once it has.
+    pub async fn disown(&self, cluster: &str) {
+        if let Some(owned) = &self.owned {
+            owned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(cluster);
+        }
+        let handle = self
+            .clusters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(cluster);
+        if let Some(handle) = handle {
+            handle.stop.cancel();
+            let _ = handle.task.await;
+        }
+        self.changed();
+    }
+
+    /// Stops every cluster's task at once, mid-pass: this daemon may not act any more (its
+    /// lease may expire). Returns once they have stopped.
+    pub async fn stop_all(&self) {
+        if let Some(owned) = &self.owned {
+            owned.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        let handles: Vec<Handle> = self
+            .clusters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for handle in handles {
+            handle.stop.cancel();
+            handle.task.abort();
+            let _ = handle.task.await;
+        }
+        self.changed();
     }
 
     /// Wakes on every change of a cluster's status, or of the set of clusters.
@@ -105,6 +197,10 @@ impl Controller {
     /// Publishes every saved rollout record to the hub, so agents get the plans they were
     /// given before a restart while the source loads. Blocking.
     pub fn resume(&self) -> Result<usize, StateError> {
+        if self.owned.is_some() {
+            // Shared state: a cluster's plans are published by its owner once it claimed it.
+            return Ok(0);
+        }
         let names = self.state.names(RECORD_PREFIX)?;
         for name in &names {
             let cluster = &name[RECORD_PREFIX.len()..name.len() - ".json".len()];
@@ -128,6 +224,7 @@ impl Controller {
         loop {
             let state = desired.borrow_and_update().clone();
             if state.revision.is_some() {
+                *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(state.clone());
                 self.follow(&state);
                 self.changed();
             }
@@ -144,6 +241,9 @@ impl Controller {
         let mut clusters = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
         for (name, entry) in &state.clusters {
             let name = name.to_string();
+            if !self.owns(&name) {
+                continue;
+            }
             match clusters.get(&name) {
                 Some(handle) => {
                     handle.entry.send_if_modified(|old| {
@@ -173,7 +273,9 @@ impl Controller {
         let rotate = Arc::new(AtomicBool::new(false));
         let (status_tx, status_rx) =
             watch::channel(Reconciler::new(name, Intent::default()).status().clone());
+        let stop = self.cancel.child_token();
         let task = ClusterTask {
+            stop: stop.clone(),
             name: name.to_string(),
             controller: self.clone(),
             entry: entry_rx,
@@ -184,12 +286,14 @@ impl Controller {
             held: false,
             ca: None,
         };
-        self.tasks.spawn(task.run());
+        let task = self.tasks.spawn(task.run());
         Handle {
             entry: entry_tx,
             wake,
             rotate,
             status: status_rx,
+            stop,
+            task,
         }
     }
 
@@ -276,6 +380,8 @@ impl Controller {
 
 struct ClusterTask {
     name: String,
+    /// Ends the task between passes: the daemon stops, or the cluster moves away.
+    stop: CancellationToken,
     controller: Arc<Controller>,
     entry: watch::Receiver<Option<ClusterEntry>>,
     wake: Arc<Notify>,
@@ -316,7 +422,7 @@ impl ClusterTask {
                     changed = reports.changed() => if changed.is_err() { return },
                     () = self.wake.notified() => {}
                     () = tokio::time::sleep(REQUEUE_IDLE) => {}
-                    () = cx.cancel.cancelled() => return,
+                    () = self.stop.cancelled() => return,
                 }
                 only_the_entry_changed = self.entry.has_changed().unwrap_or(false);
                 continue;
@@ -330,9 +436,22 @@ impl ClusterTask {
                     backoff.reset();
                     requeue
                 }
-                Err(e) => {
-                    tracing::error!(cluster = self.name, error = %e, "reconcile failed; retrying");
-                    self.status.send_modify(|s| failed(s, &e));
+                Err(PassError {
+                    fenced: true,
+                    message,
+                }) => {
+                    // Another daemon owns the cluster now: stop at once, write nothing more.
+                    tracing::warn!(
+                        cluster = self.name,
+                        error = message,
+                        "this daemon no longer owns the cluster; its reconciler stops"
+                    );
+                    let _ = cx.lost.send(self.name.clone());
+                    return;
+                }
+                Err(PassError { message, .. }) => {
+                    tracing::error!(cluster = self.name, error = %message, "reconcile failed; retrying");
+                    self.status.send_modify(|s| failed(s, &message));
                     self.controller.changed();
                     backoff.next_delay()
                 }
@@ -348,7 +467,7 @@ impl ClusterTask {
                 }
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(delay) => {}
-                () = cx.cancel.cancelled() => return,
+                () = self.stop.cancelled() => return,
             }
             reports.borrow_and_update();
         }
@@ -374,7 +493,7 @@ impl ClusterTask {
         &mut self,
         reconciler: &mut Reconciler,
         entry: &ClusterEntry,
-    ) -> Result<Duration, String> {
+    ) -> Result<Duration, PassError> {
         let cx = self.controller.clone();
         let restores = cx.restores.get().cloned();
         if let Some(hold) = restores.as_ref().and_then(|r| r.hold(&self.name)) {
@@ -480,7 +599,7 @@ impl ClusterTask {
         reconciler: &Reconciler,
         entry: &ClusterEntry,
         hold: &Hold,
-    ) -> Result<(), String> {
+    ) -> Result<(), PassError> {
         let mut declared = reconciler.declared(&entry.cluster);
         if hold.etcd_down {
             for sealed in declared.values_mut() {
@@ -500,8 +619,8 @@ impl ClusterTask {
         let (hub, name) = (self.controller.hub.clone(), self.name.clone());
         tokio::task::spawn_blocking(move || hub.set_cluster(&name, &declared))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| crate::error_chain(&e))?;
+            .map_err(PassError::task)?
+            .map_err(PassError::hub)?;
         self.declared = Some(names);
         self.held = true;
         let mut status = self.status_of(reconciler);
@@ -512,7 +631,7 @@ impl ClusterTask {
     }
 
     /// The cluster's etcd CA, made the first time.
-    async fn ca(&mut self) -> Result<Arc<ClusterCa>, String> {
+    async fn ca(&mut self) -> Result<Arc<ClusterCa>, PassError> {
         if let Some(ca) = &self.ca {
             return Ok(ca.clone());
         }
@@ -520,8 +639,8 @@ impl ClusterTask {
         let name = self.name.clone();
         let ca = tokio::task::spawn_blocking(move || ClusterCa::ensure(&state, &name))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| crate::error_chain(&e))?;
+            .map_err(PassError::task)?
+            .map_err(|e| PassError::other(&e))?;
         let ca = Arc::new(ca);
         self.ca = Some(ca.clone());
         Ok(ca)
@@ -562,7 +681,7 @@ impl ClusterTask {
         reconciler: &Reconciler,
         entry: &ClusterEntry,
         save: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), PassError> {
         let cx = self.controller.clone();
         // A restore that began during this pass holds the plans from now on: a pass that
         // started before it must not publish etcd back on the members.
@@ -580,17 +699,16 @@ impl ClusterTask {
             let hub = cx.hub.clone();
             let name = self.name.clone();
             let intent = save.then(|| reconciler.intent().clone());
-            tokio::task::spawn_blocking(move || -> Result<(), String> {
+            tokio::task::spawn_blocking(move || -> Result<(), PassError> {
                 if let Some(intent) = intent {
                     state
-                        .save(&record_name(&name), &intent)
-                        .map_err(|e| crate::error_chain(&e))?;
+                        .save_for(&name, &record_name(&name), &intent)
+                        .map_err(PassError::state)?;
                 }
-                hub.set_cluster(&name, &declared)
-                    .map_err(|e| crate::error_chain(&e))
+                hub.set_cluster(&name, &declared).map_err(PassError::hub)
             })
             .await
-            .map_err(|e| e.to_string())??;
+            .map_err(PassError::task)??;
             self.declared = Some(names);
         }
         self.status.send_replace(self.status_of(reconciler));
@@ -599,16 +717,16 @@ impl ClusterTask {
     }
 
     /// Saves the rollout record.
-    async fn save_record(&self, reconciler: &Reconciler) -> Result<(), String> {
+    async fn save_record(&self, reconciler: &Reconciler) -> Result<(), PassError> {
         let (state, name) = (self.controller.state.clone(), self.name.clone());
         let intent = reconciler.intent().clone();
         tokio::task::spawn_blocking(move || {
             state
-                .save(&record_name(&name), &intent)
-                .map_err(|e| crate::error_chain(&e))
+                .save_for(&name, &record_name(&name), &intent)
+                .map_err(PassError::state)
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(PassError::task)?
     }
 
     /// The reconciler's status with the generation the hub handed each node.
@@ -645,6 +763,40 @@ impl ClusterTask {
         );
         self.status.send_modify(|s| failed(s, error));
         self.controller.changed();
+    }
+}
+
+/// Why a pass failed: `fenced` when a write was refused because the cluster is no longer
+/// this daemon's (see `store`).
+#[derive(Debug)]
+struct PassError {
+    message: String,
+    fenced: bool,
+}
+
+impl PassError {
+    fn other(e: &dyn std::error::Error) -> PassError {
+        PassError {
+            message: crate::error_chain(e),
+            fenced: false,
+        }
+    }
+
+    fn state(e: StateError) -> PassError {
+        PassError {
+            fenced: matches!(e, StateError::Fenced { .. }),
+            message: crate::error_chain(&e),
+        }
+    }
+
+    fn hub(e: crate::server::hub::HubError) -> PassError {
+        match e {
+            crate::server::hub::HubError::State(e) => PassError::state(e),
+        }
+    }
+
+    fn task(e: tokio::task::JoinError) -> PassError {
+        PassError::other(&e)
     }
 }
 

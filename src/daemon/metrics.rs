@@ -60,6 +60,12 @@ pub struct Metrics {
     pub snapshot_overdue: Family<ClusterLabel, Gauge>,
     pub verifications: Family<OutcomeLabel, Counter<u64, AtomicU64>>,
     pub drill_passed: Family<ClusterLabel, Gauge>,
+    /// Several daemons sharing the state: clusters claimed or given up by this daemon.
+    pub ownership_changes: Counter<u64, AtomicU64>,
+    /// Plans and tasks of this daemon agents refused for an old fencing token.
+    pub fencing_refusals: Counter<u64, AtomicU64>,
+    pub lease_renew: Histogram,
+    pub clusters_owned: Gauge,
 }
 
 impl Metrics {
@@ -87,8 +93,32 @@ impl Metrics {
             snapshot_overdue: Family::default(),
             verifications: Family::default(),
             drill_passed: Family::default(),
+            ownership_changes: Counter::default(),
+            fencing_refusals: Counter::default(),
+            lease_renew: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            clusters_owned: Gauge::default(),
             registry: Mutex::new(Registry::default()),
         };
+        registry.register(
+            "ownership_changes",
+            "Clusters this daemon claimed or gave up (several daemons sharing the state)",
+            m.ownership_changes.clone(),
+        );
+        registry.register(
+            "fencing_refusals",
+            "Plans and tasks agents refused because another daemon owns their cluster now",
+            m.fencing_refusals.clone(),
+        );
+        registry.register(
+            "lease_renew_duration_seconds",
+            "Time to renew this daemon's lease in the state's etcd",
+            m.lease_renew.clone(),
+        );
+        registry.register(
+            "clusters_owned",
+            "Clusters this daemon reconciles",
+            m.clusters_owned.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Time of one reconcile pass of a cluster",

@@ -13,6 +13,7 @@ pub mod dashboard;
 pub mod http;
 pub mod metrics;
 pub mod operator;
+pub mod owners;
 pub mod ownership;
 pub mod restore;
 pub mod snapshots;
@@ -135,6 +136,8 @@ struct Prepared {
     state: StateDir,
     /// The durable state: on the state directory, or in etcd.
     shared: DurableState,
+    /// The etcd the state is in, when it is: several daemons may share it.
+    etcd: Option<Arc<crate::store::etcd::EtcdStore>>,
     source: Source,
     location: String,
     trigger: Trigger,
@@ -161,6 +164,7 @@ impl Daemon {
         let Prepared {
             state,
             shared,
+            etcd,
             source,
             location,
             trigger,
@@ -196,7 +200,9 @@ impl Daemon {
             desired: source.desired(),
             webhooks: stats.clone(),
             forge: config.verdicts.forge.clone(),
+            sharing: Arc::new(std::sync::OnceLock::new()),
         };
+        let sharing_cell = operator_state.sharing.clone();
         let operator = operator::router(operator_state.clone());
         let mut settings = Settings::new(config.listen_agents);
         settings.names = config.tls_names.clone();
@@ -250,10 +256,32 @@ impl Daemon {
             url: format!("https://{}", server.local_addr()),
             ca_pin: server.ca_pin().to_string(),
         };
-        write_local_access(&state, &shared, &endpoint).await?;
+        write_local_access(&state, &shared, &endpoint, daemon_id(config)).await?;
 
         let tasks = TaskTracker::new();
         let desired = source.desired();
+        if let Some(store) = etcd {
+            let me = crate::store::lease::MemberInfo {
+                id: daemon_id(config),
+                agents_url: agents_url(config, server.local_addr()),
+            };
+            tracing::info!(
+                daemon = me.id,
+                agents = me.agents_url,
+                "sharing the work with the daemons on the same etcd"
+            );
+            let owners = owners::Owners::new(
+                store,
+                me,
+                owners::Timing::default(),
+                shared.clone(),
+                hub.clone(),
+                controller.clone(),
+                metrics.clone(),
+            );
+            let _ = sharing_cell.set(owners.view());
+            tasks.spawn(owners.run(desired.clone(), shutdown.clone()));
+        }
         tasks.spawn(source.run(shutdown.clone()));
         tasks.spawn(controller.clone().run(desired.clone()));
         tasks.spawn(snapshots.clone().run());
@@ -387,10 +415,11 @@ async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
     };
     let stores = open_stores(config).await?;
     let verdicts = verdicts(config, forge, &source);
-    let shared = open_state(config, &state).await?;
+    let (shared, etcd) = open_state(config, &state).await?;
     Ok(Prepared {
         state,
         shared,
+        etcd,
         source,
         location,
         trigger,
@@ -402,16 +431,44 @@ async fn prepare(config: &DaemonConfig) -> Result<Prepared, DaemonError> {
 
 /// The durable state: in etcd when the configuration says so (connected, and the key read,
 /// before a port is bound), else on the state directory.
-async fn open_state(config: &DaemonConfig, dir: &StateDir) -> Result<DurableState, DaemonError> {
+async fn open_state(
+    config: &DaemonConfig,
+    dir: &StateDir,
+) -> Result<(DurableState, Option<Arc<crate::store::etcd::EtcdStore>>), DaemonError> {
     let Some(etcd) = config.state_etcd.clone() else {
-        return Ok(DurableState::from(dir.clone()));
+        return Ok((DurableState::from(dir.clone()), None));
     };
     let store = tokio::task::spawn_blocking(move || crate::store::etcd::EtcdStore::open(&etcd))
         .await
         .expect("opening the state store does not panic")
         .map_err(DaemonError::StateEtcd)?;
     tracing::info!(store = ?store, "the durable state is in etcd");
-    Ok(DurableState::new(Arc::new(store)))
+    let store = Arc::new(store);
+    Ok((DurableState::new(store.clone()), Some(store)))
+}
+
+/// This daemon's id among those sharing the state: the configured one, else the host's name
+/// and the agents' listen address.
+fn daemon_id(config: &DaemonConfig) -> String {
+    if let Some(id) = &config.peer.daemon_id {
+        return id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "drover".into());
+    format!("{host}/{}", config.listen_agents)
+}
+
+/// The URL the other daemons send this one's agents to: the configured one, else the agents'
+/// listen address (its first TLS name when that is a wildcard).
+fn agents_url(config: &DaemonConfig, bound: SocketAddr) -> String {
+    if let Some(url) = &config.peer.advertise {
+        return url.clone();
+    }
+    match (bound.ip().is_unspecified(), config.tls_names.first()) {
+        (true, Some(name)) => format!("wss://{name}:{}", bound.port()),
+        _ => format!("wss://{bound}"),
+    }
 }
 
 /// Opens every configured snapshot store (credentials read now, a file store's directory
@@ -550,6 +607,7 @@ async fn write_local_access(
     state: &StateDir,
     shared: &DurableState,
     endpoint: &Endpoint,
+    daemon: String,
 ) -> Result<(), DaemonError> {
     let (state, shared) = (state.clone(), shared.clone());
     let endpoint = endpoint.clone();
@@ -559,7 +617,12 @@ async fn write_local_access(
             .map_err(DaemonError::State)?;
         let token_file = state.path(LOCAL_TOKEN_FILE);
         if !token_file.exists() {
-            let token = crate::api::create_operator_token(&shared).map_err(DaemonError::Token)?;
+            let token = if shared.shared() {
+                crate::api::create_machine_token(&shared, &daemon)
+            } else {
+                crate::api::create_operator_token(&shared)
+            }
+            .map_err(DaemonError::Token)?;
             crate::state::write_atomically(&token_file, token.expose().as_bytes(), 0o600).map_err(
                 |source| {
                     DaemonError::State(StateError::Write {
@@ -633,6 +696,11 @@ impl http::Probe for DaemonProbe {
             counter.inc_by(count.saturating_sub(counter.get()));
         }
         self.snapshots.export(std::time::SystemTime::now());
+        let refused = self.hub.fenced_count();
+        let counted = m.fencing_refusals.get();
+        m.fencing_refusals.inc_by(refused.saturating_sub(counted));
+        m.clusters_owned
+            .set(self.controller.statuses().len() as i64);
         let accepted = self.stats.accepted.load(Ordering::Relaxed);
         let seen = m.webhooks_accepted.get();
         m.webhooks_accepted.inc_by(accepted.saturating_sub(seen));

@@ -2,6 +2,7 @@
 //!
 //! - `GET /v1/clusters`: the `ClustersDocument`, every cluster's status and the source's;
 //! - `GET /v1/clusters/{name}`: one cluster's `ClusterStatus`;
+//! - `GET /v1/daemons`: the daemons sharing the state and each cluster's owner (`SharingView`);
 //! - `POST /v1/clusters/{name}/reconcile`: a pass now (202), 404 for an unknown cluster;
 //! - `POST /v1/clusters/{name}/certificates/rotate`: new etcd certificates for every node,
 //!   members restarting one at a time (202), 404 for an unknown cluster;
@@ -39,11 +40,14 @@ pub struct Operator {
     pub webhooks: Arc<crate::source::webhook::WebhookStats>,
     /// The forge that hosts the source, to link each commit to its page.
     pub forge: Option<crate::config::Forge>,
+    /// The daemons sharing the state and the clusters' owners, when several share it.
+    pub sharing: Arc<OnceLock<watch::Receiver<crate::api::SharingView>>>,
 }
 
 pub fn router(operator: Operator) -> Router {
     Router::new()
         .route(CLUSTERS_PATH, get(clusters))
+        .route(crate::api::DAEMONS_PATH, get(daemons))
         .route(&format!("{CLUSTERS_PATH}/{{name}}"), get(cluster))
         .route(
             &format!("{CLUSTERS_PATH}/{{name}}/reconcile"),
@@ -74,6 +78,18 @@ pub fn router(operator: Operator) -> Router {
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> Response {
     let body = serde_json::to_vec(value).expect("API documents are JSON");
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `GET /v1/daemons`: the daemons sharing the state, their leases, and each cluster's owner;
+/// 404 when this daemon shares its state with none.
+async fn daemons(State(op): State<Arc<Operator>>) -> Response {
+    match op.sharing.get() {
+        Some(view) => json(&*view.borrow()),
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            "this daemon keeps its state in a directory: it shares the work with no other",
+        ),
+    }
 }
 
 fn starting() -> Response {

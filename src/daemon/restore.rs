@@ -247,8 +247,9 @@ impl Restores {
             steps: vec![format!("requested by {by}: restore snapshot {snapshot}")],
         };
         let (state, name) = (self.state.clone(), record_name(cluster));
+        let cluster = cluster.to_string();
         let updated = tokio::task::spawn_blocking(move || {
-            state.update(&name, |record: &mut RestoreRecord| {
+            state.update_for(&cluster, &name, |record: &mut RestoreRecord| {
                 let run = record
                     .runs
                     .entry(fresh.request_id.clone())
@@ -266,9 +267,10 @@ impl Restores {
     /// Saves `run` in `cluster`'s record.
     async fn save(&self, cluster: &str, run: &RestoreRun) -> Result<(), StateError> {
         let (state, name, run) = (self.state.clone(), record_name(cluster), run.clone());
+        let cluster = cluster.to_string();
         tokio::task::spawn_blocking(move || {
             state
-                .update(&name, |record: &mut RestoreRecord| {
+                .update_for(&cluster, &name, |record: &mut RestoreRecord| {
                     record.runs.insert(run.request_id.clone(), run.clone());
                     trim(record);
                     Ok::<_, std::convert::Infallible>(())

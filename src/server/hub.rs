@@ -31,6 +31,8 @@ fn generations_name(cluster: &str) -> String {
 pub struct PlanFrame {
     pub generation: u64,
     pub checksum: String,
+    /// The cluster's fencing token it carries.
+    pub fence: Option<u64>,
     pub text: Arc<str>,
 }
 
@@ -40,6 +42,19 @@ pub enum Kick {
     /// A newer session of the same node took over.
     Replaced,
     Refused(Refusal),
+    /// The cluster moved to another daemon (or is moving): the agent is sent there.
+    Moved(Route),
+}
+
+/// Where an agent of a cluster is served, when several daemons share the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// By this daemon (always so when the state is not shared).
+    Here,
+    /// By the daemon whose agent URL this is.
+    Owner { daemon: String, url: String },
+    /// By nobody yet: the cluster is moving, or its owner has not claimed it.
+    Unowned,
 }
 
 /// An etcd task on its way to a session, which sends it to its agent.
@@ -47,6 +62,8 @@ pub enum Kick {
 pub struct TaskRequest {
     pub id: u64,
     pub task: EtcdTask,
+    /// The cluster's fencing token when the task was asked for.
+    pub fence: Option<u64>,
 }
 
 /// Why an etcd task got no outcome from its agent.
@@ -113,6 +130,19 @@ struct Nodes {
     pending: HashMap<u64, ((String, String), oneshot::Sender<EtcdTaskOutcome>)>,
     /// Steps agents reported doing, by action and whether they failed, since the start.
     steps: BTreeMap<(&'static str, bool), u64>,
+    /// When several daemons share the state: the clusters this daemon serves, and the
+    /// owners of the others (`Route`).
+    sharing: Option<Sharing>,
+    /// Plans and tasks agents refused for an old fencing token, since the start.
+    fenced: u64,
+}
+
+/// What the hub knows of the other daemons, when several share the state.
+#[derive(Debug, Default)]
+struct Sharing {
+    owned: BTreeSet<String>,
+    /// Other clusters' owners: daemon id and agent URL.
+    owners: HashMap<String, (String, String)>,
 }
 
 impl Nodes {
@@ -129,12 +159,13 @@ impl Nodes {
         &mut self,
         cluster: &str,
         nodes: &BTreeMap<String, Option<SealedSpec>>,
+        fence: Option<u64>,
         revoked: &mut BTreeMap<(String, String), String>,
     ) -> bool {
         let mut changed = false;
         for (node, spec) in nodes {
             match spec {
-                Some(spec) => changed |= self.publish_node(cluster, node, spec),
+                Some(spec) => changed |= self.publish_node(cluster, node, spec, fence),
                 None => {
                     let key = (cluster.to_string(), node.clone());
                     self.nodes.entry(key).or_insert_with(NodeEntry::new);
@@ -160,7 +191,7 @@ impl Nodes {
         let mut changed = BTreeSet::new();
         for (cluster, specs) in desired {
             for (node, spec) in specs {
-                if self.publish_node(cluster, node, &SealedSpec::new(spec.clone())) {
+                if self.publish_node(cluster, node, &SealedSpec::new(spec.clone()), None) {
                     changed.insert(cluster.clone());
                 }
             }
@@ -168,7 +199,13 @@ impl Nodes {
         changed
     }
 
-    fn publish_node(&mut self, cluster: &str, node: &str, sealed: &SealedSpec) -> bool {
+    fn publish_node(
+        &mut self,
+        cluster: &str,
+        node: &str,
+        sealed: &SealedSpec,
+        fence: Option<u64>,
+    ) -> bool {
         let checksum = sealed.checksum();
         let gen_key = format!("{cluster}/{node}");
         let mark = self.generations.get(&gen_key);
@@ -187,12 +224,17 @@ impl Nodes {
         }
         let key = (cluster.to_string(), node.to_string());
         let entry = self.nodes.entry(key).or_insert_with(NodeEntry::new);
-        let current = entry.plan.borrow().as_ref().map(|f| f.generation);
-        if current != Some(generation) {
+        let current = entry
+            .plan
+            .borrow()
+            .as_ref()
+            .map(|f| (f.generation, f.fence));
+        if current != Some((generation, fence)) {
             let message = ServerMessage::Plan {
                 generation,
                 checksum: checksum.to_string(),
                 spec: sealed.spec().clone(),
+                fence,
             };
             // A node plan is far below the frame limit; one that is not is a bug worth a
             // loud failure at the agent rather than a silent one here.
@@ -203,6 +245,7 @@ impl Nodes {
             entry.plan.send_replace(Some(PlanFrame {
                 generation,
                 checksum: checksum.to_string(),
+                fence,
                 text: text.into(),
             }));
         }
@@ -295,6 +338,8 @@ impl Hub {
                 next_task: 1,
                 pending: HashMap::new(),
                 steps: BTreeMap::new(),
+                sharing: None,
+                fenced: 0,
             }),
             bindings: Mutex::new(BindingCache {
                 stamp: None,
@@ -357,7 +402,10 @@ impl Hub {
     ) -> Result<(), HubError> {
         let declared: BTreeSet<String> = nodes.keys().cloned().collect();
         let mut revoked = self.revoke(|c| (c == cluster).then_some(Some(&declared)))?;
-        let generations_changed = self.lock().publish_cluster(cluster, nodes, &mut revoked);
+        let fence = self.fence(cluster);
+        let generations_changed = self
+            .lock()
+            .publish_cluster(cluster, nodes, fence, &mut revoked);
         if generations_changed {
             self.save_generations(cluster)?;
         }
@@ -444,8 +492,96 @@ impl Hub {
             .take_while(|(k, _)| k.starts_with(&prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        self.state.save(&generations_name(cluster), &generations)?;
+        self.state
+            .save_for(cluster, &generations_name(cluster), &generations)?;
         Ok(())
+    }
+
+    /// `cluster`'s fencing token, as plans and tasks carry it.
+    fn fence(&self, cluster: &str) -> Option<u64> {
+        self.state.fence(cluster).map(|f| f.0 as u64)
+    }
+
+    /// From now on agents are served only for the clusters this daemon owns (`own`); the
+    /// others' are sent to their owners (`set_owners`).
+    pub fn share(&self) {
+        self.lock().sharing.get_or_insert_with(Sharing::default);
+    }
+
+    /// Where `cluster`'s agents are served.
+    pub fn route(&self, cluster: &str) -> Route {
+        let nodes = self.lock();
+        let Some(sharing) = &nodes.sharing else {
+            return Route::Here;
+        };
+        if sharing.owned.contains(cluster) {
+            return Route::Here;
+        }
+        match sharing.owners.get(cluster) {
+            Some((daemon, url)) => Route::Owner {
+                daemon: daemon.clone(),
+                url: url.clone(),
+            },
+            None => Route::Unowned,
+        }
+    }
+
+    /// The other daemons' clusters, by name: owner id and agent URL.
+    pub fn set_owners(&self, owners: HashMap<String, (String, String)>) {
+        if let Some(sharing) = self.lock().sharing.as_mut() {
+            sharing.owners = owners;
+        }
+    }
+
+    /// Starts serving `cluster` (this daemon claimed it and holds its fence in the state): its
+    /// generations are read again, as the daemon that owned it before may have moved them on.
+    /// Blocking.
+    pub fn own(&self, cluster: &str) -> Result<(), HubError> {
+        let saved: BTreeMap<String, AppliedMark> = self
+            .state
+            .load(&generations_name(cluster))?
+            .unwrap_or_default();
+        let mut nodes = self.lock();
+        let prefix = format!("{cluster}/");
+        nodes.generations.retain(|k, _| !k.starts_with(&prefix));
+        nodes.generations.extend(saved);
+        if let Some(sharing) = nodes.sharing.as_mut() {
+            sharing.owned.insert(cluster.to_string());
+            sharing.owners.remove(cluster);
+        }
+        Ok(())
+    }
+
+    /// Stops serving `cluster`: its nodes are forgotten and their sessions sent to `to`.
+    pub fn disown(&self, cluster: &str, to: Route) {
+        let mut nodes = self.lock();
+        if let Some(sharing) = nodes.sharing.as_mut() {
+            sharing.owned.remove(cluster);
+        }
+        let gone: Vec<(String, String)> = cluster_range(&nodes.nodes, cluster)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            if let Some(mut entry) = nodes.nodes.remove(&key) {
+                nodes.pending.retain(|_, (target, _)| *target != key);
+                if let Some(live) = entry.session.take() {
+                    let _ = live.kick.send(Kick::Moved(to.clone()));
+                }
+            }
+        }
+        let prefix = format!("{cluster}/");
+        nodes.generations.retain(|k, _| !k.starts_with(&prefix));
+        nodes.touch(cluster);
+    }
+
+    /// Notes that an agent refused a plan or task for its old fencing token.
+    pub fn fenced(&self) {
+        self.lock().fenced += 1;
+    }
+
+    /// How many plans and tasks agents refused for an old fencing token, since the start.
+    pub fn fenced_count(&self) -> u64 {
+        self.lock().fenced
     }
 
     /// Whether the desired state was set at least once.
@@ -536,7 +672,8 @@ impl Hub {
             nodes.pending.insert(id, (key.clone(), tx));
             (id, queue)
         };
-        if queue.try_send(TaskRequest { id, task }).is_err() {
+        let fence = self.fence(cluster);
+        if queue.try_send(TaskRequest { id, task, fence }).is_err() {
             self.lock().pending.remove(&id);
             return Err(TaskError::Busy { node: node_name() });
         }
@@ -712,6 +849,7 @@ impl Hub {
                 generation,
                 checksum,
                 spec,
+                ..
             }) => Some((generation, checksum, spec)),
             _ => None,
         }

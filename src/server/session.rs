@@ -19,7 +19,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{Attached, Hub, Kick, PlanFrame};
+use super::hub::{Attached, Hub, Kick, PlanFrame, Route};
 use super::Settings;
 use crate::heartbeat::{Beat, Liveness};
 use crate::join::{redeem, CredentialUse, TokenRecord};
@@ -293,6 +293,21 @@ async fn on_hello(
     hello: Hello,
     slot: OwnedSemaphorePermit,
 ) {
+    // An agent of a cluster another daemon serves is sent there, once its credential says
+    // it is of that cluster (the owner checks the rest).
+    if peer
+        .identity
+        .as_ref()
+        .is_some_and(|id| id.cluster == hello.cluster)
+    {
+        let route = cx.hub.route(&hello.cluster);
+        if route != Route::Here {
+            let _ = conn
+                .send(&moved(&hello.cluster, &route, cx.settings.retry_after))
+                .await;
+            return conn.close().await;
+        }
+    }
     let id = match admit_hello(cx, peer, &hello).await {
         Ok(id) => id,
         Err(r) => return conn.refuse(peer, r, &cx.refusal_log).await,
@@ -324,6 +339,18 @@ async fn on_hello(
             conn.close().await;
         }
         End::Refused(r) => conn.refuse(peer, r, &cx.refusal_log).await,
+        End::Moved(route) => {
+            tracing::info!(
+                cluster,
+                node,
+                ?route,
+                "the cluster moved; the agent is sent on"
+            );
+            let _ = conn
+                .send(&moved(&cluster, &route, cx.settings.retry_after))
+                .await;
+            conn.close().await;
+        }
     }
 }
 
@@ -401,7 +428,19 @@ async fn join(
     let token = token.clone();
     let csr = csr_pem.to_string();
     // Token and binding files are read and written under a file lock: off the async threads.
+    let retry_after = cx.settings.retry_after;
     let outcome = tokio::task::spawn_blocking(move || {
+        // A cluster another daemon serves: the join goes there, the token unspent.
+        if cx2.hub.state().shared() {
+            let cluster =
+                crate::join::token_cluster(cx2.hub.state(), &token).map_err(|e| internal(&e))?;
+            if let Some(cluster) = cluster {
+                let route = cx2.hub.route(&cluster);
+                if route != Route::Here {
+                    return Ok(moved(&cluster, &route, retry_after));
+                }
+            }
+        }
         let now = SystemTime::now();
         // A `drover node reset` may have just freed the node: decide on the file as it is.
         cx2.hub.refresh_bindings();
@@ -469,6 +508,22 @@ fn internal(e: &dyn std::error::Error) -> Refusal {
 enum End {
     Closed(&'static str),
     Refused(Refusal),
+    /// The cluster is another daemon's now (or moving).
+    Moved(Route),
+}
+
+/// What an agent of `cluster` is told when another daemon serves it (or none does yet).
+fn moved(cluster: &str, route: &Route, retry_after: Duration) -> ServerMessage {
+    match route {
+        Route::Owner { daemon, url } => ServerMessage::Redirect {
+            url: url.clone(),
+            reason: format!("cluster {cluster} is served by daemon {daemon}"),
+        },
+        Route::Here | Route::Unowned => ServerMessage::RetryAfter {
+            seconds: retry_after.as_secs().max(1),
+            reason: format!("cluster {cluster} is moving between daemons"),
+        },
+    }
 }
 
 /// What a session remembers between messages.
@@ -513,11 +568,12 @@ async fn serve(cx: &Context, id: &NodeIdentity, conn: &mut Conn, attached: Attac
             }
             beat = liveness.tick() => on_beat(cx, id, conn, beat).await,
             Some(request) = tasks.recv() => {
-                let m = ServerMessage::EtcdTask { id: request.id, task: request.task };
+                let m = ServerMessage::EtcdTask { id: request.id, task: request.task, fence: request.fence };
                 conn.send(&m).await.map_err(|_| End::Closed("send failed"))
             }
             k = &mut kick => Err(match k {
                 Ok(Kick::Refused(r)) => End::Refused(r),
+                Ok(Kick::Moved(route)) => End::Moved(route),
                 Ok(Kick::Replaced) | Err(_) => End::Closed("replaced by a newer session"),
             }),
             () = cx.shutdown.cancelled() => Err(End::Closed("the daemon is stopping")),
@@ -560,6 +616,7 @@ async fn on_plan(
         // before it drops the plan channel, so the reason is there.
         return Err(match kick.try_recv() {
             Ok(Kick::Refused(r)) => End::Refused(r),
+            Ok(Kick::Moved(route)) => End::Moved(route),
             _ => End::Closed("the node left the desired state"),
         });
     }
@@ -622,6 +679,21 @@ async fn handle(
             cx.hub.record(cluster, node, |r| r.containers = containers);
         }
         AgentMessage::Renew { csr_pem } => renew(cx, id, conn, state, csr_pem).await?,
+        AgentMessage::Fenced {
+            what,
+            fence,
+            newest,
+        } => {
+            cx.hub.fenced();
+            tracing::warn!(
+                cluster,
+                node,
+                what = crate::protocol::short_text(&what),
+                ?fence,
+                newest,
+                "the agent refused a plan or task: it has seen a newer owner of this cluster"
+            );
+        }
         other @ (AgentMessage::Join { .. } | AgentMessage::Hello { .. }) => {
             let detail = format!("{} in an established session", kind(&other));
             return Err(End::Refused(Refusal::bad_request(detail)));
@@ -729,6 +801,7 @@ fn kind(m: &AgentMessage) -> &'static str {
         AgentMessage::Applied { .. } => "applied",
         AgentMessage::Observed { .. } => "observed",
         AgentMessage::EtcdTaskResult { .. } => "etcd-task-result",
+        AgentMessage::Fenced { .. } => "fenced",
     }
 }
 

@@ -17,7 +17,8 @@ use etcd_client::{
     TxnOp,
 };
 
-use super::{Change, Decide, Stamp, Store};
+use super::lease::OWNERS;
+use super::{Change, Decide, Guard, Stamp, Store};
 use crate::secret::Secret;
 use crate::state::{StateError, MAX_STATE_BYTES};
 
@@ -154,6 +155,80 @@ impl EtcdStore {
         }
     }
 
+    /// The key of `cluster`'s owner (see `lease`).
+    pub(super) fn owner_key(&self, cluster: &str) -> String {
+        self.key(&format!("{OWNERS}{cluster}"))
+    }
+
+    /// The comparison that holds while `guard`'s fence owns its cluster.
+    fn owned(&self, guard: &Guard) -> Compare {
+        Compare::create_revision(
+            self.owner_key(&guard.cluster),
+            CompareOp::Equal,
+            guard.fence.0,
+        )
+    }
+
+    fn fenced(&self, name: &str, guard: &Guard) -> StateError {
+        StateError::Fenced {
+            document: self.locate(name),
+            cluster: guard.cluster.clone(),
+        }
+    }
+
+    /// `modify`, its write also conditioned on `guard` when given: a conflict on the document
+    /// is retried, a lost fence is not.
+    fn modify_when(
+        &self,
+        name: &str,
+        change: &mut Decide<'_>,
+        guard: Option<&Guard>,
+    ) -> Result<Option<Stamp>, StateError> {
+        let key = self.key(name);
+        for _ in 0..MAX_CONFLICTS {
+            let current = self.get(name)?;
+            let plain = match &current {
+                Some((sealed, _)) => Some(self.open_sealed(name, sealed)?),
+                None => None,
+            };
+            let bytes = match change(plain.as_deref())? {
+                Change::Keep => {
+                    return Ok(current.map(|(_, rev)| Stamp::new([rev as u64, 0, 0])));
+                }
+                Change::Write(bytes) => bytes,
+            };
+            // Unchanged since the read: the same mod revision, or still absent.
+            let unchanged = match &current {
+                Some((_, rev)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *rev),
+                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            };
+            let mut when = vec![unchanged];
+            when.extend(guard.map(|g| self.owned(g)));
+            let sealed = self.seal(name, &bytes)?;
+            let mut txn = Txn::new()
+                .when(when)
+                .and_then([TxnOp::put(key.clone(), sealed, None)]);
+            if let Some(g) = guard {
+                txn = txn.or_else([TxnOp::get(self.owner_key(&g.cluster), None)]);
+            }
+            let mut kv = self.client.kv_client();
+            let answer = self.call(name, kv.txn(txn))?;
+            if answer.succeeded() {
+                let revision = answer.header().map_or(0, |h| h.revision());
+                return Ok(Some(Stamp::new([revision as u64, 0, 0])));
+            }
+            if let Some(g) = guard {
+                if !still_owned(answer.op_responses(), g) {
+                    return Err(self.fenced(name, g));
+                }
+            }
+        }
+        Err(StateError::Backend {
+            document: self.locate(name),
+            why: format!("{MAX_CONFLICTS} conflicting writes in a row"),
+        })
+    }
+
     /// The document's sealed bytes and mod revision.
     fn get(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, StateError> {
         let mut kv = self.client.kv_client();
@@ -256,44 +331,50 @@ impl Store for EtcdStore {
     }
 
     fn modify(&self, name: &str, change: &mut Decide<'_>) -> Result<Option<Stamp>, StateError> {
-        let key = self.key(name);
-        for _ in 0..MAX_CONFLICTS {
-            let current = self.get(name)?;
-            let plain = match &current {
-                Some((sealed, _)) => Some(self.open_sealed(name, sealed)?),
-                None => None,
-            };
-            let bytes = match change(plain.as_deref())? {
-                Change::Keep => {
-                    return Ok(current.map(|(_, rev)| Stamp::new([rev as u64, 0, 0])));
-                }
-                Change::Write(bytes) => bytes,
-            };
-            // Unchanged since the read: the same mod revision, or still absent.
-            let guard = match &current {
-                Some((_, rev)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *rev),
-                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-            };
-            let sealed = self.seal(name, &bytes)?;
-            let txn = Txn::new()
-                .when([guard])
-                .and_then([TxnOp::put(key.clone(), sealed, None)]);
-            let mut kv = self.client.kv_client();
-            let answer = self.call(name, kv.txn(txn))?;
-            if answer.succeeded() {
-                let revision = answer.header().map_or(0, |h| h.revision());
-                return Ok(Some(Stamp::new([revision as u64, 0, 0])));
-            }
+        self.modify_when(name, change, None)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn write_guarded(&self, name: &str, bytes: &[u8], guard: &Guard) -> Result<(), StateError> {
+        let sealed = self.seal(name, bytes)?;
+        let txn = Txn::new().when([self.owned(guard)]).and_then([TxnOp::put(
+            self.key(name),
+            sealed,
+            None,
+        )]);
+        let mut kv = self.client.kv_client();
+        if self.call(name, kv.txn(txn))?.succeeded() {
+            return Ok(());
         }
-        Err(StateError::Backend {
-            document: self.locate(name),
-            why: format!("{MAX_CONFLICTS} conflicting writes in a row"),
-        })
+        Err(self.fenced(name, guard))
+    }
+
+    fn modify_guarded(
+        &self,
+        name: &str,
+        change: &mut Decide<'_>,
+        guard: &Guard,
+    ) -> Result<Option<Stamp>, StateError> {
+        self.modify_when(name, change, Some(guard))
     }
 
     fn locate(&self, name: &str) -> String {
         format!("etcd key {} at {}", self.key(name), self.endpoints)
     }
+}
+
+/// Whether the owner key a failed guarded transaction read still has the guard's fence.
+fn still_owned(responses: Vec<etcd_client::TxnOpResponse>, guard: &Guard) -> bool {
+    responses.into_iter().any(|op| match op {
+        etcd_client::TxnOpResponse::Get(get) => get
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == guard.fence.0),
+        _ => false,
+    })
 }
 
 /// A request made while opening the store, within `REQUEST_TIMEOUT`.

@@ -9,23 +9,29 @@
 //! keeps the lease until at least the sending instant plus the TTL, on the daemon's monotonic
 //! clock, and `acting_until` is that instant minus a margin.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
 use super::etcd::EtcdStore;
+pub use super::Fence;
 use super::Store as _;
 use crate::state::StateError;
 
 /// Where daemons register, under the store's prefix.
 const MEMBERS: &str = "members/";
 /// Where clusters' owner keys live, under the store's prefix.
-const OWNERS: &str = "owners/";
+pub(super) const OWNERS: &str = "owners/";
 
-/// A cluster's fencing token: the create revision of its owner key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Fence(pub i64);
+/// What a daemon registers under its lease: its id and the URL its agents reach it at.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberInfo {
+    pub id: String,
+    pub agents_url: String,
+}
 
 /// This daemon's registration: its lease and member key.
 #[derive(Debug)]
@@ -48,6 +54,21 @@ impl Membership {
         ttl: Duration,
         margin: Duration,
     ) -> Result<Membership, StateError> {
+        let info = MemberInfo {
+            id: id.to_string(),
+            agents_url: String::new(),
+        };
+        Membership::register(store, &info, ttl, margin)
+    }
+
+    /// `join`, registering `info`.
+    pub fn register(
+        store: Arc<EtcdStore>,
+        info: &MemberInfo,
+        ttl: Duration,
+        margin: Duration,
+    ) -> Result<Membership, StateError> {
+        let id = info.id.as_str();
         let sent = Instant::now();
         let mut lease = store.client().lease_client();
         let granted = store.call(id, lease.grant(ttl.as_secs().max(1) as i64, None))?;
@@ -62,9 +83,10 @@ impl Membership {
         let mut kv = membership.store.client().kv_client();
         let key = membership.store.key(&format!("{MEMBERS}{id}"));
         let options = PutOptions::new().with_lease(membership.lease);
+        let value = serde_json::to_vec(info).expect("a member is JSON");
         membership
             .store
-            .call(id, kv.put(key, id.as_bytes().to_vec(), Some(options)))?;
+            .call(id, kv.put(key, value, Some(options)))?;
         Ok(membership)
     }
 
@@ -99,23 +121,54 @@ impl Membership {
 
     /// The live daemons' ids, sorted.
     pub fn members(&self) -> Result<Vec<String>, StateError> {
+        Ok(self.member_infos()?.into_iter().map(|m| m.id).collect())
+    }
+
+    /// The live daemons, by id.
+    pub fn member_infos(&self) -> Result<Vec<MemberInfo>, StateError> {
         let mut kv = self.store.client().kv_client();
         let options = GetOptions::new().with_prefix();
         let prefix = self.store.key(MEMBERS);
         let answer = self.store.call(MEMBERS, kv.get(prefix, Some(options)))?;
-        let mut ids: Vec<String> = answer
+        let mut members: Vec<MemberInfo> = answer
             .kvs()
             .iter()
-            .filter_map(|kv| kv.value_str().ok().map(str::to_string))
+            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
             .collect();
-        ids.sort();
-        Ok(ids)
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(members)
+    }
+
+    /// Every owned cluster's owner: its daemon id, and whether that is this daemon under its
+    /// current lease (a restarted daemon's old lease may still hold keys with its id).
+    pub fn owners(&self) -> Result<BTreeMap<String, (String, bool)>, StateError> {
+        let mut kv = self.store.client().kv_client();
+        let options = GetOptions::new().with_prefix();
+        let prefix = self.store.key(OWNERS);
+        let answer = self
+            .store
+            .call(OWNERS, kv.get(prefix.clone(), Some(options)))?;
+        Ok(answer
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let cluster = kv.key_str().ok()?.strip_prefix(&prefix)?.to_string();
+                let owner = kv.value_str().ok()?.to_string();
+                let ours = kv.lease() == self.lease && owner == self.id;
+                Some((cluster, (owner, ours)))
+            })
+            .collect())
+    }
+
+    /// This daemon's lease and its time to live.
+    pub fn lease(&self) -> (i64, Duration) {
+        (self.lease, self.ttl)
     }
 
     /// Claims `cluster` when nobody owns it (or this daemon already does): its fence, or
     /// `None` when another daemon owns it.
     pub fn claim(&self, cluster: &str) -> Result<Option<Fence>, StateError> {
-        let key = self.store.key(&format!("{OWNERS}{cluster}"));
+        let key = self.store.owner_key(cluster);
         let absent = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
         let options = PutOptions::new().with_lease(self.lease);
         let txn = Txn::new()
@@ -150,7 +203,7 @@ impl Membership {
 
     /// Gives `cluster` up, if this fence still owns it.
     pub fn release(&self, cluster: &str, fence: Fence) -> Result<(), StateError> {
-        let key = self.store.key(&format!("{OWNERS}{cluster}"));
+        let key = self.store.owner_key(cluster);
         let txn = Txn::new()
             .when([Compare::create_revision(
                 key.clone(),
@@ -161,24 +214,6 @@ impl Membership {
         let mut kv = self.store.client().kv_client();
         self.store.call(cluster, kv.txn(txn))?;
         Ok(())
-    }
-
-    /// Writes `name` for `cluster`, only while `fence` still owns it: false when the fence
-    /// has been lost (and nothing was written).
-    pub fn fenced_write(
-        &self,
-        cluster: &str,
-        fence: Fence,
-        name: &str,
-        bytes: &[u8],
-    ) -> Result<bool, StateError> {
-        let owner = self.store.key(&format!("{OWNERS}{cluster}"));
-        let sealed = self.store.seal(name, bytes)?;
-        let txn = Txn::new()
-            .when([Compare::create_revision(owner, CompareOp::Equal, fence.0)])
-            .and_then([TxnOp::put(self.store.key(name), sealed, None)]);
-        let mut kv = self.store.client().kv_client();
-        Ok(self.store.call(name, kv.txn(txn))?.succeeded())
     }
 
     /// Leaves at once: the lease is revoked, and every owner key under it goes with it.

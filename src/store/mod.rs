@@ -20,8 +20,9 @@
 pub mod etcd;
 pub mod lease;
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -41,6 +42,19 @@ pub enum Change {
 /// How `Store::modify` decides on a document's current bytes (`None`: absent).
 pub type Decide<'a> = dyn FnMut(Option<&[u8]>) -> Result<Change, StateError> + 'a;
 
+/// A cluster's fencing token: the creation revision of its owner key (see `lease`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct Fence(pub i64);
+
+/// What a guarded write holds on to: `cluster` still owned under `fence`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    pub cluster: String,
+    pub fence: Fence,
+}
+
 /// A backend for the daemon's documents. Every method blocks.
 pub trait Store: Send + Sync + fmt::Debug {
     /// The document's bytes; `None` when it was never written.
@@ -57,6 +71,27 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn modify(&self, name: &str, change: &mut Decide<'_>) -> Result<Option<Stamp>, StateError>;
     /// Where the document is, for messages (a path, a key).
     fn locate(&self, name: &str) -> String;
+    /// Whether several daemons may share this store, so that a cluster's documents are written
+    /// only under its owner's fence (`write_guarded`, `modify_guarded`).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// `write`, only while `guard` holds (`StateError::Fenced` otherwise). A store only one
+    /// daemon uses has nothing to guard against.
+    fn write_guarded(&self, name: &str, bytes: &[u8], guard: &Guard) -> Result<(), StateError> {
+        let _ = guard;
+        self.write(name, bytes)
+    }
+    /// `modify`, only while `guard` holds.
+    fn modify_guarded(
+        &self,
+        name: &str,
+        change: &mut Decide<'_>,
+        guard: &Guard,
+    ) -> Result<Option<Stamp>, StateError> {
+        let _ = guard;
+        self.modify(name, change)
+    }
 }
 
 impl Store for StateDir {
@@ -92,10 +127,12 @@ impl Store for StateDir {
     }
 }
 
-/// The daemon's state: typed JSON documents on a `Store`. Cheap to clone.
+/// The daemon's state: typed JSON documents on a `Store`. Cheap to clone; clones share the
+/// fences this daemon holds.
 #[derive(Debug, Clone)]
 pub struct DurableState {
     store: Arc<dyn Store>,
+    fences: Arc<RwLock<HashMap<String, Fence>>>,
 }
 
 /// What `DurableState::update` did: the document as saved, the change's result, and the stamp.
@@ -114,7 +151,82 @@ impl From<StateDir> for DurableState {
 
 impl DurableState {
     pub fn new(store: Arc<dyn Store>) -> DurableState {
-        DurableState { store }
+        DurableState {
+            store,
+            fences: Arc::default(),
+        }
+    }
+
+    /// Whether several daemons may share this state (and a cluster's writes need its fence).
+    pub fn shared(&self) -> bool {
+        self.store.shared()
+    }
+
+    /// The fence this daemon holds `cluster` under (`None`: it does not own it), for the
+    /// cluster's writes (`save_for`, `update_for`).
+    pub fn set_fence(&self, cluster: &str, fence: Option<Fence>) {
+        let mut fences = self.fences.write().unwrap_or_else(|e| e.into_inner());
+        match fence {
+            Some(f) => fences.insert(cluster.to_string(), f),
+            None => fences.remove(cluster),
+        };
+    }
+
+    /// Whether this daemon acts for `cluster`: always on a store one daemon uses, else while
+    /// it holds the cluster's fence.
+    pub fn serves(&self, cluster: &str) -> bool {
+        !self.store.shared() || self.fence(cluster).is_some()
+    }
+
+    pub fn fence(&self, cluster: &str) -> Option<Fence> {
+        let fences = self.fences.read().unwrap_or_else(|e| e.into_inner());
+        fences.get(cluster).copied()
+    }
+
+    /// The guard of `cluster`'s writes: `None` on a store one daemon uses; refused when this
+    /// daemon holds no fence for it.
+    fn guard(&self, cluster: &str, name: &str) -> Result<Option<Guard>, StateError> {
+        if !self.store.shared() {
+            return Ok(None);
+        }
+        match self.fence(cluster) {
+            Some(fence) => Ok(Some(Guard {
+                cluster: cluster.to_string(),
+                fence,
+            })),
+            None => Err(StateError::Fenced {
+                document: self.store.locate(name),
+                cluster: cluster.to_string(),
+            }),
+        }
+    }
+
+    /// `save` of a document of `cluster`: on a shared store, only while this daemon owns the
+    /// cluster under the fence it holds (`StateError::Fenced` otherwise; nothing written).
+    pub fn save_for<T: Serialize>(
+        &self,
+        cluster: &str,
+        name: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        match self.guard(cluster, name)? {
+            Some(guard) => self.store.write_guarded(name, &encode(value), &guard),
+            None => self.store.write(name, &encode(value)),
+        }
+    }
+
+    /// `update` of a document of `cluster`, guarded like `save_for`.
+    pub fn update_for<T, R, E>(
+        &self,
+        cluster: &str,
+        name: &str,
+        change: impl FnMut(&mut T) -> Result<R, E>,
+    ) -> Result<Result<Updated<T, R>, E>, StateError>
+    where
+        T: Serialize + DeserializeOwned + Default,
+    {
+        let guard = self.guard(cluster, name)?;
+        self.update_with(name, guard.as_ref(), change)
     }
 
     /// Document `name`; `None` when it was never saved.
@@ -145,13 +257,25 @@ impl DurableState {
     pub fn update<T, R, E>(
         &self,
         name: &str,
+        change: impl FnMut(&mut T) -> Result<R, E>,
+    ) -> Result<Result<Updated<T, R>, E>, StateError>
+    where
+        T: Serialize + DeserializeOwned + Default,
+    {
+        self.update_with(name, None, change)
+    }
+
+    fn update_with<T, R, E>(
+        &self,
+        name: &str,
+        guard: Option<&Guard>,
         mut change: impl FnMut(&mut T) -> Result<R, E>,
     ) -> Result<Result<Updated<T, R>, E>, StateError>
     where
         T: Serialize + DeserializeOwned + Default,
     {
         let mut outcome = None;
-        let stamp = self.store.modify(name, &mut |current| {
+        let mut decide = |current: Option<&[u8]>| {
             let mut value: T = match current {
                 Some(bytes) => self.decode(name, bytes)?,
                 None => T::default(),
@@ -161,7 +285,11 @@ impl DurableState {
             let bytes = write.then(|| encode(&value));
             outcome = Some(decided.map(|r| (value, r)));
             Ok(bytes.map_or(Change::Keep, Change::Write))
-        })?;
+        };
+        let stamp = match guard {
+            Some(guard) => self.store.modify_guarded(name, &mut decide, guard)?,
+            None => self.store.modify(name, &mut decide)?,
+        };
         let decided = outcome.expect("modify runs the change at least once");
         Ok(decided.map(|(value, result)| Updated {
             value,

@@ -31,6 +31,7 @@ mod serve;
 mod serve_crash;
 mod serve_http;
 mod server_limits;
+mod sharing;
 mod smoke;
 mod snapshot_faults;
 mod snapshot_prune;

@@ -35,6 +35,17 @@ fn server_messages() -> Vec<ServerMessage> {
             generation: 3,
             checksum: spec.checksum(),
             spec: spec.clone(),
+            fence: None,
+        },
+        ServerMessage::Plan {
+            generation: 4,
+            checksum: spec.checksum(),
+            spec: spec.clone(),
+            fence: Some(1207),
+        },
+        ServerMessage::Redirect {
+            url: "wss://127.0.0.2:7443/v1/agent".into(),
+            reason: "cluster dev is served by daemon b".into(),
         },
         ServerMessage::RetryAfter {
             seconds: 5,
@@ -83,6 +94,7 @@ fn server_messages() -> Vec<ServerMessage> {
             .map(|(id, task)| ServerMessage::EtcdTask {
                 id: id as u64,
                 task,
+                fence: (id % 2 == 1).then_some(id as u64 * 100),
             }),
     )
     .collect()
@@ -173,6 +185,16 @@ fn agent_messages() -> Vec<AgentMessage> {
             }],
         },
         AgentMessage::Observed { containers },
+        AgentMessage::Fenced {
+            what: "plan generation 4".into(),
+            fence: Some(1190),
+            newest: 1207,
+        },
+        AgentMessage::Fenced {
+            what: "etcd task 9".into(),
+            fence: None,
+            newest: 1207,
+        },
     ]
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use drover::pki::DaemonCa;
-use drover::state::StateDir;
+use drover::state::{StateDir, StateError};
 use drover::store::etcd::{EtcdStateConfig, EtcdStateError, EtcdStore};
 use drover::store::{DurableState, Store};
 
@@ -354,8 +354,16 @@ async fn a_cluster_has_one_owner_and_a_lost_owner_is_fenced() {
     const MARGIN: Duration = Duration::from_millis(500);
     tokio::task::spawn_blocking(move || {
         let open = || Arc::new(etcd_store(&member, "/drover-lease/", &key));
-        let a = Membership::join(open(), "daemon-a", TTL, MARGIN).unwrap();
-        let b = Membership::join(open(), "daemon-b", TTL, MARGIN).unwrap();
+        let (store_a, store_b) = (open(), open());
+        let a = Membership::join(store_a.clone(), "daemon-a", TTL, MARGIN).unwrap();
+        let b = Membership::join(store_b.clone(), "daemon-b", TTL, MARGIN).unwrap();
+        // A write of dev's record under `fence`, as a daemon holding it would make it.
+        let write = |store: &Arc<EtcdStore>, fence: Fence, value: &str| {
+            let state = DurableState::new(store.clone());
+            state.set_fence("dev", Some(fence));
+            state.save_for("dev", "record-dev.json", &value)
+        };
+        let fenced = |r: Result<(), StateError>| matches!(r, Err(StateError::Fenced { .. }));
         assert_eq!(a.members().unwrap(), ["daemon-a", "daemon-b"]);
 
         let fence = a.claim("dev").unwrap().expect("nobody owned dev");
@@ -365,12 +373,11 @@ async fn a_cluster_has_one_owner_and_a_lost_owner_is_fenced() {
             "claiming again keeps the fence"
         );
         assert_eq!(b.claim("dev").unwrap(), None, "dev is daemon-a's");
-        assert!(a
-            .fenced_write("dev", fence, "record-dev.json", b"1")
-            .unwrap());
-        assert!(!b
-            .fenced_write("dev", Fence(fence.0 + 1), "record-dev.json", b"2")
-            .unwrap());
+        write(&store_a, fence, "1").unwrap();
+        assert!(fenced(write(&store_b, Fence(fence.0 + 1), "2")));
+        // Without a fence, nothing of dev is written.
+        let unfenced = DurableState::new(store_b.clone()).save_for("dev", "record-dev.json", &"0");
+        assert!(fenced(unfenced));
 
         // daemon-a stops renewing (frozen, or cut off); daemon-b keeps renewing.
         let stopped_renewing = Instant::now();
@@ -392,13 +399,33 @@ async fn a_cluster_has_one_owner_and_a_lost_owner_is_fenced() {
         );
         assert_eq!(b.members().unwrap(), ["daemon-b"]);
         // daemon-a's late write is refused: its fence is gone.
-        assert!(!a
-            .fenced_write("dev", fence, "record-dev.json", b"late")
-            .unwrap());
+        assert!(fenced(write(&store_a, fence, "late")));
         assert!(a.renew().is_err(), "an expired lease renewed");
-        assert!(b
-            .fenced_write("dev", newer, "record-dev.json", b"3")
-            .unwrap());
+        write(&store_b, newer, "3").unwrap();
+        let state = DurableState::new(store_b.clone());
+        assert_eq!(
+            state.load::<String>("record-dev.json").unwrap().as_deref(),
+            Some("3")
+        );
+        // An update under the fence holds too, and one under the old fence is refused.
+        state.set_fence("dev", Some(newer));
+        state
+            .update_for("dev", "record-dev.json", |v: &mut String| {
+                v.push('4');
+                Ok::<_, ()>(())
+            })
+            .unwrap()
+            .unwrap();
+        state.set_fence("dev", Some(fence));
+        let late = state.update_for("dev", "record-dev.json", |v: &mut String| {
+            v.push('5');
+            Ok::<_, ()>(())
+        });
+        assert!(matches!(late, Err(StateError::Fenced { .. })), "{late:?}");
+        assert_eq!(
+            state.load::<String>("record-dev.json").unwrap().as_deref(),
+            Some("34")
+        );
         b.release("dev", newer).unwrap();
         b.leave().unwrap();
     })

@@ -379,6 +379,10 @@ impl Scheduler {
             return;
         };
         let name = entry.cluster.name.as_str();
+        if !self.state.serves(name) {
+            // Several daemons share the state: the cluster's owner takes its snapshots.
+            return;
+        }
         let target = match self.target_of(entry) {
             Ok(target) => target,
             Err(e) => {

@@ -71,10 +71,10 @@ pub async fn add(
     cluster: &str,
     verification: Verification,
 ) -> Result<(), StateError> {
-    let (state, name) = (state.clone(), record_name(cluster));
+    let (state, name, cluster) = (state.clone(), record_name(cluster), cluster.to_string());
     tokio::task::spawn_blocking(move || {
         state
-            .update(&name, |record: &mut SnapshotRecord| {
+            .update_for(&cluster, &name, |record: &mut SnapshotRecord| {
                 record.push(verification.clone());
                 Ok::<_, std::convert::Infallible>(())
             })

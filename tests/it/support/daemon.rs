@@ -459,6 +459,11 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn start(daemon: &TestDaemon, node: &str, token: &Path) -> AgentProcess {
+        AgentProcess::start_with(daemon, &daemon.agents_url(), node, token)
+    }
+
+    /// Like `start`, dialling `server` (several daemons' URLs, separated by commas).
+    pub fn start_with(daemon: &TestDaemon, server: &str, node: &str, token: &Path) -> AgentProcess {
         let dir = daemon.work.path().join(format!("node-{node}"));
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -469,13 +474,7 @@ impl AgentProcess {
         let mut command = Command::new(BIN);
         clear_drover_env(&mut command);
         command
-            .args([
-                "agent",
-                "--server",
-                &daemon.agents_url(),
-                "--ca-hash",
-                &daemon.pin(),
-            ])
+            .args(["agent", "--server", server, "--ca-hash", &daemon.pin()])
             .args(["--node-name", node, "--token-file"])
             .arg(token)
             .arg("--data-dir")

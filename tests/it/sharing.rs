@@ -1,0 +1,279 @@
+//! Several daemons sharing the work through one etcd (a real 3-member cluster for the state):
+//! clusters spread over the daemons by their rendezvous assignment, agents given every
+//! daemon's URL reach their cluster's owner, and when an owner is killed the survivor takes
+//! its clusters under a newer fence and rolls out the next commit.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use drover::api::SharingView;
+
+use crate::serve::{ready_at, CONVERGE};
+use crate::support::daemon::{AgentProcess, TestDaemon};
+use crate::support::docker::{self, BUSYBOX_IMAGE, ETCD_IMAGE};
+use crate::support::fleet::{unique_cluster, ClusterCleanup};
+use crate::support::git::TestRepo;
+use crate::support::net::unique_loopback;
+use crate::support::{etcd, require};
+
+/// A lease lives 10 s and a membership change settles for 5 s: a takeover is well within this.
+const TAKEOVER: Duration = Duration::from_secs(90);
+
+/// A one-node cluster: an etcd member and a web server on the node's own address.
+fn cluster_yaml(name: &str, node: &str, ip: std::net::Ipv4Addr, text: &str) -> String {
+    let labels = docker::test_labels();
+    format!(
+        "apiVersion: drover.dev/v1alpha1
+kind: Cluster
+metadata: {{name: {name}}}
+spec:
+  nodes:
+    - {{name: {node}, address: {ip}, roles: [etcd, worker]}}
+  etcd: {{image: {ETCD_IMAGE}}}
+  components:
+    worker:
+      - name: web
+        image: {BUSYBOX_IMAGE}
+        command: [sh, -c, 'echo {text} > /tmp/index.html && exec httpd -f -h /tmp -p {ip}:9090']
+        health: {{tcp: '{ip}:9090', interval: 1s}}
+        labels: {labels}
+"
+    )
+}
+
+fn key_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("state.key");
+    std::fs::write(&path, format!("{}\n", "c3".repeat(32))).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// A reusable join token for `cluster`, made in the shared state through `daemon`'s config.
+async fn token_file(daemon: &TestDaemon, cluster: &str) -> PathBuf {
+    let file = daemon.work.path().join(format!("token-{cluster}"));
+    let out = crate::support::cli::command()
+        .args(["token", "create", cluster, "--reusable", "--server"])
+        .arg(daemon.agents_url())
+        .arg("--config")
+        .arg(daemon.write_config())
+        .arg("--out")
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    file
+}
+
+/// The daemons and owners `daemon` sees (`drover status --daemons`), once `check` accepts them.
+async fn await_sharing(
+    daemon: &TestDaemon,
+    what: &str,
+    check: impl Fn(&SharingView) -> bool,
+) -> SharingView {
+    let outcome = crate::support::wait::poll_until(TAKEOVER, || async {
+        let (code, out, err) = daemon
+            .cli(&["status", "--daemons", "--format", "json"])
+            .await;
+        if code != Some(0) {
+            return Err(err);
+        }
+        let view: SharingView = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        if check(&view) {
+            Ok(view)
+        } else {
+            Err(format!("{view:?}"))
+        }
+    })
+    .await;
+    match outcome {
+        Ok(view) => view,
+        Err(t) => panic!(
+            "timed out waiting for {what}; last: {}\nlog:\n{}",
+            t.last_error.unwrap_or_default(),
+            crate::support::daemon::tail(&daemon.log(), 60)
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_owner() {
+    let engine = require!(docker::connect().await);
+    require!(docker::require_image(&engine, ETCD_IMAGE).await);
+    require!(docker::require_image(&engine, BUSYBOX_IMAGE).await);
+    let members = require!(etcd::start_cluster(&engine, "sharing", 3).await);
+    let endpoints: Vec<String> = members
+        .iter()
+        .map(|m| format!("'{}'", m.endpoint))
+        .collect();
+
+    // Four clusters, named so that each daemon owns two.
+    let ids = ["daemon-a".to_string(), "daemon-b".to_string()];
+    let mut clusters: Vec<String> = Vec::new();
+    let mut per = [0usize; 2];
+    while clusters.len() < 4 {
+        let name = unique_cluster("share");
+        let owner = drover::daemon::ownership::owner(&name, &ids).unwrap();
+        let i = usize::from(owner == ids[1]);
+        if per[i] < 2 {
+            per[i] += 1;
+            clusters.push(name);
+        }
+    }
+    let _cleanup: Vec<ClusterCleanup> = clusters.iter().cloned().map(ClusterCleanup).collect();
+    let ips: Vec<_> = clusters
+        .iter()
+        .map(|_| unique_loopback(&[2379, 2380, 9090]))
+        .collect();
+    let repo = TestRepo::init();
+    let files: Vec<(String, String)> = clusters
+        .iter()
+        .zip(&ips)
+        .enumerate()
+        .map(|(i, (c, ip))| {
+            (
+                format!("clusters/{c}.yaml"),
+                cluster_yaml(c, &node(i), *ip, "v1"),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    let first = repo.commit_files(&refs, "four clusters");
+
+    let work = crate::support::private_tempdir();
+    let key = key_file(work.path());
+    let state = |id: &str| {
+        format!(
+            "state:\n  etcd: {{endpoints: [{}], prefix: /drover-sharing/, encryptionKeyFile: {}, daemonId: {id}}}\n",
+            endpoints.join(", "),
+            key.display()
+        )
+    };
+    let (url, config_a, config_b) = (repo.url(), state(&ids[0]), state(&ids[1]));
+    let (mut a, b) = tokio::join!(
+        TestDaemon::start_with_config(&url, None, &config_a),
+        TestDaemon::start_with_config(&url, None, &config_b),
+    );
+    assert_eq!(a.pin(), b.pin(), "two daemons started at once made two CAs");
+    let servers = format!("{},{}", a.agents_url(), b.agents_url());
+
+    // Once the membership settled, each daemon owns its two (whichever claimed first, the
+    // other's are drained to it); the agents, all told of daemon-a first, reach their owner.
+    await_sharing(&a, "both daemons owning their clusters", |v| {
+        v.daemons.len() == 2
+            && !v.settling
+            && clusters.iter().all(|c| {
+                v.owners.get(c).map(String::as_str) == drover::daemon::ownership::owner(c, &ids)
+            })
+    })
+    .await;
+    let mut agents = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        let token = token_file(&a, c).await;
+        agents.push((
+            c.clone(),
+            AgentProcess::start_with(&a, &servers, &node(i), &token),
+        ));
+    }
+    let owner_of = |c: &str| -> &TestDaemon {
+        if drover::daemon::ownership::owner(c, &ids) == Some(ids[0].as_str()) {
+            &a
+        } else {
+            &b
+        }
+    };
+    for (c, agent) in &agents {
+        let ready = ready_at(first.to_string());
+        let converged = crate::support::wait::poll_until(CONVERGE, || async {
+            let status = owner_of(c).status(c).await?;
+            ready(&status)
+        })
+        .await;
+        if let Err(t) = converged {
+            panic!(
+                "{c} did not converge on its owner: {:?}\nagent log:\n{}\nowner log:\n{}",
+                t.last_error,
+                agent.log(),
+                crate::support::daemon::tail(&owner_of(c).log(), 40)
+            );
+        }
+    }
+    let fences_before: Vec<u64> = agents.iter().map(|(_, agent)| fence_of(agent)).collect();
+
+    // daemon-a dies; daemon-b takes its clusters once its lease is gone, and rolls out v2.
+    a.kill();
+    let taken = await_sharing(&b, "daemon-b owning every cluster", |v| {
+        v.daemons.len() == 1 && clusters.iter().all(|c| v.owners.get(c) == Some(&ids[1]))
+    })
+    .await;
+    assert_eq!(taken.me, ids[1]);
+    let files: Vec<(String, String)> = clusters
+        .iter()
+        .zip(&ips)
+        .enumerate()
+        .map(|(i, (c, ip))| {
+            (
+                format!("clusters/{c}.yaml"),
+                cluster_yaml(c, &node(i), *ip, "v2"),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    let second = repo.commit_files(&refs, "v2 everywhere");
+    b.hook().await;
+    for c in &clusters {
+        b.await_status(
+            "v2 on the survivor",
+            c,
+            TAKEOVER,
+            ready_at(second.to_string()),
+        )
+        .await;
+    }
+    // The agents of daemon-a's clusters now hold daemon-b's newer fence.
+    for ((c, agent), before) in agents.iter().zip(fences_before) {
+        let after = fence_of(agent);
+        if drover::daemon::ownership::owner(c, &ids) == Some(ids[0].as_str()) {
+            assert!(after > before, "{c}: fence {before} -> {after}");
+        } else {
+            assert_eq!(after, before, "{c} moved though its owner lived");
+        }
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", b.http()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("drover_ownership_changes_total 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("drover_lease_renew_duration_seconds_count"),
+        "{metrics}"
+    );
+    for (_, mut agent) in agents {
+        agent.stop();
+    }
+}
+
+/// The one node of the `i`-th cluster (each its own agent data directory).
+fn node(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
+/// The newest fencing token an agent recorded.
+fn fence_of(agent: &AgentProcess) -> u64 {
+    let text = std::fs::read_to_string(agent.dir.join("data").join("fence.json"))
+        .unwrap_or_else(|e| panic!("{}: no fence.json: {e}\n{}", agent.node, agent.log()));
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["newest"].as_u64().unwrap()
+}

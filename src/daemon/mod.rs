@@ -260,6 +260,7 @@ impl Daemon {
 
         let tasks = TaskTracker::new();
         let desired = source.desired();
+        let mut webhook_trigger = trigger.clone();
         if let Some(store) = etcd {
             let me = crate::store::lease::MemberInfo {
                 id: daemon_id(config),
@@ -278,7 +279,9 @@ impl Daemon {
                 hub.clone(),
                 controller.clone(),
                 metrics.clone(),
+                trigger,
             );
+            webhook_trigger = owners.webhook_trigger();
             let _ = sharing_cell.set(owners.view());
             tasks.spawn(owners.run(desired.clone(), shutdown.clone()));
         }
@@ -302,7 +305,12 @@ impl Daemon {
             metrics: metrics.clone(),
             stats: stats.clone(),
         });
-        let hooks = webhook::router(hooks, webhook::DEFAULT_MAX_BODY_BYTES, trigger, stats);
+        let hooks = webhook::router(
+            hooks,
+            webhook::DEFAULT_MAX_BODY_BYTES,
+            webhook_trigger,
+            stats,
+        );
         tasks.spawn(http::serve(
             http_listener,
             http::router(probe, hooks),

@@ -120,7 +120,7 @@ async fn cluster(State(op): State<Arc<Operator>>, Path(name): Path<String>) -> R
             with_snapshots(&op, &mut status);
             json(&status)
         }
-        None => not_found(&name),
+        None => not_found(&op, &name),
     }
 }
 
@@ -135,7 +135,7 @@ async fn reconcile(State(op): State<Arc<Operator>>, Path(name): Path<String>) ->
         )
             .into_response()
     } else {
-        not_found(&name)
+        not_found(&op, &name)
     }
 }
 
@@ -150,7 +150,7 @@ async fn rotate(State(op): State<Arc<Operator>>, Path(name): Path<String>) -> Re
         )
             .into_response()
     } else {
-        not_found(&name)
+        not_found(&op, &name)
     }
 }
 
@@ -198,7 +198,7 @@ async fn restore(
         .ok()
         .and_then(|n| desired.clusters.get(&n).cloned())
     else {
-        return not_found(&name);
+        return not_found(&op, &name);
     };
     let request_id = format!(
         "operator-{}",
@@ -235,7 +235,7 @@ async fn restores(State(op): State<Arc<Operator>>, Path(name): Path<String>) -> 
         return starting();
     };
     if op.controller.get().and_then(|c| c.status(&name)).is_none() {
-        return not_found(&name);
+        return not_found(&op, &name);
     }
     match restores.list(&name).await {
         Ok(runs) => json(&crate::api::snapshots::RestoresDocument {
@@ -266,7 +266,7 @@ async fn restore_run(
         return starting();
     };
     if op.controller.get().and_then(|c| c.status(&name)).is_none() {
-        return not_found(&name);
+        return not_found(&op, &name);
     }
     let run = restores
         .watch(&name, &request, watch.after_steps, RESTORE_WATCH_LIMIT)
@@ -298,8 +298,29 @@ pub(crate) fn with_snapshots(op: &Operator, status: &mut crate::api::ClusterStat
     }
 }
 
-fn not_found(name: &str) -> Response {
+/// 404 for a cluster Git does not declare; 409 naming the owner for one another daemon
+/// sharing the state owns.
+fn not_found(op: &Operator, name: &str) -> Response {
     let name = crate::protocol::cut_text(name, crate::protocol::MAX_REFUSAL_TEXT_BYTES);
+    let owner = op.sharing.get().and_then(|view| {
+        let view = view.borrow();
+        let owner = view.owners.get(&name)?;
+        let url = view
+            .daemons
+            .iter()
+            .find(|d| d.id == *owner)?
+            .agents_url
+            .clone();
+        Some((owner.clone(), url))
+    });
+    if let Some((owner, url)) = owner {
+        return api_error(
+            StatusCode::CONFLICT,
+            &format!(
+                "cluster {name} is owned by daemon {owner} (agents at {url}); ask that daemon"
+            ),
+        );
+    }
     api_error(
         StatusCode::NOT_FOUND,
         &format!("no cluster named {name} is declared in Git"),

@@ -25,10 +25,10 @@ use super::ownership::{owner, Settled};
 use crate::api::{DaemonView, SharingView};
 use crate::server::hub::Route;
 use crate::server::Hub;
-use crate::source::DesiredState;
+use crate::source::{DesiredState, Trigger};
 use crate::state::StateError;
 use crate::store::etcd::EtcdStore;
-use crate::store::lease::{Fence, MemberInfo, Membership};
+use crate::store::lease::{poke_source, source_pokes, Fence, MemberInfo, Membership};
 use crate::store::DurableState;
 
 /// The clocks of sharing.
@@ -70,6 +70,10 @@ pub struct Owners {
     view: watch::Sender<SharingView>,
     /// The clusters this daemon holds, with their fences.
     held: Mutex<BTreeMap<String, Fence>>,
+    /// Checks this daemon's source now.
+    source: Trigger,
+    /// Fired by this daemon's webhooks: the source is checked here and announced to the others.
+    relay: Trigger,
 }
 
 impl Owners {
@@ -81,6 +85,7 @@ impl Owners {
         hub: Arc<Hub>,
         controller: Arc<Controller>,
         metrics: Arc<Metrics>,
+        source: Trigger,
     ) -> Arc<Owners> {
         hub.share();
         Arc::new(Owners {
@@ -93,7 +98,46 @@ impl Owners {
             metrics,
             view: watch::Sender::new(SharingView::default()),
             held: Mutex::new(BTreeMap::new()),
+            source,
+            relay: Trigger::default(),
         })
+    }
+
+    /// The trigger this daemon's webhooks fire: the source is checked here, and every other
+    /// daemon sharing the state checks its own within a renewal (a webhook may reach a daemon
+    /// that owns none of the clusters the commit changes).
+    pub fn webhook_trigger(&self) -> Trigger {
+        self.relay.clone()
+    }
+
+    /// Passes this daemon's webhooks on: to its source, and to the others through etcd.
+    async fn relay_webhooks(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = self.relay.fired() => {}
+                () = cancel.cancelled() => return,
+            }
+            self.source.fire();
+            let (store, me) = (self.store.clone(), self.me.id.clone());
+            let poked = tokio::task::spawn_blocking(move || poke_source(&store, &me))
+                .await
+                .expect("poking does not panic");
+            if let Err(e) = poked {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot tell the other daemons of a webhook; they find the commit at their next poll");
+            }
+        }
+    }
+
+    /// Checks the source when another daemon announced a webhook since `seen`.
+    async fn follow_pokes(&self, seen: &mut Option<i64>) {
+        let store = self.store.clone();
+        let Ok(Ok(now)) = tokio::task::spawn_blocking(move || source_pokes(&store)).await else {
+            return;
+        };
+        if seen.is_some_and(|s| s != now) {
+            self.source.fire();
+        }
+        *seen = Some(now);
     }
 
     /// What the operator API shows.
@@ -109,6 +153,7 @@ impl Owners {
         cancel: CancellationToken,
     ) {
         let mut lost = self.controller.take_lost();
+        tokio::spawn(self.clone().relay_webhooks(cancel.clone()));
         while !cancel.is_cancelled() {
             let Some(membership) = self.join(&cancel).await else {
                 break;
@@ -177,6 +222,7 @@ impl Owners {
         cancel: &CancellationToken,
     ) -> Held {
         let mut settled = Settled::new(self.timing.settle);
+        let mut pokes = None;
         loop {
             let deadline = tokio::time::Instant::from_std(membership.acting_until());
             let renewing = self.renew(membership);
@@ -190,6 +236,7 @@ impl Owners {
                 if let Err(e) = self.assign(membership, &mut settled, desired).await {
                     tracing::warn!(error = %crate::error_chain(&e), "cannot look at the cluster owners; trying again");
                 }
+                self.follow_pokes(&mut pokes).await;
             }
             if Instant::now() >= membership.acting_until() {
                 return Held::LeaseLost;

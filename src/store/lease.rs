@@ -25,6 +25,28 @@ const MEMBERS: &str = "members/";
 /// Where clusters' owner keys live, under the store's prefix.
 pub(super) const OWNERS: &str = "owners/";
 
+/// Where a webhook that reached one daemon is announced to the others.
+const SOURCE_POKE: &str = "hooks/source";
+
+/// Announces that the source changed (a webhook reached this daemon): every daemon sharing the
+/// state checks its source on seeing it (`source_pokes`). Blocks.
+pub fn poke_source(store: &EtcdStore, by: &str) -> Result<(), StateError> {
+    let mut kv = store.client().kv_client();
+    store.call(
+        SOURCE_POKE,
+        kv.put(store.key(SOURCE_POKE), by.as_bytes().to_vec(), None),
+    )?;
+    Ok(())
+}
+
+/// The revision of the last announcement (`poke_source`); 0 when none was made. Blocks.
+pub fn source_pokes(store: &EtcdStore) -> Result<i64, StateError> {
+    let mut kv = store.client().kv_client();
+    let options = GetOptions::new().with_keys_only();
+    let answer = store.call(SOURCE_POKE, kv.get(store.key(SOURCE_POKE), Some(options)))?;
+    Ok(answer.kvs().first().map_or(0, |kv| kv.mod_revision()))
+}
+
 /// What a daemon registers under its lease: its id and the URL its agents reach it at.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]

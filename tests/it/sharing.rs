@@ -103,24 +103,11 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
     require!(docker::require_image(&engine, ETCD_IMAGE).await);
     require!(docker::require_image(&engine, BUSYBOX_IMAGE).await);
     let members = require!(etcd::start_cluster(&engine, "sharing", 3).await);
-    let endpoints: Vec<String> = members
-        .iter()
-        .map(|m| format!("'{}'", m.endpoint))
-        .collect();
+    let endpoints: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
 
     // Four clusters, named so that each daemon owns two.
     let ids = ["daemon-a".to_string(), "daemon-b".to_string()];
-    let mut clusters: Vec<String> = Vec::new();
-    let mut per = [0usize; 2];
-    while clusters.len() < 4 {
-        let name = unique_cluster("share");
-        let owner = drover::daemon::ownership::owner(&name, &ids).unwrap();
-        let i = usize::from(owner == ids[1]);
-        if per[i] < 2 {
-            per[i] += 1;
-            clusters.push(name);
-        }
-    }
+    let clusters = clusters_for(&ids, &[2, 2]);
     let _cleanup: Vec<ClusterCleanup> = clusters.iter().cloned().map(ClusterCleanup).collect();
     let ips: Vec<_> = clusters
         .iter()
@@ -146,14 +133,11 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
 
     let work = crate::support::private_tempdir();
     let key = key_file(work.path());
-    let state = |id: &str| {
-        format!(
-            "state:\n  etcd: {{endpoints: [{}], prefix: /drover-sharing/, encryptionKeyFile: {}, daemonId: {id}}}\n",
-            endpoints.join(", "),
-            key.display()
-        )
-    };
-    let (url, config_a, config_b) = (repo.url(), state(&ids[0]), state(&ids[1]));
+    let (url, config_a, config_b) = (
+        repo.url(),
+        state_config(&endpoints, &key, &ids[0]),
+        state_config(&endpoints, &key, &ids[1]),
+    );
     let (mut a, b) = tokio::join!(
         TestDaemon::start_with_config(&url, None, &config_a),
         TestDaemon::start_with_config(&url, None, &config_b),
@@ -203,37 +187,45 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
         }
     }
     let fences_before: Vec<u64> = agents.iter().map(|(_, agent)| fence_of(agent)).collect();
+    // Asked for a cluster it does not own, a daemon names the owner.
+    let theirs = clusters
+        .iter()
+        .find(|c| owner_of(c).agents_url() == b.agents_url())
+        .unwrap();
+    let (code, _, err) = a.cli(&["status", theirs]).await;
+    assert_ne!(code, Some(0));
+    assert!(err.contains("owned by daemon daemon-b"), "{err}");
 
-    // daemon-a dies; daemon-b takes its clusters once its lease is gone, and rolls out v2.
+    // A webhook may reach either daemon: one to daemon-a rolls daemon-b's clusters out too
+    // (both poll only every 5 minutes).
+    let second = commit_version(&repo, &clusters, &ips, "v2");
+    a.hook().await;
+    for c in &clusters {
+        owner_of(c)
+            .await_status(
+                "v2 from a webhook to daemon-a",
+                c,
+                CONVERGE,
+                ready_at(second.to_string()),
+            )
+            .await;
+    }
+
+    // daemon-a dies; daemon-b takes its clusters once its lease is gone, and rolls out v3.
     a.kill();
     let taken = await_sharing(&b, "daemon-b owning every cluster", |v| {
         v.daemons.len() == 1 && clusters.iter().all(|c| v.owners.get(c) == Some(&ids[1]))
     })
     .await;
     assert_eq!(taken.me, ids[1]);
-    let files: Vec<(String, String)> = clusters
-        .iter()
-        .zip(&ips)
-        .enumerate()
-        .map(|(i, (c, ip))| {
-            (
-                format!("clusters/{c}.yaml"),
-                cluster_yaml(c, &node(i), *ip, "v2"),
-            )
-        })
-        .collect();
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(p, t)| (p.as_str(), t.as_str()))
-        .collect();
-    let second = repo.commit_files(&refs, "v2 everywhere");
+    let third = commit_version(&repo, &clusters, &ips, "v3");
     b.hook().await;
     for c in &clusters {
         b.await_status(
-            "v2 on the survivor",
+            "v3 on the survivor",
             c,
             TAKEOVER,
-            ready_at(second.to_string()),
+            ready_at(third.to_string()),
         )
         .await;
     }
@@ -252,10 +244,13 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
         .text()
         .await
         .unwrap();
-    assert!(
-        metrics.contains("drover_ownership_changes_total 4"),
-        "{metrics}"
-    );
+    let changes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("drover_ownership_changes_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    // Its two, and daemon-a's two taken over (more when it claimed first and drained).
+    assert!(changes >= 4, "{metrics}");
     assert!(
         metrics.contains("drover_lease_renew_duration_seconds_count"),
         "{metrics}"
@@ -263,6 +258,64 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
     for (_, mut agent) in agents {
         agent.stop();
     }
+}
+
+/// Cluster names such that `per[i]` of them go to `ids[i]` by the rendezvous assignment.
+fn clusters_for(ids: &[String], per: &[usize]) -> Vec<String> {
+    let mut left = per.to_vec();
+    let mut clusters = Vec::new();
+    while left.iter().any(|n| *n > 0) {
+        let name = unique_cluster("share");
+        let owner = drover::daemon::ownership::owner(&name, ids).unwrap();
+        let i = ids.iter().position(|id| id == owner).unwrap();
+        if left[i] > 0 {
+            left[i] -= 1;
+            clusters.push(name);
+        }
+    }
+    clusters
+}
+
+/// The state in etcd at `endpoints`, as `daemonId: id` sees it.
+fn state_config(endpoints: &[String], key: &Path, id: &str) -> String {
+    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("'{e}'")).collect();
+    format!(
+        "state:\n  etcd: {{endpoints: [{}], prefix: /drover-sharing/, encryptionKeyFile: {}, daemonId: {id}}}\n",
+        endpoints.join(", "),
+        key.display()
+    )
+}
+
+/// The first line of `log` that contains `what`, and its timestamp.
+fn logged_at(log: &str, what: &str) -> Option<String> {
+    log.lines()
+        .find(|l| l.contains(what))
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+}
+
+/// Commits every cluster's file, its web server serving `text`.
+fn commit_version(
+    repo: &TestRepo,
+    clusters: &[String],
+    ips: &[std::net::Ipv4Addr],
+    text: &str,
+) -> git2::Oid {
+    let files: Vec<(String, String)> = clusters
+        .iter()
+        .zip(ips)
+        .enumerate()
+        .map(|(i, (c, ip))| {
+            (
+                format!("clusters/{c}.yaml"),
+                cluster_yaml(c, &node(i), *ip, text),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    repo.commit_files(&refs, text)
 }
 
 /// The one node of the `i`-th cluster (each its own agent data directory).
@@ -276,4 +329,144 @@ fn fence_of(agent: &AgentProcess) -> u64 {
         .unwrap_or_else(|e| panic!("{}: no fence.json: {e}\n{}", agent.node, agent.log()));
     let value: serde_json::Value = serde_json::from_str(&text).unwrap();
     value["newest"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daemon_cut_off_from_the_state_stops_before_its_lease_ends_and_its_old_fence_is_refused()
+{
+    use drover::nodeplan::SealedSpec;
+    use drover::server::{AgentServer, Settings};
+    use drover::store::etcd::{EtcdStateConfig, EtcdStore};
+    use drover::store::{DurableState, Fence};
+
+    use crate::support::proxy::FreezingProxy;
+
+    let engine = require!(docker::connect().await);
+    require!(docker::require_image(&engine, ETCD_IMAGE).await);
+    require!(docker::require_image(&engine, BUSYBOX_IMAGE).await);
+    let members = require!(etcd::start_cluster(&engine, "sharing-cut", 3).await);
+    let endpoints: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
+    // daemon-a reaches the state's etcd only through proxies that can freeze.
+    let mut proxies = Vec::new();
+    for m in &members {
+        let upstream: std::net::SocketAddr =
+            m.endpoint.trim_start_matches("http://").parse().unwrap();
+        proxies.push(FreezingProxy::start(m.ip.into(), upstream).await);
+    }
+    let through: Vec<String> = proxies
+        .iter()
+        .map(|p| format!("http://{}", p.addr))
+        .collect();
+
+    let ids = ["daemon-a".to_string(), "daemon-b".to_string()];
+    let cluster = clusters_for(&ids, &[1, 0]).remove(0);
+    let _cleanup = ClusterCleanup(cluster.clone());
+    let ip = unique_loopback(&[2379, 2380, 9090]);
+    let repo = TestRepo::init();
+    let path = format!("clusters/{cluster}.yaml");
+    let first = repo.commit_files(&[(&path, &cluster_yaml(&cluster, "n1", ip, "v1"))], "one");
+    let work = crate::support::private_tempdir();
+    let key = key_file(work.path());
+    let a =
+        TestDaemon::start_with_config(&repo.url(), None, &state_config(&through, &key, &ids[0]))
+            .await;
+    let b =
+        TestDaemon::start_with_config(&repo.url(), None, &state_config(&endpoints, &key, &ids[1]))
+            .await;
+    let servers = format!("{},{}", a.agents_url(), b.agents_url());
+    let token = token_file(&b, &cluster).await;
+    let mut agent = AgentProcess::start_with(&a, &servers, "n1", &token);
+    let ready = ready_at(first.to_string());
+    a.await_status("converged on daemon-a", &cluster, CONVERGE, &ready)
+        .await;
+    let old = fence_of(&agent);
+
+    // daemon-a is cut off from etcd: it stops acting before its lease can have expired, and
+    // daemon-b takes the cluster only after that.
+    for p in &proxies {
+        p.freeze();
+    }
+    await_sharing(&b, "daemon-b owning the cluster", |v| {
+        v.daemons.len() == 1 && v.owners.get(&cluster) == Some(&ids[1])
+    })
+    .await;
+    b.await_status("converged on daemon-b", &cluster, TAKEOVER, &ready)
+        .await;
+    let stopped = logged_at(&a.log(), "it stopped acting")
+        .unwrap_or_else(|| panic!("daemon-a never stopped acting:\n{}", a.log()));
+    let taken = logged_at(&b.log(), "this daemon owns the cluster now").unwrap();
+    assert!(
+        stopped < taken,
+        "daemon-a stopped at {stopped}, daemon-b took over at {taken}"
+    );
+    let newer = fence_of(&agent);
+    assert!(newer > old, "fence {old} -> {newer}");
+
+    // A plan under daemon-a's old fence, arriving now, is refused and not applied.
+    agent.stop();
+    let store = tokio::task::spawn_blocking(move || {
+        EtcdStore::open(&EtcdStateConfig {
+            endpoints,
+            tls: None,
+            prefix: "/drover-sharing/".into(),
+            encryption_key_file: key,
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let state = DurableState::new(std::sync::Arc::new(store));
+    state.set_fence(&cluster, Some(Fence(old as i64)));
+    let stale_ip = unique_loopback(&[]);
+    let mut settings = Settings::new((stale_ip, 0).into());
+    settings.names = vec![stale_ip.to_string()];
+    let stale = AgentServer::start(state, settings).await.unwrap();
+    let hub = stale.hub().clone();
+    hub.share();
+    let c = cluster.clone();
+    let published = tokio::task::spawn_blocking(move || {
+        hub.own(&c).unwrap();
+        hub.mark_ready();
+        let plan = [("n1".to_string(), Some(SealedSpec::new(Default::default())))].into();
+        hub.set_cluster(&c, &plan)
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            published,
+            Err(drover::server::hub::HubError::State(
+                drover::state::StateError::Fenced { .. }
+            ))
+        ),
+        "the old owner's generations were written: {published:?}"
+    );
+    let url = format!("wss://{}", stale.local_addr());
+    let late = AgentProcess::start_with(&a, &url, "n1", &token);
+    let refused = crate::support::wait::poll_until(CONVERGE, || {
+        let count = stale.hub().fenced_count();
+        async move {
+            if count > 0 {
+                Ok(count)
+            } else {
+                Err("no refusal yet")
+            }
+        }
+    })
+    .await;
+    assert!(
+        refused.is_ok(),
+        "the agent took the stale plan:\n{}",
+        late.log()
+    );
+    assert_eq!(fence_of(&late), newer);
+    assert!(late.log().contains("refused"), "{}", late.log());
+    // What runs is still daemon-b's v1: the empty plan removed nothing.
+    drop(late);
+    stale.shutdown().await;
+    let back = AgentProcess::start_with(&a, &b.agents_url(), "n1", &token);
+    let again =
+        crate::support::wait::poll_until(CONVERGE, || async { ready(&b.status(&cluster).await?) })
+            .await;
+    assert!(again.is_ok(), "{again:?}\nagent:\n{}", back.log());
 }

@@ -271,16 +271,14 @@ impl Daemon {
                 agents = me.agents_url,
                 "sharing the work with the daemons on the same etcd"
             );
-            let owners = owners::Owners::new(
-                store,
-                me,
-                owners::Timing::default(),
-                shared.clone(),
-                hub.clone(),
-                controller.clone(),
-                metrics.clone(),
-                trigger,
-            );
+            let parts = owners::Parts {
+                state: shared.clone(),
+                hub: hub.clone(),
+                controller: controller.clone(),
+                metrics: metrics.clone(),
+                source: trigger,
+            };
+            let owners = owners::Owners::new(store, me, owners::Timing::default(), parts);
             webhook_trigger = owners.webhook_trigger();
             let _ = sharing_cell.set(owners.view());
             tasks.spawn(owners.run(desired.clone(), shutdown.clone()));

@@ -58,6 +58,16 @@ impl Default for Timing {
     }
 }
 
+/// The daemon's parts sharing acts on.
+pub struct Parts {
+    pub state: DurableState,
+    pub hub: Arc<Hub>,
+    pub controller: Arc<Controller>,
+    pub metrics: Arc<Metrics>,
+    /// Checks the daemon's source now.
+    pub source: Trigger,
+}
+
 /// This daemon's part in sharing the work.
 pub struct Owners {
     store: Arc<EtcdStore>,
@@ -77,16 +87,14 @@ pub struct Owners {
 }
 
 impl Owners {
-    pub fn new(
-        store: Arc<EtcdStore>,
-        me: MemberInfo,
-        timing: Timing,
-        state: DurableState,
-        hub: Arc<Hub>,
-        controller: Arc<Controller>,
-        metrics: Arc<Metrics>,
-        source: Trigger,
-    ) -> Arc<Owners> {
+    pub fn new(store: Arc<EtcdStore>, me: MemberInfo, timing: Timing, parts: Parts) -> Arc<Owners> {
+        let Parts {
+            state,
+            hub,
+            controller,
+            metrics,
+            source,
+        } = parts;
         hub.share();
         Arc::new(Owners {
             store,

@@ -32,9 +32,11 @@ fn weight(member: &str, cluster: &str) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-/// The membership clusters are assigned over: the first one seen at once, each later change
-/// only after it has held, unchanged, for `settle`. A daemon restarting, or a burst of
-/// daemons starting, thus moves clusters once, not at every step.
+/// The membership clusters are assigned over: the first one seen at once, a change that only
+/// removes daemons at once too (their leases expired: they act no more, and their clusters
+/// have no owner until another claims them), and a change that adds one only after it has
+/// held, unchanged, for `settle`. A daemon restarting, or a burst of daemons starting, thus
+/// moves clusters once, not at every step, and a dead daemon's clusters move without delay.
 #[derive(Debug)]
 pub struct Settled {
     settle: Duration,
@@ -61,6 +63,10 @@ impl Settled {
                 self.pending = None;
             }
             Some(current) if *current == seen => self.pending = None,
+            Some(current) if seen.iter().all(|m| current.contains(m)) => {
+                self.current = Some(seen);
+                self.pending = None;
+            }
             Some(_) => match &self.pending {
                 Some((pending, since)) if *pending == seen => {
                     if now.duration_since(*since) >= self.settle {
@@ -172,9 +178,18 @@ mod tests {
         assert_eq!(m.observe(three.clone(), at(14)), ["a"]);
         assert_eq!(m.observe(three.clone(), at(15)), ["a", "b", "c"]);
         assert!(!m.unsettled());
-        // A blip that goes back before settling changes nothing.
-        assert_eq!(m.observe(two, at(20)), ["a", "b", "c"]);
-        assert_eq!(m.observe(three, at(22)), ["a", "b", "c"]);
+        // A daemon that left counts at once: its lease expired.
+        assert_eq!(m.observe(two.clone(), at(20)), ["a", "b"]);
         assert!(!m.unsettled());
+        // One that comes back waits again; a blip that goes back before settling changes
+        // nothing.
+        assert_eq!(m.observe(three, at(21)), ["a", "b"]);
+        assert_eq!(m.observe(two, at(22)), ["a", "b"]);
+        assert!(!m.unsettled());
+        // One leaving and another joining at once is a change that waits.
+        let other = vec!["a".to_string(), "d".to_string()];
+        assert_eq!(m.observe(other.clone(), at(30)), ["a", "b"]);
+        assert_eq!(m.observe(other.clone(), at(35)), ["a", "b"]);
+        assert_eq!(m.observe(other, at(40)), ["a", "d"]);
     }
 }

@@ -140,7 +140,10 @@ struct Nodes {
 /// What the hub knows of the other daemons, when several share the state.
 #[derive(Debug, Default)]
 struct Sharing {
+    /// Claimed by this daemon: served once its nodes are declared (`serving`); until then its
+    /// agents are told to retry, not refused as undeclared.
     owned: BTreeSet<String>,
+    serving: BTreeSet<String>,
     /// Other clusters' owners: daemon id and agent URL.
     owners: HashMap<String, (String, String)>,
 }
@@ -403,9 +406,15 @@ impl Hub {
         let declared: BTreeSet<String> = nodes.keys().cloned().collect();
         let mut revoked = self.revoke(|c| (c == cluster).then_some(Some(&declared)))?;
         let fence = self.fence(cluster);
-        let generations_changed = self
-            .lock()
-            .publish_cluster(cluster, nodes, fence, &mut revoked);
+        let generations_changed = {
+            let mut table = self.lock();
+            if let Some(sharing) = table.sharing.as_mut() {
+                if sharing.owned.contains(cluster) {
+                    sharing.serving.insert(cluster.to_string());
+                }
+            }
+            table.publish_cluster(cluster, nodes, fence, &mut revoked)
+        };
         if generations_changed {
             self.save_generations(cluster)?;
         }
@@ -514,8 +523,11 @@ impl Hub {
         let Some(sharing) = &nodes.sharing else {
             return Route::Here;
         };
-        if sharing.owned.contains(cluster) {
+        if sharing.serving.contains(cluster) {
             return Route::Here;
+        }
+        if sharing.owned.contains(cluster) {
+            return Route::Unowned;
         }
         match sharing.owners.get(cluster) {
             Some((daemon, url)) => Route::Owner {
@@ -557,6 +569,7 @@ impl Hub {
         let mut nodes = self.lock();
         if let Some(sharing) = nodes.sharing.as_mut() {
             sharing.owned.remove(cluster);
+            sharing.serving.remove(cluster);
         }
         let gone: Vec<(String, String)> = cluster_range(&nodes.nodes, cluster)
             .map(|(key, _)| key.clone())

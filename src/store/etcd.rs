@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
-    TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp,
 };
 
 use super::lease::OWNERS;
@@ -79,8 +79,16 @@ pub enum EtcdStateError {
 }
 
 /// The documents in etcd.
+///
+/// One client per endpoint, each connecting lazily, and requests go to the last endpoint that
+/// answered; one that cannot be reached (refused, or silent for `REQUEST_TIMEOUT`) hands the
+/// request to the next. etcd-client's own balanced channel fails requests while any endpoint
+/// is down (etcdv3/etcd-client#39), which would make one lost member of the state's etcd stop
+/// every daemon.
 pub struct EtcdStore {
-    client: Client,
+    clients: Vec<Client>,
+    /// The endpoint requests go to first.
+    current: std::sync::atomic::AtomicUsize,
     runtime: OwnRuntime,
     prefix: String,
     seal: LessSafeKey,
@@ -108,51 +116,128 @@ impl EtcdStore {
             .map_err(EtcdStateError::Runtime)?;
         let endpoints = config.endpoints.join(",");
         let options = connect_options(config)?;
-        let connect = Client::connect(config.endpoints.clone(), Some(options));
-        let mut client = first_answer(&runtime, &endpoints, connect)?;
-        // A read proves the endpoint, the certificates and a leader.
-        let probe = client.get(
-            config.prefix.clone(),
-            Some(GetOptions::new().with_count_only()),
-        );
-        first_answer(&runtime, &endpoints, probe)?;
-        Ok(EtcdStore {
-            client,
+        let mut clients = Vec::with_capacity(config.endpoints.len());
+        for endpoint in &config.endpoints {
+            let connect = Client::connect([endpoint.as_str()], Some(options.clone()));
+            clients.push(first_answer(&runtime, endpoint, connect)?);
+        }
+        let store = EtcdStore {
+            clients,
+            current: std::sync::atomic::AtomicUsize::new(0),
             runtime: OwnRuntime(Some(runtime)),
             prefix: config.prefix.clone(),
             seal,
             endpoints,
+        };
+        // A read proves an endpoint, the certificates and a leader.
+        let probe = GetOptions::new().with_count_only();
+        let prefix = config.prefix.as_str();
+        let read = store.try_endpoints(|mut c| {
+            let probe = probe.clone();
+            async move { c.get(prefix, Some(probe)).await }
+        });
+        match read {
+            Ok(_) => Ok(store),
+            Err(Failure::NoAnswer) => Err(EtcdStateError::Timeout {
+                endpoints: store.endpoints.clone(),
+                timeout: REQUEST_TIMEOUT,
+            }),
+            Err(Failure::Etcd(source)) => Err(EtcdStateError::Connect {
+                endpoints: store.endpoints.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// `GET key`, with `options`.
+    pub(super) fn get_raw(
+        &self,
+        name: &str,
+        key: &str,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, StateError> {
+        self.call(name, |mut c| {
+            let options = options.clone();
+            async move { c.get(key, options).await }
         })
     }
 
-    /// A handle on the client (clients are cheap to clone).
-    pub(super) fn client(&self) -> Client {
-        self.client.clone()
+    /// `PUT key value`, with `options`.
+    pub(super) fn put_raw(
+        &self,
+        name: &str,
+        key: &str,
+        value: &[u8],
+        options: Option<PutOptions>,
+    ) -> Result<(), StateError> {
+        self.call(name, |mut c| {
+            let options = options.clone();
+            async move { c.put(key, value, options).await }
+        })?;
+        Ok(())
+    }
+
+    /// One transaction.
+    pub(super) fn txn_raw(
+        &self,
+        name: &str,
+        txn: &Txn,
+    ) -> Result<etcd_client::TxnResponse, StateError> {
+        self.call(name, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
     }
 
     pub(super) fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
 
-    /// Runs one request on the store's runtime, within `REQUEST_TIMEOUT`.
-    pub(super) fn call<T>(
-        &self,
-        name: &str,
-        request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StateError> {
-        let outcome = self
-            .runtime
-            .get()
-            .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, request).await });
-        let failed = |why: String| StateError::Backend {
-            document: self.locate(name),
-            why,
-        };
-        match outcome {
-            Err(_) => Err(failed(format!("no answer within {REQUEST_TIMEOUT:?}"))),
-            Ok(Err(e)) => Err(failed(e.to_string())),
-            Ok(Ok(value)) => Ok(value),
+    /// Runs one request (`make` builds it on an endpoint's client) on the store's runtime,
+    /// within `REQUEST_TIMEOUT` per endpoint: the endpoint that answered last first, then the
+    /// others in turn while an endpoint cannot be reached.
+    pub(super) fn call<T, F, Fut>(&self, name: &str, make: F) -> Result<T, StateError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.try_endpoints(make)
+            .map_err(|failure| StateError::Backend {
+                document: self.locate(name),
+                why: match failure {
+                    Failure::NoAnswer => format!("no answer within {REQUEST_TIMEOUT:?}"),
+                    Failure::Etcd(e) => e.to_string(),
+                },
+            })
+    }
+
+    /// `call`'s endpoints in turn, and how the last one failed.
+    fn try_endpoints<T, F, Fut>(&self, make: F) -> Result<T, Failure>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        use std::sync::atomic::Ordering;
+        let first = self.current.load(Ordering::Relaxed);
+        let mut failure = Failure::NoAnswer;
+        for attempt in 0..self.clients.len() {
+            let i = (first + attempt) % self.clients.len();
+            let request = make(self.clients[i].clone());
+            let outcome = self
+                .runtime
+                .get()
+                .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, request).await });
+            match outcome {
+                Ok(Ok(value)) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(Err(e)) if !unreachable(&e) => return Err(Failure::Etcd(e)),
+                Ok(Err(e)) => failure = Failure::Etcd(e),
+                Err(_) => failure = Failure::NoAnswer,
+            }
         }
+        Err(failure)
     }
 
     /// The key of `cluster`'s owner (see `lease`).
@@ -211,8 +296,7 @@ impl EtcdStore {
             if let Some(g) = guard {
                 txn = txn.or_else([TxnOp::get(self.owner_key(&g.cluster), None)]);
             }
-            let mut kv = self.client.kv_client();
-            let answer = self.call(name, kv.txn(txn))?;
+            let answer = self.txn_raw(name, &txn)?;
             if answer.succeeded() {
                 let revision = answer.header().map_or(0, |h| h.revision());
                 return Ok(Some(Stamp::new([revision as u64, 0, 0])));
@@ -231,8 +315,7 @@ impl EtcdStore {
 
     /// The document's sealed bytes and mod revision.
     fn get(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, StateError> {
-        let mut kv = self.client.kv_client();
-        let answer = self.call(name, kv.get(self.key(name), None))?;
+        let answer = self.get_raw(name, &self.key(name), None)?;
         let Some(found) = answer.kvs().first() else {
             return Ok(None);
         };
@@ -299,9 +382,8 @@ impl Store for EtcdStore {
     }
 
     fn stamp(&self, name: &str) -> Result<Option<Stamp>, StateError> {
-        let mut kv = self.client.kv_client();
         let options = GetOptions::new().with_keys_only();
-        let answer = self.call(name, kv.get(self.key(name), Some(options)))?;
+        let answer = self.get_raw(name, &self.key(name), Some(options))?;
         Ok(answer
             .kvs()
             .first()
@@ -310,15 +392,13 @@ impl Store for EtcdStore {
 
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StateError> {
         let sealed = self.seal(name, bytes)?;
-        let mut kv = self.client.kv_client();
-        self.call(name, kv.put(self.key(name), sealed, None))?;
+        self.put_raw(name, &self.key(name), &sealed, None)?;
         Ok(())
     }
 
     fn names(&self, prefix: &str) -> Result<Vec<String>, StateError> {
-        let mut kv = self.client.kv_client();
         let options = GetOptions::new().with_prefix().with_keys_only();
-        let answer = self.call(prefix, kv.get(self.key(prefix), Some(options)))?;
+        let answer = self.get_raw(prefix, &self.key(prefix), Some(options))?;
         let mut names: Vec<String> = answer
             .kvs()
             .iter()
@@ -345,8 +425,7 @@ impl Store for EtcdStore {
             sealed,
             None,
         )]);
-        let mut kv = self.client.kv_client();
-        if self.call(name, kv.txn(txn))?.succeeded() {
+        if self.txn_raw(name, &txn)?.succeeded() {
             return Ok(());
         }
         Err(self.fenced(name, guard))
@@ -363,6 +442,27 @@ impl Store for EtcdStore {
 
     fn locate(&self, name: &str) -> String {
         format!("etcd key {} at {}", self.key(name), self.endpoints)
+    }
+}
+
+/// How a request failed on the last endpoint tried.
+enum Failure {
+    /// No answer within `REQUEST_TIMEOUT`.
+    NoAnswer,
+    Etcd(etcd_client::Error),
+}
+
+/// Whether `e` says the endpoint could not be reached (so another may answer), rather than
+/// that etcd refused the request.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => {
+            // gRPC's status codes: UNKNOWN, DEADLINE_EXCEEDED, UNAVAILABLE.
+            const UNREACHABLE: [i32; 3] = [2, 4, 14];
+            UNREACHABLE.contains(&i32::from(status.code()))
+        }
+        _ => false,
     }
 }
 

@@ -31,19 +31,13 @@ const SOURCE_POKE: &str = "hooks/source";
 /// Announces that the source changed (a webhook reached this daemon): every daemon sharing the
 /// state checks its source on seeing it (`source_pokes`). Blocks.
 pub fn poke_source(store: &EtcdStore, by: &str) -> Result<(), StateError> {
-    let mut kv = store.client().kv_client();
-    store.call(
-        SOURCE_POKE,
-        kv.put(store.key(SOURCE_POKE), by.as_bytes().to_vec(), None),
-    )?;
-    Ok(())
+    store.put_raw(SOURCE_POKE, &store.key(SOURCE_POKE), by.as_bytes(), None)
 }
 
 /// The revision of the last announcement (`poke_source`); 0 when none was made. Blocks.
 pub fn source_pokes(store: &EtcdStore) -> Result<i64, StateError> {
-    let mut kv = store.client().kv_client();
     let options = GetOptions::new().with_keys_only();
-    let answer = store.call(SOURCE_POKE, kv.get(store.key(SOURCE_POKE), Some(options)))?;
+    let answer = store.get_raw(SOURCE_POKE, &store.key(SOURCE_POKE), Some(options))?;
     Ok(answer.kvs().first().map_or(0, |kv| kv.mod_revision()))
 }
 
@@ -92,8 +86,11 @@ impl Membership {
     ) -> Result<Membership, StateError> {
         let id = info.id.as_str();
         let sent = Instant::now();
-        let mut lease = store.client().lease_client();
-        let granted = store.call(id, lease.grant(ttl.as_secs().max(1) as i64, None))?;
+        let seconds = ttl.as_secs().max(1) as i64;
+        let granted = store.call(
+            id,
+            |mut c| async move { c.lease_grant(seconds, None).await },
+        )?;
         let membership = Membership {
             store,
             id: id.to_string(),
@@ -102,13 +99,10 @@ impl Membership {
             margin,
             renewed_from: Mutex::new(sent),
         };
-        let mut kv = membership.store.client().kv_client();
         let key = membership.store.key(&format!("{MEMBERS}{id}"));
         let options = PutOptions::new().with_lease(membership.lease);
         let value = serde_json::to_vec(info).expect("a member is JSON");
-        membership
-            .store
-            .call(id, kv.put(key, value, Some(options)))?;
+        membership.store.put_raw(id, &key, &value, Some(options))?;
         Ok(membership)
     }
 
@@ -119,10 +113,12 @@ impl Membership {
     /// Keeps the lease alive once. On success, the daemon may act until `acting_until`.
     pub fn renew(&self) -> Result<(), StateError> {
         let sent = Instant::now();
-        let mut lease = self.store.client().lease_client();
-        let (mut keeper, mut answers) = self.store.call(&self.id, lease.keep_alive(self.lease))?;
-        self.store.call(&self.id, keeper.keep_alive())?;
-        let answer = self.store.call(&self.id, answers.message())?;
+        let lease = self.lease;
+        let answer = self.store.call(&self.id, |mut c| async move {
+            let (mut keeper, mut answers) = c.lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            answers.message().await
+        })?;
         match answer {
             Some(a) if a.ttl() > 0 => {
                 *self.renewed_from.lock().unwrap_or_else(|e| e.into_inner()) = sent;
@@ -148,10 +144,9 @@ impl Membership {
 
     /// The live daemons, by id.
     pub fn member_infos(&self) -> Result<Vec<MemberInfo>, StateError> {
-        let mut kv = self.store.client().kv_client();
         let options = GetOptions::new().with_prefix();
         let prefix = self.store.key(MEMBERS);
-        let answer = self.store.call(MEMBERS, kv.get(prefix, Some(options)))?;
+        let answer = self.store.get_raw(MEMBERS, &prefix, Some(options))?;
         let mut members: Vec<MemberInfo> = answer
             .kvs()
             .iter()
@@ -164,12 +159,9 @@ impl Membership {
     /// Every owned cluster's owner: its daemon id, and whether that is this daemon under its
     /// current lease (a restarted daemon's old lease may still hold keys with its id).
     pub fn owners(&self) -> Result<BTreeMap<String, (String, bool)>, StateError> {
-        let mut kv = self.store.client().kv_client();
         let options = GetOptions::new().with_prefix();
         let prefix = self.store.key(OWNERS);
-        let answer = self
-            .store
-            .call(OWNERS, kv.get(prefix.clone(), Some(options)))?;
+        let answer = self.store.get_raw(OWNERS, &prefix, Some(options))?;
         Ok(answer
             .kvs()
             .iter()
@@ -201,8 +193,7 @@ impl Membership {
                 Some(options),
             )])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let mut kv = self.store.client().kv_client();
-        let answer = self.store.call(cluster, kv.txn(txn))?;
+        let answer = self.store.txn_raw(cluster, &txn)?;
         if answer.succeeded() {
             let revision = answer.header().map_or(0, |h| h.revision());
             return Ok(Some(Fence(revision)));
@@ -233,15 +224,15 @@ impl Membership {
                 fence.0,
             )])
             .and_then([TxnOp::delete(key, None)]);
-        let mut kv = self.store.client().kv_client();
-        self.store.call(cluster, kv.txn(txn))?;
+        self.store.txn_raw(cluster, &txn)?;
         Ok(())
     }
 
     /// Leaves at once: the lease is revoked, and every owner key under it goes with it.
     pub fn leave(self) -> Result<(), StateError> {
-        let mut lease = self.store.client().lease_client();
-        self.store.call(&self.id, lease.revoke(self.lease))?;
+        let lease = self.lease;
+        self.store
+            .call(&self.id, |mut c| async move { c.lease_revoke(lease).await })?;
         Ok(())
     }
 }

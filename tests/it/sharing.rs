@@ -102,7 +102,7 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
     let engine = require!(docker::connect().await);
     require!(docker::require_image(&engine, ETCD_IMAGE).await);
     require!(docker::require_image(&engine, BUSYBOX_IMAGE).await);
-    let members = require!(etcd::start_cluster(&engine, "sharing", 3).await);
+    let mut members = require!(etcd::start_cluster(&engine, "sharing", 3).await);
     let endpoints: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
 
     // Four clusters, named so that each daemon owns two.
@@ -114,22 +114,7 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
         .map(|_| unique_loopback(&[2379, 2380, 9090]))
         .collect();
     let repo = TestRepo::init();
-    let files: Vec<(String, String)> = clusters
-        .iter()
-        .zip(&ips)
-        .enumerate()
-        .map(|(i, (c, ip))| {
-            (
-                format!("clusters/{c}.yaml"),
-                cluster_yaml(c, &node(i), *ip, "v1"),
-            )
-        })
-        .collect();
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(p, t)| (p.as_str(), t.as_str()))
-        .collect();
-    let first = repo.commit_files(&refs, "four clusters");
+    let first = commit_version(&repo, &clusters, &ips, "v1");
 
     let work = crate::support::private_tempdir();
     let key = key_file(work.path());
@@ -163,17 +148,11 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
             AgentProcess::start_with(&a, &servers, &node(i), &token),
         ));
     }
-    let owner_of = |c: &str| -> &TestDaemon {
-        if drover::daemon::ownership::owner(c, &ids) == Some(ids[0].as_str()) {
-            &a
-        } else {
-            &b
-        }
-    };
+    let on_a = |c: &str| drover::daemon::ownership::owner(c, &ids) == Some(ids[0].as_str());
     for (c, agent) in &agents {
         let ready = ready_at(first.to_string());
         let converged = crate::support::wait::poll_until(CONVERGE, || async {
-            let status = owner_of(c).status(c).await?;
+            let status = pick(on_a(c), &a, &b).status(c).await?;
             ready(&status)
         })
         .await;
@@ -182,16 +161,13 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
                 "{c} did not converge on its owner: {:?}\nagent log:\n{}\nowner log:\n{}",
                 t.last_error,
                 agent.log(),
-                crate::support::daemon::tail(&owner_of(c).log(), 40)
+                crate::support::daemon::tail(&pick(on_a(c), &a, &b).log(), 40)
             );
         }
     }
     let fences_before: Vec<u64> = agents.iter().map(|(_, agent)| fence_of(agent)).collect();
     // Asked for a cluster it does not own, a daemon names the owner.
-    let theirs = clusters
-        .iter()
-        .find(|c| owner_of(c).agents_url() == b.agents_url())
-        .unwrap();
+    let theirs = clusters.iter().find(|c| !on_a(c)).unwrap();
     let (code, _, err) = a.cli(&["status", theirs]).await;
     assert_ne!(code, Some(0));
     assert!(err.contains("owned by daemon daemon-b"), "{err}");
@@ -201,7 +177,7 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
     let second = commit_version(&repo, &clusters, &ips, "v2");
     a.hook().await;
     for c in &clusters {
-        owner_of(c)
+        pick(on_a(c), &a, &b)
             .await_status(
                 "v2 from a webhook to daemon-a",
                 c,
@@ -211,15 +187,27 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
             .await;
     }
 
-    // daemon-a dies; daemon-b takes its clusters once its lease is gone, and rolls out v3.
+    // daemon-a is killed in the middle of rolling v3 out, and one of the state's three etcd
+    // members is lost: daemon-b takes daemon-a's clusters once its lease is gone, and finishes.
+    let third = commit_version(&repo, &clusters, &ips, "v3");
+    a.hook().await;
+    let mine = clusters.iter().find(|c| on_a(c)).unwrap();
+    a.await_status("daemon-a rolling v3 out", mine, CONVERGE, |s| {
+        if s.desired_revision.as_deref() == Some(third.to_string().as_str()) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await;
     a.kill();
+    drop(members.pop());
+    b.hook().await;
     let taken = await_sharing(&b, "daemon-b owning every cluster", |v| {
         v.daemons.len() == 1 && clusters.iter().all(|c| v.owners.get(c) == Some(&ids[1]))
     })
     .await;
     assert_eq!(taken.me, ids[1]);
-    let third = commit_version(&repo, &clusters, &ips, "v3");
-    b.hook().await;
     for c in &clusters {
         b.await_status(
             "v3 on the survivor",
@@ -230,12 +218,44 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
         .await;
     }
     // The agents of daemon-a's clusters now hold daemon-b's newer fence.
+    let mut fences = Vec::new();
     for ((c, agent), before) in agents.iter().zip(fences_before) {
         let after = fence_of(agent);
-        if drover::daemon::ownership::owner(c, &ids) == Some(ids[0].as_str()) {
+        if on_a(c) {
             assert!(after > before, "{c}: fence {before} -> {after}");
         } else {
             assert_eq!(after, before, "{c} moved though its owner lived");
+        }
+        fences.push(after);
+    }
+
+    // daemon-a comes back: its clusters are drained from daemon-b to it, and nothing runs
+    // again (every node keeps the generation it applied).
+    let applied: Vec<u64> = agents.iter().map(|(_, agent)| applied_of(agent)).collect();
+    a.spawn().await;
+    await_sharing(&b, "daemon-a owning its clusters again", |v| {
+        v.daemons.len() == 2
+            && !v.settling
+            && clusters.iter().all(|c| {
+                v.owners.get(c).map(String::as_str) == drover::daemon::ownership::owner(c, &ids)
+            })
+    })
+    .await;
+    for (i, (c, agent)) in agents.iter().enumerate() {
+        pick(on_a(c), &a, &b)
+            .await_status(
+                "v3 on its owner again",
+                c,
+                TAKEOVER,
+                ready_at(third.to_string()),
+            )
+            .await;
+        assert_eq!(applied_of(agent), applied[i], "{c} ran its plan again");
+        if on_a(c) {
+            assert!(
+                fence_of(agent) > fences[i],
+                "{c}: no newer fence after the move back"
+            );
         }
     }
     let metrics = reqwest::get(format!("http://{}/metrics", b.http()))
@@ -323,6 +343,22 @@ fn node(i: usize) -> String {
     format!("n{}", i + 1)
 }
 
+/// `a` when `first`, else `b`.
+fn pick<'d>(first: bool, a: &'d TestDaemon, b: &'d TestDaemon) -> &'d TestDaemon {
+    if first {
+        a
+    } else {
+        b
+    }
+}
+
+/// The plan generation an agent last applied.
+fn applied_of(agent: &AgentProcess) -> u64 {
+    let text = std::fs::read_to_string(agent.dir.join("data").join("applied.json")).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["generation"].as_u64().unwrap()
+}
+
 /// The newest fencing token an agent recorded.
 fn fence_of(agent: &AgentProcess) -> u64 {
     let text = std::fs::read_to_string(agent.dir.join("data").join("fence.json"))
@@ -377,8 +413,15 @@ async fn a_daemon_cut_off_from_the_state_stops_before_its_lease_ends_and_its_old
     let token = token_file(&b, &cluster).await;
     let mut agent = AgentProcess::start_with(&a, &servers, "n1", &token);
     let ready = ready_at(first.to_string());
-    a.await_status("converged on daemon-a", &cluster, CONVERGE, &ready)
-        .await;
+    let converged =
+        crate::support::wait::poll_until(CONVERGE, || async { ready(&a.status(&cluster).await?) })
+            .await;
+    assert!(
+        converged.is_ok(),
+        "{converged:?}\nagent:\n{}\ndaemon-a:\n{}",
+        agent.log(),
+        crate::support::daemon::tail(&a.log(), 40)
+    );
     let old = fence_of(&agent);
 
     // daemon-a is cut off from etcd: it stops acting before its lease can have expired, and

@@ -1,7 +1,8 @@
 //! Several daemons sharing the work through one etcd (a real 3-member cluster for the state):
 //! clusters spread over the daemons by their rendezvous assignment, agents given every
-//! daemon's URL reach their cluster's owner, and when an owner is killed the survivor takes
-//! its clusters under a newer fence and rolls out the next commit.
+//! daemon's URL reach their cluster's owner, an owner killed mid-rollout has its clusters
+//! taken under newer fences and finished, a daemon cut off from etcd stops before its lease
+//! ends, and an agent refuses a plan under an old fence.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -98,16 +99,18 @@ async fn await_sharing(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_owner() {
+async fn three_daemons_share_the_clusters_and_survive_a_killed_owner_and_a_lost_etcd_member() {
     let engine = require!(docker::connect().await);
     require!(docker::require_image(&engine, ETCD_IMAGE).await);
     require!(docker::require_image(&engine, BUSYBOX_IMAGE).await);
     let mut members = require!(etcd::start_cluster(&engine, "sharing", 3).await);
     let endpoints: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
 
-    // Four clusters, named so that each daemon owns two.
-    let ids = ["daemon-a".to_string(), "daemon-b".to_string()];
-    let clusters = clusters_for(&ids, &[2, 2]);
+    // Six clusters, named so that each daemon owns two.
+    let ids: Vec<String> = ["daemon-a", "daemon-b", "daemon-c"]
+        .map(String::from)
+        .to_vec();
+    let clusters = clusters_for(&ids, &[2, 2, 2]);
     let _cleanup: Vec<ClusterCleanup> = clusters.iter().cloned().map(ClusterCleanup).collect();
     let ips: Vec<_> = clusters
         .iter()
@@ -118,66 +121,78 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
 
     let work = crate::support::private_tempdir();
     let key = key_file(work.path());
-    let (url, config_a, config_b) = (
-        repo.url(),
-        state_config(&endpoints, &key, &ids[0]),
-        state_config(&endpoints, &key, &ids[1]),
+    let url = repo.url();
+    let configs: Vec<String> = ids
+        .iter()
+        .map(|id| state_config(&endpoints, &key, id))
+        .collect();
+    // Three daemons started at once on empty state make one CA.
+    let (a, b, c) = tokio::join!(
+        TestDaemon::start_with_config(&url, None, &configs[0]),
+        TestDaemon::start_with_config(&url, None, &configs[1]),
+        TestDaemon::start_with_config(&url, None, &configs[2]),
     );
-    let (mut a, b) = tokio::join!(
-        TestDaemon::start_with_config(&url, None, &config_a),
-        TestDaemon::start_with_config(&url, None, &config_b),
+    let mut daemons = [a, b, c];
+    assert!(
+        daemons.iter().all(|d| d.pin() == daemons[0].pin()),
+        "daemons started at once made several CAs"
     );
-    assert_eq!(a.pin(), b.pin(), "two daemons started at once made two CAs");
-    let servers = format!("{},{}", a.agents_url(), b.agents_url());
+    let servers: Vec<String> = daemons.iter().map(TestDaemon::agents_url).collect();
+    let servers = servers.join(",");
+    let all: Vec<usize> = (0..ids.len()).collect();
+    let owner = |c: &str, live: &[usize]| -> usize {
+        let live_ids: Vec<String> = live.iter().map(|i| ids[*i].clone()).collect();
+        let id = drover::daemon::ownership::owner(c, &live_ids).unwrap();
+        ids.iter().position(|i| i == id).unwrap()
+    };
+    let assigned = |v: &SharingView, live: &[usize]| {
+        v.daemons.len() == live.len()
+            && !v.settling
+            && clusters
+                .iter()
+                .all(|c| v.owners.get(c) == Some(&ids[owner(c, live)]))
+    };
 
     // Once the membership settled, each daemon owns its two (whichever claimed first, the
-    // other's are drained to it); the agents, all told of daemon-a first, reach their owner.
-    await_sharing(&a, "both daemons owning their clusters", |v| {
-        v.daemons.len() == 2
-            && !v.settling
-            && clusters.iter().all(|c| {
-                v.owners.get(c).map(String::as_str) == drover::daemon::ownership::owner(c, &ids)
-            })
+    // others' are drained to them); the agents, all told of daemon-a first, reach their owner.
+    await_sharing(&daemons[0], "every daemon owning its clusters", |v| {
+        assigned(v, &all)
     })
     .await;
     let mut agents = Vec::new();
     for (i, c) in clusters.iter().enumerate() {
-        let token = token_file(&a, c).await;
+        let token = token_file(&daemons[0], c).await;
         agents.push((
             c.clone(),
-            AgentProcess::start_with(&a, &servers, &node(i), &token),
+            AgentProcess::start_with(&daemons[0], &servers, &node(i), &token),
         ));
     }
-    let on_a = |c: &str| drover::daemon::ownership::owner(c, &ids) == Some(ids[0].as_str());
     for (c, agent) in &agents {
+        let on = &daemons[owner(c, &all)];
         let ready = ready_at(first.to_string());
-        let converged = crate::support::wait::poll_until(CONVERGE, || async {
-            let status = pick(on_a(c), &a, &b).status(c).await?;
-            ready(&status)
-        })
-        .await;
-        if let Err(t) = converged {
-            panic!(
-                "{c} did not converge on its owner: {:?}\nagent log:\n{}\nowner log:\n{}",
-                t.last_error,
-                agent.log(),
-                crate::support::daemon::tail(&pick(on_a(c), &a, &b).log(), 40)
-            );
-        }
+        let converged =
+            crate::support::wait::poll_until(CONVERGE, || async { ready(&on.status(c).await?) })
+                .await;
+        assert!(
+            converged.is_ok(),
+            "{c} did not converge on its owner: {converged:?}\nagent log:\n{}\nowner log:\n{}",
+            agent.log(),
+            crate::support::daemon::tail(&on.log(), 40)
+        );
     }
     let fences_before: Vec<u64> = agents.iter().map(|(_, agent)| fence_of(agent)).collect();
     // Asked for a cluster it does not own, a daemon names the owner.
-    let theirs = clusters.iter().find(|c| !on_a(c)).unwrap();
-    let (code, _, err) = a.cli(&["status", theirs]).await;
+    let theirs = clusters.iter().find(|c| owner(c, &all) == 1).unwrap();
+    let (code, _, err) = daemons[0].cli(&["status", theirs]).await;
     assert_ne!(code, Some(0));
     assert!(err.contains("owned by daemon daemon-b"), "{err}");
 
-    // A webhook may reach either daemon: one to daemon-a rolls daemon-b's clusters out too
-    // (both poll only every 5 minutes).
+    // A webhook may reach any daemon: one to daemon-a rolls every cluster out (all of them
+    // poll only every 5 minutes).
     let second = commit_version(&repo, &clusters, &ips, "v2");
-    a.hook().await;
+    daemons[0].hook().await;
     for c in &clusters {
-        pick(on_a(c), &a, &b)
+        daemons[owner(c, &all)]
             .await_status(
                 "v2 from a webhook to daemon-a",
                 c,
@@ -188,40 +203,38 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
     }
 
     // daemon-a is killed in the middle of rolling v3 out, and one of the state's three etcd
-    // members is lost: daemon-b takes daemon-a's clusters once its lease is gone, and finishes.
+    // members is lost: the two others take daemon-a's clusters once its lease is gone, and
+    // finish.
     let third = commit_version(&repo, &clusters, &ips, "v3");
-    a.hook().await;
-    let mine = clusters.iter().find(|c| on_a(c)).unwrap();
-    a.await_status("daemon-a rolling v3 out", mine, CONVERGE, |s| {
-        if s.desired_revision.as_deref() == Some(third.to_string().as_str()) {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    })
-    .await;
-    a.kill();
-    drop(members.pop());
-    b.hook().await;
-    let taken = await_sharing(&b, "daemon-b owning every cluster", |v| {
-        v.daemons.len() == 1 && clusters.iter().all(|c| v.owners.get(c) == Some(&ids[1]))
-    })
-    .await;
-    assert_eq!(taken.me, ids[1]);
-    for c in &clusters {
-        b.await_status(
-            "v3 on the survivor",
-            c,
-            TAKEOVER,
-            ready_at(third.to_string()),
-        )
+    daemons[0].hook().await;
+    let mine = clusters.iter().find(|c| owner(c, &all) == 0).unwrap();
+    daemons[0]
+        .await_status("daemon-a rolling v3 out", mine, CONVERGE, |s| {
+            if s.desired_revision.as_deref() == Some(third.to_string().as_str()) {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        })
         .await;
+    daemons[0].kill();
+    drop(members.pop());
+    daemons[1].hook().await;
+    let survivors = [1, 2];
+    await_sharing(&daemons[1], "the survivors owning every cluster", |v| {
+        assigned(v, &survivors)
+    })
+    .await;
+    for c in &clusters {
+        daemons[owner(c, &survivors)]
+            .await_status("v3 on a survivor", c, TAKEOVER, ready_at(third.to_string()))
+            .await;
     }
-    // The agents of daemon-a's clusters now hold daemon-b's newer fence.
+    // The agents of daemon-a's clusters now hold a newer fence; the others' are unchanged.
     let mut fences = Vec::new();
     for ((c, agent), before) in agents.iter().zip(fences_before) {
         let after = fence_of(agent);
-        if on_a(c) {
+        if owner(c, &all) == 0 {
             assert!(after > before, "{c}: fence {before} -> {after}");
         } else {
             assert_eq!(after, before, "{c} moved though its owner lived");
@@ -229,20 +242,16 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
         fences.push(after);
     }
 
-    // daemon-a comes back: its clusters are drained from daemon-b to it, and nothing runs
-    // again (every node keeps the generation it applied).
+    // daemon-a comes back: its clusters are drained to it, and nothing runs again (every node
+    // keeps the generation it applied).
     let applied: Vec<u64> = agents.iter().map(|(_, agent)| applied_of(agent)).collect();
-    a.spawn().await;
-    await_sharing(&b, "daemon-a owning its clusters again", |v| {
-        v.daemons.len() == 2
-            && !v.settling
-            && clusters.iter().all(|c| {
-                v.owners.get(c).map(String::as_str) == drover::daemon::ownership::owner(c, &ids)
-            })
+    daemons[0].spawn().await;
+    await_sharing(&daemons[1], "daemon-a owning its clusters again", |v| {
+        assigned(v, &all)
     })
     .await;
     for (i, (c, agent)) in agents.iter().enumerate() {
-        pick(on_a(c), &a, &b)
+        daemons[owner(c, &all)]
             .await_status(
                 "v3 on its owner again",
                 c,
@@ -251,30 +260,33 @@ async fn two_daemons_share_the_clusters_and_the_survivor_takes_over_a_killed_own
             )
             .await;
         assert_eq!(applied_of(agent), applied[i], "{c} ran its plan again");
-        if on_a(c) {
+        if owner(c, &all) == 0 {
             assert!(
                 fence_of(agent) > fences[i],
                 "{c}: no newer fence after the move back"
             );
         }
     }
-    let metrics = reqwest::get(format!("http://{}/metrics", b.http()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let changes: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("drover_ownership_changes_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
-    // Its two, and daemon-a's two taken over (more when it claimed first and drained).
-    assert!(changes >= 4, "{metrics}");
-    assert!(
-        metrics.contains("drover_lease_renew_duration_seconds_count"),
-        "{metrics}"
-    );
+    let mut changes = 0;
+    for d in &daemons[1..] {
+        let metrics = reqwest::get(format!("http://{}/metrics", d.http()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("drover_lease_renew_duration_seconds_count"),
+            "{metrics}"
+        );
+        changes += metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("drover_ownership_changes_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    // Their own four, daemon-a's two taken over and given back.
+    assert!(changes >= 8, "{changes} ownership changes");
     for (_, mut agent) in agents {
         agent.stop();
     }
@@ -341,15 +353,6 @@ fn commit_version(
 /// The one node of the `i`-th cluster (each its own agent data directory).
 fn node(i: usize) -> String {
     format!("n{}", i + 1)
-}
-
-/// `a` when `first`, else `b`.
-fn pick<'d>(first: bool, a: &'d TestDaemon, b: &'d TestDaemon) -> &'d TestDaemon {
-    if first {
-        a
-    } else {
-        b
-    }
 }
 
 /// The plan generation an agent last applied.

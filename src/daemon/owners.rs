@@ -46,6 +46,10 @@ pub struct Timing {
     pub stop_within: Duration,
 }
 
+/// How long a stopping daemon lets its reconcilers finish their passes; within the daemon's
+/// own `DRAIN_TIMEOUT`.
+const GRACEFUL_STOP: Duration = Duration::from_secs(8);
+
 impl Default for Timing {
     fn default() -> Timing {
         Timing {
@@ -170,15 +174,16 @@ impl Owners {
             let ended = self
                 .hold(&membership, &desired, lost.as_mut(), &cancel)
                 .await;
-            self.stop_acting().await;
             match ended {
                 Held::Stopping => {
-                    let m = membership.clone();
-                    let left = tokio::task::spawn_blocking(move || {
-                        Arc::try_unwrap(m).map(Membership::leave)
-                    })
-                    .await;
-                    if !matches!(left, Ok(Ok(Ok(())))) {
+                    self.stop_gracefully().await;
+                    let left =
+                        tokio::task::spawn_blocking(move || match Arc::try_unwrap(membership) {
+                            Ok(m) => m.leave().is_ok(),
+                            Err(_) => false,
+                        })
+                        .await;
+                    if !matches!(left, Ok(true)) {
                         tracing::warn!(
                             "could not revoke the lease; its clusters move when it expires"
                         );
@@ -186,6 +191,7 @@ impl Owners {
                     break;
                 }
                 Held::LeaseLost => {
+                    self.stop_acting().await;
                     tracing::error!(
                         "this daemon's lease may have expired: it stopped acting, and joins again"
                     );
@@ -402,6 +408,26 @@ impl Owners {
         self.state.set_fence(cluster, None);
         self.hub.disown(cluster, to.unwrap_or(Route::Unowned));
         self.held().remove(cluster);
+    }
+
+    /// The daemon stops: every reconciler finishes its pass (within `GRACEFUL_STOP`, else it
+    /// is stopped mid-pass), then the fences go; the lease is revoked after, so the clusters
+    /// move at once.
+    async fn stop_gracefully(&self) {
+        let clusters: Vec<String> = self.held().keys().cloned().collect();
+        let draining = async {
+            for cluster in &clusters {
+                self.controller.disown(cluster).await;
+            }
+        };
+        if tokio::time::timeout(GRACEFUL_STOP, draining).await.is_err() {
+            self.controller.stop_all().await;
+        }
+        for cluster in &clusters {
+            self.state.set_fence(cluster, None);
+            self.hub.disown(cluster, Route::Unowned);
+        }
+        self.held().clear();
     }
 
     /// Stops every reconciler and drops every fence at once; exits the process if that does

@@ -20,84 +20,32 @@
 //! must expire before its owner keys go, then a survivor claims at its next renewal (within a
 //! second). `DROVER_BENCH_LOG=DIR` keeps the daemons' and etcd's logs.
 
-#[path = "support/operator.rs"]
-mod operator;
-#[path = "support/synthetic.rs"]
-mod synthetic;
+mod support {
+    pub mod daemons;
+    pub mod operator;
+    pub mod synthetic;
+}
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use drover::api::{ClustersDocument, SharingView, CLUSTERS_PATH, DAEMONS_PATH};
-use synthetic::{env, Versions};
+use drover::api::{ClustersDocument, CLUSTERS_PATH};
+use support::daemons::{
+    await_etcd, await_health, await_settled, spawn, start_etcd, write_config, write_private,
+    Daemon, Procs, TIMEOUT,
+};
+use support::operator;
+use support::synthetic::{self, env, Versions};
 
 const DAEMONS: usize = 3;
-const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn main() {
     let clusters = env("DROVER_BENCH_CLUSTERS", 100);
     let kills = env("DROVER_BENCH_KILLS", 20);
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(run(clusters, kills));
-}
-
-/// The processes, killed when the bench ends however it ends.
-struct Procs {
-    etcd: Vec<Child>,
-    daemons: Vec<Option<Child>>,
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for child in self
-            .etcd
-            .iter_mut()
-            .chain(self.daemons.iter_mut().flatten())
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// One daemon's addresses and files.
-struct Daemon {
-    id: String,
-    ip: Ipv4Addr,
-    dir: PathBuf,
-}
-
-impl Daemon {
-    fn config(&self) -> PathBuf {
-        self.dir.join("daemon.yaml")
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.join("daemon.log")
-    }
-
-    fn server(&self) -> String {
-        format!("{}:7443", self.ip)
-    }
-
-    fn pin(&self) -> String {
-        let endpoint: drover::daemon::Endpoint = serde_json::from_slice(
-            &std::fs::read(self.state().join(drover::daemon::ENDPOINT_FILE)).expect("endpoint"),
-        )
-        .expect("an endpoint file");
-        endpoint.ca_pin
-    }
-
-    fn client(&self) -> operator::Client {
-        operator::Client::new(&self.server(), &self.pin(), &self.state())
-    }
 }
 
 async fn run(clusters: usize, kills: usize) {
@@ -108,7 +56,7 @@ async fn run(clusters: usize, kills: usize) {
     let block = (std::process::id() % 200) as u8 + 20;
     let etcd_ips: Vec<Ipv4Addr> = (1..=3).map(|i| Ipv4Addr::new(127, 93, block, i)).collect();
     let mut procs = Procs {
-        etcd: start_etcd(work.path(), &etcd_ips),
+        etcd: start_etcd(work.path(), &etcd_ips, &[]),
         daemons: Vec::new(),
     };
     let endpoints: Vec<String> = etcd_ips
@@ -234,148 +182,6 @@ fn secs(d: Duration) -> String {
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
     let i = (sorted.len() * p).div_ceil(100).saturating_sub(1);
     sorted[i.min(sorted.len() - 1)]
-}
-
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-fn write_config(d: &Daemon, source: &Path, endpoints: &[String], key: &Path, work: &Path) {
-    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("'{e}'")).collect();
-    let text = format!(
-        "apiVersion: drover.dev/v1alpha1
-kind: DaemonConfig
-source:
-  local: {{path: {}}}
-listen: {{agents: '{ip}:7443', http: '{ip}:8080'}}
-tlsNames: ['{ip}']
-stateDir: {}
-stores: {{backups: {{url: 'file://{}'}}}}
-state:
-  etcd: {{endpoints: [{}], prefix: /drover-bench/, encryptionKeyFile: {}, daemonId: {}}}
-",
-        source.display(),
-        d.state().display(),
-        work.join("snapshots").display(),
-        endpoints.join(", "),
-        key.display(),
-        d.id,
-        ip = d.ip,
-    );
-    std::fs::write(d.config(), text).unwrap();
-}
-
-fn spawn(d: &Daemon) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(d.log())
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(["serve", "--config"])
-        .arg(d.config())
-        .env("DROVER_LOG", "info")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("drover serve starts")
-}
-
-fn start_etcd(work: &Path, ips: &[Ipv4Addr]) -> Vec<Child> {
-    let initial: Vec<String> = ips
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| format!("e{}=http://{ip}:2380", i + 1))
-        .collect();
-    ips.iter()
-        .enumerate()
-        .map(|(i, ip)| {
-            let name = format!("e{}", i + 1);
-            let data = work.join(format!("etcd-{name}"));
-            let log = std::fs::File::create(work.join(format!("etcd-{name}.log"))).unwrap();
-            Command::new("etcd")
-                .args(["--name", &name, "--data-dir"])
-                .arg(&data)
-                .args([
-                    "--listen-client-urls",
-                    &format!("http://{ip}:2379"),
-                    "--advertise-client-urls",
-                    &format!("http://{ip}:2379"),
-                    "--listen-peer-urls",
-                    &format!("http://{ip}:2380"),
-                    "--initial-advertise-peer-urls",
-                    &format!("http://{ip}:2380"),
-                    "--initial-cluster",
-                    &initial.join(","),
-                    "--initial-cluster-state",
-                    "new",
-                ])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("etcd (Debian's etcd-server) starts")
-        })
-        .collect()
-}
-
-async fn await_etcd(endpoints: &[String]) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Ok(mut client) = etcd_client::Client::connect(endpoints, None).await {
-            if client.get("ready", None).await.is_ok() {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "etcd did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn await_health(d: &Daemon) {
-    let deadline = Instant::now() + TIMEOUT;
-    let url = format!("http://{}:8080/healthz", d.ip);
-    while reqwest::get(&url).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{} did not start:\n{}",
-            d.id,
-            std::fs::read_to_string(d.log()).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until the daemons not in `down` agree, settled, that every cluster is owned as the
-/// rendezvous hash over them says.
-async fn await_settled(
-    daemons: &[Daemon],
-    ids: &[String],
-    clusters: &[String],
-    down: &BTreeSet<usize>,
-) -> SharingView {
-    let live: Vec<String> = (0..daemons.len())
-        .filter(|i| !down.contains(i))
-        .map(|i| ids[i].clone())
-        .collect();
-    let deadline = Instant::now() + TIMEOUT;
-    let client = daemons[(0..daemons.len()).find(|i| !down.contains(i)).unwrap()].client();
-    loop {
-        if let Ok(view) = client.get::<SharingView>(DAEMONS_PATH).await {
-            let agreed = !view.settling
-                && view.daemons.len() == live.len()
-                && clusters.iter().all(|c| {
-                    view.owners.get(c).map(String::as_str)
-                        == drover::daemon::ownership::owner(c, &live)
-                });
-            if agreed {
-                return view;
-            }
-        }
-        assert!(Instant::now() < deadline, "the daemons did not settle");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// The time from `killed` until the first, and until the last, of `owned` ran a pass on a

@@ -60,7 +60,7 @@ use drover::model::{load_sources, Role, SourceFile};
 use drover::nodeplan::NodeSpec;
 use drover::pki::Identity;
 use drover::protocol::{
-    AgentMessage, ContainerState, EtcdMemberInfo, EtcdTask, EtcdTaskOutcome, Refusal, ServerMessage,
+    AgentMessage, EtcdMemberInfo, EtcdTask, EtcdTaskOutcome, Refusal, ServerMessage,
 };
 use drover::state::StateDir;
 use futures::StreamExt as _;
@@ -68,6 +68,8 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "support/fake.rs"]
+mod fake;
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/operator.rs"]
@@ -418,19 +420,7 @@ async fn agent(mut socket: Socket, node: Node, apply: Duration, tally: Arc<Tally
         let Some((_, generation, checksum, spec)) = pending.take() else {
             continue;
         };
-        let containers: BTreeMap<String, ContainerState> = spec
-            .containers
-            .keys()
-            .map(|c| {
-                let state = ContainerState {
-                    running: true,
-                    spec_hash: spec.container_hash(c).unwrap_or_default(),
-                    healthy: spec.health.contains_key(c).then_some(true),
-                    reason: None,
-                };
-                (c.clone(), state)
-            })
-            .collect();
+        let containers = fake::observed(&spec);
         let applied = AgentMessage::Applied {
             generation,
             checksum,
@@ -452,18 +442,7 @@ async fn agent(mut socket: Socket, node: Node, apply: Duration, tally: Arc<Tally
             .keys()
             .map(|c| (c.clone(), spec.container_hash(c)))
             .collect();
-        members = spec.etcd_bootstrap.as_ref().map(|b| {
-            b.initial_cluster
-                .iter()
-                .filter_map(|entry| entry.split_once('='))
-                .map(|(name, url)| EtcdMemberInfo {
-                    id: format!("{:016x}", fnv(name)),
-                    name: name.to_string(),
-                    peer_urls: vec![url.to_string()],
-                    client_urls: Vec::new(),
-                })
-                .collect()
-        });
+        members = fake::members(&spec);
         let version = version_of(&spec);
         let target = tally.target.load(Ordering::SeqCst);
         if version == Some(target) && acked != Some(target) {
@@ -481,13 +460,6 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// A member id, stable per name.
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    })
 }
 
 /// Connects one node's agent, as a real agent would: retry-after and an undeclared node (the

@@ -1,0 +1,370 @@
+//! Protocol-level agents over several daemons sharing one etcd: what each daemon carries and
+//! how long until every cluster is Ready. Prints figures; asserts nothing timed. Run with
+//! `cargo bench --bench scale_out` (as root, or with an open-file hard limit above the agents'
+//! number: the bench raises it when it may).
+//!
+//! Three `drover serve` processes share a 3-member etcd (Debian's `etcd` as processes, with
+//! `--max-request-bytes` at 10 MiB: the node bindings are one document, 3.6 MB for 30,000
+//! nodes, over etcd's default 1.5 MiB; see docs/daemons.md). The source is a watched directory
+//! of `DROVER_BENCH_CLUSTERS` (default 300) clusters of `DROVER_BENCH_NODES` (default 100)
+//! nodes. Every node's credential is issued and bound in the shared state up front, as joins
+//! would have left them. Then one light agent per node dials the first daemon, follows its
+//! redirect to the cluster's owner, and there takes every plan, reports it applied with its
+//! containers running and healthy, and answers member listings from its plan.
+//!
+//! Printed: per daemon the clusters it owns, the agents it serves, and its resident memory
+//! (now and peak); the time until every agent was welcomed by its owner, and until every
+//! cluster was Ready (each node's plan delivered, applied and healthy); redirects followed.
+
+mod support {
+    pub mod daemons;
+    pub mod fake;
+    pub mod fleet;
+    pub mod operator;
+    pub mod synthetic;
+}
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover::agent::session::{send, Dial, Socket};
+use drover::api::{ClustersDocument, ConditionType, CLUSTERS_PATH};
+use drover::pki::Identity;
+use drover::protocol::{AgentMessage, EtcdTask, EtcdTaskOutcome, ServerMessage};
+use drover::store::etcd::{EtcdStateConfig, EtcdStore};
+use drover::store::DurableState;
+use futures::StreamExt as _;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use support::daemons::{
+    await_etcd, await_health, await_settled, spawn, start_etcd, write_config, write_private,
+    Daemon, Procs, TIMEOUT,
+};
+use support::synthetic::{self, env, Versions};
+use support::{fake, fleet};
+
+const DAEMONS: usize = 3;
+/// TLS handshakes in flight at once, as agents of a fleet that rebooted would stagger them.
+const DIALS: usize = 256;
+
+fn main() {
+    let clusters = env("DROVER_BENCH_CLUSTERS", 300);
+    let nodes = env("DROVER_BENCH_NODES", 100);
+    let agents = clusters * nodes;
+    raise_hard_fd_limit(agents * 2 + 4096);
+    fleet::raise_fd_limit(agents + 1024);
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(run(clusters, nodes));
+}
+
+/// As root, raises the open-file hard limit to `wanted` (the daemons, children of this
+/// process, inherit it); otherwise leaves it.
+fn raise_hard_fd_limit(wanted: usize) {
+    let wanted = wanted as u64;
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        if hard < wanted {
+            let _ = rlimit::Resource::NOFILE.set(wanted, wanted);
+        }
+    }
+}
+
+/// How far the agents got.
+#[derive(Default)]
+struct Tally {
+    welcomed: AtomicUsize,
+    redirects: AtomicUsize,
+    retries: AtomicUsize,
+    plans: AtomicUsize,
+}
+
+async fn run(clusters: usize, nodes: usize) {
+    let agents = clusters * nodes;
+    let work = tempfile::Builder::new()
+        .prefix("drover-bench-scale-out")
+        .tempdir()
+        .expect("a work directory");
+    let block = (std::process::id() % 200) as u8 + 20;
+    let etcd_ips: Vec<Ipv4Addr> = (1..=3).map(|i| Ipv4Addr::new(127, 95, block, i)).collect();
+    let mut procs = Procs {
+        etcd: start_etcd(
+            work.path(),
+            &etcd_ips,
+            &[
+                "--max-request-bytes",
+                "10485760",
+                "--quota-backend-bytes",
+                "8589934592",
+            ],
+        ),
+        daemons: Vec::new(),
+    };
+    let endpoints: Vec<String> = etcd_ips
+        .iter()
+        .map(|ip| format!("http://{ip}:2379"))
+        .collect();
+    await_etcd(&endpoints).await;
+    let source = work.path().join("source");
+    std::fs::create_dir_all(source.join("clusters")).unwrap();
+    for file in synthetic::repo(agents, nodes, |_| Versions {
+        app: 1,
+        apiserver: 1,
+    }) {
+        std::fs::write(source.join(&file.path), &file.bytes).unwrap();
+    }
+    let key = work.path().join("state.key");
+    write_private(&key, &"5e".repeat(32));
+
+    println!(
+        "scale-out benchmark: {agents} protocol-level agents, {clusters} clusters of {nodes} nodes, {DAEMONS} drover serve on a 3-member etcd"
+    );
+    let issued = Instant::now();
+    let config = EtcdStateConfig {
+        endpoints: endpoints.clone(),
+        tls: None,
+        prefix: "/drover-bench/".into(),
+        encryption_key_file: key.clone(),
+    };
+    let pairs: Vec<(String, String)> = (0..clusters)
+        .flat_map(|c| (0..nodes).map(move |n| (format!("c{c}"), format!("n{n}"))))
+        .collect();
+    let identities = tokio::task::spawn_blocking(move || {
+        let store = EtcdStore::open(&config).expect("the state's etcd");
+        fleet::credentials(&DurableState::new(Arc::new(store)), pairs)
+    })
+    .await
+    .unwrap();
+    println!(
+        "{} credentials issued and bound in {:.1} s",
+        identities.len(),
+        issued.elapsed().as_secs_f64()
+    );
+
+    let daemons: Vec<Daemon> = (0..DAEMONS)
+        .map(|i| {
+            let daemon = Daemon {
+                id: format!("d{}", i + 1),
+                ip: Ipv4Addr::new(127, 96, block, i as u8 + 1),
+                dir: work.path().join(format!("d{}", i + 1)),
+            };
+            std::fs::create_dir_all(&daemon.dir).unwrap();
+            write_config(&daemon, &source, &endpoints, &key, work.path());
+            daemon
+        })
+        .collect();
+    for d in &daemons {
+        procs.daemons.push(Some(spawn(d)));
+    }
+    for d in &daemons {
+        await_health(d).await;
+    }
+    let ids: Vec<String> = daemons.iter().map(|d| d.id.clone()).collect();
+    let names: Vec<String> = (0..clusters).map(|c| format!("c{c}")).collect();
+    let settled = await_settled(&daemons, &ids, &names, &Default::default()).await;
+    let pids: Vec<u32> = procs
+        .daemons
+        .iter()
+        .map(|c| c.as_ref().expect("running").id())
+        .collect();
+    let idle: Vec<u64> = pids
+        .iter()
+        .map(|p| synthetic::memory_kib_of(*p).0)
+        .collect();
+
+    let pin = daemons[0].pin();
+    let dials: HashMap<String, Dial> = daemons
+        .iter()
+        .map(|d| {
+            let url = format!("wss://{}", d.server());
+            (url.clone(), Dial::new(&url, &pin).expect("a daemon URL"))
+        })
+        .collect();
+    let first = dials[&format!("wss://{}", daemons[0].server())].clone();
+    let dials = Arc::new(dials);
+    let tally = Arc::new(Tally::default());
+    let handshakes = Arc::new(Semaphore::new(DIALS));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for ((cluster, node), identity) in identities {
+        let (first, dials, tally, handshakes) = (
+            first.clone(),
+            dials.clone(),
+            tally.clone(),
+            handshakes.clone(),
+        );
+        tasks.spawn(async move {
+            let socket = connect(
+                first,
+                &dials,
+                &handshakes,
+                &cluster,
+                &node,
+                &identity,
+                &tally,
+            )
+            .await;
+            agent(socket, &tally).await;
+        });
+    }
+    let welcomed = await_count(&tally.welcomed, agents, started, "every agent welcomed").await;
+    let clients: Vec<support::operator::Client> = daemons.iter().map(Daemon::client).collect();
+    let ready = loop {
+        let mut n = 0;
+        for client in &clients {
+            if let Ok(doc) = client.get::<ClustersDocument>(CLUSTERS_PATH).await {
+                n += doc.clusters.iter().filter(|s| is_ready(s)).count();
+            }
+        }
+        if n == clusters {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "{n} of {clusters} clusters Ready"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+
+    println!("\n| daemon | clusters owned | agents served | RSS idle | RSS with agents | peak RSS |\n|---|---:|---:|---:|---:|---:|");
+    for (i, d) in daemons.iter().enumerate() {
+        let owned = settled.owners.values().filter(|o| **o == d.id).count();
+        let (rss, peak) = synthetic::memory_kib_of(pids[i]);
+        println!(
+            "| {} | {owned} | {} | {} | {} | {} |",
+            d.id,
+            owned * nodes,
+            fleet::mib(idle[i]),
+            fleet::mib(rss),
+            fleet::mib(peak)
+        );
+    }
+    println!(
+        "\nevery agent welcomed by its owner: {:.1} s ({} redirects followed, {} retries); every cluster Ready (plans delivered, applied, healthy): {:.1} s; {} plans received",
+        welcomed.as_secs_f64(),
+        tally.redirects.load(Ordering::Relaxed),
+        tally.retries.load(Ordering::Relaxed),
+        ready.as_secs_f64(),
+        tally.plans.load(Ordering::Relaxed)
+    );
+    tasks.abort_all();
+    drop(procs);
+}
+
+fn is_ready(status: &drover::api::ClusterStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.kind == ConditionType::Ready && c.status)
+}
+
+async fn await_count(count: &AtomicUsize, want: usize, since: Instant, what: &str) -> Duration {
+    loop {
+        let now = count.load(Ordering::Relaxed);
+        if now >= want {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < TIMEOUT, "{what}: {now} of {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Dials `first`, and wherever it is sent, until its cluster's owner welcomes it.
+async fn connect(
+    first: Dial,
+    dials: &HashMap<String, Dial>,
+    handshakes: &Semaphore,
+    cluster: &str,
+    node: &str,
+    identity: &Identity,
+    tally: &Tally,
+) -> Socket {
+    let mut dial = first;
+    loop {
+        let answer = {
+            let _permit = handshakes.acquire().await.expect("the semaphore stays");
+            fleet::hello(&dial, cluster, node, identity.clone()).await
+        };
+        match answer {
+            Ok(socket) => {
+                tally.welcomed.fetch_add(1, Ordering::Relaxed);
+                return socket;
+            }
+            Err(ServerMessage::Redirect { url, .. }) => {
+                tally.redirects.fetch_add(1, Ordering::Relaxed);
+                dial = dials
+                    .get(&url)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("a redirect to an unknown daemon {url}"));
+            }
+            Err(ServerMessage::RetryAfter { seconds, .. }) => {
+                tally.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(seconds)).await;
+            }
+            Err(other) => panic!("{cluster}/{node}: expected welcome, got {other:?}"),
+        }
+    }
+}
+
+/// Takes every plan and reports it applied, running and healthy; answers member listings from
+/// its plan; keeps the heartbeat.
+async fn agent(mut socket: Socket, tally: &Tally) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    let mut seq = 0;
+    let mut members = None;
+    loop {
+        let message = tokio::select! {
+            frame = socket.next() => {
+                let Some(Ok(Message::Text(text))) = frame else { return };
+                drover::protocol::decode::<ServerMessage>(text.as_str()).ok()
+            }
+            _ = ticker.tick() => {
+                seq += 1;
+                if send(&mut socket, &AgentMessage::Heartbeat { seq }).await.is_err() {
+                    return;
+                }
+                None
+            }
+        };
+        let replies = match message {
+            Some(ServerMessage::Plan {
+                generation,
+                checksum,
+                spec,
+                ..
+            }) => {
+                tally.plans.fetch_add(1, Ordering::Relaxed);
+                members = fake::members(&spec);
+                vec![
+                    AgentMessage::Applied {
+                        generation,
+                        checksum,
+                        steps: Vec::new(),
+                    },
+                    AgentMessage::Observed {
+                        containers: fake::observed(&spec),
+                    },
+                ]
+            }
+            Some(ServerMessage::EtcdTask { id, task, .. }) => {
+                let outcome = match (&task, &members) {
+                    (EtcdTask::MemberList, Some(members)) => EtcdTaskOutcome::Members {
+                        members: members.clone(),
+                    },
+                    _ => EtcdTaskOutcome::Failed {
+                        error: "the benchmark's agents run no etcd".into(),
+                    },
+                };
+                vec![AgentMessage::EtcdTaskResult { id, outcome }]
+            }
+            _ => Vec::new(),
+        };
+        for reply in &replies {
+            if send(&mut socket, reply).await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -7,10 +7,12 @@
 //! `--max-request-bytes` at 10 MiB: the node bindings are one document, 3.6 MB for 30,000
 //! nodes, over etcd's default 1.5 MiB; see docs/daemons.md). The source is a watched directory
 //! of `DROVER_BENCH_CLUSTERS` (default 300) clusters of `DROVER_BENCH_NODES` (default 100)
-//! nodes. Every node's credential is issued and bound in the shared state up front, as joins
-//! would have left them. Then one light agent per node dials the first daemon, follows its
-//! redirect to the cluster's owner, and there takes every plan, reports it applied with its
-//! containers running and healthy, and answers member listings from its plan.
+//! nodes. The agents run in child processes of 10,000 each (a process here may open at most
+//! 20,000 files). Each child issues and binds its nodes' credentials in the shared state up
+//! front, as joins would have left them; once the daemons run, one light agent per node dials
+//! the first daemon, follows its redirect to the cluster's owner, and there takes every plan,
+//! reports it applied with its containers running and healthy, and answers member listings
+//! from its plan.
 //!
 //! Printed: per daemon the clusters it owns, the agents it serves, and its resident memory
 //! (now and peak); the time until every agent was welcomed by its owner, and until every
@@ -51,18 +53,25 @@ const DAEMONS: usize = 3;
 /// TLS handshakes in flight at once, as agents of a fleet that rebooted would stagger them.
 const DIALS: usize = 256;
 
+/// Agents one child process runs.
+const AGENTS_PER_PROCESS: usize = 10_000;
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    if let Some(i) = args.iter().position(|a| a == "--agents") {
+        let arg = |k: usize| -> usize { args[i + k].parse().expect("--agents FIRST COUNT NODES") };
+        fleet::raise_fd_limit(arg(2) * arg(3) + 1024);
+        return runtime.block_on(child(arg(1), arg(2), arg(3)));
+    }
     let clusters = env("DROVER_BENCH_CLUSTERS", 300);
     let nodes = env("DROVER_BENCH_NODES", 100);
-    let agents = clusters * nodes;
-    raise_hard_fd_limit(agents * 2 + 4096);
-    fleet::raise_fd_limit(agents + 1024);
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    raise_hard_fd_limit(AGENTS_PER_PROCESS * 2 + 4096);
     runtime.block_on(run(clusters, nodes));
 }
 
-/// As root, raises the open-file hard limit to `wanted` (the daemons, children of this
-/// process, inherit it); otherwise leaves it.
+/// Where it may, raises the open-file hard limit to `wanted` (the daemons and agent processes,
+/// children of this one, inherit it); otherwise leaves it.
 fn raise_hard_fd_limit(wanted: usize) {
     let wanted = wanted as u64;
     if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
@@ -122,25 +131,17 @@ async fn run(clusters: usize, nodes: usize) {
         "scale-out benchmark: {agents} protocol-level agents, {clusters} clusters of {nodes} nodes, {DAEMONS} drover serve on a 3-member etcd"
     );
     let issued = Instant::now();
-    let config = EtcdStateConfig {
-        endpoints: endpoints.clone(),
-        tls: None,
-        prefix: "/drover-bench/".into(),
-        encryption_key_file: key.clone(),
-    };
-    let pairs: Vec<(String, String)> = (0..clusters)
-        .flat_map(|c| (0..nodes).map(move |n| (format!("c{c}"), format!("n{n}"))))
-        .collect();
-    let identities = tokio::task::spawn_blocking(move || {
-        let store = EtcdStore::open(&config).expect("the state's etcd");
-        fleet::credentials(&DurableState::new(Arc::new(store)), pairs)
-    })
-    .await
-    .unwrap();
+    let per = (AGENTS_PER_PROCESS / nodes).max(1);
+    let mut children = Vec::new();
+    for first in (0..clusters).step_by(per) {
+        // One at a time: each adds its nodes to the one bindings document.
+        let count = per.min(clusters - first);
+        children.push(AgentsChild::start(first, count, nodes, &endpoints, &key).await);
+    }
     println!(
-        "{} credentials issued and bound in {:.1} s",
-        identities.len(),
-        issued.elapsed().as_secs_f64()
+        "{agents} credentials issued and bound in {:.1} s by {} agent processes",
+        issued.elapsed().as_secs_f64(),
+        children.len()
     );
 
     let daemons: Vec<Daemon> = (0..DAEMONS)
@@ -174,42 +175,30 @@ async fn run(clusters: usize, nodes: usize) {
         .map(|p| synthetic::memory_kib_of(*p).0)
         .collect();
 
-    let pin = daemons[0].pin();
-    let dials: HashMap<String, Dial> = daemons
-        .iter()
-        .map(|d| {
-            let url = format!("wss://{}", d.server());
-            (url.clone(), Dial::new(&url, &pin).expect("a daemon URL"))
-        })
-        .collect();
-    let first = dials[&format!("wss://{}", daemons[0].server())].clone();
-    let dials = Arc::new(dials);
-    let tally = Arc::new(Tally::default());
-    let handshakes = Arc::new(Semaphore::new(DIALS));
+    let go = format!(
+        "go {} {}\n",
+        daemons[0].pin(),
+        daemons
+            .iter()
+            .map(|d| format!("wss://{}", d.server()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for ((cluster, node), identity) in identities {
-        let (first, dials, tally, handshakes) = (
-            first.clone(),
-            dials.clone(),
-            tally.clone(),
-            handshakes.clone(),
-        );
-        tasks.spawn(async move {
-            let socket = connect(
-                first,
-                &dials,
-                &handshakes,
-                &cluster,
-                &node,
-                &identity,
-                &tally,
-            )
-            .await;
-            agent(socket, &tally).await;
-        });
+    for c in &mut children {
+        c.send(&go).await;
     }
-    let welcomed = await_count(&tally.welcomed, agents, started, "every agent welcomed").await;
+    let (mut redirects, mut retries) = (0, 0);
+    for c in &mut children {
+        let line = c.line().await;
+        let mut words = line
+            .split_whitespace()
+            .skip(1)
+            .map(|w| w.parse::<usize>().unwrap());
+        redirects += words.next().unwrap();
+        retries += words.next().unwrap();
+    }
+    let welcomed = started.elapsed();
     let clients: Vec<support::operator::Client> = daemons.iter().map(Daemon::client).collect();
     let ready = loop {
         let mut n = 0;
@@ -242,15 +231,161 @@ async fn run(clusters: usize, nodes: usize) {
         );
     }
     println!(
-        "\nevery agent welcomed by its owner: {:.1} s ({} redirects followed, {} retries); every cluster Ready (plans delivered, applied, healthy): {:.1} s; {} plans received",
+        "\nevery agent welcomed by its owner: {:.1} s ({redirects} redirects followed, {retries} retries); every cluster Ready (plans delivered, applied, healthy): {:.1} s",
         welcomed.as_secs_f64(),
-        tally.redirects.load(Ordering::Relaxed),
-        tally.retries.load(Ordering::Relaxed),
         ready.as_secs_f64(),
-        tally.plans.load(Ordering::Relaxed)
     );
-    tasks.abort_all();
+    drop(children);
     drop(procs);
+}
+
+/// An agent process: started with its clusters, it binds their nodes' credentials and says
+/// `bound`; told `go PIN URL...`, it dials and says `welcomed REDIRECTS RETRIES` once every
+/// agent is welcomed; it ends when its stdin closes.
+struct AgentsChild {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl AgentsChild {
+    async fn start(
+        first: usize,
+        count: usize,
+        nodes: usize,
+        endpoints: &[String],
+        key: &std::path::Path,
+    ) -> AgentsChild {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--agents",
+                &first.to_string(),
+                &count.to_string(),
+                &nodes.to_string(),
+            ])
+            .env("DROVER_BENCH_ETCD", endpoints.join(","))
+            .env("DROVER_BENCH_KEY", key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("an agent process");
+        let stdin = child.stdin.take().unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut c = AgentsChild {
+            child,
+            stdin,
+            lines,
+        };
+        assert_eq!(c.line().await, "bound");
+        c
+    }
+
+    async fn send(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    async fn line(&mut self) -> String {
+        let next = tokio::time::timeout(TIMEOUT, self.lines.next_line()).await;
+        match next {
+            Ok(Ok(Some(line))) => line,
+            other => panic!("an agent process ended or hung: {other:?}"),
+        }
+    }
+}
+
+impl Drop for AgentsChild {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// The agent process: `count` clusters from `first`, of `nodes` nodes each.
+async fn child(first: usize, count: usize, nodes: usize) {
+    let endpoints: Vec<String> = std::env::var("DROVER_BENCH_ETCD")
+        .expect("DROVER_BENCH_ETCD")
+        .split(',')
+        .map(String::from)
+        .collect();
+    let config = EtcdStateConfig {
+        endpoints,
+        tls: None,
+        prefix: "/drover-bench/".into(),
+        encryption_key_file: std::env::var_os("DROVER_BENCH_KEY")
+            .expect("DROVER_BENCH_KEY")
+            .into(),
+    };
+    let pairs: Vec<(String, String)> = (first..first + count)
+        .flat_map(|c| (0..nodes).map(move |n| (format!("c{c}"), format!("n{n}"))))
+        .collect();
+    let identities = tokio::task::spawn_blocking(move || {
+        let store = EtcdStore::open(&config).expect("the state's etcd");
+        fleet::credentials(&DurableState::new(Arc::new(store)), pairs)
+    })
+    .await
+    .unwrap();
+    println!("bound");
+    // The stdin of a child is read on a blocking thread (tokio's is not built in).
+    let read_line = || {
+        tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            let n = std::io::stdin().read_line(&mut line).unwrap_or(0);
+            (n > 0).then_some(line)
+        })
+    };
+    let go = read_line().await.unwrap().expect("go");
+    let mut words = go.split_whitespace().skip(1);
+    let pin = words.next().expect("the pin").to_string();
+    let urls: Vec<String> = words.map(String::from).collect();
+    let dials: HashMap<String, Dial> = urls
+        .iter()
+        .map(|u| (u.clone(), Dial::new(u, &pin).expect("a daemon URL")))
+        .collect();
+    let first_dial = dials[&urls[0]].clone();
+    let dials = Arc::new(dials);
+    let tally = Arc::new(Tally::default());
+    let handshakes = Arc::new(Semaphore::new(DIALS));
+    let total = identities.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for ((cluster, node), identity) in identities {
+        let (first, dials, tally, handshakes) = (
+            first_dial.clone(),
+            dials.clone(),
+            tally.clone(),
+            handshakes.clone(),
+        );
+        tasks.spawn(async move {
+            let socket = connect(
+                first,
+                &dials,
+                &handshakes,
+                &cluster,
+                &node,
+                &identity,
+                &tally,
+            )
+            .await;
+            agent(socket, &tally).await;
+        });
+    }
+    await_count(
+        &tally.welcomed,
+        total,
+        Instant::now(),
+        "every agent welcomed",
+    )
+    .await;
+    println!(
+        "welcomed {} {}",
+        tally.redirects.load(Ordering::Relaxed),
+        tally.retries.load(Ordering::Relaxed)
+    );
+    // Until the bench closes stdin.
+    while let Ok(Some(_)) = read_line().await {}
+    tasks.abort_all();
 }
 
 fn is_ready(status: &drover::api::ClusterStatus) -> bool {

@@ -37,8 +37,8 @@ pub fn mib(kib: u64) -> String {
     format!("{:.0} MiB", kib as f64 / 1024.0)
 }
 
-/// One credential per `(cluster, node)`, bound in the daemon's state as joins would have left
-/// them.
+/// One credential per `(cluster, node)`, bound in the daemon's state (beside the bindings it
+/// holds) as joins would have left them.
 pub fn credentials(
     state: &DurableState,
     nodes: Vec<(String, String)>,
@@ -58,8 +58,12 @@ pub fn credentials(
         out.push(((cluster, node), identity));
     }
     state
-        .save(BINDINGS, &bindings)
-        .expect("the bindings are saved");
+        .update(BINDINGS, |held: &mut Bindings| {
+            held.nodes.extend(bindings.nodes.clone());
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .expect("the bindings are saved")
+        .unwrap_or_else(|never| match never {});
     out
 }
 

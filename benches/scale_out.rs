@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use drover::agent::session::{send, Dial, Socket};
 use drover::api::{ClustersDocument, ConditionType, CLUSTERS_PATH};
+use drover::backoff::Backoff;
 use drover::pki::Identity;
 use drover::protocol::{AgentMessage, EtcdTask, EtcdTaskOutcome, ServerMessage};
 use drover::store::etcd::{EtcdStateConfig, EtcdStore};
@@ -50,8 +51,9 @@ use support::synthetic::{self, env, Versions};
 use support::{fake, fleet};
 
 const DAEMONS: usize = 3;
-/// TLS handshakes in flight at once, as agents of a fleet that rebooted would stagger them.
-const DIALS: usize = 256;
+/// TLS handshakes in flight at once per agent process, as agents of a fleet that rebooted
+/// would stagger them.
+const DIALS: usize = 64;
 
 /// Agents one child process runs.
 const AGENTS_PER_PROCESS: usize = 10_000;
@@ -417,28 +419,34 @@ async fn connect(
     tally: &Tally,
 ) -> Socket {
     let mut dial = first;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let answer = {
             let _permit = handshakes.acquire().await.expect("the semaphore stays");
-            fleet::hello(&dial, cluster, node, identity.clone()).await
+            fleet::try_hello(&dial, cluster, node, identity.clone()).await
         };
         match answer {
-            Ok(socket) => {
+            Ok(Ok(socket)) => {
                 tally.welcomed.fetch_add(1, Ordering::Relaxed);
                 return socket;
             }
-            Err(ServerMessage::Redirect { url, .. }) => {
+            Ok(Err(ServerMessage::Redirect { url, .. })) => {
                 tally.redirects.fetch_add(1, Ordering::Relaxed);
                 dial = dials
                     .get(&url)
                     .cloned()
                     .unwrap_or_else(|| panic!("a redirect to an unknown daemon {url}"));
             }
-            Err(ServerMessage::RetryAfter { seconds, .. }) => {
+            Ok(Err(ServerMessage::RetryAfter { seconds, .. })) => {
                 tally.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_secs(seconds)).await;
             }
-            Err(other) => panic!("{cluster}/{node}: expected welcome, got {other:?}"),
+            Ok(Err(other)) => panic!("{cluster}/{node}: expected welcome, got {other:?}"),
+            // Too busy to answer: again later, as a real agent would.
+            Err(_) => {
+                tally.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
         }
     }
 }

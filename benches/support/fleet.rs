@@ -7,7 +7,7 @@
 
 use std::time::SystemTime;
 
-use drover::agent::session::{recv, send, Dial, Socket};
+use drover::agent::session::{recv, send, Dial, SessionError, Socket};
 use drover::join::{Bindings, BINDINGS};
 use drover::pki::{DaemonCa, Identity, NodeKey};
 use drover::protocol::{AgentMessage, ServerMessage, PROTOCOL_VERSION};
@@ -75,10 +75,21 @@ pub async fn hello(
     node: &str,
     identity: Identity,
 ) -> Result<Socket, ServerMessage> {
-    let mut socket = dial
-        .connect(Some(identity))
-        .await
-        .unwrap_or_else(|e| panic!("{cluster}/{node} cannot connect: {e}"));
+    match try_hello(dial, cluster, node, identity).await {
+        Ok(answer) => answer,
+        Err(e) => panic!("{cluster}/{node} cannot connect: {e}"),
+    }
+}
+
+/// `hello`, a connection or TLS failure returned rather than a panic (for agents that retry,
+/// as real ones do, when a daemon is too busy to answer).
+pub async fn try_hello(
+    dial: &Dial,
+    cluster: &str,
+    node: &str,
+    identity: Identity,
+) -> Result<Result<Socket, ServerMessage>, SessionError> {
+    let mut socket = dial.connect(Some(identity)).await?;
     let hello = AgentMessage::Hello {
         protocol: PROTOCOL_VERSION,
         cluster: cluster.to_string(),
@@ -86,9 +97,9 @@ pub async fn hello(
         agent_version: "bench".into(),
         applied: None,
     };
-    send(&mut socket, &hello).await.expect("hello is sent");
-    match recv(&mut socket).await.expect("the server answers") {
+    send(&mut socket, &hello).await?;
+    Ok(match recv(&mut socket).await? {
         ServerMessage::Welcome { .. } => Ok(socket),
         other => Err(other),
-    }
+    })
 }

@@ -20,7 +20,7 @@ use crate::daemon::restore::{Hold, RestoreRequestError, Restores};
 use crate::etcd_pki::ClusterCa;
 use crate::nodeplan::{SealedSpec, ETCD_COMPONENT};
 use crate::protocol::{EtcdMemberInfo, EtcdTask, EtcdTaskOutcome};
-use crate::reconcile::intent::Intent;
+use crate::reconcile::intent::{Intent, RecordEncoder};
 use crate::reconcile::{Action, Inputs, Reconciler, RestoreCall, REQUEUE_BUSY, REQUEUE_IDLE};
 use crate::server::Hub;
 use crate::source::{ClusterEntry, DesiredState};
@@ -114,7 +114,7 @@ impl Controller {
             let nodes = intent
                 .nodes
                 .iter()
-                .map(|(n, i)| (n.clone(), Some(SealedSpec::new(i.spec.clone()))))
+                .map(|(n, i)| (n.clone(), Some(SealedSpec::shared(i.spec.clone()))))
                 .collect();
             if let Err(e) = self.hub.set_cluster(cluster, &nodes) {
                 tracing::error!(cluster, error = %crate::error_chain(&e), "cannot publish a saved rollout");
@@ -580,11 +580,10 @@ impl ClusterTask {
             let hub = cx.hub.clone();
             let name = self.name.clone();
             let intent = save.then(|| reconciler.intent().clone());
+            let encoder = reconciler.record_encoder();
             tokio::task::spawn_blocking(move || -> Result<(), String> {
                 if let Some(intent) = intent {
-                    state
-                        .save(&record_name(&name), &intent)
-                        .map_err(|e| crate::error_chain(&e))?;
+                    write_record(&state, &name, &encoder, intent)?;
                 }
                 hub.set_cluster(&name, &declared)
                     .map_err(|e| crate::error_chain(&e))
@@ -602,13 +601,10 @@ impl ClusterTask {
     async fn save_record(&self, reconciler: &Reconciler) -> Result<(), String> {
         let (state, name) = (self.controller.state.clone(), self.name.clone());
         let intent = reconciler.intent().clone();
-        tokio::task::spawn_blocking(move || {
-            state
-                .save(&record_name(&name), &intent)
-                .map_err(|e| crate::error_chain(&e))
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        let encoder = reconciler.record_encoder();
+        tokio::task::spawn_blocking(move || write_record(&state, &name, &encoder, intent))
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// The reconciler's status with the generation the hub handed each node.
@@ -646,6 +642,22 @@ impl ClusterTask {
         self.status.send_modify(|s| failed(s, error));
         self.controller.changed();
     }
+}
+
+/// Saves `cluster`'s rollout record, encoded by its reconciler's encoder. Blocking.
+fn write_record(
+    state: &DurableState,
+    cluster: &str,
+    encoder: &Mutex<RecordEncoder>,
+    intent: Intent,
+) -> Result<(), String> {
+    let json = encoder
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .encode(intent);
+    state
+        .save_encoded(&record_name(cluster), &json)
+        .map_err(|e| crate::error_chain(&e))
 }
 
 /// Marks a status as a restore's: Reconciling, with what the restore does.

@@ -381,6 +381,33 @@ impl Planner {
     }
 }
 
+impl Planner {
+    /// One cluster's plan, with no snapshots known, as `plan` gives it: reused while the
+    /// definition and `observed_key` are unchanged, else planned from `specs` (its nodes' full
+    /// plans, `desired_nodes(cluster)`) and `observed`, which is only then called. Forgets the
+    /// plans of other clusters.
+    pub fn plan_one(
+        &mut self,
+        cluster: &Cluster,
+        specs: &BTreeMap<String, NodeSpec>,
+        observed_key: u64,
+        observed: impl FnOnce() -> ObservedCluster,
+    ) -> ClusterPlan {
+        let name = cluster.name.to_string();
+        let key = CacheKey {
+            definition: cluster.source.digest.clone(),
+            observed: observed_key,
+            known: None,
+        };
+        let cached = match self.cache.remove(&name) {
+            Some((old, plan)) if old == key => plan,
+            _ => plan_cluster_from(cluster, specs, &observed(), None),
+        };
+        self.cache = HashMap::from([(name, (key, cached.clone()))]);
+        cached
+    }
+}
+
 /// What is observed of `cluster` and the snapshots its store is known to hold.
 fn inputs<'o>(
     desired: &Desired<'_>,
@@ -428,7 +455,17 @@ pub fn plan_cluster(
     observed: &ObservedCluster,
     known_snapshots: Option<&BTreeSet<SnapshotId>>,
 ) -> ClusterPlan {
-    let specs = desired_nodes(cluster);
+    plan_cluster_from(cluster, &desired_nodes(cluster), observed, known_snapshots)
+}
+
+/// `plan_cluster`, given `specs`, the cluster's nodes' full plans (`desired_nodes(cluster)`),
+/// which a caller that keeps them need not render again.
+pub fn plan_cluster_from(
+    cluster: &Cluster,
+    specs: &BTreeMap<String, NodeSpec>,
+    observed: &ObservedCluster,
+    known_snapshots: Option<&BTreeSet<SnapshotId>>,
+) -> ClusterPlan {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     check_safety(
@@ -448,9 +485,9 @@ pub fn plan_cluster(
     push(PhaseKind::Restore, restore(cluster, observed));
     push(
         PhaseKind::Etcd,
-        etcd::phase(cluster, &specs, observed, &mut warnings),
+        etcd::phase(cluster, specs, observed, &mut warnings),
     );
-    let by_role = node_batches(cluster, &specs, observed);
+    let by_role = node_batches(cluster, specs, observed);
     for (kind, batches) in by_role {
         push(kind, batches);
     }

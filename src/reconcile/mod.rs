@@ -25,7 +25,7 @@ use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::time::{Duration, SystemTime};
 
 pub use self::health::NodeReport;
-use self::health::{judge, NodeHealth};
+use self::health::{judge_sealed, NodeHealth};
 use self::intent::Intent;
 pub use self::membership::TaskCall;
 use crate::api::{ClusterNode, ClusterStatus, Condition, ConditionType};
@@ -34,7 +34,7 @@ use crate::etcd_pki::ClusterCa;
 use crate::model::Cluster;
 use crate::nodeplan::{NodeSpec, SealedSpec};
 use crate::plan::container::desired_nodes;
-use crate::plan::{ClusterPlan, Desired, Observed, Planner};
+use crate::plan::{ClusterPlan, Planner};
 use crate::protocol::{EtcdMemberInfo, EtcdTaskOutcome};
 use crate::source::ClusterEntry;
 
@@ -127,6 +127,8 @@ pub struct Reconciler {
     failed_restore: Option<(String, String)>,
     /// The record changed outside a pass (an operator's request): the next pass saves it.
     unsaved: bool,
+    /// The record's encoder, which keeps each node's encoded part between saves.
+    encoder: std::sync::Arc<std::sync::Mutex<intent::RecordEncoder>>,
     /// Each recorded node's plan with its checksum, resealed only when the plan changed.
     sealed: std::sync::Mutex<BTreeMap<String, SealedSpec>>,
     /// A revision's plan runs only when its commit approves it (`requireApprovedPlan`).
@@ -155,6 +157,7 @@ impl Reconciler {
             task_retry: Backoff::new(TASK_RETRY_BASE, TASK_RETRY_CAP),
             failed_restore: None,
             unsaved: false,
+            encoder: std::sync::Arc::default(),
             sealed: std::sync::Mutex::new(BTreeMap::new()),
             require_approval: false,
             converged: None,
@@ -185,6 +188,11 @@ impl Reconciler {
         &self.intent
     }
 
+    /// What encodes the record for a save (`RecordEncoder::encode`), off the async workers.
+    pub fn record_encoder(&self) -> std::sync::Arc<std::sync::Mutex<intent::RecordEncoder>> {
+        self.encoder.clone()
+    }
+
     pub fn status(&self) -> &ClusterStatus {
         &self.status
     }
@@ -210,7 +218,11 @@ impl Reconciler {
     fn sealed(&self, node: &str) -> Option<SealedSpec> {
         let spec = &self.intent.nodes.get(node)?.spec;
         let mut memo = self.lock_sealed();
-        let sealed = SealedSpec::reseal(memo.get(node), spec);
+        if let Some(memo) = memo.get_mut(node) {
+            *memo = SealedSpec::reseal(Some(memo), spec);
+            return Some(memo.clone());
+        }
+        let sealed = SealedSpec::reseal(None, spec);
         memo.insert(node.to_string(), sealed.clone());
         Some(sealed)
     }
@@ -448,12 +460,7 @@ impl Reconciler {
     /// One recorded node against its plan; `None` when it has no record.
     fn judge_node(&self, name: &str, reports: &BTreeMap<String, NodeReport>) -> Option<NodeHealth> {
         let sealed = self.sealed(name)?;
-        Some(judge(
-            name,
-            sealed.spec(),
-            sealed.checksum(),
-            reports.get(name),
-        ))
+        Some(judge_sealed(name, &sealed, reports.get(name)))
     }
 
     /// The plan from the record, cached while neither the definition, the record nor the
@@ -466,25 +473,15 @@ impl Reconciler {
     ) -> ClusterPlan {
         let healthy = |node: &str| health.get(node).is_some_and(NodeHealth::is_ready);
         let members = membership::observed(listed, &self.intent, cluster, healthy);
-        let observed = self.intent.observed(members);
         let mut key = DefaultHasher::new();
         self.version.hash(&mut key);
-        for (name, member) in &observed.etcd_members {
+        for (name, member) in &members {
             (name, member.healthy).hash(&mut key);
         }
-        let keys = BTreeMap::from([(self.name.clone(), key.finish())]);
-        let observed = Observed {
-            clusters: BTreeMap::from([(self.name.clone(), observed)]),
-        };
-        let desired = Desired {
-            clusters: vec![cluster],
-            known_snapshots: None,
-            held_back: BTreeSet::new(),
-        };
-        let mut plan = self
-            .planner
-            .plan(&desired, &observed, &keys, SystemTime::now());
-        plan.clusters.pop().expect("one cluster in, one plan out")
+        let specs = self.desired_specs(cluster);
+        let intent = &self.intent;
+        self.planner
+            .plan_one(cluster, &specs, key.finish(), || intent.observed(members))
     }
 
     /// Runs the plan's first batch when its gate allows, and says where that leaves the cluster.

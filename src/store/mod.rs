@@ -130,6 +130,12 @@ impl DurableState {
         self.store.write(name, &encode(value))
     }
 
+    /// Saves `json`, a document encoded as `save` encodes it (pretty JSON), as document
+    /// `name`: for a large document whose caller keeps its encoded parts between saves.
+    pub fn save_encoded(&self, name: &str, json: &[u8]) -> Result<(), StateError> {
+        self.store.write(name, json)
+    }
+
     pub fn stamp(&self, name: &str) -> Result<Option<Stamp>, StateError> {
         self.store.stamp(name)
     }

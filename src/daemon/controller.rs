@@ -572,10 +572,12 @@ impl ClusterTask {
             }
             return self.publish_held(reconciler, entry, &hold).await;
         }
-        let declared = reconciler.declared(&entry.cluster);
-        let names: BTreeSet<String> = declared.keys().cloned().collect();
         let held = std::mem::take(&mut self.held);
-        if save || held || self.declared.as_ref() != Some(&names) {
+        let same_nodes = (self.declared.as_ref())
+            .is_some_and(|names| reconciler.declares_exactly(&entry.cluster, names));
+        if save || held || !same_nodes {
+            let declared = reconciler.declared(&entry.cluster);
+            let names: BTreeSet<String> = declared.keys().cloned().collect();
             let state = cx.state.clone();
             let hub = cx.hub.clone();
             let name = self.name.clone();

@@ -14,6 +14,7 @@ pub mod observed;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -332,7 +333,7 @@ pub fn plan(desired: &Desired<'_>, observed: &Observed, now: SystemTime) -> Plan
 /// key), and its known snapshots. The result is always equal to `plan`'s.
 #[derive(Debug, Default)]
 pub struct Planner {
-    cache: HashMap<String, (CacheKey, ClusterPlan)>,
+    cache: HashMap<String, (CacheKey, Arc<ClusterPlan>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,11 +370,12 @@ impl Planner {
                     (Some(key), Some((old, plan))) if *key == old => Some(plan),
                     _ => None,
                 };
-                let plan = cached.unwrap_or_else(|| plan_cluster(cluster, seen, known.as_ref()));
+                let plan =
+                    cached.unwrap_or_else(|| Arc::new(plan_cluster(cluster, seen, known.as_ref())));
                 if let Some(key) = key {
                     fresh.insert(name, (key, plan.clone()));
                 }
-                plan
+                Arc::unwrap_or_clone(plan)
             })
             .collect();
         self.cache = fresh;
@@ -386,25 +388,25 @@ impl Planner {
     /// definition and `observed_key` are unchanged, else planned from `specs` (its nodes' full
     /// plans, `desired_nodes(cluster)`) and `observed`, which is only then called. Forgets the
     /// plans of other clusters.
-    pub fn plan_one(
+    pub fn plan_one<O: std::borrow::Borrow<ObservedCluster>>(
         &mut self,
         cluster: &Cluster,
         specs: &BTreeMap<String, NodeSpec>,
         observed_key: u64,
-        observed: impl FnOnce() -> ObservedCluster,
-    ) -> ClusterPlan {
+        observed: impl FnOnce() -> O,
+    ) -> Arc<ClusterPlan> {
         let name = cluster.name.to_string();
         let key = CacheKey {
             definition: cluster.source.digest.clone(),
             observed: observed_key,
             known: None,
         };
-        let cached = match self.cache.remove(&name) {
+        let plan = match self.cache.remove(&name) {
             Some((old, plan)) if old == key => plan,
-            _ => plan_cluster_from(cluster, specs, &observed(), None),
+            _ => Arc::new(plan_cluster_from(cluster, specs, observed().borrow(), None)),
         };
-        self.cache = HashMap::from([(name, (key, cached.clone()))]);
-        cached
+        self.cache = HashMap::from([(name, (key, plan.clone()))]);
+        plan
     }
 }
 

@@ -52,6 +52,14 @@ pub struct NodeIntent {
     pub pki_rotation: u64,
 }
 
+/// `Intent::observed`, kept between passes by `Intent::observed_in`.
+#[derive(Debug, Default)]
+pub struct ObservedCache {
+    /// The node records `cluster`'s nodes were made from.
+    from: BTreeMap<String, NodeIntent>,
+    cluster: ObservedCluster,
+}
+
 /// A step this daemon cannot run yet: the cluster stalls on it rather than skip it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{action} on {subject} is not supported by this daemon yet")]
@@ -75,6 +83,30 @@ impl Intent {
             snapshot_policy: self.snapshot_policy.clone(),
             restores_done: self.restores_done.clone(),
         }
+    }
+
+    /// `observed(etcd_members)`, kept in `cache` between calls: only the nodes whose record
+    /// changed since are made again (each is a copy of its containers' specs).
+    pub fn observed_in<'c>(
+        &self,
+        etcd_members: BTreeMap<String, Member>,
+        cache: &'c mut ObservedCache,
+    ) -> &'c ObservedCluster {
+        let ObservedCache { from, cluster } = cache;
+        from.retain(|name, _| self.nodes.contains_key(name));
+        cluster
+            .nodes
+            .retain(|name, _| self.nodes.contains_key(name));
+        for (name, node) in &self.nodes {
+            if from.get(name) != Some(node) {
+                cluster.nodes.insert(name.clone(), node.observed());
+                from.insert(name.clone(), node.clone());
+            }
+        }
+        cluster.etcd_members = etcd_members;
+        cluster.snapshot_policy.clone_from(&self.snapshot_policy);
+        cluster.restores_done.clone_from(&self.restores_done);
+        cluster
     }
 
     /// Takes the record through steps of `cluster`'s plan: each step changes what its node is
@@ -489,5 +521,38 @@ mod tests {
         );
         let decoded: Intent = serde_json::from_slice(&encoder.encode(intent.clone())).unwrap();
         assert_eq!(decoded, intent);
+    }
+}
+
+#[cfg(test)]
+mod observed_tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_observed_state_is_the_records_through_changes() {
+        let mut cache = ObservedCache::default();
+        let mut intent = Intent::default();
+        let node = |address: &str| NodeIntent {
+            address: address.into(),
+            roles: BTreeSet::from([Role::Worker]),
+            spec: Arc::default(),
+            revision: "r1".into(),
+            pki_rotation: 0,
+        };
+        intent.nodes.insert("n1".into(), node("127.0.0.2"));
+        intent.nodes.insert("n2".into(), node("127.0.0.3"));
+        let members = BTreeMap::new;
+        assert_eq!(
+            *intent.observed_in(members(), &mut cache),
+            intent.observed(members())
+        );
+        intent.nodes.remove("n1");
+        intent.nodes.insert("n2".into(), node("127.0.0.4"));
+        intent.nodes.insert("n3".into(), node("127.0.0.5"));
+        intent.restores_done.insert("x".into());
+        assert_eq!(
+            *intent.observed_in(members(), &mut cache),
+            intent.observed(members())
+        );
     }
 }

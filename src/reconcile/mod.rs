@@ -22,6 +22,7 @@ pub mod progress;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use self::health::NodeReport;
@@ -119,7 +120,7 @@ pub struct Reconciler {
     status: ClusterStatus,
     pending: Option<Pending>,
     /// The last plan, for the status of a pass that only finished a task.
-    last_plan: Option<ClusterPlan>,
+    last_plan: Option<Arc<ClusterPlan>>,
     /// Delays between attempts of a failing etcd task; reset when one succeeds.
     task_retry: Backoff,
     /// A restore request that ended in failure, and why: the cluster stalls on it until Git
@@ -140,7 +141,9 @@ pub struct Reconciler {
     hold: Option<crate::api::PlanHold>,
     /// The revision being rolled out and its plan when the rollout started, to draw each
     /// step's state; cleared once the cluster is ready.
-    rollout: Option<(String, ClusterPlan)>,
+    rollout: Option<(String, Arc<ClusterPlan>)>,
+    /// What runs as the planner sees it, kept between passes.
+    observed: intent::ObservedCache,
 }
 
 impl Reconciler {
@@ -163,6 +166,7 @@ impl Reconciler {
             converged: None,
             hold: None,
             rollout: None,
+            observed: intent::ObservedCache::default(),
             conditions: Vec::new(),
             status: ClusterStatus {
                 name: name.to_string(),
@@ -212,6 +216,21 @@ impl Reconciler {
         self.lock_sealed()
             .retain(|name, _| self.intent.nodes.contains_key(name));
         out
+    }
+
+    /// Whether `declared(cluster)` lists exactly `names`; cheaper than asking it.
+    pub fn declares_exactly(&self, cluster: &Cluster, names: &BTreeSet<String>) -> bool {
+        let new = cluster
+            .nodes
+            .iter()
+            .filter(|n| !self.intent.nodes.contains_key(n.name.as_str()))
+            .count();
+        names.len() == self.intent.nodes.len() + new
+            && self.intent.nodes.keys().all(|n| names.contains(n))
+            && cluster
+                .nodes
+                .iter()
+                .all(|n| names.contains(n.name.as_str()))
     }
 
     /// `node`'s recorded plan, sealed: its checksum is computed again only when it changed.
@@ -382,7 +401,7 @@ impl Reconciler {
     fn finish(
         &mut self,
         inputs: &Inputs<'_>,
-        plan: &ClusterPlan,
+        plan: &Arc<ClusterPlan>,
         verdict: &Verdict,
         health: &BTreeMap<String, NodeHealth>,
         before: Intent,
@@ -470,7 +489,7 @@ impl Reconciler {
         cluster: &Cluster,
         health: &BTreeMap<String, NodeHealth>,
         listed: Option<&[EtcdMemberInfo]>,
-    ) -> ClusterPlan {
+    ) -> Arc<ClusterPlan> {
         let healthy = |node: &str| health.get(node).is_some_and(NodeHealth::is_ready);
         let members = membership::observed(listed, &self.intent, cluster, healthy);
         let mut key = DefaultHasher::new();
@@ -479,9 +498,10 @@ impl Reconciler {
             (name, member.healthy).hash(&mut key);
         }
         let specs = self.desired_specs(cluster);
-        let intent = &self.intent;
-        self.planner
-            .plan_one(cluster, &specs, key.finish(), || intent.observed(members))
+        let (intent, cache) = (&self.intent, &mut self.observed);
+        self.planner.plan_one(cluster, &specs, key.finish(), || {
+            intent.observed_in(members, cache)
+        })
     }
 
     /// Runs the plan's first batch when its gate allows, and says where that leaves the cluster.
@@ -665,7 +685,7 @@ impl Reconciler {
     fn update_status(
         &mut self,
         entry: &ClusterEntry,
-        plan: &ClusterPlan,
+        plan: &Arc<ClusterPlan>,
         verdict: &Verdict,
         health: &BTreeMap<String, NodeHealth>,
         reports: &BTreeMap<String, NodeReport>,
@@ -715,7 +735,7 @@ impl Reconciler {
             }
             _ => {}
         }
-        let started = self.rollout.as_ref().map(|(_, p)| p);
+        let started = self.rollout.as_ref().map(|(_, p)| &**p);
         let cluster = &entry.cluster;
         let mut nodes: Vec<ClusterNode> = cluster
             .nodes

@@ -274,33 +274,62 @@ impl NodeSpec {
     }
 }
 
-/// A node plan with its checksum, computed once: a plan is judged on every pass and published
-/// with every change of its cluster, and serialising it (certificates and all) for the
-/// checksum each time was most of a pass's work. Cheap to clone.
+/// A node plan with its checksum and its containers' hashes, computed once: a plan is judged
+/// on every pass and published with every change of its cluster, and serialising it
+/// (certificates and all) for the checksum, or hashing its containers, each time was most of a
+/// pass's work. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SealedSpec(std::sync::Arc<(NodeSpec, String)>);
+pub struct SealedSpec(std::sync::Arc<Sealed>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Sealed {
+    spec: std::sync::Arc<NodeSpec>,
+    checksum: String,
+    /// `spec.container_hash(c)` of every container, by component.
+    hashes: BTreeMap<String, String>,
+}
 
 impl SealedSpec {
     pub fn new(spec: NodeSpec) -> SealedSpec {
+        SealedSpec::shared(std::sync::Arc::new(spec))
+    }
+
+    /// Seals a plan shared with its owner (the rollout record), without copying it.
+    pub fn shared(spec: std::sync::Arc<NodeSpec>) -> SealedSpec {
         let checksum = spec.checksum();
-        SealedSpec(std::sync::Arc::new((spec, checksum)))
+        let hashes = spec
+            .containers
+            .keys()
+            .filter_map(|c| Some((c.clone(), spec.container_hash(c)?)))
+            .collect();
+        SealedSpec(std::sync::Arc::new(Sealed {
+            spec,
+            checksum,
+            hashes,
+        }))
     }
 
     pub fn spec(&self) -> &NodeSpec {
-        &self.0 .0
+        &self.0.spec
     }
 
     /// `spec().checksum()`.
     pub fn checksum(&self) -> &str {
-        &self.0 .1
+        &self.0.checksum
     }
 
-    /// This, if it seals `spec`; else `spec` sealed anew. Comparing is far cheaper than the
-    /// checksum.
-    pub fn reseal(this: Option<&SealedSpec>, spec: &NodeSpec) -> SealedSpec {
+    /// `spec().container_hash(component)`.
+    pub fn container_hash(&self, component: &str) -> Option<&str> {
+        self.0.hashes.get(component).map(String::as_str)
+    }
+
+    /// This, if it seals `spec`; else `spec` sealed anew. The same plan (the pointer) or an
+    /// equal one is far cheaper than the checksum.
+    pub fn reseal(this: Option<&SealedSpec>, spec: &std::sync::Arc<NodeSpec>) -> SealedSpec {
         match this {
-            Some(sealed) if sealed.spec() == spec => sealed.clone(),
-            _ => SealedSpec::new(spec.clone()),
+            Some(sealed) if std::sync::Arc::ptr_eq(&sealed.0.spec, spec) => sealed.clone(),
+            Some(sealed) if *sealed.0.spec == **spec => sealed.clone(),
+            _ => SealedSpec::shared(spec.clone()),
         }
     }
 }
@@ -317,15 +346,15 @@ mod tests {
 
     #[test]
     fn a_sealed_spec_keeps_its_checksum_until_the_spec_changes() {
-        let mut spec = NodeSpec::default();
-        let sealed = SealedSpec::new(spec.clone());
+        let mut spec = std::sync::Arc::new(NodeSpec::default());
+        let sealed = SealedSpec::new((*spec).clone());
         assert_eq!(sealed.checksum(), spec.checksum());
         let same = SealedSpec::reseal(Some(&sealed), &spec);
         assert!(
             std::sync::Arc::ptr_eq(&same.0, &sealed.0),
             "resealed an equal spec"
         );
-        spec.etcd_client_url = Some("https://127.0.0.1:2379".into());
+        std::sync::Arc::make_mut(&mut spec).etcd_client_url = Some("https://127.0.0.1:2379".into());
         let changed = SealedSpec::reseal(Some(&sealed), &spec);
         assert_eq!(changed.checksum(), spec.checksum());
         assert_ne!(changed.checksum(), sealed.checksum());

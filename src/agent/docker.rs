@@ -17,7 +17,7 @@ use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy as DockerRe
 use bollard::models::{ContainerSummaryStateEnum, RestartPolicyNameEnum};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptions, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt as _;
@@ -39,6 +39,9 @@ pub const LABEL_SPEC_HASH: &str = "drover.dev/spec-hash";
 pub const LABEL_GENERATION: &str = "drover.dev/generation";
 /// The value of [`LABEL_MANAGED_BY`] on every container drover manages.
 pub const MANAGED_BY: &str = "drover";
+/// A replacement is created under its container's name with this suffix while the container
+/// it replaces is removed, then renamed; one left by a crash in between is removed.
+const NEXT_SUFFIX: &str = ".next";
 
 /// One managed container as Docker reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +163,12 @@ impl Driver {
 
     /// The containers drover manages on this node, by component.
     pub async fn observe(&self) -> Result<BTreeMap<String, Running>, ObserveError> {
+        Ok(self.list().await?.0)
+    }
+
+    /// What `observe` says, and the ids of replacements a crash left under their temporary
+    /// name (`NEXT_SUFFIX`).
+    async fn list(&self) -> Result<(BTreeMap<String, Running>, Vec<String>), ObserveError> {
         let filters: HashMap<&str, Vec<String>> = HashMap::from([(
             "label",
             vec![
@@ -178,7 +187,13 @@ impl Driver {
             .await
             .map_err(ObserveError)?;
         let mut out = BTreeMap::new();
+        let mut leftovers = Vec::new();
         for c in list {
+            let temporary = (c.names.iter().flatten()).any(|n| n.ends_with(NEXT_SUFFIX));
+            if temporary {
+                leftovers.extend(c.id);
+                continue;
+            }
             let labels = c.labels.unwrap_or_default();
             let Some(component) = labels.get(LABEL_COMPONENT) else {
                 continue;
@@ -190,7 +205,7 @@ impl Driver {
             };
             out.insert(component.clone(), running);
         }
-        Ok(out)
+        Ok((out, leftovers))
     }
 
     /// Takes the node to `spec`: files first, then containers no longer planned are removed,
@@ -209,7 +224,12 @@ impl Driver {
                 results.push(r);
             }
         }
-        let running = self.observe().await?;
+        let (running, leftovers) = self.list().await?;
+        for id in &leftovers {
+            if let Err(e) = self.remove(id).await {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot remove a replacement left by a crash");
+            }
+        }
         for (component, have) in &running {
             if !spec.containers.contains_key(component) {
                 let error = self.remove(&have.id).await.err();
@@ -240,10 +260,9 @@ impl Driver {
                     // The image first: a pull that fails leaves the old container running.
                     let error = match self.ensure_image(&want.image).await {
                         Err(e) => Some(e),
-                        Ok(()) => match self.remove(&have.id).await {
-                            Ok(()) => self.create(spec, component, &hash, generation).await.err(),
-                            Err(e) => Some(e),
-                        },
+                        Ok(()) => (self.replace(spec, component, &hash, generation, &have.id))
+                            .await
+                            .err(),
                     };
                     step(component, Action::Recreated, error)
                 }
@@ -262,8 +281,7 @@ impl Driver {
         Ok(results)
     }
 
-    /// Creates and starts one container of `plan`. The etcd member gets its bootstrap flags
-    /// (outside its spec hash: etcd ignores them once its data directory holds a member).
+    /// Creates and starts one container of `plan`.
     async fn create(
         &self,
         plan: &NodeSpec,
@@ -271,12 +289,57 @@ impl Driver {
         hash: &str,
         generation: u64,
     ) -> Result<(), StepError> {
+        let name = container_name(&self.cluster, &self.node, component);
+        self.create_as(plan, component, hash, generation, &name)
+            .await?;
+        Ok(self.docker.start_container(&name, None).await?)
+    }
+
+    /// Replaces container `old` with one of `plan`: the new one is created under a temporary
+    /// name while the old one is removed (the engine does both at once), then takes its name
+    /// and starts.
+    async fn replace(
+        &self,
+        plan: &NodeSpec,
+        component: &str,
+        hash: &str,
+        generation: u64,
+        old: &str,
+    ) -> Result<(), StepError> {
+        let name = container_name(&self.cluster, &self.node, component);
+        let next = format!("{name}{NEXT_SUFFIX}");
+        let (removed, created) = tokio::join!(
+            self.remove(old),
+            self.create_as(plan, component, hash, generation, &next)
+        );
+        if let Err(e) = removed {
+            if created.is_ok() {
+                let _ = self.remove(&next).await;
+            }
+            return Err(e);
+        }
+        created?;
+        let rename = RenameContainerOptionsBuilder::default().name(&name).build();
+        self.docker.rename_container(&next, rename).await?;
+        Ok(self.docker.start_container(&name, None).await?)
+    }
+
+    /// Creates (does not start) one container of `plan` named `name`. The etcd member gets its
+    /// bootstrap flags (outside its spec hash: etcd ignores them once its data directory
+    /// holds a member).
+    async fn create_as(
+        &self,
+        plan: &NodeSpec,
+        component: &str,
+        hash: &str,
+        generation: u64,
+        name: &str,
+    ) -> Result<(), StepError> {
         let spec = &plan.containers[component];
         let mut args = spec.args.clone();
         if let (ETCD_COMPONENT, Some(bootstrap)) = (component, &plan.etcd_bootstrap) {
             args.extend(bootstrap.args());
         }
-        let name = container_name(&self.cluster, &self.node, component);
         let mut labels: HashMap<String, String> = spec
             .labels
             .iter()
@@ -310,9 +373,9 @@ impl Driver {
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
         self.docker.create_container(Some(options), body).await?;
-        Ok(self.docker.start_container(&name, None).await?)
+        Ok(())
     }
 
     /// Pulls `image` unless the engine has it already, within `PULL_TIMEOUT`. The error is the

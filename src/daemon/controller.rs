@@ -20,7 +20,7 @@ use crate::daemon::restore::{Hold, RestoreRequestError, Restores};
 use crate::etcd_pki::ClusterCa;
 use crate::nodeplan::{SealedSpec, ETCD_COMPONENT};
 use crate::protocol::{EtcdMemberInfo, EtcdTask, EtcdTaskOutcome};
-use crate::reconcile::intent::Intent;
+use crate::reconcile::intent::{Intent, RecordEncoder};
 use crate::reconcile::{Action, Inputs, Reconciler, RestoreCall, REQUEUE_BUSY, REQUEUE_IDLE};
 use crate::server::Hub;
 use crate::source::{ClusterEntry, DesiredState};
@@ -210,7 +210,7 @@ impl Controller {
             let nodes = intent
                 .nodes
                 .iter()
-                .map(|(n, i)| (n.clone(), Some(SealedSpec::new(i.spec.clone()))))
+                .map(|(n, i)| (n.clone(), Some(SealedSpec::shared(i.spec.clone()))))
                 .collect();
             if let Err(e) = self.hub.set_cluster(cluster, &nodes) {
                 tracing::error!(cluster, error = %crate::error_chain(&e), "cannot publish a saved rollout");
@@ -691,19 +691,20 @@ impl ClusterTask {
             }
             return self.publish_held(reconciler, entry, &hold).await;
         }
-        let declared = reconciler.declared(&entry.cluster);
-        let names: BTreeSet<String> = declared.keys().cloned().collect();
         let held = std::mem::take(&mut self.held);
-        if save || held || self.declared.as_ref() != Some(&names) {
+        let same_nodes = (self.declared.as_ref())
+            .is_some_and(|names| reconciler.declares_exactly(&entry.cluster, names));
+        if save || held || !same_nodes {
+            let declared = reconciler.declared(&entry.cluster);
+            let names: BTreeSet<String> = declared.keys().cloned().collect();
             let state = cx.state.clone();
             let hub = cx.hub.clone();
             let name = self.name.clone();
             let intent = save.then(|| reconciler.intent().clone());
+            let encoder = reconciler.record_encoder();
             tokio::task::spawn_blocking(move || -> Result<(), PassError> {
                 if let Some(intent) = intent {
-                    state
-                        .save_for(&name, &record_name(&name), &intent)
-                        .map_err(PassError::state)?;
+                    write_record(&state, &name, &encoder, intent)?;
                 }
                 hub.set_cluster(&name, &declared).map_err(PassError::hub)
             })
@@ -720,13 +721,10 @@ impl ClusterTask {
     async fn save_record(&self, reconciler: &Reconciler) -> Result<(), PassError> {
         let (state, name) = (self.controller.state.clone(), self.name.clone());
         let intent = reconciler.intent().clone();
-        tokio::task::spawn_blocking(move || {
-            state
-                .save_for(&name, &record_name(&name), &intent)
-                .map_err(PassError::state)
-        })
-        .await
-        .map_err(PassError::task)?
+        let encoder = reconciler.record_encoder();
+        tokio::task::spawn_blocking(move || write_record(&state, &name, &encoder, intent))
+            .await
+            .map_err(PassError::task)?
     }
 
     /// The reconciler's status with the generation the hub handed each node.
@@ -798,6 +796,23 @@ impl PassError {
     fn task(e: tokio::task::JoinError) -> PassError {
         PassError::other(&e)
     }
+}
+
+/// Saves `cluster`'s rollout record, encoded by its reconciler's encoder, under the cluster's
+/// fence. Blocking.
+fn write_record(
+    state: &DurableState,
+    cluster: &str,
+    encoder: &Mutex<RecordEncoder>,
+    intent: Intent,
+) -> Result<(), PassError> {
+    let json = encoder
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .encode(intent);
+    state
+        .save_encoded_for(cluster, &record_name(cluster), &json)
+        .map_err(PassError::state)
 }
 
 /// Marks a status as a restore's: Reconciling, with what the restore does.

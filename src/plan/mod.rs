@@ -14,6 +14,7 @@ pub mod observed;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -332,7 +333,7 @@ pub fn plan(desired: &Desired<'_>, observed: &Observed, now: SystemTime) -> Plan
 /// key), and its known snapshots. The result is always equal to `plan`'s.
 #[derive(Debug, Default)]
 pub struct Planner {
-    cache: HashMap<String, (CacheKey, ClusterPlan)>,
+    cache: HashMap<String, (CacheKey, Arc<ClusterPlan>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,15 +370,43 @@ impl Planner {
                     (Some(key), Some((old, plan))) if *key == old => Some(plan),
                     _ => None,
                 };
-                let plan = cached.unwrap_or_else(|| plan_cluster(cluster, seen, known.as_ref()));
+                let plan =
+                    cached.unwrap_or_else(|| Arc::new(plan_cluster(cluster, seen, known.as_ref())));
                 if let Some(key) = key {
                     fresh.insert(name, (key, plan.clone()));
                 }
-                plan
+                Arc::unwrap_or_clone(plan)
             })
             .collect();
         self.cache = fresh;
         assemble(desired, observed, clusters)
+    }
+}
+
+impl Planner {
+    /// One cluster's plan, with no snapshots known, as `plan` gives it: reused while the
+    /// definition and `observed_key` are unchanged, else planned from `specs` (its nodes' full
+    /// plans, `desired_nodes(cluster)`) and `observed`, which is only then called. Forgets the
+    /// plans of other clusters.
+    pub fn plan_one<O: std::borrow::Borrow<ObservedCluster>>(
+        &mut self,
+        cluster: &Cluster,
+        specs: &BTreeMap<String, NodeSpec>,
+        observed_key: u64,
+        observed: impl FnOnce() -> O,
+    ) -> Arc<ClusterPlan> {
+        let name = cluster.name.to_string();
+        let key = CacheKey {
+            definition: cluster.source.digest.clone(),
+            observed: observed_key,
+            known: None,
+        };
+        let plan = match self.cache.remove(&name) {
+            Some((old, plan)) if old == key => plan,
+            _ => Arc::new(plan_cluster_from(cluster, specs, observed().borrow(), None)),
+        };
+        self.cache = HashMap::from([(name, (key, plan.clone()))]);
+        plan
     }
 }
 
@@ -428,7 +457,17 @@ pub fn plan_cluster(
     observed: &ObservedCluster,
     known_snapshots: Option<&BTreeSet<SnapshotId>>,
 ) -> ClusterPlan {
-    let specs = desired_nodes(cluster);
+    plan_cluster_from(cluster, &desired_nodes(cluster), observed, known_snapshots)
+}
+
+/// `plan_cluster`, given `specs`, the cluster's nodes' full plans (`desired_nodes(cluster)`),
+/// which a caller that keeps them need not render again.
+pub fn plan_cluster_from(
+    cluster: &Cluster,
+    specs: &BTreeMap<String, NodeSpec>,
+    observed: &ObservedCluster,
+    known_snapshots: Option<&BTreeSet<SnapshotId>>,
+) -> ClusterPlan {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     check_safety(
@@ -448,9 +487,9 @@ pub fn plan_cluster(
     push(PhaseKind::Restore, restore(cluster, observed));
     push(
         PhaseKind::Etcd,
-        etcd::phase(cluster, &specs, observed, &mut warnings),
+        etcd::phase(cluster, specs, observed, &mut warnings),
     );
-    let by_role = node_batches(cluster, &specs, observed);
+    let by_role = node_batches(cluster, specs, observed);
     for (kind, batches) in by_role {
         push(kind, batches);
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use crate::nodeplan::NodeSpec;
+use crate::nodeplan::{NodeSpec, SealedSpec};
 use crate::protocol::{AppliedMark, ContainerState, StepReport};
 
 /// What the daemon knows of one node from its agent.
@@ -62,6 +62,24 @@ pub fn judge(
     checksum: &str,
     report: Option<&NodeReport>,
 ) -> NodeHealth {
+    let runs = |c: &str, hash: &str| spec.container_hash(c).as_deref() == Some(hash);
+    judge_with(node, spec, checksum, runs, report)
+}
+
+/// `judge` against a sealed plan, whose containers' hashes are computed already.
+pub fn judge_sealed(node: &str, sealed: &SealedSpec, report: Option<&NodeReport>) -> NodeHealth {
+    let runs = |c: &str, hash: &str| sealed.container_hash(c) == Some(hash);
+    judge_with(node, sealed.spec(), sealed.checksum(), runs, report)
+}
+
+fn judge_with(
+    node: &str,
+    spec: &NodeSpec,
+    checksum: &str,
+    // Whether a container of the plan runs with this hash.
+    runs: impl Fn(&str, &str) -> bool,
+    report: Option<&NodeReport>,
+) -> NodeHealth {
     let Some(report) = report.filter(|r| r.connected) else {
         return NodeHealth::Waiting(away(node, report.and_then(|r| r.last_seen)));
     };
@@ -79,7 +97,7 @@ pub fn judge(
         let Some(have) = report.containers.get(component) else {
             return NodeHealth::Waiting(format!("{component} on {node} is not running yet"));
         };
-        if Some(&have.spec_hash) != spec.container_hash(component).as_ref() {
+        if !runs(component, &have.spec_hash) {
             return NodeHealth::Waiting(format!("{component} on {node} is not replaced yet"));
         }
         if !have.running {

@@ -3,7 +3,8 @@
 //! plan reaches an agent, so a restarted daemon resumes from it) and it is what the planner
 //! plans from: the agents own converging to their plan, the daemon owns which plan each runs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,12 +41,23 @@ pub struct Intent {
 pub struct NodeIntent {
     pub address: String,
     pub roles: BTreeSet<Role>,
-    pub spec: NodeSpec,
+    /// Shared with the plans sealed from it, and copied only when a step changes it: a pass
+    /// clones and compares the record, which then costs a pointer per node.
+    #[serde(with = "shared")]
+    pub spec: Arc<NodeSpec>,
     /// The revision of the definition its spec last changed from.
     pub revision: String,
     /// `Intent::cert_rotation` when its certificates were issued.
     #[serde(default)]
     pub pki_rotation: u64,
+}
+
+/// `Intent::observed`, kept between passes by `Intent::observed_in`.
+#[derive(Debug, Default)]
+pub struct ObservedCache {
+    /// The node records `cluster`'s nodes were made from.
+    from: BTreeMap<String, NodeIntent>,
+    cluster: ObservedCluster,
 }
 
 /// A step this daemon cannot run yet: the cluster stalls on it rather than skip it.
@@ -71,6 +83,30 @@ impl Intent {
             snapshot_policy: self.snapshot_policy.clone(),
             restores_done: self.restores_done.clone(),
         }
+    }
+
+    /// `observed(etcd_members)`, kept in `cache` between calls: only the nodes whose record
+    /// changed since are made again (each is a copy of its containers' specs).
+    pub fn observed_in<'c>(
+        &self,
+        etcd_members: BTreeMap<String, Member>,
+        cache: &'c mut ObservedCache,
+    ) -> &'c ObservedCluster {
+        let ObservedCache { from, cluster } = cache;
+        from.retain(|name, _| self.nodes.contains_key(name));
+        cluster
+            .nodes
+            .retain(|name, _| self.nodes.contains_key(name));
+        for (name, node) in &self.nodes {
+            if from.get(name) != Some(node) {
+                cluster.nodes.insert(name.clone(), node.observed());
+                from.insert(name.clone(), node.clone());
+            }
+        }
+        cluster.etcd_members = etcd_members;
+        cluster.snapshot_policy.clone_from(&self.snapshot_policy);
+        cluster.restores_done.clone_from(&self.restores_done);
+        cluster
     }
 
     /// Takes the record through steps of `cluster`'s plan: each step changes what its node is
@@ -103,6 +139,18 @@ impl Intent {
             let Some(want) = desired.get(name) else {
                 continue;
             };
+            // Most passes change nothing: compare before building anything.
+            let runs = |c: &String| node.spec.containers.contains_key(c);
+            let wanted = want.health.keys().filter(|c| runs(c)).count();
+            let same = node.spec.health.len() == wanted
+                && node
+                    .spec
+                    .health
+                    .iter()
+                    .all(|(c, h)| runs(c) && want.health.get(c) == Some(h));
+            if same {
+                continue;
+            }
             let health = want
                 .health
                 .iter()
@@ -110,7 +158,7 @@ impl Intent {
                 .map(|(c, h)| (c.clone(), h.clone()))
                 .collect();
             if node.spec.health != health {
-                node.spec.health = health;
+                Arc::make_mut(&mut node.spec).health = health;
                 changed.insert(name.clone());
             }
         }
@@ -153,7 +201,7 @@ impl Intent {
                     existing: *initial_state == InitialState::Existing,
                 };
                 self.copy_container(cluster, desired, node, ETCD_COMPONENT);
-                self.node_mut(cluster, node).spec.etcd_bootstrap = Some(bootstrap);
+                self.spec_mut(cluster, node).etcd_bootstrap = Some(bootstrap);
                 if let Some(def) = cluster.nodes.iter().find(|n| n.name.as_str() == node) {
                     self.members.insert(node.clone(), peer_url(cluster, def));
                 }
@@ -174,7 +222,7 @@ impl Intent {
             Step::RemoveContainer {
                 node, component, ..
             } => {
-                let spec = &mut self.node_mut(cluster, node).spec;
+                let spec = self.spec_mut(cluster, node);
                 spec.containers.remove(component);
                 spec.health.remove(component);
                 spec.roles.remove(component);
@@ -186,7 +234,7 @@ impl Intent {
             }
             Step::WriteFile { node, path, .. } => {
                 let file = desired.get(node).and_then(|s| s.files.get(path)).cloned();
-                let spec = &mut self.node_mut(cluster, node).spec;
+                let spec = self.spec_mut(cluster, node);
                 match file {
                     Some(file) => spec.files.insert(path.clone(), file),
                     None => spec.files.remove(path),
@@ -194,7 +242,7 @@ impl Intent {
                 Some(node.clone())
             }
             Step::RemoveFile { node, path } => {
-                self.node_mut(cluster, node).spec.files.remove(path);
+                self.spec_mut(cluster, node).files.remove(path);
                 Some(node.clone())
             }
             Step::DecommissionNode { node } => {
@@ -203,7 +251,7 @@ impl Intent {
                 let spec = self.nodes.get_mut(node).map(|n| &mut n.spec);
                 match spec {
                     Some(spec) if !spec.pki.is_empty() => {
-                        spec.pki.clear();
+                        Arc::make_mut(spec).pki.clear();
                         Some(node.clone())
                     }
                     _ => None,
@@ -229,7 +277,7 @@ impl Intent {
         let Some(want) = desired.get(node) else {
             return;
         };
-        let spec = &mut self.node_mut(cluster, node).spec;
+        let spec = self.spec_mut(cluster, node);
         if let Some(c) = want.containers.get(component) {
             spec.containers.insert(component.to_string(), c.clone());
         }
@@ -256,7 +304,7 @@ impl Intent {
             .or_insert_with(|| NodeIntent {
                 address: String::new(),
                 roles: BTreeSet::new(),
-                spec: NodeSpec::default(),
+                spec: Arc::default(),
                 revision: String::new(),
                 pki_rotation: 0,
             });
@@ -265,6 +313,12 @@ impl Intent {
             entry.roles = def.roles.clone();
         }
         entry
+    }
+
+    /// The plan of `node`, to change (made as `node_mut` makes it); copied first if a sealed
+    /// plan shares it.
+    fn spec_mut(&mut self, cluster: &Cluster, node: &str) -> &mut NodeSpec {
+        Arc::make_mut(&mut self.node_mut(cluster, node).spec)
     }
 
     /// Gives `node` its certificates (made if the node is new to the record); whether they
@@ -279,7 +333,9 @@ impl Intent {
         let record = self.node_mut(cluster, node);
         record.pki_rotation = rotation;
         let changed = record.spec.pki != pki;
-        record.spec.pki = pki;
+        if changed {
+            Arc::make_mut(&mut record.spec).pki = pki;
+        }
         changed
     }
 
@@ -324,6 +380,79 @@ impl NodeIntent {
     }
 }
 
+/// Encodes the record as `DurableState::save` would (pretty JSON), keeping each node's part
+/// between saves: a batch changes a few nodes' plans, and encoding every node's plan (its
+/// certificates and all) on every save was a large part of a rollout's work.
+#[derive(Debug, Default)]
+pub struct RecordEncoder {
+    /// Each node's record as last encoded, and its part of the document.
+    nodes: HashMap<String, (NodeIntent, Box<str>)>,
+}
+
+/// How the nodes' map of an encoded record opens; its nodes are at this indentation.
+const NODES_OPEN: &str = "{\n  \"nodes\": {}";
+const NODE_INDENT: &str = "\n    ";
+
+impl RecordEncoder {
+    /// `serde_json::to_vec_pretty(&intent)`, byte for byte.
+    pub fn encode(&mut self, mut intent: Intent) -> Vec<u8> {
+        let nodes = std::mem::take(&mut intent.nodes);
+        let rest = to_pretty(&intent);
+        let Some(tail) = rest.strip_prefix(NODES_OPEN.as_bytes()) else {
+            intent.nodes = nodes;
+            return to_pretty(&intent);
+        };
+        self.nodes.retain(|name, _| nodes.contains_key(name));
+        let mut out =
+            Vec::with_capacity(rest.len() + self.nodes.values().map(|n| n.1.len()).sum::<usize>());
+        // The map's opening brace, without its closing one.
+        out.extend_from_slice(&NODES_OPEN.as_bytes()[..NODES_OPEN.len() - 1]);
+        for (i, (name, node)) in nodes.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(NODE_INDENT.as_bytes());
+            out.extend_from_slice(&to_pretty(&name));
+            out.extend_from_slice(b": ");
+            let known = self.nodes.get(&name).is_some_and(|(was, _)| *was == node);
+            if !known {
+                // Alone, the node's record is at indentation 0: move it to its place.
+                let alone = String::from_utf8(to_pretty(&node)).expect("JSON is UTF-8");
+                let part = alone.replace('\n', NODE_INDENT).into_boxed_str();
+                self.nodes.insert(name.clone(), (node, part));
+            }
+            out.extend_from_slice(self.nodes[&name].1.as_bytes());
+        }
+        if !self.nodes.is_empty() {
+            out.extend_from_slice(b"\n  ");
+        }
+        out.push(b'}');
+        out.extend_from_slice(tail);
+        out
+    }
+}
+
+fn to_pretty<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(value).expect("the record is JSON")
+}
+
+/// `Arc<NodeSpec>` as a plain `NodeSpec` in the record.
+mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::nodeplan::NodeSpec;
+
+    pub fn serialize<S: Serializer>(spec: &Arc<NodeSpec>, s: S) -> Result<S::Ok, S::Error> {
+        NodeSpec::serialize(spec, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<NodeSpec>, D::Error> {
+        NodeSpec::deserialize(d).map(Arc::new)
+    }
+}
+
 /// What one batch changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Advanced {
@@ -331,4 +460,99 @@ pub struct Advanced {
     pub changed: BTreeSet<String>,
     /// Nodes to forget, their credential revoked, once their empty plan is applied.
     pub decommission: BTreeSet<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nodeplan::{FileSpec, NodeRole};
+
+    fn node(address: &str, content: &str) -> NodeIntent {
+        let mut spec = NodeSpec::default();
+        spec.roles.insert("api".into(), NodeRole::Controlplane);
+        spec.files.insert(
+            "/etc/a".into(),
+            FileSpec::new(
+                content.into(),
+                crate::model::names::FileMode::parse("0600").unwrap(),
+            ),
+        );
+        NodeIntent {
+            address: address.into(),
+            roles: BTreeSet::from([Role::Controlplane]),
+            spec: Arc::new(spec),
+            revision: "rev\"1".into(),
+            pki_rotation: 0,
+        }
+    }
+
+    #[test]
+    fn the_encoded_record_is_the_record_as_json_through_changes() {
+        let mut encoder = RecordEncoder::default();
+        let mut intent = Intent::default();
+        assert_eq!(encoder.encode(intent.clone()), to_pretty(&intent), "empty");
+        intent
+            .nodes
+            .insert("n1".into(), node("127.0.0.2", "one\ntwo"));
+        intent
+            .nodes
+            .insert("n\"2".into(), node("127.0.0.3", "three"));
+        intent
+            .members
+            .insert("n1".into(), "https://127.0.0.2:2380".into());
+        intent.applied_revision = Some("r1".into());
+        for _ in 0..2 {
+            assert_eq!(
+                encoder.encode(intent.clone()),
+                to_pretty(&intent),
+                "two nodes"
+            );
+        }
+        intent
+            .nodes
+            .insert("n1".into(), node("127.0.0.2", "changed"));
+        intent.nodes.remove("n\"2");
+        intent.nodes.insert("n3".into(), node("127.0.0.4", "four"));
+        intent.approved_revision = Some("r2".into());
+        assert_eq!(
+            encoder.encode(intent.clone()),
+            to_pretty(&intent),
+            "changed"
+        );
+        let decoded: Intent = serde_json::from_slice(&encoder.encode(intent.clone())).unwrap();
+        assert_eq!(decoded, intent);
+    }
+}
+
+#[cfg(test)]
+mod observed_tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_observed_state_is_the_records_through_changes() {
+        let mut cache = ObservedCache::default();
+        let mut intent = Intent::default();
+        let node = |address: &str| NodeIntent {
+            address: address.into(),
+            roles: BTreeSet::from([Role::Worker]),
+            spec: Arc::default(),
+            revision: "r1".into(),
+            pki_rotation: 0,
+        };
+        intent.nodes.insert("n1".into(), node("127.0.0.2"));
+        intent.nodes.insert("n2".into(), node("127.0.0.3"));
+        let members = BTreeMap::new;
+        assert_eq!(
+            *intent.observed_in(members(), &mut cache),
+            intent.observed(members())
+        );
+        intent.nodes.remove("n1");
+        intent.nodes.insert("n2".into(), node("127.0.0.4"));
+        intent.nodes.insert("n3".into(), node("127.0.0.5"));
+        intent.restores_done.insert("x".into());
+        assert_eq!(
+            *intent.observed_in(members(), &mut cache),
+            intent.observed(members())
+        );
+    }
 }

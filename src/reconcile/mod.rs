@@ -22,10 +22,11 @@ pub mod progress;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use self::health::NodeReport;
-use self::health::{judge, NodeHealth};
+use self::health::{judge_sealed, NodeHealth};
 use self::intent::Intent;
 pub use self::membership::TaskCall;
 use crate::api::{ClusterNode, ClusterStatus, Condition, ConditionType};
@@ -34,7 +35,7 @@ use crate::etcd_pki::ClusterCa;
 use crate::model::Cluster;
 use crate::nodeplan::{NodeSpec, SealedSpec};
 use crate::plan::container::desired_nodes;
-use crate::plan::{ClusterPlan, Desired, Observed, Planner};
+use crate::plan::{ClusterPlan, Planner};
 use crate::protocol::{EtcdMemberInfo, EtcdTaskOutcome};
 use crate::source::ClusterEntry;
 
@@ -119,7 +120,7 @@ pub struct Reconciler {
     status: ClusterStatus,
     pending: Option<Pending>,
     /// The last plan, for the status of a pass that only finished a task.
-    last_plan: Option<ClusterPlan>,
+    last_plan: Option<Arc<ClusterPlan>>,
     /// Delays between attempts of a failing etcd task; reset when one succeeds.
     task_retry: Backoff,
     /// A restore request that ended in failure, and why: the cluster stalls on it until Git
@@ -127,6 +128,8 @@ pub struct Reconciler {
     failed_restore: Option<(String, String)>,
     /// The record changed outside a pass (an operator's request): the next pass saves it.
     unsaved: bool,
+    /// The record's encoder, which keeps each node's encoded part between saves.
+    encoder: std::sync::Arc<std::sync::Mutex<intent::RecordEncoder>>,
     /// Each recorded node's plan with its checksum, resealed only when the plan changed.
     sealed: std::sync::Mutex<BTreeMap<String, SealedSpec>>,
     /// A revision's plan runs only when its commit approves it (`requireApprovedPlan`).
@@ -138,7 +141,9 @@ pub struct Reconciler {
     hold: Option<crate::api::PlanHold>,
     /// The revision being rolled out and its plan when the rollout started, to draw each
     /// step's state; cleared once the cluster is ready.
-    rollout: Option<(String, ClusterPlan)>,
+    rollout: Option<(String, Arc<ClusterPlan>)>,
+    /// What runs as the planner sees it, kept between passes.
+    observed: intent::ObservedCache,
 }
 
 impl Reconciler {
@@ -155,11 +160,13 @@ impl Reconciler {
             task_retry: Backoff::new(TASK_RETRY_BASE, TASK_RETRY_CAP),
             failed_restore: None,
             unsaved: false,
+            encoder: std::sync::Arc::default(),
             sealed: std::sync::Mutex::new(BTreeMap::new()),
             require_approval: false,
             converged: None,
             hold: None,
             rollout: None,
+            observed: intent::ObservedCache::default(),
             conditions: Vec::new(),
             status: ClusterStatus {
                 name: name.to_string(),
@@ -185,6 +192,11 @@ impl Reconciler {
         &self.intent
     }
 
+    /// What encodes the record for a save (`RecordEncoder::encode`), off the async workers.
+    pub fn record_encoder(&self) -> std::sync::Arc<std::sync::Mutex<intent::RecordEncoder>> {
+        self.encoder.clone()
+    }
+
     pub fn status(&self) -> &ClusterStatus {
         &self.status
     }
@@ -206,11 +218,30 @@ impl Reconciler {
         out
     }
 
+    /// Whether `declared(cluster)` lists exactly `names`; cheaper than asking it.
+    pub fn declares_exactly(&self, cluster: &Cluster, names: &BTreeSet<String>) -> bool {
+        let new = cluster
+            .nodes
+            .iter()
+            .filter(|n| !self.intent.nodes.contains_key(n.name.as_str()))
+            .count();
+        names.len() == self.intent.nodes.len() + new
+            && self.intent.nodes.keys().all(|n| names.contains(n))
+            && cluster
+                .nodes
+                .iter()
+                .all(|n| names.contains(n.name.as_str()))
+    }
+
     /// `node`'s recorded plan, sealed: its checksum is computed again only when it changed.
     fn sealed(&self, node: &str) -> Option<SealedSpec> {
         let spec = &self.intent.nodes.get(node)?.spec;
         let mut memo = self.lock_sealed();
-        let sealed = SealedSpec::reseal(memo.get(node), spec);
+        if let Some(memo) = memo.get_mut(node) {
+            *memo = SealedSpec::reseal(Some(memo), spec);
+            return Some(memo.clone());
+        }
+        let sealed = SealedSpec::reseal(None, spec);
         memo.insert(node.to_string(), sealed.clone());
         Some(sealed)
     }
@@ -370,7 +401,7 @@ impl Reconciler {
     fn finish(
         &mut self,
         inputs: &Inputs<'_>,
-        plan: &ClusterPlan,
+        plan: &Arc<ClusterPlan>,
         verdict: &Verdict,
         health: &BTreeMap<String, NodeHealth>,
         before: Intent,
@@ -448,12 +479,7 @@ impl Reconciler {
     /// One recorded node against its plan; `None` when it has no record.
     fn judge_node(&self, name: &str, reports: &BTreeMap<String, NodeReport>) -> Option<NodeHealth> {
         let sealed = self.sealed(name)?;
-        Some(judge(
-            name,
-            sealed.spec(),
-            sealed.checksum(),
-            reports.get(name),
-        ))
+        Some(judge_sealed(name, &sealed, reports.get(name)))
     }
 
     /// The plan from the record, cached while neither the definition, the record nor the
@@ -463,28 +489,19 @@ impl Reconciler {
         cluster: &Cluster,
         health: &BTreeMap<String, NodeHealth>,
         listed: Option<&[EtcdMemberInfo]>,
-    ) -> ClusterPlan {
+    ) -> Arc<ClusterPlan> {
         let healthy = |node: &str| health.get(node).is_some_and(NodeHealth::is_ready);
         let members = membership::observed(listed, &self.intent, cluster, healthy);
-        let observed = self.intent.observed(members);
         let mut key = DefaultHasher::new();
         self.version.hash(&mut key);
-        for (name, member) in &observed.etcd_members {
+        for (name, member) in &members {
             (name, member.healthy).hash(&mut key);
         }
-        let keys = BTreeMap::from([(self.name.clone(), key.finish())]);
-        let observed = Observed {
-            clusters: BTreeMap::from([(self.name.clone(), observed)]),
-        };
-        let desired = Desired {
-            clusters: vec![cluster],
-            known_snapshots: None,
-            held_back: BTreeSet::new(),
-        };
-        let mut plan = self
-            .planner
-            .plan(&desired, &observed, &keys, SystemTime::now());
-        plan.clusters.pop().expect("one cluster in, one plan out")
+        let specs = self.desired_specs(cluster);
+        let (intent, cache) = (&self.intent, &mut self.observed);
+        self.planner.plan_one(cluster, &specs, key.finish(), || {
+            intent.observed_in(members, cache)
+        })
     }
 
     /// Runs the plan's first batch when its gate allows, and says where that leaves the cluster.
@@ -668,7 +685,7 @@ impl Reconciler {
     fn update_status(
         &mut self,
         entry: &ClusterEntry,
-        plan: &ClusterPlan,
+        plan: &Arc<ClusterPlan>,
         verdict: &Verdict,
         health: &BTreeMap<String, NodeHealth>,
         reports: &BTreeMap<String, NodeReport>,
@@ -718,7 +735,7 @@ impl Reconciler {
             }
             _ => {}
         }
-        let started = self.rollout.as_ref().map(|(_, p)| p);
+        let started = self.rollout.as_ref().map(|(_, p)| &**p);
         let cluster = &entry.cluster;
         let mut nodes: Vec<ClusterNode> = cluster
             .nodes

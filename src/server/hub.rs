@@ -6,6 +6,7 @@
 //! the state directory and survive daemon restarts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -978,14 +979,31 @@ fn any_undeclared<'d>(
     bindings: &Bindings,
     scope: &impl Fn(&str) -> Option<Option<&'d BTreeSet<String>>>,
 ) -> bool {
-    let clusters: BTreeSet<&str> = bindings
-        .nodes
-        .keys()
-        .filter_map(|k| k.split_once('/').map(|(c, _)| c))
-        .collect();
-    clusters.into_iter().any(|cluster| {
-        scope(cluster).is_some_and(|declared| !bindings.undeclared(cluster, declared).is_empty())
-    })
+    // Each cluster's bindings are a range (`cluster/node`): step from one cluster to the next
+    // rather than walk every node's binding (a publish of one cluster would walk the fleet).
+    let mut next = bindings.nodes.keys().next();
+    while let Some(key) = next {
+        let Some((cluster, _)) = key.split_once('/') else {
+            next = bindings
+                .nodes
+                .range::<str, _>((Bound::Excluded(key.as_str()), Bound::Unbounded))
+                .next()
+                .map(|(k, _)| k);
+            continue;
+        };
+        if scope(cluster).is_some_and(|declared| !bindings.undeclared(cluster, declared).is_empty())
+        {
+            return true;
+        }
+        // Past every `cluster/...`: '0' follows '/'.
+        let after = format!("{cluster}0");
+        next = bindings
+            .nodes
+            .range::<str, _>((Bound::Included(after.as_str()), Bound::Unbounded))
+            .next()
+            .map(|(k, _)| k);
+    }
+    false
 }
 
 fn node_status(cluster: &str, node: &str, e: &NodeEntry) -> crate::api::NodeStatus {

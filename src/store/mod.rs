@@ -209,10 +209,7 @@ impl DurableState {
         name: &str,
         value: &T,
     ) -> Result<(), StateError> {
-        match self.guard(cluster, name)? {
-            Some(guard) => self.store.write_guarded(name, &encode(value), &guard),
-            None => self.store.write(name, &encode(value)),
-        }
+        self.save_encoded_for(cluster, name, &encode(value))
     }
 
     /// `update` of a document of `cluster`, guarded like `save_for`.
@@ -240,6 +237,20 @@ impl DurableState {
     /// Saves `value` as document `name`, whatever the document held.
     pub fn save<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
         self.store.write(name, &encode(value))
+    }
+
+    /// `save_for` of `json`, a document encoded as `save` encodes it (pretty JSON): for a
+    /// large document whose caller keeps its encoded parts between saves.
+    pub fn save_encoded_for(
+        &self,
+        cluster: &str,
+        name: &str,
+        json: &[u8],
+    ) -> Result<(), StateError> {
+        match self.guard(cluster, name)? {
+            Some(guard) => self.store.write_guarded(name, json, &guard),
+            None => self.store.write(name, json),
+        }
     }
 
     pub fn stamp(&self, name: &str) -> Result<Option<Stamp>, StateError> {

@@ -1,8 +1,10 @@
 //! The agent's Docker executor against the real engine: a node's plan converges, re-applying
 //! it changes nothing (so a restarted agent redoes nothing), containers stopped or removed by
-//! hand come back, a changed spec recreates only its container, a component dropped from the
-//! plan is removed, a bad image fails with Docker's own reason, stopping the agent abandons a
-//! pull that hangs, and pulls from a registry with a login use the node's `docker login`.
+//! hand come back, a changed spec recreates only its container (its replacement created while
+//! it is removed; one a crash left under its temporary name is removed), a component dropped
+//! from the plan is removed, a bad image fails with Docker's own reason, stopping the agent
+//! abandons a pull that hangs, and pulls from a registry with a login use the node's `docker
+//! login`.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
@@ -158,7 +160,46 @@ async fn a_node_plan_converges_and_is_repaired() {
     );
     let after = driver.observe().await.unwrap();
     assert_ne!(after["a"].id, before["a"].id);
+    assert!(after["a"].running, "the replacement runs under its name");
     assert_eq!(after["b"].id, before["b"].id);
+
+    // A replacement a crash left under its temporary name is never taken for the container
+    // it was to replace, and the next apply removes it.
+    let next = format!("{name_a}.next");
+    let labels = [
+        "drover.dev/managed-by=drover".to_string(),
+        format!("drover.dev/cluster={cluster}"),
+        "drover.dev/node=w1".to_string(),
+        "drover.dev/component=a".to_string(),
+    ];
+    let mut create = Command::new("docker");
+    create.args(["create", "--name", &next]);
+    for label in &labels {
+        create.args(["--label", label]);
+    }
+    let leftover = create
+        .args(["drover-test/busybox:1", "sleep", "3600"])
+        .output()
+        .unwrap();
+    assert!(leftover.status.success(), "{leftover:?}");
+    assert_eq!(
+        driver.observe().await.unwrap(),
+        after,
+        "the leftover is no component"
+    );
+    let results = driver
+        .apply(&changed, 3, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        actions(&results),
+        [ok("a", Action::Unchanged), ok("b", Action::Unchanged)]
+    );
+    let inspect = Command::new("docker")
+        .args(["inspect", &next])
+        .output()
+        .unwrap();
+    assert!(!inspect.status.success(), "the leftover was removed");
 
     // Dropped from the plan: removed. An image no registry has (a registry address on
     // loopback where nothing listens, so the pull goes nowhere else): the step fails with

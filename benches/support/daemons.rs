@@ -200,19 +200,43 @@ pub async fn await_settled(
         .collect();
     let deadline = Instant::now() + TIMEOUT;
     let client = daemons[(0..daemons.len()).find(|i| !down.contains(i)).unwrap()].client();
+    let mut last = String::new();
     loop {
-        if let Ok(view) = client.get::<SharingView>(DAEMONS_PATH).await {
-            let agreed = !view.settling
-                && view.daemons.len() == live.len()
-                && clusters.iter().all(|c| {
-                    view.owners.get(c).map(String::as_str)
-                        == drover::daemon::ownership::owner(c, &live)
-                });
-            if agreed {
-                return view;
+        match client.get::<SharingView>(DAEMONS_PATH).await {
+            Ok(view) => {
+                let misplaced = clusters
+                    .iter()
+                    .filter(|c| {
+                        view.owners.get(*c).map(String::as_str)
+                            != drover::daemon::ownership::owner(c, &live)
+                    })
+                    .count();
+                if !view.settling && view.daemons.len() == live.len() && misplaced == 0 {
+                    return view;
+                }
+                last = format!(
+                    "{} daemons, settling {}, {misplaced} clusters not with their owner",
+                    view.daemons.len(),
+                    view.settling
+                );
             }
+            Err(e) => last = e,
         }
-        assert!(Instant::now() < deadline, "the daemons did not settle");
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = daemons
+                .iter()
+                .map(|d| {
+                    let log = std::fs::read_to_string(d.log()).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    format!(
+                        "{}:\n{}",
+                        d.id,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                })
+                .collect();
+            panic!("the daemons did not settle: {last}\n{}", logs.join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -200,9 +200,8 @@ pub async fn await_settled(
         .collect();
     let deadline = Instant::now() + TIMEOUT;
     let client = daemons[(0..daemons.len()).find(|i| !down.contains(i)).unwrap()].client();
-    let mut last = String::new();
     loop {
-        match client.get::<SharingView>(DAEMONS_PATH).await {
+        let last = match client.get::<SharingView>(DAEMONS_PATH).await {
             Ok(view) => {
                 let misplaced = clusters
                     .iter()
@@ -214,14 +213,14 @@ pub async fn await_settled(
                 if !view.settling && view.daemons.len() == live.len() && misplaced == 0 {
                     return view;
                 }
-                last = format!(
+                format!(
                     "{} daemons, settling {}, {misplaced} clusters not with their owner",
                     view.daemons.len(),
                     view.settling
-                );
+                )
             }
-            Err(e) => last = e,
-        }
+            Err(e) => e,
+        };
         if Instant::now() >= deadline {
             let logs: Vec<String> = daemons
                 .iter()

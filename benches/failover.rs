@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use drover::api::{ClustersDocument, CLUSTERS_PATH};
 use support::daemons::{
-    await_etcd, await_health, await_settled, spawn, start_etcd, write_config, write_private,
+    await_etcd, await_health, await_settled, spawn, start_daemons, start_etcd, write_private,
     Daemon, Procs, TIMEOUT,
 };
 use support::operator;
@@ -80,24 +80,14 @@ async fn run(clusters: usize, kills: usize) {
     }
     let key = work.path().join("state.key");
     write_private(&key, &"7e".repeat(32));
-    let daemons: Vec<Daemon> = (0..DAEMONS)
-        .map(|i| {
-            let daemon = Daemon {
-                id: format!("d{}", i + 1),
-                ip: Ipv4Addr::new(127, 94, block, i as u8 + 1),
-                dir: work.path().join(format!("d{}", i + 1)),
-            };
-            std::fs::create_dir_all(&daemon.dir).unwrap();
-            write_config(&daemon, &source, &endpoints, &key, work.path());
-            daemon
-        })
-        .collect();
-    for d in &daemons {
-        procs.daemons.push(Some(spawn(d)));
-    }
-    for d in &daemons {
-        await_health(d).await;
-    }
+    let daemons = start_daemons(
+        &mut procs,
+        work.path(),
+        (94, block),
+        DAEMONS,
+        (&source, &endpoints, &key),
+    )
+    .await;
     let ids: Vec<String> = daemons.iter().map(|d| d.id.clone()).collect();
     let names: Vec<String> = (0..clusters).map(|c| format!("c{c}")).collect();
     println!(

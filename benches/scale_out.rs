@@ -44,8 +44,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use support::daemons::{
-    await_etcd, await_health, await_settled, spawn, start_etcd, write_config, write_private,
-    Daemon, Procs, TIMEOUT,
+    await_etcd, await_settled, start_daemons, start_etcd, write_private, Daemon, Procs, TIMEOUT,
 };
 use support::synthetic::{self, env, Versions};
 use support::{fake, fleet};
@@ -146,24 +145,14 @@ async fn run(clusters: usize, nodes: usize) {
         children.len()
     );
 
-    let daemons: Vec<Daemon> = (0..DAEMONS)
-        .map(|i| {
-            let daemon = Daemon {
-                id: format!("d{}", i + 1),
-                ip: Ipv4Addr::new(127, 96, block, i as u8 + 1),
-                dir: work.path().join(format!("d{}", i + 1)),
-            };
-            std::fs::create_dir_all(&daemon.dir).unwrap();
-            write_config(&daemon, &source, &endpoints, &key, work.path());
-            daemon
-        })
-        .collect();
-    for d in &daemons {
-        procs.daemons.push(Some(spawn(d)));
-    }
-    for d in &daemons {
-        await_health(d).await;
-    }
+    let daemons = start_daemons(
+        &mut procs,
+        work.path(),
+        (96, block),
+        DAEMONS,
+        (&source, &endpoints, &key),
+    )
+    .await;
     let ids: Vec<String> = daemons.iter().map(|d| d.id.clone()).collect();
     let names: Vec<String> = (0..clusters).map(|c| format!("c{c}")).collect();
     let settled = await_settled(&daemons, &ids, &names, &Default::default()).await;

@@ -186,6 +186,36 @@ pub async fn await_health(d: &Daemon) {
     }
 }
 
+/// `count` daemons `d1`, `d2`, ... on `127.<net>.<block>.<i>`, following `source` with the
+/// state in etcd at `endpoints` sealed with `key`, started (into `procs`) and answering.
+pub async fn start_daemons(
+    procs: &mut Procs,
+    work: &Path,
+    (net, block): (u8, u8),
+    count: usize,
+    (source, endpoints, key): (&Path, &[String], &Path),
+) -> Vec<Daemon> {
+    let daemons: Vec<Daemon> = (0..count)
+        .map(|i| {
+            let daemon = Daemon {
+                id: format!("d{}", i + 1),
+                ip: Ipv4Addr::new(127, net, block, i as u8 + 1),
+                dir: work.join(format!("d{}", i + 1)),
+            };
+            std::fs::create_dir_all(&daemon.dir).unwrap();
+            write_config(&daemon, source, endpoints, key, work);
+            daemon
+        })
+        .collect();
+    for d in &daemons {
+        procs.daemons.push(Some(spawn(d)));
+    }
+    for d in &daemons {
+        await_health(d).await;
+    }
+    daemons
+}
+
 /// Waits until the daemons not in `down` agree, settled, that every cluster is owned as the
 /// rendezvous hash over them says.
 pub async fn await_settled(

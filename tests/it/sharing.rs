@@ -50,23 +50,6 @@ fn key_file(dir: &Path) -> PathBuf {
     path
 }
 
-/// A reusable join token for `cluster`, made in the shared state through `daemon`'s config.
-async fn token_file(daemon: &TestDaemon, cluster: &str) -> PathBuf {
-    let file = daemon.work.path().join(format!("token-{cluster}"));
-    let out = crate::support::cli::command()
-        .args(["token", "create", cluster, "--reusable", "--server"])
-        .arg(daemon.agents_url())
-        .arg("--config")
-        .arg(daemon.write_config())
-        .arg("--out")
-        .arg(&file)
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    file
-}
-
 /// The daemons and owners `daemon` sees (`drover status --daemons`), once `check` accepts them.
 async fn await_sharing(
     daemon: &TestDaemon,
@@ -161,7 +144,7 @@ async fn three_daemons_share_the_clusters_and_survive_a_killed_owner_and_a_lost_
     .await;
     let mut agents = Vec::new();
     for (i, c) in clusters.iter().enumerate() {
-        let token = token_file(&daemons[0], c).await;
+        let token = daemons[0].token_file(c).await;
         agents.push((
             c.clone(),
             AgentProcess::start_with(&daemons[0], &servers, &node(i), &token),
@@ -436,7 +419,7 @@ async fn a_daemon_cut_off_from_the_state_stops_before_its_lease_ends_and_its_old
         TestDaemon::start_with_config(&repo.url(), None, &state_config(&endpoints, &key, &ids[1]))
             .await;
     let servers = format!("{},{}", a.agents_url(), b.agents_url());
-    let token = token_file(&b, &cluster).await;
+    let token = b.token_file(&cluster).await;
     let mut agent = AgentProcess::start_with(&a, &servers, "n1", &token);
     let ready = ready_at(first.to_string());
     let converged =

@@ -405,13 +405,20 @@ stores: {{backups: {{url: 'file://{}'}}{}}}
     }
 
     /// A reusable join token for `cluster`, in a file.
+    /// Made where the daemon keeps its state: its state directory, or the etcd its
+    /// configuration names.
     pub async fn token_file(&self, cluster: &str) -> PathBuf {
         let file = self.work.path().join(format!("token-{cluster}"));
+        let (flag, at) = if self.extra_config.contains("etcd:") {
+            ("--config", self.write_config())
+        } else {
+            ("--state-dir", self.state_dir())
+        };
         let out = super::cli::command()
             .args(["token", "create", cluster, "--reusable", "--server"])
             .arg(self.agents_url())
-            .arg("--state-dir")
-            .arg(self.state_dir())
+            .arg(flag)
+            .arg(at)
             .arg("--out")
             .arg(&file)
             .output()

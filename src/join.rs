@@ -5,9 +5,12 @@
 //! A token is stored only as a hash, expires, names its cluster (and, if made so, the one node
 //! it may join), and is single-use unless made reusable. Presented tokens are compared in
 //! constant time, and every refusal says why without the token. A token is spent only when
-//! the whole join succeeded: the credential issued and the node bound. A binding ties `cluster/node` to the key of its credential (see `pki`): a bound
-//! node accepts no other key until an operator resets it, a renewed key is staged until first
-//! used, and a node that leaves Git has its binding revoked.
+//! the whole join succeeded: the credential issued and the node bound.
+//!
+//! A binding ties `cluster/node` to the key of its credential (see `pki`): a bound node
+//! accepts no other key until an operator resets it, a renewed key is staged until first
+//! used, and a node that leaves Git has its binding revoked. Each cluster's bindings are one
+//! document (`bindings_name`), so a document grows with a cluster, not with the fleet.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -261,14 +264,69 @@ pub struct Binding {
     pub revoked: Option<String>,
 }
 
-/// Every node binding the daemon knows, by `cluster/node`.
+/// Node bindings by `cluster/node`: one cluster's, as its document holds them, or several
+/// clusters' when listed (`load_all_bindings`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bindings {
     pub nodes: BTreeMap<String, Binding>,
 }
 
-/// The state document of node bindings.
-pub const BINDINGS: &str = "node-credentials.json";
+/// The start of every cluster's bindings document.
+pub const BINDINGS_PREFIX: &str = "node-credentials-";
+/// The one document that held every cluster's bindings before they were split by cluster.
+const FLEET_BINDINGS: &str = "node-credentials.json";
+
+/// The state document of `cluster`'s node bindings.
+pub fn bindings_name(cluster: &str) -> String {
+    format!("{BINDINGS_PREFIX}{cluster}.json")
+}
+
+/// The cluster whose bindings document is `name`.
+pub fn bindings_cluster(name: &str) -> Option<&str> {
+    name.strip_prefix(BINDINGS_PREFIX)?.strip_suffix(".json")
+}
+
+/// Every cluster's bindings, document by document (and those of a state no daemon of this
+/// version has opened yet): for listing, not for a hot path.
+pub fn load_all_bindings(state: &DurableState) -> Result<Bindings, StateError> {
+    let mut all: Bindings = state.load(FLEET_BINDINGS)?.unwrap_or_default();
+    for name in state.names(BINDINGS_PREFIX)? {
+        if bindings_cluster(&name).is_some() {
+            let cluster: Bindings = state.load(&name)?.unwrap_or_default();
+            all.nodes.extend(cluster.nodes);
+        }
+    }
+    Ok(all)
+}
+
+/// Moves the bindings of a state written by an earlier drover, all in one document, into a
+/// document per cluster, then removes the old one. A binding the cluster's document already
+/// has is newer and kept. Safe to run from several processes at once; nothing to do (one
+/// read) once done. Returns how many bindings moved.
+pub fn split_fleet_bindings(state: &DurableState) -> Result<usize, StateError> {
+    let Some(fleet) = state.load::<Bindings>(FLEET_BINDINGS)? else {
+        return Ok(0);
+    };
+    let mut by_cluster: BTreeMap<&str, Vec<(&String, &Binding)>> = BTreeMap::new();
+    for (key, binding) in &fleet.nodes {
+        if let Some((cluster, _)) = key.split_once('/') {
+            by_cluster.entry(cluster).or_default().push((key, binding));
+        }
+    }
+    for (cluster, moved) in &by_cluster {
+        let merged = state.update(&bindings_name(cluster), |held: &mut Bindings| {
+            for (key, binding) in moved {
+                held.nodes
+                    .entry((*key).clone())
+                    .or_insert_with(|| (*binding).clone());
+            }
+            Ok::<(), std::convert::Infallible>(())
+        })?;
+        let Ok(_) = merged;
+    }
+    state.remove(FLEET_BINDINGS)?;
+    Ok(fleet.nodes.len())
+}
 
 fn binding_key(cluster: &str, node: &str) -> String {
     format!("{cluster}/{node}")
@@ -522,6 +580,46 @@ mod tests {
         let bad = old.replace(r#""used": false"#, r#""used": false, "node": "Not_A_Name""#);
         std::fs::write(dir_state.path(TOKENS), bad).unwrap();
         assert!(list_tokens(&state).is_err());
+    }
+
+    #[test]
+    fn an_earlier_drovers_one_bindings_document_is_split_by_cluster() {
+        let dir = crate::state::private_tempdir();
+        let state: DurableState = crate::state::StateDir::new(dir.path()).into();
+        let mut fleet = Bindings::default();
+        fleet.bind("a", "n1", "sha256:old-a1");
+        fleet.bind("a", "n2", "sha256:a2");
+        fleet.bind("b", "n1", "sha256:b1");
+        state.save(FLEET_BINDINGS, &fleet).unwrap();
+        // Listed before any daemon of this version split them.
+        assert_eq!(load_all_bindings(&state).unwrap(), fleet);
+        // `a/n1` rejoined under this version already: its newer binding stays.
+        let mut newer = Bindings::default();
+        newer.bind("a", "n1", "sha256:new-a1");
+        state.save(&bindings_name("a"), &newer).unwrap();
+
+        assert_eq!(split_fleet_bindings(&state).unwrap(), 3);
+        let a: Bindings = state.load(&bindings_name("a")).unwrap().unwrap();
+        let b: Bindings = state.load(&bindings_name("b")).unwrap().unwrap();
+        let keys = |b: &Bindings| -> Vec<(String, String)> {
+            b.nodes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.key_pin.clone()))
+                .collect()
+        };
+        assert_eq!(
+            keys(&a),
+            [
+                ("a/n1".to_string(), "sha256:new-a1".to_string()),
+                ("a/n2".to_string(), "sha256:a2".to_string())
+            ]
+        );
+        assert_eq!(keys(&b), [("b/n1".to_string(), "sha256:b1".to_string())]);
+        assert_eq!(state.load::<Bindings>(FLEET_BINDINGS).unwrap(), None);
+        assert_eq!(split_fleet_bindings(&state).unwrap(), 0, "split twice");
+        assert_eq!(load_all_bindings(&state).unwrap().nodes.len(), 3);
+        assert_eq!(bindings_cluster(&bindings_name("a")), Some("a"));
+        assert_eq!(bindings_cluster(FLEET_BINDINGS), None);
     }
 
     #[test]

@@ -201,6 +201,22 @@ impl StateDir {
         write_atomically(&path, bytes, 0o600).map_err(|source| StateError::Write { path, source })
     }
 
+    /// Removes document `name` (nothing when absent), durably: the directory is synced.
+    pub(crate) fn remove_file(&self, name: &str) -> Result<(), StateError> {
+        let path = self.path(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(StateError::Write { path, source }),
+        }
+        File::open(&self.root)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|source| StateError::Write {
+                path: self.root.clone(),
+                source,
+            })
+    }
+
     /// The names of the documents whose name starts with `prefix`, sorted; none when the
     /// directory does not exist yet.
     pub fn names(&self, prefix: &str) -> Result<Vec<String>, StateError> {

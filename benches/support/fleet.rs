@@ -5,10 +5,11 @@
 // Each benchmark uses part of this module.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use drover::agent::session::{recv, send, Dial, SessionError, Socket};
-use drover::join::{Bindings, BINDINGS};
+use drover::join::{bindings_name, Bindings};
 use drover::pki::{DaemonCa, Identity, NodeKey};
 use drover::protocol::{AgentMessage, ServerMessage, PROTOCOL_VERSION};
 use drover::store::DurableState;
@@ -38,14 +39,14 @@ pub fn mib(kib: u64) -> String {
 }
 
 /// One credential per `(cluster, node)`, bound in the daemon's state (beside the bindings it
-/// holds) as joins would have left them.
+/// holds, one document per cluster) as joins would have left them.
 pub fn credentials(
     state: &DurableState,
     nodes: Vec<(String, String)>,
 ) -> Vec<((String, String), Identity)> {
     let ca = DaemonCa::ensure(state).expect("the daemon CA");
     let now = SystemTime::now();
-    let mut bindings = Bindings::default();
+    let mut bindings: BTreeMap<String, Bindings> = BTreeMap::new();
     let mut out = Vec::with_capacity(nodes.len());
     for (cluster, node) in nodes {
         let key = NodeKey::generate().expect("a key");
@@ -53,17 +54,22 @@ pub fn credentials(
         let issued = ca
             .issue_node(&csr, &cluster, &node, now)
             .expect("a certificate");
-        bindings.bind(&cluster, &node, &issued.key_pin);
+        bindings
+            .entry(cluster.clone())
+            .or_default()
+            .bind(&cluster, &node, &issued.key_pin);
         let identity = key.identity(&issued.cert_pem).expect("an identity");
         out.push(((cluster, node), identity));
     }
-    state
-        .update(BINDINGS, |held: &mut Bindings| {
-            held.nodes.extend(bindings.nodes.clone());
-            Ok::<_, std::convert::Infallible>(())
-        })
-        .expect("the bindings are saved")
-        .unwrap_or_else(|never| match never {});
+    for (cluster, bound) in bindings {
+        state
+            .update(&bindings_name(&cluster), |held: &mut Bindings| {
+                held.nodes.extend(bound.nodes.clone());
+                Ok::<_, std::convert::Infallible>(())
+            })
+            .expect("the bindings are saved")
+            .unwrap_or_else(|never| match never {});
+    }
     out
 }
 

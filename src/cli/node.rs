@@ -9,7 +9,7 @@ use std::io::Write;
 
 use super::state::StateArgs;
 use super::Exit;
-use crate::join::{Bindings, BINDINGS};
+use crate::join::{bindings_name, load_all_bindings, split_fleet_bindings, Bindings};
 use crate::model::{ClusterName, NodeName};
 
 #[derive(Debug, clap::Args)]
@@ -56,8 +56,8 @@ fn list(args: &ListArgs, out: &mut dyn Write) -> Exit {
         Ok(state) => state,
         Err(exit) => return exit,
     };
-    let bindings: Bindings = match state.load(BINDINGS) {
-        Ok(b) => b.unwrap_or_default(),
+    let bindings = match load_all_bindings(&state) {
+        Ok(b) => b,
         Err(e) => {
             eprintln!("error: {}", super::error_chain(&e));
             return Exit::Io;
@@ -98,7 +98,13 @@ fn reset(args: &ResetArgs, out: &mut dyn Write) -> Exit {
         Ok(state) => state,
         Err(exit) => return exit,
     };
-    let outcome = state.update(BINDINGS, |b: &mut Bindings| {
+    // Split first: bindings left in the one document of an earlier drover would otherwise
+    // bring the reset binding back when a daemon splits them.
+    if let Err(e) = split_fleet_bindings(&state) {
+        eprintln!("error: {}", super::error_chain(&e));
+        return Exit::Io;
+    }
+    let outcome = state.update(&bindings_name(&args.cluster), |b: &mut Bindings| {
         Ok::<_, std::convert::Infallible>(b.reset(&args.cluster, &args.node))
     });
     let text = match outcome.map(|o| o.map(|u| u.result)) {

@@ -6,13 +6,12 @@
 //! the state directory and survive daemon restarts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::join::{Bindings, BINDINGS};
+use crate::join::{bindings_cluster, bindings_name, Bindings, BINDINGS_PREFIX};
 use crate::nodeplan::{NodeSpec, SealedSpec};
 use crate::protocol::{encode, AppliedMark, EtcdTask, EtcdTaskOutcome, Refusal, ServerMessage};
 use crate::reconcile::NodeReport;
@@ -298,11 +297,13 @@ impl Nodes {
     }
 }
 
-/// The bindings as last read or written, and the document's stamp then (`None`: re-read it).
+/// One cluster's bindings as last read or written, and its document's stamp then (`None`:
+/// re-read it).
+#[derive(Default)]
 struct BindingCache {
     bindings: Arc<Bindings>,
     stamp: Option<Stamp>,
-    /// Bumped by every change of the cache, so a refresh that read the file while this
+    /// Bumped by every change of the cache, so a refresh that read the document while this
     /// process wrote it drops what it read instead of going back to it.
     version: u64,
 }
@@ -311,7 +312,8 @@ struct BindingCache {
 pub struct Hub {
     state: DurableState,
     nodes: Mutex<Nodes>,
-    bindings: Mutex<BindingCache>,
+    /// By cluster.
+    bindings: Mutex<HashMap<String, BindingCache>>,
     /// Held while the generations are saved, so saves land in the order they were taken.
     saving: Mutex<()>,
     transfers: super::transfer::Transfers,
@@ -331,8 +333,14 @@ impl Hub {
             let cluster: BTreeMap<String, AppliedMark> = state.load(&name)?.unwrap_or_default();
             generations.extend(cluster);
         }
-        let bindings: Bindings = state.load(BINDINGS)?.unwrap_or_default();
-        Ok(Hub {
+        let moved = crate::join::split_fleet_bindings(&state)?;
+        if moved > 0 {
+            tracing::info!(
+                bindings = moved,
+                "node credentials moved into a document per cluster"
+            );
+        }
+        let hub = Hub {
             nodes: Mutex::new(Nodes {
                 ready: false,
                 nodes: BTreeMap::new(),
@@ -345,15 +353,13 @@ impl Hub {
                 sharing: None,
                 fenced: 0,
             }),
-            bindings: Mutex::new(BindingCache {
-                stamp: None,
-                bindings: Arc::new(bindings),
-                version: 0,
-            }),
+            bindings: Mutex::new(HashMap::new()),
             saving: Mutex::new(()),
             transfers: super::transfer::Transfers::default(),
             state,
-        })
+        };
+        hub.read_bindings()?;
+        Ok(hub)
     }
 
     /// The transfers (snapshots' bytes) the daemon waits for.
@@ -405,7 +411,8 @@ impl Hub {
         nodes: &BTreeMap<String, Option<SealedSpec>>,
     ) -> Result<(), HubError> {
         let declared: BTreeSet<String> = nodes.keys().cloned().collect();
-        let mut revoked = self.revoke(|c| (c == cluster).then_some(Some(&declared)))?;
+        self.refresh_cluster_bindings(cluster);
+        let mut revoked = self.revoke(cluster, Some(&declared))?;
         let fence = self.fence(cluster);
         let generations_changed = {
             let mut table = self.lock();
@@ -437,50 +444,48 @@ impl Hub {
             .subscribe()
     }
 
-    /// Revokes the credentials of nodes Git no longer declares; returns why, by node.
+    /// Revokes the credentials of nodes Git no longer declares, in every cluster with
+    /// bindings; returns why, by node.
     fn revoke_undeclared(
         &self,
         desired: &BTreeMap<String, BTreeMap<String, NodeSpec>>,
     ) -> Result<BTreeMap<(String, String), String>, HubError> {
-        let declared: BTreeMap<&String, BTreeSet<String>> = desired
-            .iter()
-            .map(|(c, nodes)| (c, nodes.keys().cloned().collect()))
-            .collect();
-        self.revoke(|cluster| Some(declared.get(&cluster.to_string())))
+        self.refresh_bindings();
+        let bound: Vec<String> = self.locked_bindings().keys().cloned().collect();
+        let mut revoked = BTreeMap::new();
+        for cluster in bound {
+            let declared: Option<BTreeSet<String>> =
+                desired.get(&cluster).map(|n| n.keys().cloned().collect());
+            revoked.append(&mut self.revoke(&cluster, declared.as_ref())?);
+        }
+        Ok(revoked)
     }
 
-    /// Revokes, in every cluster for which `scope` answers, the nodes the answer does not list
-    /// (`Some(None)`: the cluster left Git); returns why, by node.
-    fn revoke<'d>(
+    /// Revokes the nodes of `cluster` that `declared` does not list (`None`: the cluster left
+    /// Git); returns why, by node. Most calls revoke nothing: the bindings as read (a stamp
+    /// when unchanged) are asked before the document is rewritten.
+    fn revoke(
         &self,
-        scope: impl Fn(&str) -> Option<Option<&'d BTreeSet<String>>>,
+        cluster: &str,
+        declared: Option<&BTreeSet<String>>,
     ) -> Result<BTreeMap<(String, String), String>, HubError> {
         let mut revoked = BTreeMap::new();
-        // Most publishes revoke nothing: ask the bindings as read (a `stat` when unchanged)
-        // before taking the lock and rewriting the file.
-        self.refresh_bindings();
-        if !any_undeclared(&self.bindings(), &scope) {
+        if self
+            .bindings(cluster)
+            .undeclared(cluster, declared)
+            .is_empty()
+        {
             return Ok(revoked);
         }
-        let outcome = self.update_bindings(|b| {
+        let outcome = self.update_bindings(cluster, |b| {
             // A change may run again on a newer document: count only the last run's.
             revoked.clear();
-            let clusters: BTreeSet<String> = b
-                .nodes
-                .keys()
-                .filter_map(|k| k.split_once('/').map(|(c, _)| c.to_string()))
-                .collect();
-            for cluster in clusters {
-                let Some(declared) = scope(&cluster) else {
-                    continue;
-                };
-                for node in b.revoke_undeclared(&cluster, declared) {
-                    let why = b.nodes[&format!("{cluster}/{node}")]
-                        .revoked
-                        .clone()
-                        .unwrap_or_default();
-                    revoked.insert((cluster.clone(), node), why);
-                }
+            for node in b.revoke_undeclared(cluster, declared) {
+                let why = b.nodes[&format!("{cluster}/{node}")]
+                    .revoked
+                    .clone()
+                    .unwrap_or_default();
+                revoked.insert((cluster.to_string(), node), why);
             }
             Ok::<(), Refusal>(())
         })?;
@@ -550,6 +555,8 @@ impl Hub {
     /// generations are read again, as the daemon that owned it before may have moved them on.
     /// Blocking.
     pub fn own(&self, cluster: &str) -> Result<(), HubError> {
+        // Its previous owner may have bound nodes since this daemon last looked.
+        self.refresh_cluster_bindings(cluster);
         let saved: BTreeMap<String, AppliedMark> = self
             .state
             .load(&generations_name(cluster))?
@@ -877,38 +884,83 @@ impl Hub {
             .and_then(|e| e.plan.borrow().as_ref().map(|f| f.generation))
     }
 
-    /// The node bindings as last read: no IO. `refresh_bindings` keeps them current.
-    pub fn bindings(&self) -> Arc<Bindings> {
-        self.bindings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .bindings
-            .clone()
+    /// `cluster`'s node bindings as last read: no IO. `refresh_bindings` keeps them current.
+    pub fn bindings(&self, cluster: &str) -> Arc<Bindings> {
+        self.locked_bindings()
+            .get(cluster)
+            .map(|c| c.bindings.clone())
+            .unwrap_or_default()
     }
 
-    /// Re-reads the bindings if the document changed since they were read (another process,
-    /// such as `drover node reset`, wrote it). Blocking: one stamp, and a parse after a
-    /// change. The stamp is taken before the document is read (and, after this process's own
-    /// writes, as part of the write), so a write racing the read is seen on the next call,
-    /// never lost.
+    fn locked_bindings(&self) -> std::sync::MutexGuard<'_, HashMap<String, BindingCache>> {
+        self.bindings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads every cluster's bindings (at start).
+    fn read_bindings(&self) -> Result<(), StateError> {
+        for (name, stamp) in self.state.stamps(BINDINGS_PREFIX)? {
+            if let Some(cluster) = bindings_cluster(&name) {
+                let bindings: Bindings = self.state.load(&name)?.unwrap_or_default();
+                self.keep_bindings(cluster, bindings, Some(stamp));
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads the bindings of every cluster whose document changed since it was read
+    /// (another process, such as `drover node reset` or another daemon, wrote it). Blocking:
+    /// one listing of stamps, and a read of each changed document.
     pub fn refresh_bindings(&self) {
-        let now = match self.state.stamp(BINDINGS) {
-            Ok(stamp) => stamp,
+        let stamps = match self.state.stamps(BINDINGS_PREFIX) {
+            Ok(stamps) => stamps,
             Err(e) => {
                 tracing::error!(error = %crate::error_chain(&e), "cannot look at node credentials; keeping the last read");
                 return;
             }
         };
-        let (known, version) = {
-            let cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
-            (cache.stamp, cache.version)
+        let listed: HashMap<&str, Stamp> = stamps
+            .iter()
+            .filter_map(|(name, stamp)| Some((bindings_cluster(name)?, *stamp)))
+            .collect();
+        let known: Vec<String> = self.locked_bindings().keys().cloned().collect();
+        let clusters: BTreeSet<&str> = listed
+            .keys()
+            .copied()
+            .chain(known.iter().map(String::as_str))
+            .collect();
+        for cluster in clusters {
+            self.refresh_with(cluster, listed.get(cluster).copied());
+        }
+    }
+
+    /// `refresh_bindings` of one cluster: one stamp, and a read after a change.
+    pub fn refresh_cluster_bindings(&self, cluster: &str) {
+        match self.state.stamp(&bindings_name(cluster)) {
+            Ok(now) => self.refresh_with(cluster, now),
+            Err(e) => {
+                tracing::error!(cluster, error = %crate::error_chain(&e), "cannot look at node credentials; keeping the last read")
+            }
+        }
+    }
+
+    /// Re-reads `cluster`'s bindings unless `now`, its document's stamp, is the one read. The
+    /// stamp is taken before the document is read (and, after this process's own writes, as
+    /// part of the write), so a write racing the read is seen on the next call, never lost.
+    fn refresh_with(&self, cluster: &str, now: Option<Stamp>) {
+        let (known, version) = match self.locked_bindings().get(cluster) {
+            Some(c) => (c.stamp, c.version),
+            None => (None, 0),
         };
         if known.is_some() && now == known {
             return;
         }
-        match self.state.load::<Bindings>(BINDINGS) {
+        if known.is_none() && now.is_none() {
+            return;
+        }
+        match self.state.load::<Bindings>(&bindings_name(cluster)) {
             Ok(b) => {
-                let mut cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+                let mut caches = self.locked_bindings();
+                let cache = caches.entry(cluster.to_string()).or_default();
                 if cache.version == version {
                     cache.bindings = Arc::new(b.unwrap_or_default());
                     cache.stamp = now;
@@ -916,28 +968,34 @@ impl Hub {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %crate::error_chain(&e), "cannot re-read node credentials; keeping the last read")
+                tracing::error!(cluster, error = %crate::error_chain(&e), "cannot re-read node credentials; keeping the last read")
             }
         }
     }
 
-    /// Changes the bindings atomically and keeps the result. `change` may run more than once
-    /// (see `Store::modify`). Blocking.
+    /// Changes `cluster`'s bindings atomically and keeps the result. `change` may run more
+    /// than once (see `Store::modify`). Blocking.
     pub fn update_bindings<R>(
         &self,
+        cluster: &str,
         change: impl FnMut(&mut Bindings) -> Result<R, Refusal>,
     ) -> Result<Result<R, Refusal>, StateError> {
-        Ok(self.state.update(BINDINGS, change)?.map(|updated| {
-            // The stamp is of exactly what this process wrote.
-            self.keep_bindings(updated.value, updated.stamp);
-            updated.result
-        }))
+        Ok(self
+            .state
+            .update(&bindings_name(cluster), change)?
+            .map(|updated| {
+                // The stamp is of exactly what this process wrote.
+                self.keep_bindings(cluster, updated.value, updated.stamp);
+                updated.result
+            }))
     }
 
-    /// Keeps the bindings this process wrote, with the stamp of the document it wrote, taken
-    /// before anyone else could write; a later write by another process changes the stamp.
-    fn keep_bindings(&self, bindings: Bindings, stamp: Option<Stamp>) {
-        let mut cache = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+    /// Keeps `cluster`'s bindings this process read or wrote, with the stamp of the document
+    /// then, taken before anyone else could write; a later write by another process changes
+    /// the stamp.
+    fn keep_bindings(&self, cluster: &str, bindings: Bindings, stamp: Option<Stamp>) {
+        let mut caches = self.locked_bindings();
+        let cache = caches.entry(cluster.to_string()).or_default();
         cache.bindings = Arc::new(bindings);
         cache.stamp = stamp;
         cache.version += 1;
@@ -972,38 +1030,6 @@ fn counted_action(action: &str) -> &'static str {
         .into_iter()
         .find(|a| *a == action)
         .unwrap_or("other")
-}
-
-/// Whether `revoke` with `scope` would revoke anything in `bindings`.
-fn any_undeclared<'d>(
-    bindings: &Bindings,
-    scope: &impl Fn(&str) -> Option<Option<&'d BTreeSet<String>>>,
-) -> bool {
-    // Each cluster's bindings are a range (`cluster/node`): step from one cluster to the next
-    // rather than walk every node's binding (a publish of one cluster would walk the fleet).
-    let mut next = bindings.nodes.keys().next();
-    while let Some(key) = next {
-        let Some((cluster, _)) = key.split_once('/') else {
-            next = bindings
-                .nodes
-                .range::<str, _>((Bound::Excluded(key.as_str()), Bound::Unbounded))
-                .next()
-                .map(|(k, _)| k);
-            continue;
-        };
-        if scope(cluster).is_some_and(|declared| !bindings.undeclared(cluster, declared).is_empty())
-        {
-            return true;
-        }
-        // Past every `cluster/...`: '0' follows '/'.
-        let after = format!("{cluster}0");
-        next = bindings
-            .nodes
-            .range::<str, _>((Bound::Included(after.as_str()), Bound::Unbounded))
-            .next()
-            .map(|(k, _)| k);
-    }
-    false
 }
 
 fn node_status(cluster: &str, node: &str, e: &NodeEntry) -> crate::api::NodeStatus {

@@ -381,14 +381,13 @@ async fn admit_hello(
 async fn admit(cx: &Arc<Context>, id: &NodeIdentity) -> Result<(), Refusal> {
     let used = cx
         .hub
-        .bindings()
+        .bindings(&id.cluster)
         .check(&id.cluster, &id.node, &id.key_pin)?;
     if used == CredentialUse::Renewed {
         let hub = cx.hub.clone();
         let (cluster, node) = (id.cluster.clone(), id.node.clone());
         let promoted = tokio::task::spawn_blocking(move || {
-            hub.refresh_bindings();
-            hub.update_bindings(|b| {
+            hub.update_bindings(&cluster, |b| {
                 b.promote(&cluster, &node);
                 Ok(())
             })
@@ -442,8 +441,6 @@ async fn join(
             }
         }
         let now = SystemTime::now();
-        // A `drover node reset` may have just freed the node: decide on the file as it is.
-        cx2.hub.refresh_bindings();
         let joined = redeem(cx2.hub.state(), &token, &node, now, |record| {
             let message = admit_and_bind(&cx2, record, &node, &key_pin, &csr, now)?;
             Ok((record.clone(), message))
@@ -480,12 +477,14 @@ fn admit_and_bind(
             node: node.to_string(),
         });
     }
-    hub.bindings().admits_join(cluster, node, key_pin)?;
+    // A `drover node reset` may have just freed the node: decide on the document as it is.
+    hub.refresh_cluster_bindings(cluster);
+    hub.bindings(cluster).admits_join(cluster, node, key_pin)?;
     let issued = cx
         .ca
         .issue_node(csr, cluster, node, now)
         .map_err(|e| Refusal::bad_request(e.to_string()))?;
-    hub.update_bindings(|b| {
+    hub.update_bindings(cluster, |b| {
         b.admits_join(cluster, node, &issued.key_pin)?;
         b.bind(cluster, node, &issued.key_pin);
         Ok(())
@@ -635,7 +634,7 @@ async fn on_beat(cx: &Context, id: &NodeIdentity, conn: &mut Conn, beat: Beat) -
         return Err(End::Closed("silent for three heartbeat intervals"));
     };
     cx.hub
-        .bindings()
+        .bindings(&id.cluster)
         .check(&id.cluster, &id.node, &id.key_pin)
         .map_err(End::Refused)?;
     if conn.send(&ServerMessage::Heartbeat { seq }).await.is_err() {
@@ -761,7 +760,7 @@ async fn renew(
     let hub = cx.hub.clone();
     let (pin, next) = (id.key_pin.clone(), issued.key_pin.clone());
     let staged = tokio::task::spawn_blocking(move || {
-        hub.update_bindings(|b| {
+        hub.update_bindings(&cluster, |b| {
             b.check(&cluster, &node, &pin)?;
             b.stage(&cluster, &node, &next);
             Ok(())

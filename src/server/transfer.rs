@@ -292,7 +292,7 @@ fn node_of(
     };
     let valid = cx
         .hub
-        .bindings()
+        .bindings(&identity.cluster)
         .check(&identity.cluster, &identity.node, &identity.key_pin)
         .is_ok();
     if valid {

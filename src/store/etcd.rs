@@ -278,7 +278,7 @@ impl EtcdStore {
             };
             let bytes = match change(plain.as_deref())? {
                 Change::Keep => {
-                    return Ok(current.map(|(_, rev)| Stamp::new([rev as u64, 0, 0])));
+                    return Ok(current.map(|(_, rev)| stamp_at(rev)));
                 }
                 Change::Write(bytes) => bytes,
             };
@@ -299,7 +299,7 @@ impl EtcdStore {
             let answer = self.txn_raw(name, &txn)?;
             if answer.succeeded() {
                 let revision = answer.header().map_or(0, |h| h.revision());
-                return Ok(Some(Stamp::new([revision as u64, 0, 0])));
+                return Ok(Some(stamp_at(revision)));
             }
             if let Some(g) = guard {
                 if !still_owned(answer.op_responses(), g) {
@@ -384,10 +384,7 @@ impl Store for EtcdStore {
     fn stamp(&self, name: &str) -> Result<Option<Stamp>, StateError> {
         let options = GetOptions::new().with_keys_only();
         let answer = self.get_raw(name, &self.key(name), Some(options))?;
-        Ok(answer
-            .kvs()
-            .first()
-            .map(|kv| Stamp::new([kv.mod_revision() as u64, 0, 0])))
+        Ok(answer.kvs().first().map(revision_stamp))
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StateError> {
@@ -408,6 +405,30 @@ impl Store for EtcdStore {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    fn stamps(&self, prefix: &str) -> Result<Vec<(String, Stamp)>, StateError> {
+        let options = GetOptions::new().with_prefix().with_keys_only();
+        let answer = self.get_raw(prefix, &self.key(prefix), Some(options))?;
+        let mut stamps: Vec<(String, Stamp)> = answer
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let name = kv.key_str().ok()?.strip_prefix(&self.prefix)?;
+                Some((name.to_string(), revision_stamp(kv)))
+            })
+            .collect();
+        stamps.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(stamps)
+    }
+
+    fn remove(&self, name: &str) -> Result<(), StateError> {
+        let key = self.key(name);
+        self.call(name, |mut c| {
+            let key = key.clone();
+            async move { c.delete(key, None).await }
+        })?;
+        Ok(())
     }
 
     fn modify(&self, name: &str, change: &mut Decide<'_>) -> Result<Option<Stamp>, StateError> {
@@ -454,6 +475,15 @@ enum Failure {
 
 /// Whether `e` says the endpoint could not be reached (so another may answer), rather than
 /// that etcd refused the request.
+/// A key's stamp: the revision that last changed it.
+fn stamp_at(mod_revision: i64) -> Stamp {
+    Stamp::new([mod_revision as u64, 0, 0])
+}
+
+fn revision_stamp(kv: &etcd_client::KeyValue) -> Stamp {
+    stamp_at(kv.mod_revision())
+}
+
 fn unreachable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,

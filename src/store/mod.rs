@@ -1,7 +1,7 @@
 //! The daemon's durable state behind one small interface: documents by name (CAs, node
 //! bindings, join tokens, the operator token's hash, generations, rollout records), each read,
-//! written, listed by prefix, stamped and changed atomically. The state directory implements it
-//! today; a shared backend (etcd, for several daemons) implements the same five operations:
+//! written, listed by prefix, stamped, changed atomically and removed. The state directory and
+//! etcd (shared by several daemons) implement the same operations:
 //!
 //! | operation  | state directory                         | etcd                                  |
 //! |------------|-----------------------------------------|---------------------------------------|
@@ -9,6 +9,8 @@
 //! | `stamp`    | the file's inode, mtime and size        | the key's mod revision                |
 //! | `write`    | atomic replace                          | put                                   |
 //! | `names`    | list the directory                      | get by prefix, keys only              |
+//! | `stamps`   | list the directory, stat each           | get by prefix, keys only              |
+//! | `remove`   | unlink                                  | delete the key                        |
 //! | `modify`   | read, change, write under a file lock   | read, change, transaction comparing the mod revision; retried on conflict |
 //!
 //! So `modify`'s change may run more than once and must do nothing but compute the new
@@ -65,6 +67,20 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StateError>;
     /// The names of the documents that start with `prefix`, sorted.
     fn names(&self, prefix: &str) -> Result<Vec<String>, StateError>;
+    /// The stamps of the documents that start with `prefix`, sorted by name: one request
+    /// where the backend can ask for all at once.
+    fn stamps(&self, prefix: &str) -> Result<Vec<(String, Stamp)>, StateError> {
+        let mut stamps = Vec::new();
+        for name in self.names(prefix)? {
+            // A document removed between the listing and its stamp is not listed.
+            if let Some(stamp) = self.stamp(&name)? {
+                stamps.push((name, stamp));
+            }
+        }
+        Ok(stamps)
+    }
+    /// Removes the document; nothing to do when it is absent.
+    fn remove(&self, name: &str) -> Result<(), StateError>;
     /// Reads the document, lets `change` decide, and writes what it decided, atomically: no
     /// other write of the document falls in between. `change` may run more than once. Returns
     /// the stamp of what the document holds afterwards.
@@ -109,6 +125,10 @@ impl Store for StateDir {
 
     fn names(&self, prefix: &str) -> Result<Vec<String>, StateError> {
         StateDir::names(self, prefix)
+    }
+
+    fn remove(&self, name: &str) -> Result<(), StateError> {
+        self.remove_file(name)
     }
 
     fn modify(&self, name: &str, change: &mut Decide<'_>) -> Result<Option<Stamp>, StateError> {
@@ -259,6 +279,16 @@ impl DurableState {
 
     pub fn names(&self, prefix: &str) -> Result<Vec<String>, StateError> {
         self.store.names(prefix)
+    }
+
+    /// The stamps of the documents that start with `prefix`, by name.
+    pub fn stamps(&self, prefix: &str) -> Result<Vec<(String, Stamp)>, StateError> {
+        self.store.stamps(prefix)
+    }
+
+    /// Removes document `name`, if it exists.
+    pub fn remove(&self, name: &str) -> Result<(), StateError> {
+        self.store.remove(name)
     }
 
     /// Reads document `name` (its default when never saved), lets `change` edit it, and saves

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use drover::agent::credential::{Credential, DataDir};
 use drover::agent::session::{self, Dial, SessionError};
-use drover::join::{create_token, list_tokens, Bindings, TokenRules, BINDINGS};
+use drover::join::{create_token, list_tokens, Bindings, TokenRules};
 use drover::model::{ClusterName, NodeName};
 use drover::pki::{self, NodeKey};
 use drover::protocol::TokenRefusal;
@@ -175,7 +175,10 @@ async fn a_join_whose_binding_cannot_be_saved_spends_no_token() {
     let single = fleet.token(true, HOUR);
     // The token is good, the node declared and its credential issued; then saving the
     // binding fails, because a directory stands where the bindings document goes.
-    let bindings = fleet.state.path().join(BINDINGS);
+    let bindings = fleet
+        .state
+        .path()
+        .join(drover::join::bindings_name(&fleet.cluster));
     let _ = std::fs::remove_file(&bindings);
     std::fs::create_dir(&bindings).unwrap();
     let (outcome, _d) = join_as(&fleet, "n1", &single, &fleet.pin()).await;
@@ -233,7 +236,11 @@ async fn one_single_use_token_joins_one_of_two_racing_agents() {
         );
         assert!(spent(&fleet, &single));
         // Only the winner is bound.
-        let bound: Bindings = fleet.state().load(BINDINGS).unwrap().unwrap();
+        let bound: Bindings = fleet
+            .state()
+            .load(&drover::join::bindings_name(&fleet.cluster))
+            .unwrap()
+            .unwrap();
         let joined: Vec<&str> = pair
             .iter()
             .copied()

@@ -2,14 +2,15 @@
 //! (each its own data directory, host root and 127.x address) join with a token, converge a
 //! plan of busybox containers, are repaired after hand edits, drop removed components, pull
 //! images from a registry on loopback (and keep what runs when a pull fails), report a bad
-//! image's reason to the server, survive their own restart mid-apply, a server restart and a
-//! connection that hangs, and renew their credentials in band.
+//! image's reason to the server, survive their own restart mid-apply, a server restart (onto
+//! the state an earlier drover left) and a connection that hangs, and renew their credentials
+//! in band.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use drover::join::Bindings;
+use drover::join::{bindings_name, Bindings};
 use drover::pki::{cert_pin, pem_certificate};
 use drover::protocol::Refusal;
 use drover::state::StateDir;
@@ -299,7 +300,19 @@ async fn a_server_restart_makes_agents_reconnect_and_resume() {
     }
     let generation = fleet.hub().generation(&fleet.cluster, "w1");
 
-    fleet.restart_server().await;
+    fleet.stop_server().await;
+    // The state as an earlier drover left it: every cluster's bindings in one document.
+    let state = fleet.state();
+    let name = bindings_name(&fleet.cluster);
+    let bound: Bindings = state.load(&name).unwrap().expect("the nodes are bound");
+    state.save("node-credentials.json", &bound).unwrap();
+    state.remove(&name).unwrap();
+    fleet.start_server().await;
+    assert_eq!(state.load::<Bindings>(&name).unwrap(), Some(bound));
+    assert_eq!(
+        state.load::<Bindings>("node-credentials.json").unwrap(),
+        None
+    );
     // The new server reads the same state: generations keep growing, credentials hold.
     let specs = fleet.declare(&["n1", "w1", "w2"], &components(", MODE: resumed"));
     let after = fleet.hub().generation(&fleet.cluster, "w1");
@@ -333,7 +346,7 @@ async fn credentials_are_renewed_in_band_and_the_old_key_stops_working() {
     let bound = |fleet: &Fleet| {
         let b: Bindings = fleet
             .state()
-            .load("node-credentials.json")
+            .load(&bindings_name(&fleet.cluster))
             .unwrap()
             .unwrap();
         b

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use drover::agent::credential::Credential;
 use drover::agent::session::{self, Dial, SessionError};
-use drover::join::{Bindings, BINDINGS};
+use drover::join::{bindings_name, Bindings};
 use drover::pki::NodeKey;
 use drover::protocol::{AgentMessage, Refusal, ServerMessage, MAX_REFUSAL_TEXT_BYTES};
 use futures::SinkExt as _;
@@ -307,7 +307,11 @@ async fn renew_is_refused_unless_the_daemon_asked_for_it() {
         }) => assert!(detail.contains("renew"), "{detail}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    let bindings: Bindings = fleet.state().load(BINDINGS).unwrap().unwrap();
+    let bindings: Bindings = fleet
+        .state()
+        .load(&bindings_name(&fleet.cluster))
+        .unwrap()
+        .unwrap();
     let key = format!("{}/n2", fleet.cluster);
     assert!(
         bindings.nodes[&key].next_pin.is_none(),
@@ -338,7 +342,7 @@ async fn a_node_reset_racing_renewals_is_never_missed() {
         let cluster = fleet.cluster.clone();
         let reset = std::thread::spawn(move || {
             state
-                .update(BINDINGS, |b: &mut Bindings| {
+                .update(&bindings_name(&cluster), |b: &mut Bindings| {
                     b.reset(&cluster, "n2");
                     Ok::<_, std::convert::Infallible>(())
                 })

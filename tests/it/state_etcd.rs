@@ -72,6 +72,30 @@ fn contract(state: &DurableState, store: &dyn Store, backend: &str) {
         )
         .unwrap();
     assert_eq!((made, again), (7, 7), "{backend}");
+    // Stamps by prefix, in one call, are each document's own.
+    let stamps = store.stamps("record-").unwrap();
+    let listed: Vec<&str> = stamps.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(listed, ["record-a.json", "record-b.json"], "{backend}");
+    for (name, stamp) in &stamps {
+        assert_eq!(
+            Some(*stamp),
+            store.stamp(name).unwrap(),
+            "{backend}: {name}"
+        );
+    }
+    // Removed, and removing what is absent is no error.
+    state.remove("record-b.json").unwrap();
+    state.remove("record-b.json").unwrap();
+    assert_eq!(
+        state.load::<u32>("record-b.json").unwrap(),
+        None,
+        "{backend}"
+    );
+    assert_eq!(
+        state.names("record-").unwrap(),
+        ["record-a.json"],
+        "{backend}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

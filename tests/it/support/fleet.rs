@@ -138,7 +138,8 @@ impl Fleet {
         fleet
     }
 
-    async fn start_server(&mut self) {
+    /// Starts the server on the fleet's address and state (after `stop_server`).
+    pub async fn start_server(&mut self) {
         let mut settings = Settings::new(self.listen);
         settings.heartbeat = Duration::from_millis(500);
         settings.retry_after = Duration::from_secs(1);

@@ -175,7 +175,12 @@ async fn run(clusters: usize, nodes: usize) {
     }
     let (mut redirects, mut retries) = (0, 0);
     for c in &mut children {
-        let line = c.line().await;
+        let Some(line) = c.try_line().await else {
+            panic!(
+                "an agent process ended or hung before its agents were welcomed\n{}",
+                support::daemons::log_tails(&daemons)
+            );
+        };
         let mut words = line
             .split_whitespace()
             .skip(1)
@@ -274,11 +279,15 @@ impl AgentsChild {
     }
 
     async fn line(&mut self) -> String {
+        self.try_line()
+            .await
+            .expect("an agent process ended or hung")
+    }
+
+    /// The process's next line; `None` when it ended or said nothing for `TIMEOUT`.
+    async fn try_line(&mut self) -> Option<String> {
         let next = tokio::time::timeout(TIMEOUT, self.lines.next_line()).await;
-        match next {
-            Ok(Ok(Some(line))) => line,
-            other => panic!("an agent process ended or hung: {other:?}"),
-        }
+        next.ok()?.ok()?
     }
 }
 

@@ -252,20 +252,25 @@ pub async fn await_settled(
             Err(e) => e,
         };
         if Instant::now() >= deadline {
-            let logs: Vec<String> = daemons
-                .iter()
-                .map(|d| {
-                    let log = std::fs::read_to_string(d.log()).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                    format!(
-                        "{}:\n{}",
-                        d.id,
-                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                    )
-                })
-                .collect();
-            panic!("the daemons did not settle: {last}\n{}", logs.join("\n"));
+            panic!("the daemons did not settle: {last}\n{}", log_tails(daemons));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The last lines of each daemon's log, for a bench that gives up.
+pub fn log_tails(daemons: &[Daemon]) -> String {
+    let tails: Vec<String> = daemons
+        .iter()
+        .map(|d| {
+            let log = std::fs::read_to_string(d.log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            format!(
+                "{}:\n{}",
+                d.id,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect();
+    tails.join("\n")
 }

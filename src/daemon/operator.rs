@@ -72,7 +72,81 @@ pub fn router(operator: Operator) -> Router {
             get(restore_run),
         )
         .with_state(Arc::new(operator.clone()))
-        .merge(crate::daemon::snapshots::routes::router(operator.snapshots))
+        .merge(crate::daemon::snapshots::routes::router(
+            operator.snapshots.clone(),
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(operator),
+            at_owner,
+        ))
+}
+
+/// With several daemons sharing the state, a cluster's routes are answered by its owner:
+/// another daemon answers 409 naming the owner, or 503 while the cluster has none (it moves
+/// between daemons). So a snapshot or a restore asked of the wrong daemon says where to go
+/// rather than failing on a write this daemon may not make.
+async fn at_owner(
+    State(op): State<Arc<Operator>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let elsewhere = cluster_in(request.uri().path()).and_then(|name| elsewhere(&op, name));
+    match elsewhere {
+        Some(answer) => answer,
+        None => next.run(request).await,
+    }
+}
+
+/// The cluster a route under `/v1/clusters/{name}` is about.
+fn cluster_in(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix(CLUSTERS_PATH)?.strip_prefix('/')?;
+    let name = rest.split('/').next()?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// The answer for cluster `name` when this daemon shares the state and another daemon owns
+/// it, or none does while Git declares it; `None` when this daemon answers.
+fn elsewhere(op: &Operator, name: &str) -> Option<Response> {
+    let view = op.sharing.get()?.borrow().clone();
+    let name = crate::protocol::cut_text(name, crate::protocol::MAX_REFUSAL_TEXT_BYTES);
+    match view.owners.get(&name) {
+        Some(owner) if *owner == view.me => None,
+        Some(owner) => {
+            let url = view
+                .daemons
+                .iter()
+                .find(|d| d.id == *owner)
+                .map_or("unknown", |d| d.agents_url.as_str());
+            Some(api_error(
+                StatusCode::CONFLICT,
+                &format!(
+                    "cluster {name} is owned by daemon {owner} (agents at {url}); ask that daemon"
+                ),
+            ))
+        }
+        // Claimed since the view was published: this daemon runs it.
+        None if op
+            .controller
+            .get()
+            .is_some_and(|c| c.status(&name).is_some()) =>
+        {
+            None
+        }
+        None => {
+            let declared = crate::model::ClusterName::parse(&name)
+                .is_ok_and(|n| op.desired.borrow().clusters.contains_key(&n));
+            declared.then(|| {
+                let mut answer = api_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("cluster {name} has no owner now: it moves between daemons; retry"),
+                );
+                answer
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                answer
+            })
+        }
+    }
 }
 
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> Response {
@@ -120,7 +194,7 @@ async fn cluster(State(op): State<Arc<Operator>>, Path(name): Path<String>) -> R
             with_snapshots(&op, &mut status);
             json(&status)
         }
-        None => not_found(&op, &name),
+        None => not_found(&name),
     }
 }
 
@@ -135,7 +209,7 @@ async fn reconcile(State(op): State<Arc<Operator>>, Path(name): Path<String>) ->
         )
             .into_response()
     } else {
-        not_found(&op, &name)
+        not_found(&name)
     }
 }
 
@@ -150,7 +224,7 @@ async fn rotate(State(op): State<Arc<Operator>>, Path(name): Path<String>) -> Re
         )
             .into_response()
     } else {
-        not_found(&op, &name)
+        not_found(&name)
     }
 }
 
@@ -198,7 +272,7 @@ async fn restore(
         .ok()
         .and_then(|n| desired.clusters.get(&n).cloned())
     else {
-        return not_found(&op, &name);
+        return not_found(&name);
     };
     let request_id = format!(
         "operator-{}",
@@ -235,7 +309,7 @@ async fn restores(State(op): State<Arc<Operator>>, Path(name): Path<String>) -> 
         return starting();
     };
     if op.controller.get().and_then(|c| c.status(&name)).is_none() {
-        return not_found(&op, &name);
+        return not_found(&name);
     }
     match restores.list(&name).await {
         Ok(runs) => json(&crate::api::snapshots::RestoresDocument {
@@ -266,7 +340,7 @@ async fn restore_run(
         return starting();
     };
     if op.controller.get().and_then(|c| c.status(&name)).is_none() {
-        return not_found(&op, &name);
+        return not_found(&name);
     }
     let run = restores
         .watch(&name, &request, watch.after_steps, RESTORE_WATCH_LIMIT)
@@ -298,29 +372,9 @@ pub(crate) fn with_snapshots(op: &Operator, status: &mut crate::api::ClusterStat
     }
 }
 
-/// 404 for a cluster Git does not declare; 409 naming the owner for one another daemon
-/// sharing the state owns.
-fn not_found(op: &Operator, name: &str) -> Response {
+/// 404 for a cluster Git does not declare (another daemon's is answered by `at_owner`).
+fn not_found(name: &str) -> Response {
     let name = crate::protocol::cut_text(name, crate::protocol::MAX_REFUSAL_TEXT_BYTES);
-    let owner = op.sharing.get().and_then(|view| {
-        let view = view.borrow();
-        let owner = view.owners.get(&name)?;
-        let url = view
-            .daemons
-            .iter()
-            .find(|d| d.id == *owner)?
-            .agents_url
-            .clone();
-        Some((owner.clone(), url))
-    });
-    if let Some((owner, url)) = owner {
-        return api_error(
-            StatusCode::CONFLICT,
-            &format!(
-                "cluster {name} is owned by daemon {owner} (agents at {url}); ask that daemon"
-            ),
-        );
-    }
     api_error(
         StatusCode::NOT_FOUND,
         &format!("no cluster named {name} is declared in Git"),

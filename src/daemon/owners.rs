@@ -1,5 +1,7 @@
 //! Several daemons sharing the state in etcd: this daemon's side of it. It holds a lease and
-//! registers under it (`store::lease`), renews it every `Timing::renew`, and assigns the
+//! registers under it (`store::lease`), renews it every `Timing::renew` on a thread of its own
+//! (`Keeper`: no load of the async runtime, such as thousands of agents' handshakes or a long
+//! drain, can hold a renewal up), and every `Timing::renew` too assigns the
 //! declared clusters over the settled membership (`ownership`): it claims the clusters it
 //! should own (the owner key's creation revision becomes the cluster's fence, which every state
 //! write, plan and task of the cluster carries), and drains the ones it should not (their
@@ -175,14 +177,17 @@ impl Owners {
                 .hold(&membership, &desired, lost.as_mut(), &cancel)
                 .await;
             match ended {
-                Held::Stopping => {
+                Held::Stopping(keeper) => {
                     self.stop_gracefully().await;
-                    let left =
-                        tokio::task::spawn_blocking(move || match Arc::try_unwrap(membership) {
+                    let left = tokio::task::spawn_blocking(move || {
+                        // The keeper's clone of the membership goes with its thread.
+                        keeper.stop();
+                        match Arc::try_unwrap(membership) {
                             Ok(m) => m.leave().is_ok(),
                             Err(_) => false,
-                        })
-                        .await;
+                        }
+                    })
+                    .await;
                     if !matches!(left, Ok(true)) {
                         tracing::warn!(
                             "could not revoke the lease; its clusters move when it expires"
@@ -190,7 +195,8 @@ impl Owners {
                     }
                     break;
                 }
-                Held::LeaseLost => {
+                Held::LeaseLost(keeper) => {
+                    drop(keeper);
                     self.stop_acting().await;
                     tracing::error!(
                         "this daemon's lease may have expired: it stopped acting, and joins again"
@@ -226,8 +232,8 @@ impl Owners {
         }
     }
 
-    /// Renews and assigns every `Timing::renew` until the daemon stops or its acting deadline
-    /// passes without a renewal.
+    /// Keeps the lease on a `Keeper` and assigns every `Timing::renew` until the daemon stops
+    /// or its acting deadline passes, which ends the hold even mid-assignment.
     async fn hold(
         &self,
         membership: &Arc<Membership>,
@@ -235,53 +241,32 @@ impl Owners {
         mut lost: Option<&mut tokio::sync::mpsc::UnboundedReceiver<String>>,
         cancel: &CancellationToken,
     ) -> Held {
+        let keeper = Keeper::start(membership.clone(), self.timing.renew, self.metrics.clone());
+        let lapsed = lapse(membership);
+        tokio::pin!(lapsed);
         let mut settled = Settled::new(self.timing.settle);
         let mut pokes = None;
         loop {
-            let deadline = tokio::time::Instant::from_std(membership.acting_until());
-            let renewing = self.renew(membership);
-            tokio::pin!(renewing);
-            let renewed = tokio::select! {
-                r = &mut renewing => r,
-                () = tokio::time::sleep_until(deadline) => return Held::LeaseLost,
-                () = cancel.cancelled() => return Held::Stopping,
-            };
-            if renewed {
+            let step = async {
                 if let Err(e) = self.assign(membership, &mut settled, desired).await {
                     tracing::warn!(error = %crate::error_chain(&e), "cannot look at the cluster owners; trying again");
                 }
                 self.follow_pokes(&mut pokes).await;
-            }
-            if Instant::now() >= membership.acting_until() {
-                return Held::LeaseLost;
+            };
+            tokio::select! {
+                () = step => {}
+                () = &mut lapsed => return Held::LeaseLost(keeper),
+                () = cancel.cancelled() => return Held::Stopping(keeper),
             }
             let next = tokio::time::sleep(self.timing.renew);
             tokio::pin!(next);
             loop {
                 tokio::select! {
                     () = &mut next => break,
-                    () = cancel.cancelled() => return Held::Stopping,
+                    () = &mut lapsed => return Held::LeaseLost(keeper),
+                    () = cancel.cancelled() => return Held::Stopping(keeper),
                     Some(cluster) = recv(&mut lost) => self.forget(&cluster, None).await,
                 }
-            }
-        }
-    }
-
-    /// One renewal, timed into the metrics; false when it failed.
-    async fn renew(&self, membership: &Arc<Membership>) -> bool {
-        let started = Instant::now();
-        let m = membership.clone();
-        let renewed = tokio::task::spawn_blocking(move || m.renew())
-            .await
-            .expect("renewing does not panic");
-        self.metrics
-            .lease_renew
-            .observe(started.elapsed().as_secs_f64());
-        match renewed {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), "cannot renew this daemon's lease");
-                false
             }
         }
     }
@@ -473,10 +458,58 @@ impl Owners {
     }
 }
 
-/// How holding the lease ended.
+/// How holding the lease ended, with the keeper of the lease held.
 enum Held {
-    Stopping,
-    LeaseLost,
+    Stopping(Keeper),
+    LeaseLost(Keeper),
+}
+
+/// Resolves once `membership`'s acting deadline passed: the lease may have expired.
+async fn lapse(membership: &Membership) {
+    loop {
+        let until = membership.acting_until();
+        if Instant::now() >= until {
+            return;
+        }
+        // A renewal meanwhile moves the deadline: look again when this one comes.
+        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+    }
+}
+
+/// Renews a lease every interval on a thread of its own, each renewal timed into the metrics,
+/// until stopped or dropped.
+struct Keeper {
+    /// Dropped to stop the thread.
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Keeper {
+    fn start(membership: Arc<Membership>, every: Duration, metrics: Arc<Metrics>) -> Keeper {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("drover-lease".into())
+            .spawn(move || loop {
+                let started = Instant::now();
+                if let Err(e) = membership.renew() {
+                    tracing::warn!(error = %crate::error_chain(&e), "cannot renew this daemon's lease");
+                }
+                metrics.lease_renew.observe(started.elapsed().as_secs_f64());
+                // Disconnected (the keeper dropped) ends it; a timeout is the next renewal.
+                let wait = every.saturating_sub(started.elapsed());
+                if stopped.recv_timeout(wait) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    return;
+                }
+            })
+            .expect("a thread for the lease");
+        Keeper { stop, thread }
+    }
+
+    /// Stops the thread and waits for it (at most one renewal). Blocking.
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
 }
 
 /// Where a drained cluster's agents go: its next owner, when known.

@@ -164,11 +164,19 @@ async fn three_daemons_share_the_clusters_and_survive_a_killed_owner_and_a_lost_
         );
     }
     let fences_before: Vec<u64> = agents.iter().map(|(_, agent)| fence_of(agent)).collect();
-    // Asked for a cluster it does not own, a daemon names the owner.
+    // Asked about a cluster it does not own, a daemon names the owner, whatever the request.
     let theirs = clusters.iter().find(|c| owner(c, &all) == 1).unwrap();
-    let (code, _, err) = daemons[0].cli(&["status", theirs]).await;
-    assert_ne!(code, Some(0));
-    assert!(err.contains("owned by daemon daemon-b"), "{err}");
+    let theirs = theirs.as_str();
+    for asked in [
+        &["status", theirs][..],
+        &["snapshot", "save", theirs],
+        &["snapshot", "restore", theirs, "any-id", "--no-wait"],
+        &["snapshot", "list", theirs],
+    ] {
+        let (code, _, err) = daemons[0].cli(asked).await;
+        assert_ne!(code, Some(0), "{asked:?}");
+        assert!(err.contains("owned by daemon daemon-b"), "{asked:?}: {err}");
+    }
 
     // A webhook may reach any daemon: one to daemon-a rolls every cluster out (all of them
     // poll only every 5 minutes).

@@ -1,8 +1,10 @@
 //! Several daemons sharing the work through one etcd (a real 3-member cluster for the state):
+//! scaling from one daemon to three drains clusters to the newcomers with nothing run again,
 //! clusters spread over the daemons by their rendezvous assignment, agents given every
 //! daemon's URL reach their cluster's owner, an owner killed mid-rollout has its clusters
-//! taken under newer fences and finished, a daemon cut off from etcd stops before its lease
-//! ends, and an agent refuses a plan under an old fence.
+//! taken under newer fences and finished, daemons started at once on empty state make one CA,
+//! a daemon cut off from etcd stops before its lease ends, and an agent refuses a plan under an
+//! old fence.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -109,17 +111,12 @@ async fn three_daemons_share_the_clusters_and_survive_a_killed_owner_and_a_lost_
         .iter()
         .map(|id| state_config(&endpoints, &key, id))
         .collect();
-    // Three daemons started at once on empty state make one CA.
-    let (a, b, c) = tokio::join!(
-        TestDaemon::start_with_config(&url, None, &configs[0]),
-        TestDaemon::start_with_config(&url, None, &configs[1]),
-        TestDaemon::start_with_config(&url, None, &configs[2]),
-    );
-    let mut daemons = [a, b, c];
-    assert!(
-        daemons.iter().all(|d| d.pin() == daemons[0].pin()),
-        "daemons started at once made several CAs"
-    );
+    // Scaling from one daemon to three: daemon-a starts alone and owns every cluster.
+    let mut daemons: Vec<TestDaemon> = configs
+        .iter()
+        .map(|config| TestDaemon::unstarted_with_config(&url, config))
+        .collect();
+    daemons[0].spawn().await;
     let servers: Vec<String> = daemons.iter().map(TestDaemon::agents_url).collect();
     let servers = servers.join(",");
     let all: Vec<usize> = (0..ids.len()).collect();
@@ -135,13 +132,11 @@ async fn three_daemons_share_the_clusters_and_survive_a_killed_owner_and_a_lost_
                 .iter()
                 .all(|c| v.owners.get(c) == Some(&ids[owner(c, live)]))
     };
-
-    // Once the membership settled, each daemon owns its two (whichever claimed first, the
-    // others' are drained to them); the agents, all told of daemon-a first, reach their owner.
-    await_sharing(&daemons[0], "every daemon owning its clusters", |v| {
-        assigned(v, &all)
+    await_sharing(&daemons[0], "daemon-a owning every cluster", |v| {
+        assigned(v, &[0])
     })
     .await;
+    // The agents, told of every daemon with daemon-a first, converge on it.
     let mut agents = Vec::new();
     for (i, c) in clusters.iter().enumerate() {
         let token = daemons[0].token_file(c).await;
@@ -150,18 +145,35 @@ async fn three_daemons_share_the_clusters_and_survive_a_killed_owner_and_a_lost_
             AgentProcess::start_with(&daemons[0], &servers, &node(i), &token),
         ));
     }
-    for (c, agent) in &agents {
-        let on = &daemons[owner(c, &all)];
-        let ready = ready_at(first.to_string());
-        let converged =
-            crate::support::wait::poll_until(CONVERGE, || async { ready(&on.status(c).await?) })
-                .await;
-        assert!(
-            converged.is_ok(),
-            "{c} did not converge on its owner: {converged:?}\nagent log:\n{}\nowner log:\n{}",
-            agent.log(),
-            crate::support::daemon::tail(&on.log(), 40)
+    let revision = first.to_string();
+    converge_on_owners(&daemons, &agents, |c| owner(c, &[0]), &revision).await;
+    let alone_fences: Vec<u64> = agents.iter().map(|(_, agent)| fence_of(agent)).collect();
+    let alone_applied: Vec<u64> = agents.iter().map(|(_, agent)| applied_of(agent)).collect();
+
+    // daemon-b and daemon-c start together. Once the membership settled, each owns its two:
+    // daemon-a drains theirs to them, and nothing runs again (every node keeps the generation
+    // it applied); the moved clusters' agents hold a newer fence.
+    if let [_, b, c] = &mut daemons[..] {
+        tokio::join!(b.spawn(), c.spawn());
+    }
+    let pin = daemons[0].pin();
+    assert!(
+        daemons.iter().all(|d| d.pin() == pin),
+        "a daemon joining made its own CA"
+    );
+    await_sharing(&daemons[0], "every daemon owning its clusters", |v| {
+        assigned(v, &all)
+    })
+    .await;
+    converge_on_owners(&daemons, &agents, |c| owner(c, &all), &revision).await;
+    for (i, (c, agent)) in agents.iter().enumerate() {
+        assert_eq!(
+            applied_of(agent),
+            alone_applied[i],
+            "{c} ran its plan again"
         );
+        let moved = owner(c, &all) != 0;
+        assert_eq!(fence_of(agent) > alone_fences[i], moved, "{c}: fence");
     }
     let fences_before: Vec<u64> = agents.iter().map(|(_, agent)| fence_of(agent)).collect();
     // Asked about a cluster it does not own, a daemon names the owner, whatever the request.
@@ -306,6 +318,28 @@ async fn three_daemons_share_the_clusters_and_survive_a_killed_owner_and_a_lost_
     }
 }
 
+/// Waits until each agent's cluster is Ready at `revision` on its owner, `daemons[owner(c)]`.
+async fn converge_on_owners(
+    daemons: &[TestDaemon],
+    agents: &[(String, AgentProcess)],
+    owner: impl Fn(&str) -> usize,
+    revision: &str,
+) {
+    for (c, agent) in agents {
+        let on = &daemons[owner(c)];
+        let ready = ready_at(revision.to_string());
+        let converged =
+            crate::support::wait::poll_until(CONVERGE, || async { ready(&on.status(c).await?) })
+                .await;
+        assert!(
+            converged.is_ok(),
+            "{c} did not converge on its owner: {converged:?}\nagent log:\n{}\nowner log:\n{}",
+            agent.log(),
+            crate::support::daemon::tail(&on.log(), 40)
+        );
+    }
+}
+
 /// Cluster names such that `per[i]` of them go to `ids[i]` by the rendezvous assignment.
 fn clusters_for(ids: &[String], per: &[usize]) -> Vec<String> {
     let mut left = per.to_vec();
@@ -420,12 +454,17 @@ async fn a_daemon_cut_off_from_the_state_stops_before_its_lease_ends_and_its_old
     let first = repo.commit_files(&[(&path, &cluster_yaml(&cluster, "n1", ip, "v1"))], "one");
     let work = crate::support::private_tempdir();
     let key = key_file(work.path());
-    let a =
-        TestDaemon::start_with_config(&repo.url(), None, &state_config(&through, &key, &ids[0]))
-            .await;
-    let b =
-        TestDaemon::start_with_config(&repo.url(), None, &state_config(&endpoints, &key, &ids[1]))
-            .await;
+    // Two daemons started at once on empty state make one CA.
+    let (url, config_a, config_b) = (
+        repo.url(),
+        state_config(&through, &key, &ids[0]),
+        state_config(&endpoints, &key, &ids[1]),
+    );
+    let (a, b) = tokio::join!(
+        TestDaemon::start_with_config(&url, None, &config_a),
+        TestDaemon::start_with_config(&url, None, &config_b),
+    );
+    assert_eq!(a.pin(), b.pin(), "daemons started at once made two CAs");
     let servers = format!("{},{}", a.agents_url(), b.agents_url());
     let token = b.token_file(&cluster).await;
     let mut agent = AgentProcess::start_with(&a, &servers, "n1", &token);
@@ -443,6 +482,9 @@ async fn a_daemon_cut_off_from_the_state_stops_before_its_lease_ends_and_its_old
 
     // daemon-a is cut off from etcd: it stops acting before its lease can have expired, and
     // daemon-b takes the cluster only after that.
+    // (daemon-b may have held the cluster for a moment while daemon-a was joining: only what
+    // it logs from now on is the takeover.)
+    let b_logged = b.log().len();
     for p in &proxies {
         p.freeze();
     }
@@ -454,7 +496,7 @@ async fn a_daemon_cut_off_from_the_state_stops_before_its_lease_ends_and_its_old
         .await;
     let stopped = logged_at(&a.log(), "it stopped acting")
         .unwrap_or_else(|| panic!("daemon-a never stopped acting:\n{}", a.log()));
-    let taken = logged_at(&b.log(), "this daemon owns the cluster now").unwrap();
+    let taken = logged_at(&b.log()[b_logged..], "this daemon owns the cluster now").unwrap();
     assert!(
         stopped < taken,
         "daemon-a stopped at {stopped}, daemon-b took over at {taken}"

@@ -197,10 +197,17 @@ impl TestDaemon {
     /// Like [`TestDaemon::start`], with `extra` (top-level YAML) in its configuration and
     /// `auth` (a YAML flow mapping) as the source's credentials.
     pub async fn start_with_config(source: &str, auth: Option<&str>, extra: &str) -> TestDaemon {
-        let mut daemon = Self::unstarted(source, Some("5m"));
-        daemon.extra_config = extra.to_string();
+        let mut daemon = Self::unstarted_with_config(source, extra);
         daemon.source_auth = auth.map(str::to_string);
         daemon.spawn().await;
+        daemon
+    }
+
+    /// `start_with_config`'s daemon, not started yet (`spawn` starts it): its addresses are
+    /// known before it runs.
+    pub fn unstarted_with_config(source: &str, extra: &str) -> TestDaemon {
+        let mut daemon = Self::unstarted(source, Some("5m"));
+        daemon.extra_config = extra.to_string();
         daemon
     }
 

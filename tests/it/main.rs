@@ -33,6 +33,7 @@ mod serve_http;
 mod server_limits;
 mod sharing;
 mod sharing_failover;
+mod sharing_snapshots;
 mod smoke;
 mod snapshot_faults;
 mod snapshot_prune;

@@ -99,6 +99,20 @@ async fn agent(args: &Args) -> Exit {
     }
 }
 
+/// Dials `dials` in turn until one answers with the pinned CA: a pin mismatch at once, else the
+/// last one's error when none answers.
+async fn reach<'d>(dials: impl IntoIterator<Item = &'d Dial>) -> Result<(), SessionError> {
+    let mut outcome = Ok(());
+    for dial in dials {
+        outcome = match dial.tls(None).await {
+            Ok(_) => return Ok(()),
+            Err(SessionError::PinMismatch) => return Err(SessionError::PinMismatch),
+            Err(e) => Err(e),
+        };
+    }
+    outcome
+}
+
 async fn preflight(args: &Args) -> Result<AgentSettings, (Exit, String)> {
     let usage = |m: String| (Exit::Usage, m);
     if !pki::is_pin(&args.ca_hash) {
@@ -145,9 +159,10 @@ async fn preflight(args: &Args) -> Result<AgentSettings, (Exit, String)> {
             )
         })?),
     };
-    // The daemon reachable, and its CA the pinned one.
-    match dial.tls(None).await {
-        Ok(_) => {}
+    // A daemon reachable (with several, any: a joining node must not wait on the first one
+    // given while another is up), and its CA the pinned one.
+    match reach(std::iter::once(&dial).chain(&dials)).await {
+        Ok(()) => {}
         Err(SessionError::PinMismatch) => {
             return Err((
                 Exit::Refused,
@@ -163,10 +178,14 @@ async fn preflight(args: &Args) -> Result<AgentSettings, (Exit, String)> {
             tracing::warn!(error = %super::error_chain(&e), "the daemon is not reachable yet; applying the saved plan and dialling with backoff");
         }
         Err(e) => {
+            let none = match dials.is_empty() {
+                true => "the daemon is not reachable",
+                false => "no daemon of --server is reachable; the last one",
+            };
             return Err((
                 Exit::Unavailable,
-                format!("the daemon is not reachable: {}", super::error_chain(&e)),
-            ))
+                format!("{none}: {}", super::error_chain(&e)),
+            ));
         }
     }
     let socket = args.docker_socket.display().to_string();

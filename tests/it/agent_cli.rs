@@ -153,6 +153,14 @@ async fn the_agent_checks_its_inputs_before_it_dials() {
         let ip = unique_loopback(&[]);
         format!("{ip}:{}", free_port(ip))
     });
+    let nobody_either = format!("wss://{}", {
+        let ip = unique_loopback(&[]);
+        format!("{ip}:{}", free_port(ip))
+    });
+    let none_up = format!("{nobody},{nobody_either}");
+    // The first daemon given is down, the next is up: the check passes, and the agent goes on
+    // to the next one (a missing Docker here, so that it stops before it joins).
+    let first_down = format!("{nobody},{url}");
     let other_pin = format!("sha256:{}", "ab".repeat(32));
     let missing = work.path().join("missing").display().to_string();
     // A data directory others may read: the agent's key would be theirs too.
@@ -166,7 +174,12 @@ async fn the_agent_checks_its_inputs_before_it_dials() {
         (vec!["--server", "http://127.0.0.1:1"], 64, "--server"),
         (vec!["--node-name", "Not_A_Name"], 64, "--node-name"),
         (vec!["--token-file", &missing], 64, "--token-file"),
-        (vec!["--server", &nobody], 69, "not reachable"),
+        (vec!["--server", &nobody], 69, "the daemon is not reachable"),
+        (
+            vec!["--server", &none_up],
+            69,
+            "no daemon of --server is reachable",
+        ),
         (
             vec!["--ca-hash", &other_pin],
             77,
@@ -174,6 +187,16 @@ async fn the_agent_checks_its_inputs_before_it_dials() {
         ),
         (
             vec!["--docker-socket", "/nonexistent/docker.sock"],
+            69,
+            "Docker",
+        ),
+        (
+            vec![
+                "--server",
+                &first_down,
+                "--docker-socket",
+                "/nonexistent/docker.sock",
+            ],
             69,
             "Docker",
         ),

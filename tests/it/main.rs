@@ -32,6 +32,8 @@ mod serve_crash;
 mod serve_http;
 mod server_limits;
 mod sharing;
+mod sharing_failover;
+mod sharing_snapshots;
 mod smoke;
 mod snapshot_faults;
 mod snapshot_prune;

@@ -2,21 +2,25 @@
 //! change, then a restart. Each trial commits a change (a component's new text, a new etcd
 //! member, or that member's removal), kills the daemon after a random delay, starts it again
 //! and waits until the cluster is Ready at the new revision. Then it checks what a crash must
-//! never leave: a duplicate or unstarted etcd member, a container nothing plans, a generation
-//! handed out twice for different plans.
+//! never leave (`support::crash`): a duplicate or unstarted etcd member, a container nothing
+//! plans, a generation handed out twice for different plans.
 //!
 //! `DROVER_CRASH_TRIALS` sets the number of trials (CI runs a few; `scripts/crash-trials` runs
 //! 50 and prints how many converged).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use drover::api::{ClusterStatus, ConditionType};
-use drover::protocol::AppliedMark;
+use drover::state::StateDir;
+use drover::store::DurableState;
 
-use crate::support::daemon::{etcd_client, AgentProcess, Layout, TestDaemon};
+use crate::support::crash::{
+    check_containers, check_generations, check_members, generations, random_delay,
+};
+use crate::support::daemon::{AgentProcess, Layout, TestDaemon};
 use crate::support::docker::{self, BUSYBOX_IMAGE, ETCD_IMAGE};
-use crate::support::fleet::{containers_of, ClusterCleanup};
+use crate::support::fleet::ClusterCleanup;
 use crate::support::git::TestRepo;
 use crate::support::require;
 
@@ -27,14 +31,6 @@ fn trials() -> usize {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(3)
-}
-
-/// A random delay in `[0, max)`, from the OS's randomness.
-fn random_delay(max: Duration) -> Duration {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).unwrap();
-    let fraction = u64::from_le_bytes(bytes) as f64 / u64::MAX as f64;
-    max.mul_f64(fraction)
 }
 
 fn ready_at(revision: &str) -> impl Fn(&ClusterStatus) -> Result<(), String> + '_ {
@@ -61,22 +57,6 @@ fn ready_at(revision: &str) -> impl Fn(&ClusterStatus) -> Result<(), String> + '
     }
 }
 
-/// The generation each node was handed, from the daemon's state (one document per cluster).
-fn generations(daemon: &TestDaemon) -> BTreeMap<String, AppliedMark> {
-    let mut all = BTreeMap::new();
-    for entry in std::fs::read_dir(daemon.state_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with("generations-") && name.ends_with(".json") {
-            let cluster: BTreeMap<String, AppliedMark> =
-                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            all.extend(cluster);
-        }
-    }
-    assert!(!all.is_empty(), "no generations saved");
-    all
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_points_of_rollouts_and_membership_changes() {
     let engine = require!(docker::connect().await);
@@ -94,6 +74,7 @@ async fn kill_9_at_random_points_of_rollouts_and_membership_changes() {
         .map(|(n, _, _)| (n.clone(), AgentProcess::start(&daemon, n, &token)))
         .collect();
     let cluster = layout.cluster.clone();
+    let state: DurableState = StateDir::new(daemon.state_dir()).into();
     daemon
         .await_status(
             "the first rollout",
@@ -123,7 +104,7 @@ async fn kill_9_at_random_points_of_rollouts_and_membership_changes() {
             }
             _ => format!("roll out text t{trial}"),
         };
-        let before = generations(&daemon);
+        let before = generations(&state, &cluster).await;
         let commit = repo.commit_files(
             &[(
                 &layout.path(),
@@ -180,60 +161,9 @@ async fn kill_9_at_random_points_of_rollouts_and_membership_changes() {
         }
         check_members(&layout, &agents).await;
         check_containers(&layout);
-        check_generations(&before, &generations(&daemon));
+        check_generations(&before, &generations(&state, &cluster).await);
         eprintln!("trial {trial}: {what}, killed after {delay:.1?}: converged");
     }
     eprintln!("crash trials: {converged}/{total} converged");
     assert_eq!(converged, total);
-}
-
-/// Exactly the declared etcd nodes are members, each started (named) once.
-async fn check_members(layout: &Layout, agents: &BTreeMap<String, AgentProcess>) {
-    let mut client = etcd_client(layout, &agents["n1"]).await;
-    let list = client.member_list().await.unwrap();
-    let mut names: Vec<String> = list
-        .members()
-        .iter()
-        .map(|m| m.name().to_string())
-        .collect();
-    names.sort();
-    let mut want: Vec<String> = layout
-        .nodes
-        .iter()
-        .filter(|(_, _, roles)| roles.contains("etcd"))
-        .map(|(n, _, _)| n.clone())
-        .collect();
-    want.sort();
-    assert_eq!(names, want, "members after the crash");
-}
-
-/// Exactly the planned containers run: each node's components and its etcd member.
-fn check_containers(layout: &Layout) {
-    let running = containers_of(&layout.cluster).len();
-    let want: usize = layout
-        .nodes
-        .iter()
-        .map(|(_, _, roles)| {
-            usize::from(roles.contains("etcd"))
-                + usize::from(roles.contains("controlplane") || roles.contains("worker"))
-        })
-        .sum();
-    assert_eq!(running, want, "containers after the crash");
-}
-
-/// A node's generation never goes back, and a changed plan never reuses one.
-fn check_generations(
-    before: &BTreeMap<String, AppliedMark>,
-    after: &BTreeMap<String, AppliedMark>,
-) {
-    let nodes: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
-    for node in nodes {
-        let (Some(b), Some(a)) = (before.get(node), after.get(node)) else {
-            continue;
-        };
-        assert!(a.generation >= b.generation, "{node}: {b:?} -> {a:?}");
-        if a.checksum != b.checksum {
-            assert!(a.generation > b.generation, "{node} reused {b:?} for {a:?}");
-        }
-    }
 }

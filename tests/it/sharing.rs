@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use drover::api::SharingView;
+use drover::store::DurableState;
 
 use crate::serve::{ready_at, CONVERGE};
 use crate::support::daemon::{AgentProcess, TestDaemon};
@@ -20,10 +21,10 @@ use crate::support::net::unique_loopback;
 use crate::support::{etcd, require};
 
 /// A lease lives 10 s and a membership change settles for 5 s: a takeover is well within this.
-const TAKEOVER: Duration = Duration::from_secs(90);
+pub(crate) const TAKEOVER: Duration = Duration::from_secs(90);
 
 /// A one-node cluster: an etcd member and a web server on the node's own address.
-fn cluster_yaml(name: &str, node: &str, ip: std::net::Ipv4Addr, text: &str) -> String {
+pub(crate) fn cluster_yaml(name: &str, node: &str, ip: std::net::Ipv4Addr, text: &str) -> String {
     let labels = docker::test_labels();
     format!(
         "apiVersion: drover.dev/v1alpha1
@@ -44,7 +45,7 @@ spec:
     )
 }
 
-fn key_file(dir: &Path) -> PathBuf {
+pub(crate) fn key_file(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let path = dir.join("state.key");
     std::fs::write(&path, format!("{}\n", "c3".repeat(32))).unwrap();
@@ -53,7 +54,7 @@ fn key_file(dir: &Path) -> PathBuf {
 }
 
 /// The daemons and owners `daemon` sees (`drover status --daemons`), once `check` accepts them.
-async fn await_sharing(
+pub(crate) async fn await_sharing(
     daemon: &TestDaemon,
     what: &str,
     check: impl Fn(&SharingView) -> bool,
@@ -341,7 +342,7 @@ async fn converge_on_owners(
 }
 
 /// Cluster names such that `per[i]` of them go to `ids[i]` by the rendezvous assignment.
-fn clusters_for(ids: &[String], per: &[usize]) -> Vec<String> {
+pub(crate) fn clusters_for(ids: &[String], per: &[usize]) -> Vec<String> {
     let mut left = per.to_vec();
     let mut clusters = Vec::new();
     while left.iter().any(|n| *n > 0) {
@@ -357,13 +358,30 @@ fn clusters_for(ids: &[String], per: &[usize]) -> Vec<String> {
 }
 
 /// The state in etcd at `endpoints`, as `daemonId: id` sees it.
-fn state_config(endpoints: &[String], key: &Path, id: &str) -> String {
+pub(crate) fn state_config(endpoints: &[String], key: &Path, id: &str) -> String {
     let endpoints: Vec<String> = endpoints.iter().map(|e| format!("'{e}'")).collect();
     format!(
         "state:\n  etcd: {{endpoints: [{}], prefix: /drover-sharing/, encryptionKeyFile: {}, daemonId: {id}}}\n",
         endpoints.join(", "),
         key.display()
     )
+}
+
+/// The daemons' shared state, as `state_config` names it, opened here (to read what they wrote,
+/// or to act as a stale daemon would).
+pub(crate) async fn shared_state(endpoints: &[String], key: &Path) -> DurableState {
+    use drover::store::etcd::{EtcdStateConfig, EtcdStore};
+    let config = EtcdStateConfig {
+        endpoints: endpoints.to_vec(),
+        tls: None,
+        prefix: "/drover-sharing/".into(),
+        encryption_key_file: key.to_path_buf(),
+    };
+    let store = tokio::task::spawn_blocking(move || EtcdStore::open(&config))
+        .await
+        .unwrap()
+        .expect("the state's etcd opens");
+    DurableState::new(std::sync::Arc::new(store))
 }
 
 /// The first line of `log` that contains `what`, and its timestamp.
@@ -423,8 +441,7 @@ async fn a_daemon_cut_off_from_the_state_stops_before_its_lease_ends_and_its_old
 {
     use drover::nodeplan::SealedSpec;
     use drover::server::{AgentServer, Settings};
-    use drover::store::etcd::{EtcdStateConfig, EtcdStore};
-    use drover::store::{DurableState, Fence};
+    use drover::store::Fence;
 
     use crate::support::proxy::FreezingProxy;
 
@@ -506,18 +523,7 @@ async fn a_daemon_cut_off_from_the_state_stops_before_its_lease_ends_and_its_old
 
     // A plan under daemon-a's old fence, arriving now, is refused and not applied.
     agent.stop();
-    let store = tokio::task::spawn_blocking(move || {
-        EtcdStore::open(&EtcdStateConfig {
-            endpoints,
-            tls: None,
-            prefix: "/drover-sharing/".into(),
-            encryption_key_file: key,
-        })
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let state = DurableState::new(std::sync::Arc::new(store));
+    let state = shared_state(&endpoints, &key).await;
     state.set_fence(&cluster, Some(Fence(old as i64)));
     let stale_ip = unique_loopback(&[]);
     let mut settings = Settings::new((stale_ip, 0).into());

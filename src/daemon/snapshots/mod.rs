@@ -5,7 +5,9 @@
 //!   retried after 10 s, then twice as long each time, up to the schedule's period.
 //! - After each snapshot saved, the cluster's retention runs, keeping the newest verified one.
 //! - When the scheduler first sees a cluster it reads the newest snapshot in the store, so a
-//!   restarted daemon keeps the schedule rather than start it over.
+//!   restarted daemon keeps the schedule rather than start it over. With several daemons it
+//!   reads it again each time this daemon takes the cluster (a new fence): another daemon may
+//!   have run the schedule meanwhile, and a run it took must not be taken again here.
 
 pub mod offer;
 pub mod record;
@@ -33,7 +35,7 @@ use crate::snapshot::retention::{self, PruneReport};
 use crate::snapshot::{download, schedule, StoreError};
 use crate::source::{ClusterEntry, DesiredState};
 use crate::state::StateError;
-use crate::store::DurableState;
+use crate::store::{DurableState, Fence};
 
 /// How often the scheduler looks for due snapshots.
 const TICK: Duration = Duration::from_secs(1);
@@ -101,9 +103,28 @@ struct ClusterSnapshots {
     /// runs now.
     last_drill: Option<Verification>,
     drilling: bool,
+    /// The fence this daemon held the cluster under when it last forgot what it knew of the
+    /// runs, to read the schedule from the store again (`None` on a state one daemon uses).
+    fence: Option<Fence>,
 }
 
 impl ClusterSnapshots {
+    /// The cluster was taken under `fence`, a newer one than the schedule was read under:
+    /// forget what this daemon knew of the runs, which another daemon may have continued, so
+    /// that the schedule is read from the store again. What runs here now is kept.
+    fn retake(&mut self, fence: Option<Fence>) {
+        *self = ClusterSnapshots {
+            running: self.running,
+            received: self.received.take(),
+            restoring: self.restoring,
+            drilling: self.drilling,
+            condition: self.condition,
+            blocked: self.blocked.take(),
+            fence,
+            ..ClusterSnapshots::default()
+        };
+    }
+
     /// When the next run is due: on the schedule after a success, sooner after a failure.
     fn next_due(&self, policy: &SnapshotPolicy, cluster: &str, now: SystemTime) -> SystemTime {
         let since = self.since.unwrap_or(now);
@@ -391,9 +412,13 @@ impl Scheduler {
             }
         };
         let now = SystemTime::now();
+        let fence = self.state.fence(name);
         {
             let mut clusters = self.lock();
             let state = clusters.entry(name.to_string()).or_default();
+            if state.fence != fence && !state.seeding {
+                state.retake(fence);
+            }
             state.blocked = None;
             state.since.get_or_insert(now);
             let drill_due = state.seeded

@@ -163,8 +163,9 @@ impl TestDaemon {
         daemon
     }
 
-    /// A daemon's addresses, secrets and work directory, its process not started yet.
-    fn unstarted(source: &str, poll_interval: Option<&str>) -> TestDaemon {
+    /// A daemon's addresses, secrets and work directory, its process not started yet: set its
+    /// fields, then [`TestDaemon::spawn`].
+    pub fn unstarted(source: &str, poll_interval: Option<&str>) -> TestDaemon {
         let ip = unique_loopback(&[]);
         let (agents_port, http_port) = (free_port(ip), free_port(ip));
         let work = private_tempdir();

@@ -12,6 +12,7 @@
 
 pub mod browser;
 pub mod cli;
+pub mod crash;
 pub mod daemon;
 pub mod docker;
 pub mod etcd;

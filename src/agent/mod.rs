@@ -206,12 +206,18 @@ async fn forward_events(
 }
 
 /// Which daemon the agent dials: the one a redirect named, else the configured ones in turn.
+/// A configured daemon that cannot be reached is passed over at once for the next; only when
+/// every one of them failed in a row does the agent back off. A redirect is followed at once.
+/// A daemon that asks to retry is alive but cannot say where the cluster is (it moves, or that
+/// daemon is cut off from the state): the agent waits as asked and dials the next one.
 struct Route {
     servers: Vec<Dial>,
     next: usize,
     redirected: Option<Dial>,
     /// Redirects followed since the last session was established.
     hops: u32,
+    /// Configured daemons that failed in a row since one last answered.
+    unanswered: usize,
 }
 
 /// Redirects followed at once, one after another; past this they wait like any retry (two
@@ -222,11 +228,16 @@ impl Route {
     fn new(settings: &AgentSettings) -> Route {
         let mut servers = vec![settings.dial.clone()];
         servers.extend(settings.also.iter().cloned());
+        Route::over(servers)
+    }
+
+    fn over(servers: Vec<Dial>) -> Route {
         Route {
             servers,
             next: 0,
             redirected: None,
             hops: 0,
+            unanswered: 0,
         }
     }
 
@@ -238,13 +249,15 @@ impl Route {
 
     fn established(&mut self) {
         self.hops = 0;
+        self.unanswered = 0;
     }
 
     /// How long to wait after `e`, and where to dial next.
     fn after(&mut self, e: &SessionError, backoff: &mut Backoff) -> Duration {
-        if let SessionError::Redirect { url, .. } = e {
-            match self.current().to(url) {
+        match e {
+            SessionError::Redirect { url, .. } => match self.current().to(url) {
                 Ok(dial) => {
+                    self.unanswered = 0;
                     self.redirected = Some(dial);
                     self.hops += 1;
                     if self.hops <= MAX_HOPS {
@@ -256,20 +269,27 @@ impl Route {
                 Err(bad) => {
                     tracing::warn!(url, error = %bad, "ignoring a redirect to a URL that is not wss://");
                 }
+            },
+            SessionError::RetryAfter { seconds, .. } => {
+                self.unanswered = 0;
+                if self.redirected.take().is_none() {
+                    self.next = self.next.wrapping_add(1);
+                }
+                return Duration::from_secs(*seconds);
             }
+            _ => {}
         }
-        // The daemon a redirect named failed: back to the configured ones, the next in turn.
-        if self.redirected.take().is_none() {
-            self.next = self.next.wrapping_add(1);
+        // The daemon a redirect named failed: back to the configured one that named it.
+        if self.redirected.take().is_some() {
+            return backoff.next_delay();
         }
-        retry_wait(e, backoff)
-    }
-}
-
-fn retry_wait(e: &SessionError, backoff: &mut Backoff) -> Duration {
-    match e {
-        SessionError::RetryAfter { seconds, .. } => Duration::from_secs(*seconds),
-        _ => backoff.next_delay(),
+        self.next = self.next.wrapping_add(1);
+        self.unanswered += 1;
+        if self.unanswered < self.servers.len() {
+            return Duration::ZERO;
+        }
+        self.unanswered = 0;
+        backoff.next_delay()
     }
 }
 
@@ -291,5 +311,112 @@ async fn wait_or_stop_forwarding(
         () = tokio::time::sleep(wait) => false,
         () = shutdown.cancelled() => true,
         () = forward_events(notices, executor) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIN: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn down(host: &str) -> SessionError {
+        SessionError::Timeout {
+            addr: host.to_string(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn redirect(url: &str) -> SessionError {
+        SessionError::Redirect {
+            url: url.to_string(),
+            reason: "moved".into(),
+        }
+    }
+
+    fn retry(seconds: u64) -> SessionError {
+        SessionError::RetryAfter {
+            seconds,
+            reason: "moving".into(),
+        }
+    }
+
+    /// How soon the agent dials again: at once, after a backoff, or when the daemon asked.
+    #[derive(Debug, PartialEq)]
+    enum Wait {
+        Now,
+        Backoff,
+        Seconds(u64),
+    }
+
+    /// What the dialled daemon did, then which daemon is dialled next and how soon.
+    type Step = (SessionError, &'static str, Wait);
+
+    #[test]
+    fn the_agent_passes_over_dead_daemons_and_waits_where_a_live_one_says() {
+        let d = |host: &str| Dial::new(&format!("wss://{host}:7443"), PIN).unwrap();
+        let cases: &[(&str, &[Step])] = &[
+            (
+                "a dead daemon in the list is passed over at once; a round of dead ones backs off",
+                &[
+                    (down("a"), "b", Wait::Now),
+                    (down("b"), "c", Wait::Now),
+                    (down("c"), "a", Wait::Backoff),
+                    (down("a"), "b", Wait::Now),
+                ],
+            ),
+            (
+                "a redirect is followed at once; its target down, back to who sent it",
+                &[
+                    (redirect("wss://c:7443"), "c", Wait::Now),
+                    (down("c"), "a", Wait::Backoff),
+                    (redirect("wss://c:7443"), "c", Wait::Now),
+                ],
+            ),
+            (
+                "a daemon asking to wait is left for the next after the wait; a round starts over",
+                &[
+                    (down("a"), "b", Wait::Now),
+                    (retry(5), "c", Wait::Seconds(5)),
+                    (down("c"), "a", Wait::Now),
+                    (down("a"), "b", Wait::Now),
+                    (down("b"), "c", Wait::Backoff),
+                ],
+            ),
+            (
+                "a retry from a redirect's target goes back to the configured daemon",
+                &[
+                    (redirect("wss://c:7443"), "c", Wait::Now),
+                    (retry(2), "a", Wait::Seconds(2)),
+                ],
+            ),
+            (
+                "redirects bounce at most three times in a row before backing off",
+                &[
+                    (redirect("wss://b:7443"), "b", Wait::Now),
+                    (redirect("wss://c:7443"), "c", Wait::Now),
+                    (redirect("wss://b:7443"), "b", Wait::Now),
+                    (redirect("wss://c:7443"), "c", Wait::Backoff),
+                ],
+            ),
+        ];
+        for (name, steps) in cases {
+            let mut route = Route::over(vec![d("a"), d("b"), d("c")]);
+            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
+            for (i, (answer, next, want)) in steps.iter().enumerate() {
+                let before = backoff.attempt();
+                let wait = route.after(answer, &mut backoff);
+                let got = if backoff.attempt() > before {
+                    Wait::Backoff
+                } else if wait.is_zero() {
+                    Wait::Now
+                } else {
+                    Wait::Seconds(wait.as_secs())
+                };
+                assert_eq!(&got, want, "{name}: step {i}");
+                let host = route.current().server.host_str().unwrap().to_string();
+                assert_eq!(host, *next, "{name}: step {i}");
+            }
+        }
     }
 }

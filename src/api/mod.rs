@@ -61,6 +61,10 @@ pub struct DaemonView {
     pub id: String,
     /// Where its agents reach it.
     pub agents_url: String,
+    /// It has not renewed its lease for a few seconds: most likely gone. Its clusters' agents
+    /// are told to retry rather than sent to it.
+    #[serde(default)]
+    pub silent: bool,
 }
 
 /// Most bytes a client reads of a clusters document.

@@ -52,7 +52,12 @@ fn daemons_text(view: &crate::api::SharingView) -> String {
     );
     for d in &view.daemons {
         let owned = view.owners.values().filter(|o| **o == d.id).count();
-        out.push_str(&format!("{}\t{}\t{owned}\n", d.id, d.agents_url));
+        let silent = if d.silent {
+            " (silent: not renewing its lease)"
+        } else {
+            ""
+        };
+        out.push_str(&format!("{}\t{}\t{owned}{silent}\n", d.id, d.agents_url));
     }
     out.push_str("\nCLUSTER\tOWNER\n");
     for (cluster, owner) in &view.owners {

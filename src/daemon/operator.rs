@@ -112,11 +112,13 @@ fn elsewhere(op: &Operator, name: &str) -> Option<Response> {
     match view.owners.get(&name) {
         Some(owner) if *owner == view.me => None,
         Some(owner) => {
-            let url = view
-                .daemons
-                .iter()
-                .find(|d| d.id == *owner)
-                .map_or("unknown", |d| d.agents_url.as_str());
+            let daemon = view.daemons.iter().find(|d| d.id == *owner);
+            if daemon.is_some_and(|d| d.silent) {
+                return Some(retry(&format!(
+                    "cluster {name} is owned by daemon {owner}, which has not renewed its lease for a few seconds; the cluster moves when that lease ends: retry"
+                )));
+            }
+            let url = daemon.map_or("unknown", |d| d.agents_url.as_str());
             Some(api_error(
                 StatusCode::CONFLICT,
                 &format!(
@@ -136,17 +138,21 @@ fn elsewhere(op: &Operator, name: &str) -> Option<Response> {
             let declared = crate::model::ClusterName::parse(&name)
                 .is_ok_and(|n| op.desired.borrow().clusters.contains_key(&n));
             declared.then(|| {
-                let mut answer = api_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("cluster {name} has no owner now: it moves between daemons; retry"),
-                );
-                answer
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-                answer
+                retry(&format!(
+                    "cluster {name} has no owner now: it moves between daemons; retry"
+                ))
             })
         }
     }
+}
+
+/// 503 with `Retry-After`: the cluster is between owners.
+fn retry(message: &str) -> Response {
+    let mut answer = api_error(StatusCode::SERVICE_UNAVAILABLE, message);
+    answer
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    answer
 }
 
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> Response {

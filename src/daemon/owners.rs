@@ -46,6 +46,10 @@ pub struct Timing {
     pub settle: Duration,
     /// How long stopping may take once the acting deadline passed, before the process exits.
     pub stop_within: Duration,
+    /// How long another daemon goes without renewing before it counts as silent: its
+    /// clusters' agents are told to retry until a live daemon owns them, rather than sent to a
+    /// daemon that is most likely dead and would make them back off further each time.
+    pub silent: Duration,
 }
 
 /// How long a stopping daemon lets its reconcilers finish their passes; within the daemon's
@@ -60,6 +64,7 @@ impl Default for Timing {
             renew: Duration::from_secs(1),
             settle: Duration::from_secs(5),
             stop_within: Duration::from_secs(1),
+            silent: Duration::from_secs(3),
         }
     }
 }
@@ -278,9 +283,9 @@ impl Owners {
         settled: &mut Settled,
         desired: &watch::Receiver<Arc<DesiredState>>,
     ) -> Result<(), StateError> {
-        let m = membership.clone();
-        let (members, owners) = tokio::task::spawn_blocking(move || {
-            Ok::<_, StateError>((m.member_infos()?, m.owners()?))
+        let (m, quiet) = (membership.clone(), self.timing.silent);
+        let (members, owners, silent) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StateError>((m.member_infos()?, m.owners()?, m.silent(quiet)?))
         })
         .await
         .expect("reading does not panic")?;
@@ -293,8 +298,10 @@ impl Owners {
             }
             d.clusters.keys().map(|c| c.to_string()).collect()
         };
+        // A silent daemon's agents wait for the next owner rather than go to it.
         let urls: HashMap<&str, &str> = members
             .iter()
+            .filter(|m| !silent.contains(&m.id))
             .map(|m| (m.id.as_str(), m.agents_url.as_str()))
             .collect();
         let held: BTreeMap<String, Fence> = self.held().clone();
@@ -322,6 +329,7 @@ impl Owners {
                 .map(|m| DaemonView {
                     id: m.id.clone(),
                     agents_url: m.agents_url.clone(),
+                    silent: silent.contains(&m.id),
                 })
                 .collect(),
             owners: owners

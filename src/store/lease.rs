@@ -9,7 +9,7 @@
 //! keeps the lease until at least the sending instant plus the TTL, on the daemon's monotonic
 //! clock, and `acting_until` is that instant minus a margin.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -154,6 +154,33 @@ impl Membership {
             .collect();
         members.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(members)
+    }
+
+    /// The other daemons that have not renewed their lease for about `quiet` or longer: most
+    /// likely gone, though their keys stay until the lease runs out. etcd counts a lease's time
+    /// left in whole seconds.
+    pub fn silent(&self, quiet: Duration) -> Result<BTreeSet<String>, StateError> {
+        let options = GetOptions::new().with_prefix();
+        let prefix = self.store.key(MEMBERS);
+        let answer = self.store.get_raw(MEMBERS, &prefix, Some(options))?;
+        let mut silent = BTreeSet::new();
+        for kv in answer.kvs() {
+            let Ok(member) = serde_json::from_slice::<MemberInfo>(kv.value()) else {
+                continue;
+            };
+            if member.id == self.id {
+                continue;
+            }
+            let lease = kv.lease();
+            let left = self.store.call(&member.id, |mut c| async move {
+                c.lease_time_to_live(lease, None).await
+            })?;
+            // -1 once expired: silent too, until its key goes.
+            if left.ttl() < left.granted_ttl() - quiet.as_secs() as i64 {
+                silent.insert(member.id);
+            }
+        }
+        Ok(silent)
     }
 
     /// Every owned cluster's owner: its daemon id, and whether that is this daemon under its

@@ -154,8 +154,18 @@ async fn the_dashboard_needs_a_session_and_refuses_forged_actions() {
     );
     let session = set.split(';').next().unwrap().to_string();
 
-    // The clusters page shows the cluster, waiting for its agents; searching and filtering
-    // narrow it.
+    // The clusters page shows the cluster, waiting for its agents, at the revision its
+    // reconciler took up (a first pass sets it: under load it may come after the sign-in);
+    // searching and filtering narrow it.
+    let revision = first.to_string();
+    daemon
+        .await_status("the commit taken up", &cluster, CONVERGE, |s| {
+            match s.desired_revision.as_deref() == Some(revision.as_str()) {
+                true => Ok(()),
+                false => Err(format!("desired {:?}", s.desired_revision)),
+            }
+        })
+        .await;
     let get = |path: String| {
         let http = http.clone();
         let session = session.clone();

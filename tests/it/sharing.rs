@@ -224,6 +224,21 @@ async fn three_daemons_share_the_clusters_and_survive_a_killed_owner_and_a_lost_
     daemons[0].kill();
     drop(members.pop());
     daemons[1].hook().await;
+    // Before its lease runs out, the survivors see daemon-a silent: its agents are told to
+    // retry rather than sent to a daemon that is gone, and so is an operator (its lease has
+    // seconds left: a silent daemon is seen within about 3 s of its last renewal).
+    await_sharing(
+        &daemons[1],
+        "daemon-a silent while its lease runs out",
+        |v| {
+            v.daemons.iter().any(|d| d.id == ids[0] && d.silent)
+                && v.owners.values().any(|o| *o == ids[0])
+        },
+    )
+    .await;
+    let (code, _, err) = daemons[1].cli(&["status", mine]).await;
+    assert_ne!(code, Some(0));
+    assert!(err.contains("has not renewed its lease"), "{err}");
     let survivors = [1, 2];
     await_sharing(&daemons[1], "the survivors owning every cluster", |v| {
         assigned(v, &survivors)
